@@ -1,0 +1,387 @@
+//! The typed configuration of the box, one struct per section.
+//!
+//! Every struct takes `#[serde(default)]` so that a provisioning file or an API
+//! client may give only the fields it cares about, and `deny_unknown_fields` so
+//! that a typo is an error instead of a silently ignored setting.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{HashedSecret, PlainSecret};
+
+/// Names of the sections, in the order the UI lists them.
+pub const SECTIONS: &[&str] = &["system", "network", "admin", "sip", "turn", "media", "audio", "update"];
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub system: SystemConfig,
+    pub network: NetworkConfig,
+    pub admin: AdminConfig,
+    pub sip: SipConfig,
+    pub turn: TurnConfig,
+    pub media: MediaConfig,
+    pub audio: AudioConfig,
+    pub update: UpdateConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SystemConfig {
+    pub hostname: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// Set once the installer has been through the first-boot wizard.
+    pub setup_complete: bool,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        Self { hostname: "branchgate".into(), timezone: "UTC".into(), setup_complete: false }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressMode {
+    #[default]
+    Dhcp,
+    Static,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub mode: AddressMode,
+    /// Static address with prefix length, e.g. `192.168.1.10/24`.
+    pub address: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    pub dns: Vec<IpAddr>,
+    /// Address the admin listeners bind to.
+    pub admin_bind: IpAddr,
+    pub admin_https_port: u16,
+    /// Plain HTTP port that only redirects to HTTPS; 0 turns it off.
+    pub admin_http_port: u16,
+    /// Optional unauthenticated Prometheus listener (e.g. on a management VLAN).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            mode: AddressMode::Dhcp,
+            address: None,
+            gateway: None,
+            dns: Vec::new(),
+            admin_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            admin_https_port: 8443,
+            admin_http_port: 8080,
+            metrics_listen: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only: dashboard, status, logs.
+    Viewer,
+    /// Configures services; cannot manage users or restore backups.
+    Installer,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Installer => "installer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The built-in `admin` account is `admin.password`; further accounts live in `admin.users`.
+pub const ADMIN_USERNAME: &str = "admin";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Password of the built-in `admin` account (argon2 hash once stored).
+    pub password: HashedSecret,
+    pub must_change_password: bool,
+    pub users: Vec<AdminUser>,
+    pub session_idle_minutes: u32,
+    pub session_absolute_hours: u32,
+    /// Failed logins from one peer address before it is locked out.
+    pub lockout_threshold: u32,
+    pub lockout_minutes: u32,
+    /// Installer-supplied certificate chain (PEM); a self-signed one is used when absent.
+    pub tls_certificate: Option<String>,
+    pub tls_private_key: Option<PlainSecret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            password: HashedSecret::default(),
+            must_change_password: true,
+            users: Vec::new(),
+            session_idle_minutes: 30,
+            session_absolute_hours: 12,
+            lockout_threshold: 5,
+            lockout_minutes: 15,
+            tls_certificate: None,
+            tls_private_key: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminUser {
+    pub username: String,
+    pub role: Role,
+    pub password: HashedSecret,
+    pub must_change_password: bool,
+}
+
+impl Default for AdminUser {
+    fn default() -> Self {
+        Self {
+            username: String::new(),
+            role: Role::Viewer,
+            password: HashedSecret::default(),
+            must_change_password: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// SIP domain and digest realm of the box's users.
+    pub domain: String,
+    pub udp_port: u16,
+    pub tcp_port: u16,
+    pub tls_port: u16,
+    /// Origins allowed on `wss://<box>:8443/sip`; empty allows any (digest authenticates).
+    pub ws_allowed_origins: Vec<String>,
+    pub users: Vec<SipUser>,
+    pub trunks: Vec<SipTrunk>,
+    pub routes: Vec<SipRoute>,
+    /// Numbers routed before anything else.
+    pub emergency_numbers: Vec<String>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            domain: "branch.example".into(),
+            udp_port: 5060,
+            tcp_port: 5060,
+            tls_port: 5061,
+            ws_allowed_origins: Vec::new(),
+            users: Vec::new(),
+            trunks: Vec::new(),
+            routes: Vec::new(),
+            emergency_numbers: vec!["112".into(), "911".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipUser {
+    pub username: String,
+    /// Digest credentials, kept as HA1 hashes for `sip.domain`.
+    pub password: HashedSecret,
+    pub display_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipTrunk {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub transport: SipTransport,
+    /// Register to the trunk with `username`/`password`.
+    pub register: bool,
+    pub username: Option<String>,
+    /// Kept in plain text: the box is the digest client here.
+    pub password: Option<PlainSecret>,
+    /// Lower is tried first among routes of equal prefix.
+    pub priority: u32,
+}
+
+impl Default for SipTrunk {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            host: String::new(),
+            port: 5060,
+            transport: SipTransport::Udp,
+            register: false,
+            username: None,
+            password: None,
+            priority: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipRoute {
+    pub prefix: String,
+    /// Digits removed from the front of the number before it goes to the trunk.
+    pub strip: u32,
+    pub trunk: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    pub realm: String,
+    pub udp_port: u16,
+    pub tcp_port: u16,
+    pub tls_port: u16,
+    pub users: Vec<TurnUser>,
+    /// Shared secret for TURN REST ephemeral credentials (coturn `use-auth-secret`).
+    pub auth_secret: Option<PlainSecret>,
+    /// Peer ranges opened despite the default deny of internal addresses.
+    pub allowed_peers: Vec<IpNet>,
+    /// Public address announced for relays when the box sits behind NAT.
+    pub external_ip: Option<IpAddr>,
+    pub relay_port_min: u16,
+    pub relay_port_max: u16,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            realm: "branch.example".into(),
+            udp_port: 3478,
+            tcp_port: 3478,
+            tls_port: 5349,
+            users: Vec::new(),
+            auth_secret: None,
+            allowed_peers: Vec::new(),
+            external_ip: None,
+            relay_port_min: 49152,
+            relay_port_max: 65535,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnUser {
+    pub username: String,
+    /// Long-term credential key, kept as `MD5(user:realm:pass)` and its SHA-256 variant.
+    pub password: HashedSecret,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Codec preference order, most preferred first.
+    pub codecs: Vec<String>,
+}
+
+/// Codec names the media engine knows.
+pub const KNOWN_CODECS: &[&str] = &["opus", "G722", "PCMU", "PCMA", "telephone-event"];
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            rtp_port_min: 20000,
+            rtp_port_max: 29999,
+            codecs: vec!["opus".into(), "G722".into(), "PCMU".into(), "PCMA".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioConfig {
+    /// ALSA device name, or `auto` to pick the first one (a simulated one when none exists).
+    pub capture_device: String,
+    pub playback_device: String,
+    /// Playback volume in percent.
+    pub playback_volume: u8,
+    pub capture_gain: u8,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self { capture_device: "auto".into(), playback_device: "auto".into(), playback_volume: 80, capture_gain: 50 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Eclipse hawkBit server for fleet rollouts; none disables polling.
+    pub hawkbit_url: Option<String>,
+    pub hawkbit_tenant: String,
+    pub poll_interval_seconds: u32,
+    /// Accept bundles older than the running version.
+    pub allow_downgrade: bool,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            hawkbit_url: None,
+            hawkbit_tenant: "DEFAULT".into(),
+            poll_interval_seconds: 3600,
+            allow_downgrade: false,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration with every optional field filled: the UI derives field
+    /// types from it, and tests use it as a rich valid document.
+    pub fn example() -> Config {
+        let mut config = Config::default();
+        config.network.address = "192.168.1.10/24".parse().ok();
+        config.network.gateway = "192.168.1.1".parse().ok();
+        config.network.metrics_listen = "127.0.0.1:9100".parse().ok();
+        config.sip.users.push(SipUser {
+            username: "1001".into(),
+            password: HashedSecret::new("secret1001"),
+            display_name: Some("Front desk".into()),
+        });
+        config.sip.trunks.push(SipTrunk {
+            name: "pstn".into(),
+            host: "127.0.0.1".into(),
+            port: 5090,
+            username: Some("branch".into()),
+            password: Some(PlainSecret::new("trunkpass")),
+            ..SipTrunk::default()
+        });
+        config.sip.routes.push(SipRoute { prefix: "9".into(), strip: 1, trunk: "pstn".into() });
+        config.turn.auth_secret = Some(PlainSecret::new("restsecret"));
+        config.turn.external_ip = "203.0.113.10".parse().ok();
+        config.update.hawkbit_url = Some("https://hawkbit.example".into());
+        config
+    }
+}

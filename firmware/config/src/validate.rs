@@ -1,0 +1,403 @@
+//! Validation of a whole configuration, reported field by field so that the UI
+//! can show each message next to its input and the API can return them as 422.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::schema::{ADMIN_USERNAME, AddressMode, Config, KNOWN_CODECS, SipTransport};
+use crate::secret::SecretState;
+
+/// One problem with one field. `path` is dotted with indices, e.g. `sip.trunks[0].port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { path: path.into(), message: message.into() }
+    }
+}
+
+#[derive(Default)]
+struct Report(Vec<FieldError>);
+
+impl Report {
+    fn check(&mut self, ok: bool, path: impl Into<String>, message: impl Into<String>) {
+        if !ok {
+            self.0.push(FieldError::new(path, message));
+        }
+    }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and hyphens (RFC 1123).
+pub fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Usernames for logins, SIP and TURN: what fits in a SIP URI user part and a
+/// TURN USERNAME without escaping.
+pub fn is_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+}
+
+fn is_dial_string(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 32 && text.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | '*' | '#'))
+}
+
+fn is_timezone(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.contains("..")
+        && !name.starts_with('/')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
+}
+
+fn is_http_url(text: &str) -> bool {
+    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    match rest {
+        Some(rest) => {
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            !host.is_empty() && !text.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+impl Config {
+    /// Every problem of the configuration; empty when it may be applied.
+    ///
+    /// Secrets must already be sealed (see [`Config::seal`]).
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut r = Report::default();
+        self.validate_system(&mut r);
+        self.validate_network(&mut r);
+        self.validate_admin(&mut r);
+        self.validate_sip(&mut r);
+        self.validate_turn(&mut r);
+        self.validate_media(&mut r);
+        self.validate_audio_update(&mut r);
+        self.validate_port_clashes(&mut r);
+        r.0
+    }
+
+    fn validate_system(&self, r: &mut Report) {
+        let s = &self.system;
+        r.check(
+            is_hostname(&s.hostname) && !s.hostname.contains('.'),
+            "system.hostname",
+            "a host name is 1-63 letters, digits or hyphens, not starting or ending with a hyphen",
+        );
+        r.check(is_timezone(&s.timezone), "system.timezone", "use an IANA time zone name such as UTC or Europe/Berlin");
+    }
+
+    fn validate_network(&self, r: &mut Report) {
+        let n = &self.network;
+        if n.mode == AddressMode::Static {
+            match n.address {
+                None => r.check(false, "network.address", "a static address is required in static mode"),
+                Some(net) => {
+                    r.check(
+                        !net.addr().is_unspecified() && !net.addr().is_multicast() && !net.addr().is_loopback(),
+                        "network.address",
+                        "not a usable host address",
+                    );
+                    if let Some(gw) = n.gateway {
+                        r.check(
+                            net.contains(&gw) && gw != net.addr(),
+                            "network.gateway",
+                            format!("the gateway must be another address inside {}", net.trunc()),
+                        );
+                    }
+                }
+            }
+        }
+        r.check(n.admin_https_port != 0, "network.admin_https_port", "the HTTPS port cannot be 0");
+        r.check(
+            n.admin_http_port != n.admin_https_port,
+            "network.admin_http_port",
+            "must differ from the HTTPS port (0 turns the redirect off)",
+        );
+        for (i, dns) in n.dns.iter().enumerate() {
+            r.check(
+                !dns.is_unspecified() && !dns.is_multicast(),
+                format!("network.dns[{i}]"),
+                "not a usable DNS server address",
+            );
+        }
+        if let Some(listen) = n.metrics_listen {
+            r.check(listen.port() != 0, "network.metrics_listen", "give a port");
+        }
+    }
+
+    fn validate_admin(&self, r: &mut Report) {
+        let a = &self.admin;
+        r.check(a.password.state() == SecretState::Argon2, "admin.password", "the admin password is required");
+        r.check(
+            (1..=24 * 60).contains(&a.session_idle_minutes),
+            "admin.session_idle_minutes",
+            "between 1 and 1440 minutes",
+        );
+        r.check(
+            (1..=24 * 30).contains(&a.session_absolute_hours),
+            "admin.session_absolute_hours",
+            "between 1 and 720 hours",
+        );
+        r.check((1..=100).contains(&a.lockout_threshold), "admin.lockout_threshold", "between 1 and 100 failed logins");
+        r.check((1..=24 * 60).contains(&a.lockout_minutes), "admin.lockout_minutes", "between 1 and 1440 minutes");
+        match (&a.tls_certificate, &a.tls_private_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                r.check(
+                    cert.contains("-----BEGIN CERTIFICATE-----"),
+                    "admin.tls_certificate",
+                    "expected a PEM certificate chain",
+                );
+                r.check(
+                    key.expose().contains("-----BEGIN") && key.expose().contains("PRIVATE KEY-----"),
+                    "admin.tls_private_key",
+                    "expected a PEM private key",
+                );
+            }
+            (Some(_), None) => r.check(false, "admin.tls_private_key", "the certificate needs its private key"),
+            (None, Some(_)) => r.check(false, "admin.tls_certificate", "the private key needs its certificate"),
+        }
+        let mut seen = HashSet::new();
+        for (i, user) in a.users.iter().enumerate() {
+            let path = format!("admin.users[{i}]");
+            r.check(
+                is_username(&user.username),
+                format!("{path}.username"),
+                "1-64 letters, digits, '.', '_', '-' or '+'",
+            );
+            r.check(
+                user.username != ADMIN_USERNAME,
+                format!("{path}.username"),
+                "'admin' is the built-in account (admin.password)",
+            );
+            r.check(seen.insert(user.username.as_str()), format!("{path}.username"), "this username is used twice");
+            r.check(user.password.state() == SecretState::Argon2, format!("{path}.password"), "a password is required");
+        }
+    }
+
+    fn validate_sip(&self, r: &mut Report) {
+        let s = &self.sip;
+        r.check(is_hostname(&s.domain), "sip.domain", "a domain name such as branch.example");
+        r.check(s.udp_port != 0, "sip.udp_port", "cannot be 0");
+        r.check(s.tcp_port != 0, "sip.tcp_port", "cannot be 0");
+        r.check(s.tls_port != 0, "sip.tls_port", "cannot be 0");
+        r.check(s.tls_port != s.tcp_port, "sip.tls_port", "must differ from the TCP port");
+        for (i, origin) in s.ws_allowed_origins.iter().enumerate() {
+            r.check(
+                is_http_url(origin) && !origin.trim_end_matches('/').contains(['?', '#']),
+                format!("sip.ws_allowed_origins[{i}]"),
+                "an origin such as https://app.example.com",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, user) in s.users.iter().enumerate() {
+            let path = format!("sip.users[{i}]");
+            r.check(
+                is_username(&user.username),
+                format!("{path}.username"),
+                "1-64 letters, digits, '.', '_', '-' or '+'",
+            );
+            r.check(seen.insert(user.username.as_str()), format!("{path}.username"), "this username is used twice");
+            check_digest(r, &user.password, &s.domain, format!("{path}.password"), "sip.domain");
+        }
+        let mut trunk_names = HashSet::new();
+        for (i, trunk) in s.trunks.iter().enumerate() {
+            let path = format!("sip.trunks[{i}]");
+            r.check(is_username(&trunk.name), format!("{path}.name"), "1-64 letters, digits, '.', '_', '-' or '+'");
+            r.check(trunk_names.insert(trunk.name.as_str()), format!("{path}.name"), "this trunk name is used twice");
+            r.check(
+                trunk.host.parse::<IpAddr>().is_ok() || is_hostname(&trunk.host),
+                format!("{path}.host"),
+                "an IP address or a host name",
+            );
+            r.check(trunk.port != 0, format!("{path}.port"), "cannot be 0");
+            if trunk.register {
+                r.check(
+                    trunk.username.as_deref().is_some_and(is_username),
+                    format!("{path}.username"),
+                    "registration needs a username",
+                );
+                r.check(
+                    trunk.password.as_ref().is_some_and(|p| !p.expose().is_empty()),
+                    format!("{path}.password"),
+                    "registration needs a password",
+                );
+            }
+            if trunk.transport == SipTransport::Tls {
+                r.check(
+                    trunk.host.parse::<IpAddr>().is_err(),
+                    format!("{path}.host"),
+                    "TLS trunks need a host name to check the certificate against",
+                );
+            }
+        }
+        for (i, route) in s.routes.iter().enumerate() {
+            let path = format!("sip.routes[{i}]");
+            r.check(
+                route.prefix.is_empty() || is_dial_string(&route.prefix),
+                format!("{path}.prefix"),
+                "digits, '+', '*' or '#' (empty matches every number)",
+            );
+            r.check(route.strip <= 32, format!("{path}.strip"), "at most 32 digits");
+            r.check(
+                trunk_names.contains(route.trunk.as_str()),
+                format!("{path}.trunk"),
+                format!("no trunk is named '{}'", route.trunk),
+            );
+        }
+        for (i, number) in s.emergency_numbers.iter().enumerate() {
+            r.check(is_dial_string(number), format!("sip.emergency_numbers[{i}]"), "digits, '+', '*' or '#'");
+        }
+    }
+
+    fn validate_turn(&self, r: &mut Report) {
+        let t = &self.turn;
+        r.check(
+            !t.realm.is_empty() && t.realm.len() <= 127 && !t.realm.contains('"'),
+            "turn.realm",
+            "1-127 characters without quotes",
+        );
+        r.check(t.udp_port != 0, "turn.udp_port", "cannot be 0");
+        r.check(t.tcp_port != 0, "turn.tcp_port", "cannot be 0");
+        r.check(t.tls_port != 0 && t.tls_port != t.tcp_port, "turn.tls_port", "cannot be 0 or the TCP port");
+        let mut seen = HashSet::new();
+        for (i, user) in t.users.iter().enumerate() {
+            let path = format!("turn.users[{i}]");
+            r.check(
+                is_username(&user.username),
+                format!("{path}.username"),
+                "1-64 letters, digits, '.', '_', '-' or '+'",
+            );
+            r.check(seen.insert(user.username.as_str()), format!("{path}.username"), "this username is used twice");
+            check_digest(r, &user.password, &t.realm, format!("{path}.password"), "turn.realm");
+        }
+        if let Some(secret) = &t.auth_secret {
+            r.check(secret.expose().len() >= 8, "turn.auth_secret", "use at least 8 characters");
+        }
+        for (i, net) in t.allowed_peers.iter().enumerate() {
+            let never = match net.addr() {
+                IpAddr::V4(v4) => v4.octets()[0] == 0,
+                IpAddr::V6(v6) => v6.is_unspecified(),
+            };
+            r.check(
+                !never && net.prefix_len() > 0,
+                format!("turn.allowed_peers[{i}]"),
+                "0.0.0.0/8, :: and whole address families cannot be opened",
+            );
+        }
+        r.check(
+            t.relay_port_min >= 1024 && t.relay_port_min < t.relay_port_max,
+            "turn.relay_port_min",
+            "the relay range needs min >= 1024 and min < max",
+        );
+        let media = &self.media;
+        r.check(
+            t.relay_port_max < media.rtp_port_min || t.relay_port_min > media.rtp_port_max,
+            "turn.relay_port_min",
+            "the TURN relay range overlaps the media port range",
+        );
+    }
+
+    fn validate_media(&self, r: &mut Report) {
+        let m = &self.media;
+        r.check(
+            m.rtp_port_min >= 1024 && m.rtp_port_min.is_multiple_of(2),
+            "media.rtp_port_min",
+            "an even port of 1024 or above",
+        );
+        r.check(
+            u32::from(m.rtp_port_max) >= u32::from(m.rtp_port_min) + 3,
+            "media.rtp_port_max",
+            "the range needs room for at least two RTP/RTCP pairs",
+        );
+        r.check(!m.codecs.is_empty(), "media.codecs", "list at least one codec");
+        let mut seen = HashSet::new();
+        for (i, codec) in m.codecs.iter().enumerate() {
+            r.check(
+                KNOWN_CODECS.contains(&codec.as_str()),
+                format!("media.codecs[{i}]"),
+                format!("unknown codec; choose from {}", KNOWN_CODECS.join(", ")),
+            );
+            r.check(seen.insert(codec.as_str()), format!("media.codecs[{i}]"), "listed twice");
+        }
+    }
+
+    fn validate_audio_update(&self, r: &mut Report) {
+        let a = &self.audio;
+        r.check(!a.capture_device.is_empty(), "audio.capture_device", "a device name or auto");
+        r.check(!a.playback_device.is_empty(), "audio.playback_device", "a device name or auto");
+        r.check(a.playback_volume <= 100, "audio.playback_volume", "0-100 percent");
+        r.check(a.capture_gain <= 100, "audio.capture_gain", "0-100 percent");
+        let u = &self.update;
+        if let Some(url) = &u.hawkbit_url {
+            r.check(is_http_url(url), "update.hawkbit_url", "an http:// or https:// URL");
+        }
+        r.check(is_username(&u.hawkbit_tenant), "update.hawkbit_tenant", "letters, digits, '.', '_', '-' or '+'");
+        r.check(
+            (60..=7 * 24 * 3600).contains(&u.poll_interval_seconds),
+            "update.poll_interval_seconds",
+            "between 60 seconds and a week",
+        );
+    }
+
+    /// Two services cannot listen on the same port and protocol.
+    fn validate_port_clashes(&self, r: &mut Report) {
+        let mut tcp: HashMap<u16, &str> = HashMap::new();
+        let mut udp: HashMap<u16, &str> = HashMap::new();
+        let listeners: [(&str, u16, bool); 8] = [
+            ("network.admin_https_port", self.network.admin_https_port, true),
+            ("network.admin_http_port", self.network.admin_http_port, true),
+            ("sip.tcp_port", self.sip.tcp_port, true),
+            ("sip.tls_port", self.sip.tls_port, true),
+            ("turn.tcp_port", self.turn.tcp_port, true),
+            ("turn.tls_port", self.turn.tls_port, true),
+            ("sip.udp_port", self.sip.udp_port, false),
+            ("turn.udp_port", self.turn.udp_port, false),
+        ];
+        for (path, port, is_tcp) in listeners {
+            if port == 0 {
+                continue;
+            }
+            let table = if is_tcp { &mut tcp } else { &mut udp };
+            if let Some(other) = table.insert(port, path) {
+                r.check(false, path, format!("port {port} is already used by {other}"));
+            }
+            let in_media = (self.media.rtp_port_min..=self.media.rtp_port_max).contains(&port);
+            let in_relay = (self.turn.relay_port_min..=self.turn.relay_port_max).contains(&port);
+            r.check(
+                !in_media && !in_relay,
+                path,
+                format!("port {port} lies inside the media or TURN relay port range"),
+            );
+        }
+    }
+}
+
+fn check_digest(r: &mut Report, secret: &crate::secret::HashedSecret, realm: &str, path: String, realm_field: &str) {
+    match secret.digest_key() {
+        None => r.check(false, path, "a password is required"),
+        Some(key) => r.check(
+            key.realm == realm,
+            path,
+            format!("{realm_field} changed since this password was stored; enter the password again"),
+        ),
+    }
+}

@@ -1,0 +1,276 @@
+//! `branchgate`: the box's one daemon and its command line.
+
+mod logging;
+mod supervisor;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use branchgate_config::{
+    ApplyOptions, Config, ConfigStore, Confirm, HashedSecret, Redaction, SecretState, parse_document, write_atomically,
+};
+use branchgate_web_admin::logs::LogRing;
+use branchgate_web_admin::status::ServiceBoard;
+use branchgate_web_admin::{AppState, now_ms, rfc3339};
+use clap::{Parser, Subcommand};
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::supervisor::Supervisor;
+
+/// The file the first start writes the admin password to.
+const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+
+#[derive(Parser)]
+#[command(name = "branchgate", version, about = "Branch-office WebRTC/SIP gateway daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the box.
+    Run {
+        /// Where configuration and state live.
+        #[arg(long, default_value = "/var/lib/branchgate")]
+        data_dir: PathBuf,
+        /// Provisioning file (a configuration document), applied once on first start.
+        #[arg(long)]
+        provision: Option<PathBuf>,
+    },
+    /// Work with configuration documents.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a provisioning or backup file without applying it.
+    Validate { file: PathBuf },
+    /// Print the stored configuration as a document (the daemon must be stopped).
+    Export {
+        #[arg(long, default_value = "/var/lib/branchgate")]
+        data_dir: PathBuf,
+        /// Include plain-text secrets (trunk passwords, TURN secret, TLS key).
+        #[arg(long)]
+        include_secrets: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { data_dir, provision } => run(data_dir, provision),
+        Command::Config { command: ConfigCommand::Validate { file } } => validate(&file),
+        Command::Config { command: ConfigCommand::Export { data_dir, include_secrets } } => {
+            let store = ConfigStore::open(&data_dir, now_ms()).context("opening the configuration")?;
+            let redaction = if include_secrets { Redaction::None } else { Redaction::PlainSecrets };
+            let doc = store.export(redaction, &rfc3339(now_ms()));
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
+    }
+}
+
+fn validate(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut config = parse_document(&bytes)?;
+    let provided_admin_password = config.admin.password.state() != SecretState::Keep;
+    if !provided_admin_password {
+        config.admin.password = HashedSecret::new("placeholder-for-validation");
+    }
+    let mut errors = config.seal(&Config::default());
+    errors.extend(config.validate());
+    if errors.is_empty() {
+        println!("{}: valid", file.display());
+        Ok(())
+    } else {
+        for e in &errors {
+            eprintln!("{}: {}", e.path, e.message);
+        }
+        bail!("{}: {} problem(s)", file.display(), errors.len())
+    }
+}
+
+/// A password for the first login: 20 characters from an alphabet without
+/// look-alikes, so it can be read off a console and typed.
+fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// First start: the provisioning file or defaults, with a per-unit admin password.
+fn first_start(store: &ConfigStore, data_dir: &Path, provision: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let (mut config, author) = match provision {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading the provisioning file {}", path.display()))?;
+            let mut config = parse_document(&bytes).with_context(|| format!("provisioning file {}", path.display()))?;
+            // Zero-touch: the provisioning file is the setup, so no wizard afterwards,
+            // unless the file asks for it with `system.setup_complete: false`.
+            let explicit = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|doc| doc.pointer("/system/setup_complete").and_then(serde_json::Value::as_bool));
+            config.system.setup_complete = explicit.unwrap_or(true);
+            (config, "provision")
+        }
+        None => (Config::default(), "system"),
+    };
+    let mut initial_password = None;
+    if config.admin.password.state() == SecretState::Keep {
+        let password = generate_password();
+        config.admin.password = HashedSecret::new(&password);
+        config.admin.must_change_password = true;
+        let path = data_dir.join(INITIAL_PASSWORD_FILE);
+        write_atomically(&path, format!("{password}\n").as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))?;
+        initial_password = Some(password);
+    } else {
+        // The provisioning file chose the password: no forced change.
+        config.admin.must_change_password = false;
+    }
+    let comment = if provision.is_some() { "provisioned on first start" } else { "initial configuration" };
+    store
+        .apply(config, ApplyOptions::new(author, comment).confirm(Confirm::Never), now_ms())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the first configuration was refused")?;
+    if provision.is_some() {
+        store.mark_provisioned()?;
+    }
+    Ok(initial_password)
+}
+
+fn run(data_dir: PathBuf, provision: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ring = LogRing::new(2000);
+    logging::init(ring.clone());
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = Arc::new(ConfigStore::open(&data_dir, now_ms()).context("opening the configuration store")?);
+    if let Some(notice) = store.recovery_notice() {
+        tracing::error!("{notice}");
+    }
+    let initial_password = if store.is_empty() {
+        first_start(&store, &data_dir, provision.as_deref())?
+    } else {
+        if let Some(path) = &provision {
+            tracing::info!(file = %path.display(), "data directory already configured; the provisioning file is applied on first start only");
+        }
+        None
+    };
+    if let Err(e) = store.expire_pending(now_ms()) {
+        tracing::error!(error = %e, "cannot roll back an unconfirmed change");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("branchgate")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(store, ring, data_dir, initial_password, started))
+}
+
+async fn serve(
+    store: Arc<ConfigStore>,
+    ring: LogRing,
+    data_dir: PathBuf,
+    initial_password: Option<String>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let board = ServiceBoard::default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState::new(store.clone(), board.clone(), ring, data_dir.clone());
+    let mut supervisor = Supervisor::new(board.clone(), shutdown_rx.clone());
+
+    let (ready_tx, mut ready_rx) = watch::channel(None::<SocketAddr>);
+    let ready_tx = Arc::new(ready_tx);
+    {
+        let state = state.clone();
+        supervisor.spawn("admin-ui", move |shutdown| {
+            let state = state.clone();
+            let ready_tx = ready_tx.clone();
+            async move {
+                branchgate_web_admin::run(state, shutdown, move |addr| {
+                    ready_tx.send_replace(Some(addr));
+                })
+                .await
+                .map_err(anyhow::Error::from)
+            }
+        });
+    }
+    {
+        let store = store.clone();
+        supervisor.spawn("config-guard", move |mut shutdown| {
+            let store = store.clone();
+            async move {
+                // Rolls back unconfirmed risky changes when their deadline passes.
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    if let Some(outcome) = store.expire_pending(now_ms())? {
+                        tracing::warn!(revision = outcome.revision, "unconfirmed change rolled back");
+                    }
+                }
+            }
+        });
+    }
+
+    // Announce readiness once the admin UI listens.
+    let _ = ready_rx.wait_for(Option::is_some).await;
+    let addr = (*ready_rx.borrow()).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+    let shown_host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let url = format!("https://{shown_host}:{}/", addr.port());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "branchgate: admin UI ready at {url} ({} ms after start)", started.elapsed().as_millis());
+    match &initial_password {
+        Some(password) => {
+            let _ = writeln!(
+                out,
+                "branchgate: first login: user admin, password {password} (also in {})",
+                data_dir.join(INITIAL_PASSWORD_FILE).display()
+            );
+        }
+        None if data_dir.join(INITIAL_PASSWORD_FILE).exists() => {
+            let _ = writeln!(
+                out,
+                "branchgate: first-login password (until changed) is in {}",
+                data_dir.join(INITIAL_PASSWORD_FILE).display()
+            );
+        }
+        None => {}
+    }
+    let _ = out.flush();
+    drop(out);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);
+    supervisor.spawn_systemd_watchdog();
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = shutdown_tx.send(true);
+    supervisor.join(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; running until killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

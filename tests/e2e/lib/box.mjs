@@ -1,0 +1,126 @@
+// Starts a real branchgate daemon for a test: its own data directory, its own
+// ports (so tests never clash with a box started by `./x run`), loopback only.
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import net from "node:net";
+
+export const BIN = process.env.BRANCHGATE_BIN || new URL("../../../target/debug/branchgate", import.meta.url).pathname;
+export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
+mkdirSync(ARTIFACTS, { recursive: true });
+
+/**
+ * A free TCP port on loopback, from 10000-19999: below the box's media range
+ * (20000-29999) and the kernel's ephemeral range, which the box's validation
+ * or other sockets would otherwise claim.
+ */
+export async function freePort() {
+  for (;;) {
+    const port = 10000 + Math.floor(Math.random() * 10000);
+    const free = await new Promise((resolve) => {
+      const server = net.createServer();
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+}
+
+/**
+ * Starts the box. `provision` is merged into a provisioning document that
+ * sets free admin ports on 127.0.0.1. Returns {url, dataDir, password, stop, kill, restart}.
+ */
+export async function startBox({ provision = {}, dataDir } = {}) {
+  dataDir = dataDir || mkdtempSync(join(tmpdir(), "branchgate-test-"));
+  const https = await freePort();
+  const http = await freePort();
+  const doc = structuredClone(provision);
+  doc.network = { admin_bind: "127.0.0.1", admin_https_port: https, admin_http_port: http, ...(doc.network || {}) };
+  // Other listeners are not bound yet; keep their ports clear of the defaults anyway.
+  const provisionFile = join(dataDir, "..", `provision-${https}.json`);
+  writeFileSync(provisionFile, JSON.stringify(doc));
+  const box = { dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port };
+  box.url = `https://127.0.0.1:${box.httpsPort}`;
+  await launch(box, provisionFile);
+  const initial = join(dataDir, "initial-admin-password");
+  try { box.password = readFileSync(initial, "utf8").trim(); } catch { box.password = null; }
+  box.stop = () => stopProcess(box, "SIGTERM");
+  box.kill = () => stopProcess(box, "SIGKILL");
+  box.restart = async () => { await box.stop(); await launch(box, provisionFile); };
+  return box;
+}
+
+async function launch(box, provisionFile) {
+  const child = spawn(BIN, ["run", "--data-dir", box.dataDir, "--provision", provisionFile], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+  });
+  box.child = child;
+  box.stdout = "";
+  box.stderr = "";
+  child.stderr.on("data", (d) => { box.stderr += d; });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`box not ready in 20 s\n${box.stdout}\n${box.stderr}`)), 20000);
+    child.stdout.on("data", (d) => {
+      box.stdout += d;
+      if (box.stdout.includes("admin UI ready")) { clearTimeout(timer); resolve(); }
+    });
+    child.on("exit", (code) => { clearTimeout(timer); reject(new Error(`box exited with ${code}\n${box.stderr}`)); });
+  });
+  child.removeAllListeners("exit");
+}
+
+function stopProcess(box, signal) {
+  return new Promise((resolve) => {
+    if (!box.child || box.child.exitCode !== null || box.child.signalCode !== null) return resolve();
+    box.child.once("exit", () => resolve());
+    box.child.kill(signal);
+  });
+}
+
+/** A minimal HTTPS JSON client that accepts the box's self-signed certificate and keeps the session cookie. */
+export class Api {
+  constructor(base) { this.base = base; this.cookie = null; }
+  async request(method, path, { body, headers = {}, raw } = {}) {
+    const { request } = await import("node:https");
+    const url = new URL(path, this.base);
+    const payload = raw !== undefined ? raw : body !== undefined ? JSON.stringify(body) : undefined;
+    return new Promise((resolve, reject) => {
+      const req = request(url, {
+        method, rejectUnauthorized: false,
+        headers: {
+          ...(payload !== undefined ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {}),
+          ...(this.cookie ? { cookie: this.cookie } : {}),
+          ...headers,
+        },
+      }, (res) => {
+        let data = "";
+        res.on("data", (d) => { data += d; });
+        res.on("end", () => {
+          const set = res.headers["set-cookie"];
+          if (set) { for (const c of set) { if (c.startsWith("__Host-branchgate=")) this.cookie = c.split(";")[0]; } }
+          let json = null;
+          try { json = JSON.parse(data); } catch { /* not JSON */ }
+          resolve({ status: res.statusCode, headers: res.headers, text: data, json });
+        });
+      });
+      req.on("error", reject);
+      if (payload !== undefined) req.write(payload);
+      req.end();
+    });
+  }
+  get(path, opts) { return this.request("GET", path, opts); }
+  post(path, body, opts = {}) { return this.request("POST", path, { body, ...opts }); }
+  put(path, body, opts = {}) { return this.request("PUT", path, { body, ...opts }); }
+  async login(username, password) {
+    const r = await this.post("/api/v1/session", { username, password });
+    if (r.status !== 200) throw new Error(`login failed: ${r.status} ${r.text}`);
+    return r;
+  }
+}
+
+export const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];

@@ -1,0 +1,685 @@
+//! The JSON API under `/api/v1` (see `openapi.rs` for the document).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use branchgate_config::{
+    ADMIN_USERNAME, AdminUser, ApplyOptions, ApplyOutcome, AuditEntry, Config, ConfigError, HashedSecret, Redaction,
+    Role, SECTIONS, diff, to_document,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{ApiUser, User, check_password, clear_cookie, session_cookie};
+use crate::{AppState, now_ms, rfc3339};
+
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// The HTTP answer to a configuration error: 422 with field errors for
+/// validation, 404 for unknown things, 500 for storage failures.
+pub fn config_error_response(error: &ConfigError) -> Response {
+    match error {
+        ConfigError::Invalid(fields) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "validation failed", "fields": fields })))
+                .into_response()
+        }
+        ConfigError::Document(message) => {
+            let path = message.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' '));
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": message, "fields": path.map(|p| vec![json!({"path": p, "message": message})]).unwrap_or_default() })),
+            )
+                .into_response()
+        }
+        ConfigError::UnknownSection(_) | ConfigError::NoSuchRevision(_) => {
+            json_error(StatusCode::NOT_FOUND, &error.to_string())
+        }
+        ConfigError::Locked(_) | ConfigError::Storage(_) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
+        }
+    }
+}
+
+fn outcome_response(outcome: &ApplyOutcome) -> Response {
+    Json(json!({
+        "revision": outcome.revision,
+        "changed": outcome.changed,
+        "pending_confirm": outcome.pending_confirm,
+    }))
+    .into_response()
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}")))
+}
+
+impl AppState {
+    /// Restoring a revision with other logins changes who may log in: admin only.
+    pub fn restore_needs_admin(&self, rev: u64) -> bool {
+        matches!(self.store.revision(rev), Ok(Some(old)) if old.config.admin != self.store.current().config.admin)
+    }
+
+    pub fn audit(&self, user: &str, peer: Option<SocketAddr>, action: &str, detail: impl Into<String>) {
+        self.store.record_audit(&AuditEntry {
+            time_ms: now_ms(),
+            user: user.to_string(),
+            peer: peer.map(|p| p.ip().to_string()),
+            action: action.to_string(),
+            detail: detail.into(),
+        });
+    }
+
+    /// Logs a user in; the error is the response to send.
+    pub async fn login(&self, peer: SocketAddr, username: &str, password: &str) -> Result<(String, User), Response> {
+        if let Some(left) = self.lockout.locked(peer.ip()) {
+            let mut response = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many failed logins from {}; try again in {} s", peer.ip(), left.as_secs() + 1),
+            );
+            if let Ok(value) = (left.as_secs() + 1).to_string().parse() {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+            return Err(response);
+        }
+        let admin = self.store.current().config.admin.clone();
+        match check_password(&admin, username, password).await {
+            Some((role, must_change)) => {
+                self.lockout.succeed(peer.ip());
+                let id = self.sessions.create(username, role, must_change);
+                self.audit(username, Some(peer), "login", format!("role {}", role.as_str()));
+                let user =
+                    User { session_id: id.clone(), username: username.into(), role, must_change_password: must_change };
+                Ok((id, user))
+            }
+            None => {
+                self.metrics.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let locked = self.lockout.fail(
+                    peer.ip(),
+                    admin.lockout_threshold,
+                    Duration::from_secs(u64::from(admin.lockout_minutes) * 60),
+                );
+                let detail = if locked { "failed; peer locked out" } else { "failed" };
+                self.audit(username, Some(peer), "login", detail);
+                tracing::warn!(%username, peer = %peer.ip(), locked, "failed login");
+                Err(json_error(StatusCode::UNAUTHORIZED, "wrong username or password"))
+            }
+        }
+    }
+
+    /// Sets the password of `username` (the caller has checked the right to).
+    pub fn set_password(&self, author: &User, username: &str, new_password: &str) -> Result<ApplyOutcome, ConfigError> {
+        let mut config = self.store.current().config.clone();
+        if username == ADMIN_USERNAME {
+            config.admin.password = HashedSecret::new(new_password);
+            config.admin.must_change_password = false;
+        } else if let Some(user) = config.admin.users.iter_mut().find(|u| u.username == username) {
+            user.password = HashedSecret::new(new_password);
+            user.must_change_password = author.username != username;
+        } else {
+            return Err(ConfigError::Document(format!("no user named '{username}'")));
+        }
+        let outcome = self.store.apply(
+            config,
+            ApplyOptions::new(&author.username, format!("password of {username} changed")),
+            now_ms(),
+        )?;
+        self.sessions.remove_user(username, Some(&author.session_id));
+        if author.username == username {
+            self.sessions.clear_must_change(&author.session_id);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Password rules: long enough, not the username, not the current one.
+pub fn password_problem(username: &str, new_password: &str, current_password: Option<&str>) -> Option<&'static str> {
+    if new_password.chars().count() < 10 {
+        Some("use at least 10 characters")
+    } else if new_password.len() > 256 {
+        Some("use at most 256 characters")
+    } else if new_password.eq_ignore_ascii_case(username) {
+        Some("the password cannot be the username")
+    } else if current_password == Some(new_password) {
+        Some("choose a password different from the current one")
+    } else {
+        None
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginBody {
+    username: String,
+    password: String,
+}
+
+pub async fn post_session(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let body: LoginBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("expected {{\"username\", \"password\"}}: {e}")),
+    };
+    match state.login(peer, &body.username, &body.password).await {
+        Ok((id, user)) => (
+            [(SET_COOKIE, session_cookie(&id))],
+            Json(json!({
+                "username": user.username,
+                "role": user.role,
+                "must_change_password": user.must_change_password,
+            })),
+        )
+            .into_response(),
+        Err(response) => response,
+    }
+}
+
+pub async fn get_session(ApiUser(user): ApiUser) -> Response {
+    Json(json!({ "username": user.username, "role": user.role, "must_change_password": user.must_change_password }))
+        .into_response()
+}
+
+pub async fn delete_session(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    state.sessions.remove(&user.session_id);
+    ([(SET_COOKIE, clear_cookie())], StatusCode::NO_CONTENT).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+pub async fn put_password(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    body: Bytes,
+) -> Response {
+    let body: PasswordBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"current_password\", \"new_password\"}}: {e}"),
+            );
+        }
+    };
+    let admin = state.store.current().config.admin.clone();
+    if check_password(&admin, &user.username, &body.current_password).await.is_none() {
+        return json_error(StatusCode::FORBIDDEN, "the current password is wrong");
+    }
+    if let Some(problem) = password_problem(&user.username, &body.new_password, Some(&body.current_password)) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": problem, "fields": [{"path": "new_password", "message": problem}]})),
+        )
+            .into_response();
+    }
+    match state.set_password(&user, &user.username, &body.new_password) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "password", "own password changed");
+            outcome_response(&outcome)
+        }
+        Err(e) => config_error_response(&e),
+    }
+}
+
+pub async fn get_config(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let current = state.store.current();
+    Json(to_document(&current.config.redacted(Redaction::All), current.revision, &rfc3339(now_ms()))).into_response()
+}
+
+/// Sections an installer may change; `admin` holds logins and needs the admin role.
+pub fn section_role(section: &str) -> Role {
+    if section == "admin" { Role::Admin } else { Role::Installer }
+}
+
+pub fn section_value(config: &Config, section: &str) -> Option<Value> {
+    match serde_json::to_value(config) {
+        Ok(Value::Object(mut map)) => map.remove(section),
+        _ => None,
+    }
+}
+
+pub async fn get_section(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(section): Path<String>,
+) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let current = state.store.current();
+    match section_value(&current.config.redacted(Redaction::All), &section) {
+        Some(Value::Object(mut map)) => {
+            map.insert("revision".into(), current.revision.into());
+            Json(Value::Object(map)).into_response()
+        }
+        _ => json_error(StatusCode::NOT_FOUND, &format!("no configuration section named '{section}'")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ChangeQuery {
+    comment: Option<String>,
+}
+
+pub async fn put_section(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    Path(section): Path<String>,
+    Query(query): Query<ChangeQuery>,
+    body: Bytes,
+) -> Response {
+    if !SECTIONS.contains(&section.as_str()) {
+        return json_error(StatusCode::NOT_FOUND, &format!("no configuration section named '{section}'"));
+    }
+    if let Err(r) = user.require_change(section_role(&section)) {
+        return r;
+    }
+    let mut patch = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    // A section read from GET carries the revision it came from: refuse to
+    // overwrite a newer change made meanwhile.
+    if let Some(base) = patch.as_object_mut().and_then(|m| m.remove("revision")) {
+        let current = state.store.current().revision;
+        if base.as_u64() != Some(current) {
+            return json_error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "the configuration changed meanwhile (now revision {current}, you sent {base}); reload and retry"
+                ),
+            );
+        }
+    }
+    let comment = query.comment.unwrap_or_else(|| format!("{section} changed"));
+    match state.store.apply_section(&section, patch, ApplyOptions::new(&user.username, &comment), now_ms()) {
+        Ok(outcome) => {
+            if outcome.changed {
+                state.audit(
+                    &user.username,
+                    Some(peer),
+                    "config",
+                    format!("{section}: {comment} (revision {})", outcome.revision),
+                );
+            }
+            outcome_response(&outcome)
+        }
+        Err(e) => config_error_response(&e),
+    }
+}
+
+pub async fn list_revisions(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    match state.store.history(500) {
+        Ok(history) => Json(json!({ "current": state.store.current().revision, "revisions": history })).into_response(),
+        Err(e) => config_error_response(&e),
+    }
+}
+
+pub async fn get_revision(State(state): State<AppState>, ApiUser(user): ApiUser, Path(rev): Path<u64>) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    match revision_with_diff(&state, rev) {
+        Ok(Some(value)) => Json(value).into_response(),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, &format!("revision {rev} does not exist")),
+        Err(e) => config_error_response(&e),
+    }
+}
+
+/// A revision with its (redacted) configuration and the changes from the one before.
+pub fn revision_with_diff(state: &AppState, rev: u64) -> Result<Option<Value>, ConfigError> {
+    let Some(revision) = state.store.revision(rev)? else {
+        return Ok(None);
+    };
+    let new = serde_json::to_value(revision.config.redacted(Redaction::All)).unwrap_or(Value::Null);
+    let old = match rev.checked_sub(1).filter(|r| *r > 0) {
+        Some(prev) => state.store.revision(prev)?.map(|r| r.config.redacted(Redaction::All)),
+        None => None,
+    };
+    let old = old.map(|c| serde_json::to_value(c).unwrap_or(Value::Null)).unwrap_or(json!({}));
+    Ok(Some(json!({ "info": revision.info, "config": new, "changes": diff(&old, &new) })))
+}
+
+pub async fn restore_revision(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    Path(rev): Path<u64>,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Installer) {
+        return r;
+    }
+    if state.restore_needs_admin(rev) && user.role < Role::Admin {
+        return json_error(StatusCode::FORBIDDEN, "that revision has other logins; restoring it needs the admin role");
+    }
+    match state.store.restore(rev, &user.username, now_ms()) {
+        Ok(outcome) => {
+            state.audit(
+                &user.username,
+                Some(peer),
+                "restore",
+                format!("revision {rev} restored as {}", outcome.revision),
+            );
+            outcome_response(&outcome)
+        }
+        Err(e) => config_error_response(&e),
+    }
+}
+
+pub async fn confirm(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Installer) {
+        return r;
+    }
+    match state.store.confirm() {
+        Ok(true) => {
+            state.audit(&user.username, Some(peer), "confirm", "pending change confirmed");
+            Json(json!({ "confirmed": true })).into_response()
+        }
+        Ok(false) => json_error(StatusCode::CONFLICT, "no change is waiting for confirmation"),
+        Err(e) => config_error_response(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    #[serde(default)]
+    include_secrets: bool,
+}
+
+pub fn export_response(state: &AppState, include_secrets: bool) -> Response {
+    let redaction = if include_secrets { Redaction::None } else { Redaction::PlainSecrets };
+    let doc = state.store.export(redaction, &rfc3339(now_ms()));
+    let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    let hostname = state.store.current().config.system.hostname.clone();
+    (
+        [
+            (CONTENT_TYPE, "application/json".to_string()),
+            (
+                CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{hostname}-config-r{}.json\"", state.store.current().revision),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn export(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    Query(query): Query<ExportQuery>,
+) -> Response {
+    if let Err(r) = user.require(Role::Admin) {
+        return r;
+    }
+    state.audit(
+        &user.username,
+        Some(peer),
+        "export",
+        if query.include_secrets { "with secrets" } else { "secrets hashed or redacted" },
+    );
+    export_response(&state, query.include_secrets)
+}
+
+pub async fn import(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Admin) {
+        return r;
+    }
+    match state.store.import(&body, ApplyOptions::new(&user.username, "backup restored"), now_ms()) {
+        Ok(outcome) => {
+            state.audit(
+                &user.username,
+                Some(peer),
+                "import",
+                format!("backup restored as revision {}", outcome.revision),
+            );
+            outcome_response(&outcome)
+        }
+        Err(e) => config_error_response(&e),
+    }
+}
+
+pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let logged_in = crate::auth::cookie_value(&headers, crate::auth::SESSION_COOKIE).is_some_and(|id| {
+        let admin = &state.store.current().config.admin;
+        state
+            .sessions
+            .touch(
+                id,
+                Duration::from_secs(u64::from(admin.session_idle_minutes) * 60),
+                Duration::from_secs(u64::from(admin.session_absolute_hours) * 3600),
+            )
+            .is_some()
+    });
+    if logged_in {
+        Json(state.status_json()).into_response()
+    } else {
+        Json(json!({
+            "status": if state.services.all_running() { "ok" } else { "degraded" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": state.started.elapsed().as_secs(),
+        }))
+        .into_response()
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    limit: Option<usize>,
+    level: Option<String>,
+}
+
+pub async fn logs(State(state): State<AppState>, ApiUser(user): ApiUser, Query(query): Query<LogQuery>) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let level = query.level.map(|l| l.to_ascii_uppercase());
+    Json(json!({ "lines": state.logs.tail(query.limit.unwrap_or(200).min(5000), level.as_deref()) })).into_response()
+}
+
+pub async fn audit(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Admin) {
+        return r;
+    }
+    Json(json!({ "entries": state.store.audit_log(1000) })).into_response()
+}
+
+pub async fn list_users(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Admin) {
+        return r;
+    }
+    let admin = &state.store.current().config.admin;
+    let mut users = vec![
+        json!({"username": ADMIN_USERNAME, "role": Role::Admin, "must_change_password": admin.must_change_password}),
+    ];
+    users.extend(
+        admin
+            .users
+            .iter()
+            .map(|u| json!({"username": u.username, "role": u.role, "must_change_password": u.must_change_password})),
+    );
+    Json(json!({ "users": users })).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    pub username: String,
+    pub role: Role,
+    pub password: String,
+}
+
+/// Adds a login; the error is the response to send.
+pub fn add_user(state: &AppState, author: &User, new: NewUser) -> Result<ApplyOutcome, Response> {
+    if let Some(problem) = password_problem(&new.username, &new.password, None) {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": problem, "fields": [{"path": "password", "message": problem}]})),
+        )
+            .into_response());
+    }
+    let mut config = state.store.current().config.clone();
+    if new.username == ADMIN_USERNAME || config.admin.users.iter().any(|u| u.username == new.username) {
+        return Err(json_error(StatusCode::CONFLICT, &format!("a user named '{}' exists", new.username)));
+    }
+    config.admin.users.push(AdminUser {
+        username: new.username.clone(),
+        role: new.role,
+        password: HashedSecret::new(new.password),
+        must_change_password: true,
+    });
+    state
+        .store
+        .apply(config, ApplyOptions::new(&author.username, format!("user {} added", new.username)), now_ms())
+        .map_err(|e| config_error_response(&e))
+}
+
+pub fn delete_user_by_name(state: &AppState, author: &User, username: &str) -> Result<ApplyOutcome, Response> {
+    if username == ADMIN_USERNAME {
+        return Err(json_error(StatusCode::UNPROCESSABLE_ENTITY, "the built-in admin account cannot be deleted"));
+    }
+    let mut config = state.store.current().config.clone();
+    let before = config.admin.users.len();
+    config.admin.users.retain(|u| u.username != username);
+    if config.admin.users.len() == before {
+        return Err(json_error(StatusCode::NOT_FOUND, &format!("no user named '{username}'")));
+    }
+    let outcome = state
+        .store
+        .apply(config, ApplyOptions::new(&author.username, format!("user {username} deleted")), now_ms())
+        .map_err(|e| config_error_response(&e))?;
+    state.sessions.remove_user(username, None);
+    Ok(outcome)
+}
+
+pub async fn post_user(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Admin) {
+        return r;
+    }
+    let new: NewUser = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"username\", \"role\", \"password\"}}: {e}"),
+            );
+        }
+    };
+    let name = new.username.clone();
+    match add_user(&state, &user, new) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "user", format!("{name} added"));
+            (StatusCode::CREATED, Json(json!({"revision": outcome.revision}))).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+pub async fn delete_user(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    Path(username): Path<String>,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Admin) {
+        return r;
+    }
+    match delete_user_by_name(&state, &user, &username) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "user", format!("{username} deleted"));
+            outcome_response(&outcome)
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TlsBody {
+    pub certificate: String,
+    pub private_key: String,
+}
+
+/// Installs the installer's certificate (checked first); it applies without a
+/// restart and waits for confirmation like any change that may cut the installer off.
+pub fn set_certificate(state: &AppState, author: &User, body: TlsBody) -> Result<ApplyOutcome, Response> {
+    if let Err(problem) = crate::tls::check_pair(&body.certificate, &body.private_key) {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": problem, "fields": [{"path": "admin.tls_certificate", "message": problem}]})),
+        )
+            .into_response());
+    }
+    let mut config = state.store.current().config.clone();
+    config.admin.tls_certificate = Some(body.certificate);
+    config.admin.tls_private_key = Some(branchgate_config::PlainSecret::new(body.private_key));
+    state
+        .store
+        .apply(config, ApplyOptions::new(&author.username, "admin certificate installed"), now_ms())
+        .map_err(|e| config_error_response(&e))
+}
+
+pub async fn put_tls(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Admin) {
+        return r;
+    }
+    let body: TlsBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"certificate\", \"private_key\"}} in PEM: {e}"),
+            );
+        }
+    };
+    match set_certificate(&state, &user, body) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "tls", "certificate installed");
+            outcome_response(&outcome)
+        }
+        Err(r) => r,
+    }
+}
+
+pub async fn fallback() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such API path; see /api/v1/openapi.json")
+}

@@ -1,0 +1,415 @@
+//! The installer's HTTPS admin UI and JSON API.
+//!
+//! Server-rendered pages (askama) with a little progressive JavaScript, the
+//! JSON API under `/api/v1`, Prometheus `/metrics`, all over rustls on the
+//! admin port; the plain HTTP port only redirects.
+
+pub mod api;
+pub mod auth;
+pub mod logs;
+mod openapi;
+mod pages;
+pub mod security;
+pub mod status;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use base64::Engine;
+use branchgate_config::{ConfigStore, Role};
+use futures_util::Stream;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::auth::{Lockout, SessionTable};
+use crate::logs::LogRing;
+use crate::status::{CpuSampler, ServiceBoard};
+
+/// Largest request body (a configuration backup is a few KiB; certificates too).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("admin server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub login_failures: AtomicU64,
+}
+
+/// Everything the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Arc<ConfigStore>,
+    pub sessions: Arc<SessionTable>,
+    pub lockout: Arc<Lockout>,
+    pub services: ServiceBoard,
+    pub logs: LogRing,
+    pub started: Instant,
+    pub data_dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+    cpu: Arc<Mutex<CpuSampler>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<ConfigStore>, services: ServiceBoard, logs: LogRing, data_dir: PathBuf) -> Self {
+        AppState {
+            store,
+            sessions: Arc::default(),
+            lockout: Arc::default(),
+            services,
+            logs,
+            started: Instant::now(),
+            data_dir,
+            metrics: Arc::default(),
+            cpu: Arc::default(),
+        }
+    }
+
+    /// The dashboard's figures.
+    pub fn status_json(&self) -> Value {
+        let current = self.store.current();
+        let cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner()).sample();
+        json!({
+            "status": if self.services.all_running() { "ok" } else { "degraded" },
+            "hostname": current.config.system.hostname,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "uptime": status::format_duration(self.started.elapsed()),
+            "revision": current.revision,
+            "pending_confirm": self.store.pending(),
+            "recovery_notice": self.store.recovery_notice(),
+            "cpu_percent": cpu.map(|c| (c * 10.0).round() / 10.0),
+            "memory": status::memory(),
+            "temperature_celsius": status::temperature_celsius(),
+            "services": self.services.list(),
+            "sessions": self.sessions.count(),
+        })
+    }
+
+    fn metrics_text(&self) -> String {
+        let current = self.store.current();
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, String)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        metric("branchgate_up", "The daemon is running.", "gauge", vec![(String::new(), "1".into())]);
+        metric(
+            "branchgate_uptime_seconds",
+            "Seconds since the daemon started.",
+            "gauge",
+            vec![(String::new(), self.started.elapsed().as_secs().to_string())],
+        );
+        metric(
+            "branchgate_config_revision",
+            "Current configuration revision.",
+            "gauge",
+            vec![(String::new(), current.revision.to_string())],
+        );
+        let services = self.services.list();
+        metric(
+            "branchgate_service_up",
+            "1 when the supervised service runs.",
+            "gauge",
+            services
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{{service=\"{}\"}}", s.name),
+                        u8::from(s.state == status::ServiceState::Running).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "branchgate_service_restarts_total",
+            "Restarts of the supervised service after a failure.",
+            "counter",
+            services.iter().map(|s| (format!("{{service=\"{}\"}}", s.name), s.restarts.to_string())).collect(),
+        );
+        metric(
+            "branchgate_admin_login_failures_total",
+            "Failed admin logins.",
+            "counter",
+            vec![(String::new(), self.metrics.login_failures.load(Ordering::Relaxed).to_string())],
+        );
+        metric(
+            "branchgate_admin_sessions",
+            "Live admin sessions.",
+            "gauge",
+            vec![(String::new(), self.sessions.count().to_string())],
+        );
+        metric(
+            "branchgate_process_resident_memory_bytes",
+            "Resident memory of the daemon.",
+            "gauge",
+            vec![(String::new(), status::memory().process_rss_bytes.to_string())],
+        );
+        out
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(openapi::document()).into_response()
+}
+
+/// `/metrics`: an admin session, or HTTP Basic credentials of any login (for Prometheus).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let mut parts = request.into_parts().0;
+    let session_ok =
+        <auth::ApiUser as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state)
+            .await
+            .is_ok();
+    let basic_ok = match basic_credentials(&headers) {
+        Some((user, pass)) => match peer {
+            Some(peer) => state.login(peer, &user, &pass).await.map(|(id, _)| state.sessions.remove(&id)).is_ok(),
+            None => false,
+        },
+        None => false,
+    };
+    if !(session_ok || basic_ok) {
+        return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Basic realm=\"branchgate metrics\"")], "log in\n")
+            .into_response();
+    }
+    metrics_body(&state)
+}
+
+fn metrics_body(state: &AppState) -> Response {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics_text()).into_response()
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+async fn events(State(state): State<AppState>, auth::PageUser(_user): auth::PageUser) -> Response {
+    let stream = status_stream(state);
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    response.headers_mut().insert(CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    response
+}
+
+fn status_stream(state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold((state, true), |(state, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let event = Event::default().event("status").json_data(state.status_json()).unwrap_or_default();
+        Some((Ok(event), (state, false)))
+    })
+}
+
+/// The whole admin application.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/session", post(api::post_session).get(api::get_session).delete(api::delete_session))
+        .route("/session/password", put(api::put_password))
+        .route("/config", get(api::get_config))
+        .route("/config/export", get(api::export))
+        .route("/config/import", post(api::import))
+        .route("/config/confirm", post(api::confirm))
+        .route("/config/revisions", get(api::list_revisions))
+        .route("/config/revisions/{rev}", get(api::get_revision))
+        .route("/config/revisions/{rev}/restore", post(api::restore_revision))
+        .route("/config/{section}", get(api::get_section).put(api::put_section))
+        .route("/status", get(api::status))
+        .route("/logs", get(api::logs))
+        .route("/audit", get(api::audit))
+        .route("/users", get(api::list_users).post(api::post_user))
+        .route("/users/{username}", axum::routing::delete(api::delete_user))
+        .route("/tls", put(api::put_tls))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(api::fallback);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics))
+        .route("/events", get(events))
+        .merge(pages::routes())
+        .layer(axum::middleware::from_fn(security::csrf_guard))
+        .layer(axum::middleware::from_fn(security::security_headers))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// The admin certificate the configuration asks for: the installer's, or the self-signed one.
+fn current_pem(state: &AppState) -> Result<tls::PemPair, WebError> {
+    let config = &state.store.current().config;
+    match (&config.admin.tls_certificate, &config.admin.tls_private_key) {
+        (Some(certificate), Some(key)) => {
+            Ok(tls::PemPair { certificate: certificate.clone(), private_key: key.expose().to_string() })
+        }
+        _ => tls::self_signed(&state.data_dir.join("tls"), &config.system.hostname),
+    }
+}
+
+/// Runs the HTTPS admin server (and the HTTP redirect) until `shutdown` turns
+/// true. A new certificate is loaded without a restart; a change of the
+/// listening addresses rebinds.
+pub async fn run(
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+    on_ready: impl Fn(SocketAddr),
+) -> Result<(), WebError> {
+    tls::install_crypto_provider();
+    let mut config_rx = state.store.subscribe();
+    loop {
+        let network = state.store.current().config.network.clone();
+        let pem = current_pem(&state)?;
+        let rustls = RustlsConfig::from_pem(pem.certificate.clone().into_bytes(), pem.private_key.clone().into_bytes())
+            .await
+            .map_err(|e| WebError::Tls(e.to_string()))?;
+        let https_addr = SocketAddr::new(network.admin_bind, network.admin_https_port);
+        let https_listener =
+            std::net::TcpListener::bind(https_addr).map_err(|source| WebError::Bind { addr: https_addr, source })?;
+        https_listener.set_nonblocking(true).map_err(WebError::Serve)?;
+        let https_handle = Handle::new();
+        let app = router(state.clone());
+        let mut https = tokio::spawn(
+            axum_server::from_tcp_rustls(https_listener, rustls.clone())
+                .handle(https_handle.clone())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>()),
+        );
+        let http_handle = Handle::new();
+        let http = if network.admin_http_port != 0 {
+            let http_addr = SocketAddr::new(network.admin_bind, network.admin_http_port);
+            let listener =
+                std::net::TcpListener::bind(http_addr).map_err(|source| WebError::Bind { addr: http_addr, source })?;
+            listener.set_nonblocking(true).map_err(WebError::Serve)?;
+            let https_port = network.admin_https_port;
+            let redirect = Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
+                redirect_to_https(&headers, &uri, https_port)
+            });
+            Some(tokio::spawn(
+                axum_server::from_tcp(listener).handle(http_handle.clone()).serve(redirect.into_make_service()),
+            ))
+        } else {
+            None
+        };
+        if let Some(addr) = https_handle.listening().await {
+            tracing::info!(%addr, "admin UI listening");
+            on_ready(addr);
+        }
+        let mut loaded_pem = pem;
+        let rebind = loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() { break false; }
+                }
+                changed = config_rx.changed() => {
+                    if changed.is_err() { break false; }
+                    if state.store.current().config.network != network { break true; }
+                    match current_pem(&state) {
+                        Ok(pem) if pem != loaded_pem => {
+                            match rustls.reload_from_pem(pem.certificate.clone().into_bytes(), pem.private_key.clone().into_bytes()).await {
+                                Ok(()) => { tracing::info!("admin certificate reloaded"); loaded_pem = pem; }
+                                Err(e) => tracing::error!(error = %e, "new admin certificate refused; keeping the old one"),
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot load the admin certificate"),
+                    }
+                }
+                result = &mut https => {
+                    let error = match result {
+                        Ok(Ok(())) => std::io::Error::other("the HTTPS server stopped"),
+                        Ok(Err(e)) => e,
+                        Err(e) => std::io::Error::other(e.to_string()),
+                    };
+                    return Err(WebError::Serve(error));
+                }
+            }
+        };
+        https_handle.graceful_shutdown(Some(Duration::from_secs(3)));
+        http_handle.graceful_shutdown(Some(Duration::from_secs(3)));
+        let _ = https.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        if !rebind {
+            return Ok(());
+        }
+        tracing::info!("admin listeners changed; rebinding");
+    }
+}
+
+fn redirect_to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Response {
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    // Strip a port (keeping IPv6 brackets) and put the HTTPS one.
+    let bare = if host.starts_with('[') {
+        host.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| host.to_string())
+    } else {
+        host.split(':').next().unwrap_or(host).to_string()
+    };
+    let valid =
+        !bare.is_empty() && bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    let bare = if valid { bare } else { "localhost".to_string() };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location =
+        if https_port == 443 { format!("https://{bare}{path}") } else { format!("https://{bare}:{https_port}{path}") };
+    (StatusCode::MOVED_PERMANENTLY, [(LOCATION, location)]).into_response()
+}
+
+/// The role names the UI offers.
+pub const ROLES: &[Role] = &[Role::Viewer, Role::Installer, Role::Admin];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_host_and_path() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, "box.local:8080".parse().expect("header"));
+        let uri: Uri = "/settings/sip?x=1".parse().expect("uri");
+        let response = redirect_to_https(&headers, &uri, 8443);
+        assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(response.headers()[LOCATION], "https://box.local:8443/settings/sip?x=1");
+        headers.insert(HOST, "[::1]:8080".parse().expect("header"));
+        assert_eq!(redirect_to_https(&headers, &uri, 443).headers()[LOCATION], "https://[::1]/settings/sip?x=1");
+        headers.insert(HOST, "evil\"host".parse().expect("header"));
+        assert_eq!(
+            redirect_to_https(&headers, &uri, 8443).headers()[LOCATION],
+            "https://localhost:8443/settings/sip?x=1"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! The OpenAPI 3.1 description of `/api/v1`, served at `/api/v1/openapi.json`.
+
+use serde_json::{Value, json};
+
+fn op(summary: &str, role: &str, responses: Value) -> Value {
+    json!({ "summary": summary, "description": format!("Needs: {role}."), "responses": responses })
+}
+
+fn with_body(mut operation: Value, schema: Value) -> Value {
+    operation["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+    operation
+}
+
+pub fn document() -> Value {
+    let ok = |d: &str| json!({ "200": { "description": d } });
+    let change = json!({
+        "200": { "description": "Applied: {revision, changed, pending_confirm}" },
+        "400": { "description": "The body is not JSON" },
+        "401": { "description": "Not logged in" },
+        "403": { "description": "Role too low, initial password unchanged, or foreign Origin" },
+        "409": { "description": "The configuration changed since the revision given in the body" },
+        "422": { "description": "Validation failed: {error, fields: [{path, message}]}" }
+    });
+    let section_param = json!([{ "name": "section", "in": "path", "required": true,
+        "schema": { "type": "string", "enum": branchgate_config::SECTIONS } }]);
+    let rev_param =
+        json!([{ "name": "rev", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 1 } }]);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "branchgate admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Log in with POST /session; the session cookie authorises the rest. \
+    State-changing requests from a foreign Origin are refused with 403. Secrets read back as \"********\"; \
+    sending that value (or leaving the field out) keeps the stored secret."
+        },
+        "paths": {
+            "/api/v1/session": {
+                "post": with_body(op("Log in", "nothing", json!({
+                    "200": {"description": "Logged in; sets the session cookie"},
+                    "401": {"description": "Wrong username or password"},
+                    "429": {"description": "Too many failures from this address (Retry-After)"}})),
+                    json!({"type": "object", "required": ["username", "password"],
+                           "properties": {"username": {"type": "string"}, "password": {"type": "string"}}})),
+                "get": op("Who is logged in", "a session", ok("{username, role, must_change_password}")),
+                "delete": op("Log out", "a session", json!({"204": {"description": "Logged out"}}))
+            },
+            "/api/v1/session/password": {
+                "put": with_body(op("Change the own password", "a session", change.clone()),
+                    json!({"type": "object", "required": ["current_password", "new_password"],
+                           "properties": {"current_password": {"type": "string"}, "new_password": {"type": "string", "minLength": 10}}}))
+            },
+            "/api/v1/config": { "get": op("The whole configuration with its revision (secrets redacted)", "viewer", ok("A configuration document")) },
+            "/api/v1/config/{section}": {
+                "parameters": section_param,
+                "get": op("One section, with the current revision as `revision`", "viewer", ok("The section")),
+                "put": with_body(op("Change a section: fields given replace the stored ones, others are kept. \
+    An optional `revision` field refuses the change (409) if the configuration moved on. Changes to `network` or the admin \
+    certificate roll back after 90 s unless confirmed (POST /config/confirm).", "installer (admin for `admin`)", change.clone()),
+                    json!({"type": "object"}))
+            },
+            "/api/v1/config/revisions": { "get": op("Revision history, newest first", "viewer", ok("{current, revisions}")) },
+            "/api/v1/config/revisions/{rev}": { "parameters": rev_param.clone(),
+                "get": op("A revision with its changes from the previous one", "viewer", ok("{info, config, changes}")) },
+            "/api/v1/config/revisions/{rev}/restore": { "parameters": rev_param,
+                "post": op("Apply an older revision as a new one", "installer", change.clone()) },
+            "/api/v1/config/confirm": { "post": op("Keep a change that waits for confirmation", "installer",
+                json!({"200": {"description": "Confirmed"}, "409": {"description": "Nothing pending"}})) },
+            "/api/v1/config/export": { "get": { "summary": "Download a backup; `include_secrets=true` adds plain secrets",
+                "description": "Needs: admin.",
+                "parameters": [{"name": "include_secrets", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": ok("A configuration document") } },
+            "/api/v1/config/import": { "post": with_body(op("Restore a backup (max 1 MiB)", "admin", change),
+                json!({"type": "object"})) },
+            "/api/v1/status": { "get": op("Health; details when logged in", "nothing", ok("{status, version, uptime_seconds, ...}")) },
+            "/api/v1/logs": { "get": { "summary": "Recent log lines", "description": "Needs: viewer.",
+                "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                               {"name": "level", "in": "query", "schema": {"type": "string", "enum": ["error", "warn", "info", "debug"]}}],
+                "responses": ok("{lines}") } },
+            "/api/v1/audit": { "get": op("Audit log of changes and logins", "admin", ok("{entries}")) },
+            "/api/v1/users": {
+                "get": op("Admin UI accounts", "admin", ok("{users}")),
+                "post": with_body(op("Add an account (must change its password at first login)", "admin",
+                    json!({"201": {"description": "Added"}, "409": {"description": "Exists"}, "422": {"description": "Weak password"}})),
+                    json!({"type": "object", "required": ["username", "role", "password"],
+                           "properties": {"username": {"type": "string"}, "role": {"enum": ["viewer", "installer", "admin"]},
+                                          "password": {"type": "string"}}}))
+            },
+            "/api/v1/users/{username}": { "parameters": [{"name": "username", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "delete": op("Delete an account", "admin", ok("Deleted")) },
+            "/api/v1/tls": { "put": with_body(op("Install the admin certificate (PEM); applied without restart", "admin",
+                json!({"200": {"description": "Installed, waiting for confirmation"}, "422": {"description": "Not a matching pair"}})),
+                json!({"type": "object", "required": ["certificate", "private_key"],
+                       "properties": {"certificate": {"type": "string"}, "private_key": {"type": "string"}}})) },
+            "/api/v1/openapi.json": { "get": op("This document", "nothing", ok("OpenAPI 3.1")) }
+        }
+    })
+}

@@ -1,0 +1,1113 @@
+//! Server-rendered pages. Forms post back to the page itself and redirect on
+//! success (so a reload never resubmits); errors re-render the form with each
+//! message next to its field. JavaScript only adds live updates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Multipart, Path, Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use branchgate_config::{ApplyOptions, Config, ConfigError, PendingConfirm, REDACTED, Redaction, Role, SECTIONS};
+use rust_embed::RustEmbed;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::api::{self, NewUser, TlsBody, password_problem, section_role, section_value};
+use crate::auth::{PageUser, User, check_password, clear_cookie, redirect, session_cookie};
+use crate::{AppState, ROLES, now_ms, rfc3339};
+
+#[derive(RustEmbed)]
+#[folder = "assets/"]
+struct Assets;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/login", get(login_page).post(login_submit))
+        .route("/logout", post(logout))
+        .route("/password", get(password_page).post(password_submit))
+        .route("/setup", get(setup_page).post(setup_submit))
+        .route("/settings/{section}", get(settings_page).post(settings_submit))
+        .route("/history", get(history_page))
+        .route("/history/{rev}", get(revision_page))
+        .route("/history/{rev}/restore", post(restore_submit))
+        .route("/confirm", post(confirm_submit))
+        .route("/backup", get(backup_page))
+        .route("/backup/download", get(backup_download))
+        .route("/backup/restore", post(backup_restore))
+        .route("/logs", get(logs_page))
+        .route("/users", get(users_page).post(users_submit))
+        .route("/users/{username}/delete", post(user_delete))
+        .route("/audit", get(audit_page))
+        .route("/tls", get(tls_page).post(tls_submit))
+        .route("/assets/{*file}", get(asset))
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match Assets::get(&file) {
+        Some(content) => {
+            let mime = match file.rsplit('.').next() {
+                Some("css") => "text/css; charset=utf-8",
+                Some("js") => "text/javascript; charset=utf-8",
+                Some("svg") => "image/svg+xml",
+                _ => "application/octet-stream",
+            };
+            let mut response = (StatusCode::OK, [(CONTENT_TYPE, mime)], content.data.into_owned()).into_response();
+            response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+            response
+        }
+        None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
+}
+
+/// What every page's frame shows.
+pub struct Layout {
+    pub title: String,
+    pub user: Option<User>,
+    pub pending: Option<PendingView>,
+    pub notice: Option<String>,
+    pub flash: Option<String>,
+    pub sections: Vec<(&'static str, String)>,
+    pub hostname: String,
+}
+
+pub struct PendingView {
+    pub revision: u64,
+    pub previous_revision: u64,
+    pub deadline_ms: u64,
+    pub seconds_left: u64,
+}
+
+impl Layout {
+    fn is_admin(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.role >= Role::Admin)
+    }
+
+    fn can_change(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.role >= Role::Installer)
+    }
+}
+
+/// `udp_port` → `UDP port`: a label from a field or section name.
+fn humanize(name: &str) -> String {
+    const ACRONYMS: &[&str] =
+        &["sip", "turn", "udp", "tcp", "tls", "rtp", "dns", "http", "https", "ip", "ws", "tz", "url", "cpu"];
+    let words: Vec<String> = name
+        .split('_')
+        .enumerate()
+        .map(|(i, word)| {
+            if ACRONYMS.contains(&word) {
+                word.to_uppercase()
+            } else if i == 0 {
+                sentence(word)
+            } else {
+                word.to_string()
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// A message with its first letter capitalised.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+fn layout(state: &AppState, title: &str, user: Option<&User>, flash: Option<String>) -> Layout {
+    let pending = state.store.pending().map(|p: PendingConfirm| PendingView {
+        revision: p.revision,
+        previous_revision: p.previous_revision,
+        deadline_ms: p.deadline_ms,
+        seconds_left: p.deadline_ms.saturating_sub(now_ms()) / 1000,
+    });
+    Layout {
+        title: title.to_string(),
+        user: user.cloned(),
+        pending,
+        notice: state.store.recovery_notice().map(str::to_string),
+        flash,
+        sections: SECTIONS.iter().map(|s| (*s, humanize(s))).collect(),
+        hostname: state.store.current().config.system.hostname.clone(),
+    }
+}
+
+fn render(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template rendering failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "page rendering failed").into_response()
+        }
+    }
+}
+
+fn render_status(status: StatusCode, template: &impl Template) -> Response {
+    let mut response = render(template);
+    *response.status_mut() = status;
+    response
+}
+
+#[derive(Deserialize, Default)]
+struct Flash {
+    done: Option<String>,
+    rev: Option<u64>,
+}
+
+impl Flash {
+    fn message(&self) -> Option<String> {
+        let rev = self.rev.map(|r| format!(" (revision {r})")).unwrap_or_default();
+        let text = match self.done.as_deref()? {
+            "saved" => format!("Saved{rev}."),
+            "unchanged" => "Nothing changed.".to_string(),
+            "restored" => format!("Restored{rev}."),
+            "confirmed" => "Change confirmed; it stays.".to_string(),
+            "password" => "Password changed.".to_string(),
+            "user-added" => format!("User added{rev}; they choose their own password at first login."),
+            "user-deleted" => format!("User deleted{rev}."),
+            "tls" => format!("Certificate installed{rev}. Reload the page to check it, then confirm."),
+            "setup" => "Setup complete. Welcome!".to_string(),
+            _ => return None,
+        };
+        Some(text)
+    }
+}
+
+fn done(path: &str, what: &str, rev: Option<u64>) -> Response {
+    match rev {
+        Some(rev) => redirect(&format!("{path}?done={what}&rev={rev}")),
+        None => redirect(&format!("{path}?done={what}")),
+    }
+}
+
+fn forbidden(state: &AppState, user: &User, why: &str) -> Response {
+    let page = MessagePage { layout: layout(state, "Not allowed", Some(user), None), message: why.to_string() };
+    render_status(StatusCode::FORBIDDEN, &page)
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    layout: Layout,
+    message: String,
+}
+
+// ----- login, logout, password -------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    layout: Layout,
+    username: String,
+    error: Option<String>,
+}
+
+async fn login_page(State(state): State<AppState>) -> Response {
+    render(&LoginPage { layout: layout(&state, "Log in", None, None), username: String::new(), error: None })
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+}
+
+async fn login_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
+    match state.login(peer, &form.username, &form.password).await {
+        Ok((id, user)) => {
+            let next = if user.must_change_password { "/password" } else { "/" };
+            let mut response = redirect(next);
+            if let Ok(cookie) = HeaderValue::from_str(&session_cookie(&id)) {
+                response.headers_mut().insert(SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(api_response) => {
+            let status = api_response.status();
+            let error = if status == StatusCode::TOO_MANY_REQUESTS {
+                "Too many failed logins from your address. Wait a while and try again."
+            } else {
+                "Wrong username or password."
+            };
+            let page = LoginPage {
+                layout: layout(&state, "Log in", None, None),
+                username: form.username,
+                error: Some(error.into()),
+            };
+            render_status(status, &page)
+        }
+    }
+}
+
+async fn logout(State(state): State<AppState>, PageUser(user): PageUser) -> Response {
+    state.sessions.remove(&user.session_id);
+    let mut response = redirect("/login");
+    if let Ok(cookie) = HeaderValue::from_str(&clear_cookie()) {
+        response.headers_mut().insert(SET_COOKIE, cookie);
+    }
+    response
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    layout: Layout,
+    forced: bool,
+    errors: HashMap<String, String>,
+}
+
+impl PasswordPage {
+    fn error(&self, field: &str) -> Option<&String> {
+        self.errors.get(field)
+    }
+}
+
+async fn password_page(State(state): State<AppState>, PageUser(user): PageUser) -> Response {
+    render(&PasswordPage {
+        forced: user.must_change_password,
+        layout: layout(&state, "Change password", Some(&user), None),
+        errors: HashMap::new(),
+    })
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    current_password: String,
+    new_password: String,
+    repeat_password: String,
+}
+
+async fn password_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    axum::Form(form): axum::Form<PasswordForm>,
+) -> Response {
+    let mut errors = HashMap::new();
+    let admin = state.store.current().config.admin.clone();
+    if check_password(&admin, &user.username, &form.current_password).await.is_none() {
+        errors.insert("current_password".to_string(), "This is not your current password.".to_string());
+    } else if let Some(problem) = password_problem(&user.username, &form.new_password, Some(&form.current_password)) {
+        errors.insert("new_password".to_string(), format!("{}.", sentence(problem)));
+    } else if form.new_password != form.repeat_password {
+        errors.insert("repeat_password".to_string(), "The two new passwords differ.".to_string());
+    }
+    if errors.is_empty() {
+        match state.set_password(&user, &user.username, &form.new_password) {
+            Ok(_) => {
+                state.audit(&user.username, Some(peer), "password", "own password changed");
+                let setup_done = state.store.current().config.system.setup_complete;
+                return if user.role >= Role::Admin && !setup_done {
+                    redirect("/setup")
+                } else {
+                    done("/", "password", None)
+                };
+            }
+            Err(e) => {
+                errors.insert("new_password".to_string(), e.to_string());
+            }
+        }
+    }
+    let page = PasswordPage {
+        forced: user.must_change_password,
+        layout: layout(&state, "Change password", Some(&user), None),
+        errors,
+    };
+    render_status(StatusCode::UNPROCESSABLE_ENTITY, &page)
+}
+
+// ----- dashboard ----------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    layout: Layout,
+    status: Value,
+    services: Vec<crate::status::ServiceStatus>,
+}
+
+impl DashboardPage {
+    fn field(&self, name: &str) -> String {
+        match &self.status[name] {
+            Value::Null => "–".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn memory_mib(&self, name: &str) -> String {
+        self.status["memory"][name].as_u64().map(|b| format!("{} MiB", b / (1024 * 1024))).unwrap_or_default()
+    }
+}
+
+async fn dashboard(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
+    if user.role >= Role::Admin && !state.store.current().config.system.setup_complete {
+        return redirect("/setup");
+    }
+    let page = DashboardPage {
+        layout: layout(&state, "Dashboard", Some(&user), flash.message()),
+        status: state.status_json(),
+        services: state.services.list(),
+    };
+    render(&page)
+}
+
+// ----- first-boot wizard ----------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct SetupPage {
+    layout: Layout,
+    hostname: String,
+    timezone: String,
+    sip_domain: String,
+    interfaces: Vec<(String, String)>,
+    errors: HashMap<String, String>,
+}
+
+impl SetupPage {
+    fn error(&self, field: &str) -> Option<&String> {
+        self.errors.get(field)
+    }
+}
+
+/// Interfaces and their addresses as the kernel reports them.
+fn interfaces() -> Vec<(String, String)> {
+    let mut list: Vec<(String, String)> = Vec::new();
+    if let Ok(entries) = if_addrs::get_if_addrs() {
+        for entry in entries {
+            let addr = match &entry.addr {
+                if_addrs::IfAddr::V4(v4) => format!("{}/{}", v4.ip, u32::from(v4.netmask).count_ones()),
+                if_addrs::IfAddr::V6(v6) => format!("{}/{}", v6.ip, u128::from(v6.netmask).count_ones()),
+            };
+            match list.iter_mut().find(|(name, _)| *name == entry.name) {
+                Some((_, addrs)) => {
+                    addrs.push_str(", ");
+                    addrs.push_str(&addr);
+                }
+                None => list.push((entry.name.clone(), addr)),
+            }
+        }
+    }
+    list
+}
+
+fn setup_view(state: &AppState, user: &User, config: &Config, errors: HashMap<String, String>) -> SetupPage {
+    SetupPage {
+        layout: layout(state, "First-time setup", Some(user), None),
+        hostname: config.system.hostname.clone(),
+        timezone: config.system.timezone.clone(),
+        sip_domain: config.sip.domain.clone(),
+        interfaces: interfaces(),
+        errors,
+    }
+}
+
+async fn setup_page(State(state): State<AppState>, PageUser(user): PageUser) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "The setup wizard needs the admin role.");
+    }
+    let config = state.store.current().config.clone();
+    render(&setup_view(&state, &user, &config, HashMap::new()))
+}
+
+#[derive(Deserialize)]
+struct SetupForm {
+    hostname: String,
+    timezone: String,
+    sip_domain: String,
+}
+
+async fn setup_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    axum::Form(form): axum::Form<SetupForm>,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "The setup wizard needs the admin role.");
+    }
+    let mut config = state.store.current().config.clone();
+    config.system.hostname = form.hostname.trim().to_string();
+    config.system.timezone = form.timezone.trim().to_string();
+    config.system.setup_complete = true;
+    let domain = form.sip_domain.trim().to_string();
+    if config.turn.realm == config.sip.domain {
+        config.turn.realm = domain.clone();
+    }
+    config.sip.domain = domain;
+    match state.store.apply(config.clone(), ApplyOptions::new(&user.username, "first-time setup"), now_ms()) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "setup", format!("revision {}", outcome.revision));
+            done("/", "setup", None)
+        }
+        Err(ConfigError::Invalid(fields)) => {
+            let errors = fields
+                .into_iter()
+                .map(|f| {
+                    let key = match f.path.as_str() {
+                        "system.hostname" => "hostname",
+                        "system.timezone" => "timezone",
+                        _ => "sip_domain",
+                    };
+                    (key.to_string(), format!("{}.", sentence(&f.message)))
+                })
+                .collect();
+            render_status(StatusCode::UNPROCESSABLE_ENTITY, &setup_view(&state, &user, &config, errors))
+        }
+        Err(e) => forbidden(&state, &user, &e.to_string()),
+    }
+}
+
+// ----- settings, generated from the schema ------------------------------------------
+
+/// One input of a generated settings form.
+pub struct FieldView {
+    pub name: String,
+    pub label: String,
+    pub kind: &'static str,
+    pub value: String,
+    pub checked: bool,
+    pub options: Vec<String>,
+    pub error: Option<String>,
+    pub optional: bool,
+}
+
+/// Fields with their own pages, or that the installer does not set by hand.
+const HIDDEN_FIELDS: &[&str] = &[
+    "admin.password",
+    "admin.users",
+    "admin.must_change_password",
+    "admin.tls_certificate",
+    "admin.tls_private_key",
+    "system.setup_complete",
+];
+
+const SECRET_FIELDS: &[&str] = &["turn.auth_secret"];
+
+fn choices(path: &str) -> Option<&'static [&'static str]> {
+    match path {
+        "network.mode" => Some(&["dhcp", "static"]),
+        _ => None,
+    }
+}
+
+fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
+    let example = section_value(&Config::example(), section).unwrap_or(Value::Null);
+    let defaults = section_value(&Config::default(), section).unwrap_or(Value::Null);
+    let mut fields = Vec::new();
+    let Some(example) = example.as_object() else {
+        return fields;
+    };
+    for (name, sample) in example {
+        let path = format!("{section}.{name}");
+        if HIDDEN_FIELDS.contains(&path.as_str()) {
+            continue;
+        }
+        let value = current.get(name).cloned().unwrap_or(Value::Null);
+        let optional = defaults.get(name).is_some_and(Value::is_null);
+        let kind = if SECRET_FIELDS.contains(&path.as_str()) {
+            "secret"
+        } else if choices(&path).is_some() {
+            "select"
+        } else {
+            match sample {
+                Value::Bool(_) => "checkbox",
+                Value::Number(_) => "number",
+                Value::Array(_) | Value::Object(_) => "json",
+                _ => "text",
+            }
+        };
+        let text = match (&value, kind) {
+            (Value::Null, _) => String::new(),
+            (Value::String(s), "secret") if s == REDACTED => String::new(),
+            (Value::String(s), _) => s.clone(),
+            (v, "json") => serde_json::to_string_pretty(v).unwrap_or_default(),
+            (v, _) => v.to_string(),
+        };
+        fields.push(FieldView {
+            label: humanize(name),
+            name: name.clone(),
+            kind,
+            checked: value.as_bool().unwrap_or(false),
+            value: text,
+            options: choices(&path).map(|c| c.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
+            error: None,
+            optional,
+        });
+    }
+    fields
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
+    layout: Layout,
+    section: String,
+    fields: Vec<FieldView>,
+    errors_above: Vec<String>,
+    revision: u64,
+    read_only: bool,
+}
+
+fn settings_view(state: &AppState, user: &User, section: &str, flash: Option<String>) -> Option<SettingsPage> {
+    let current = state.store.current();
+    let value = section_value(&current.config.redacted(Redaction::All), section)?;
+    let map = value.as_object()?;
+    Some(SettingsPage {
+        layout: layout(state, &format!("{} settings", humanize(section)), Some(user), flash),
+        section: section.to_string(),
+        fields: field_views(section, map),
+        errors_above: Vec::new(),
+        revision: current.revision,
+        read_only: user.role < section_role(section),
+    })
+}
+
+async fn settings_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Path(section): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Response {
+    match settings_view(&state, &user, &section, flash.message()) {
+        Some(page) => render(&page),
+        None => (StatusCode::NOT_FOUND, "no such settings page").into_response(),
+    }
+}
+
+/// Turns the submitted form into a section patch; field errors for input that
+/// cannot even be typed (a number that is not one, JSON that does not parse).
+fn form_to_patch(
+    fields: &[FieldView],
+    form: &HashMap<String, String>,
+) -> (Map<String, Value>, HashMap<String, String>) {
+    let mut patch = Map::new();
+    let mut errors = HashMap::new();
+    for field in fields {
+        let input = form.get(&field.name).map(|s| s.trim()).unwrap_or("");
+        let value = match field.kind {
+            "checkbox" => Value::Bool(form.contains_key(&field.name)),
+            "number" if input.is_empty() && field.optional => Value::Null,
+            "number" => match input.parse::<i64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => {
+                    errors.insert(field.name.clone(), "Enter a whole number.".to_string());
+                    continue;
+                }
+            },
+            "json" => match serde_json::from_str(input) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.insert(field.name.clone(), format!("Not valid JSON: {e}."));
+                    continue;
+                }
+            },
+            // An empty secret input keeps the stored secret.
+            "secret" if input.is_empty() => continue,
+            _ if input.is_empty() && field.optional => Value::Null,
+            _ => Value::String(input.to_string()),
+        };
+        patch.insert(field.name.clone(), value);
+    }
+    (patch, errors)
+}
+
+async fn settings_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Path(section): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(mut page) = settings_view(&state, &user, &section, None) else {
+        return (StatusCode::NOT_FOUND, "no such settings page").into_response();
+    };
+    if user.role < section_role(&section) {
+        return forbidden(
+            &state,
+            &user,
+            &format!("Changing {section} settings needs the {} role.", section_role(&section).as_str()),
+        );
+    }
+    let form: HashMap<String, String> = serde_urlencoded_pairs(&body);
+    let (patch, type_errors) = form_to_patch(&page.fields, &form);
+    // Keep what the installer typed, so a mistake costs one correction.
+    for field in &mut page.fields {
+        if let Some(input) = form.get(&field.name) {
+            field.value = input.clone();
+        }
+        if field.kind == "checkbox" {
+            field.checked = form.contains_key(&field.name);
+        }
+        if field.kind == "secret" {
+            field.value.clear();
+        }
+    }
+    let mut errors: Vec<(String, String)> = type_errors.into_iter().collect();
+    if errors.is_empty() {
+        let comment = form.get("comment").map(|c| c.trim()).filter(|c| !c.is_empty()).unwrap_or("changed in the UI");
+        let options = ApplyOptions::new(&user.username, format!("{section}: {comment}"));
+        match state.store.apply_section(&section, Value::Object(patch), options, now_ms()) {
+            Ok(outcome) if outcome.changed => {
+                state.audit(&user.username, Some(peer), "config", format!("{section} (revision {})", outcome.revision));
+                return done(&format!("/settings/{section}"), "saved", Some(outcome.revision));
+            }
+            Ok(_) => return done(&format!("/settings/{section}"), "unchanged", None),
+            Err(ConfigError::Invalid(fields)) => {
+                for f in fields {
+                    errors.push((f.path, f.message));
+                }
+            }
+            Err(e) => errors.push((String::new(), e.to_string())),
+        }
+    }
+    let prefix = format!("{section}.");
+    for (path, message) in errors {
+        let local = path.strip_prefix(&prefix).unwrap_or(&path);
+        let field_name = local.split(['.', '[']).next().unwrap_or(local);
+        match page.fields.iter_mut().find(|f| f.name == field_name) {
+            Some(field) => {
+                let text = if local == field_name { message } else { format!("{local}: {message}") };
+                field.error = Some(match field.error.take() {
+                    Some(previous) => format!("{previous} {text}"),
+                    None => text,
+                });
+            }
+            None => page.errors_above.push(if path.is_empty() { message } else { format!("{path}: {message}") }),
+        }
+    }
+    render_status(StatusCode::UNPROCESSABLE_ENTITY, &page)
+}
+
+/// Decodes `application/x-www-form-urlencoded`; the last value of a repeated name wins.
+fn serde_urlencoded_pairs(body: &[u8]) -> HashMap<String, String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).unwrap_or_default().into_iter().collect()
+}
+
+// ----- history --------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "history.html")]
+struct HistoryPage {
+    layout: Layout,
+    current: u64,
+    revisions: Vec<branchgate_config::RevisionInfo>,
+}
+
+fn time_text(ms: &u64) -> String {
+    rfc3339(*ms).replace('T', " ").chars().take(19).collect()
+}
+
+async fn history_page(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
+    let revisions = state.store.history(200).unwrap_or_default();
+    render(&HistoryPage {
+        layout: layout(&state, "Configuration history", Some(&user), flash.message()),
+        current: state.store.current().revision,
+        revisions,
+    })
+}
+
+pub struct ChangeView {
+    pub path: String,
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Template)]
+#[template(path = "revision.html")]
+struct RevisionPage {
+    layout: Layout,
+    info: branchgate_config::RevisionInfo,
+    changes: Vec<ChangeView>,
+    current: u64,
+}
+
+async fn revision_page(State(state): State<AppState>, PageUser(user): PageUser, Path(rev): Path<u64>) -> Response {
+    let Ok(Some(value)) = api::revision_with_diff(&state, rev) else {
+        return (StatusCode::NOT_FOUND, "no such revision").into_response();
+    };
+    let Ok(info) = serde_json::from_value::<branchgate_config::RevisionInfo>(value["info"].clone()) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "unreadable revision").into_response();
+    };
+    let show = |v: &Value| match v {
+        Value::Null => "(none)".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let changes = value["changes"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|c| ChangeView {
+                    path: c["path"].as_str().unwrap_or("").to_string(),
+                    old: if c["old"].is_null() { "(absent)".into() } else { show(&c["old"]) },
+                    new: if c["new"].is_null() { "(absent)".into() } else { show(&c["new"]) },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    render(&RevisionPage {
+        layout: layout(&state, &format!("Revision {rev}"), Some(&user), None),
+        info,
+        changes,
+        current: state.store.current().revision,
+    })
+}
+
+async fn restore_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Path(rev): Path<u64>,
+) -> Response {
+    if user.role < Role::Installer {
+        return forbidden(&state, &user, "Restoring needs the installer role.");
+    }
+    if state.restore_needs_admin(rev) && user.role < Role::Admin {
+        return forbidden(&state, &user, "That revision has other logins; restoring it needs the admin role.");
+    }
+    match state.store.restore(rev, &user.username, now_ms()) {
+        Ok(outcome) => {
+            state.audit(
+                &user.username,
+                Some(peer),
+                "restore",
+                format!("revision {rev} restored as {}", outcome.revision),
+            );
+            done("/history", "restored", Some(outcome.revision))
+        }
+        Err(e) => forbidden(&state, &user, &format!("Cannot restore revision {rev}: {e}")),
+    }
+}
+
+async fn confirm_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+) -> Response {
+    if user.role < Role::Installer {
+        return forbidden(&state, &user, "Confirming needs the installer role.");
+    }
+    match state.store.confirm() {
+        Ok(true) => {
+            state.audit(&user.username, Some(peer), "confirm", "pending change confirmed");
+            done("/history", "confirmed", None)
+        }
+        Ok(false) => redirect("/history"),
+        Err(e) => forbidden(&state, &user, &e.to_string()),
+    }
+}
+
+// ----- backup -----------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "backup.html")]
+struct BackupPage {
+    layout: Layout,
+    error: Option<String>,
+}
+
+async fn backup_page(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Backups need the admin role.");
+    }
+    render(&BackupPage { layout: layout(&state, "Backup and restore", Some(&user), flash.message()), error: None })
+}
+
+#[derive(Deserialize)]
+struct DownloadQuery {
+    #[serde(default)]
+    include_secrets: Option<String>,
+}
+
+async fn backup_download(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Query(query): Query<DownloadQuery>,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Backups need the admin role.");
+    }
+    let include = query.include_secrets.is_some();
+    state.audit(
+        &user.username,
+        Some(peer),
+        "export",
+        if include { "with secrets" } else { "secrets hashed or redacted" },
+    );
+    api::export_response(&state, include)
+}
+
+async fn backup_restore(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    mut multipart: Multipart,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Backups need the admin role.");
+    }
+    let mut file = None;
+    loop {
+        match multipart.next_field().await {
+            Ok(Some(field)) if field.name() == Some("backup") => match field.bytes().await {
+                Ok(bytes) => file = Some(bytes),
+                Err(e) => {
+                    return backup_error(&state, &user, e.status(), format!("The upload failed: {}", e.body_text()));
+                }
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => return backup_error(&state, &user, e.status(), format!("The upload failed: {}", e.body_text())),
+        }
+    }
+    let Some(bytes) = file.filter(|b| !b.is_empty()) else {
+        return backup_error(&state, &user, StatusCode::BAD_REQUEST, "Choose a backup file first.".into());
+    };
+    match state.store.import(&bytes, ApplyOptions::new(&user.username, "backup restored"), now_ms()) {
+        Ok(outcome) => {
+            state.audit(
+                &user.username,
+                Some(peer),
+                "import",
+                format!("backup restored as revision {}", outcome.revision),
+            );
+            done("/history", "restored", Some(outcome.revision))
+        }
+        Err(e) => backup_error(
+            &state,
+            &user,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("The backup was not restored: {e}. Nothing was changed."),
+        ),
+    }
+}
+
+fn backup_error(state: &AppState, user: &User, status: StatusCode, error: String) -> Response {
+    render_status(
+        status,
+        &BackupPage { layout: layout(state, "Backup and restore", Some(user), None), error: Some(error) },
+    )
+}
+
+// ----- logs, audit ------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "logs.html")]
+struct LogsPage {
+    layout: Layout,
+    lines: Vec<crate::logs::LogLine>,
+    level: String,
+}
+
+#[derive(Deserialize)]
+struct LevelQuery {
+    level: Option<String>,
+}
+
+async fn logs_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Query(query): Query<LevelQuery>,
+) -> Response {
+    let level = query.level.unwrap_or_else(|| "INFO".into()).to_ascii_uppercase();
+    let lines = state.logs.tail(500, Some(&level));
+    render(&LogsPage { layout: layout(&state, "Logs", Some(&user), None), lines, level })
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    layout: Layout,
+    entries: Vec<branchgate_config::AuditEntry>,
+}
+
+async fn audit_page(State(state): State<AppState>, PageUser(user): PageUser) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "The audit log needs the admin role.");
+    }
+    render(&AuditPage { layout: layout(&state, "Audit log", Some(&user), None), entries: state.store.audit_log(500) })
+}
+
+// ----- users ------------------------------------------------------------------------------
+
+pub struct UserRow {
+    pub username: String,
+    pub role: String,
+    pub must_change_password: bool,
+    pub builtin: bool,
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+struct UsersPage {
+    layout: Layout,
+    users: Vec<UserRow>,
+    roles: Vec<&'static str>,
+    error: Option<String>,
+}
+
+fn users_view(state: &AppState, user: &User, flash: Option<String>, error: Option<String>) -> UsersPage {
+    let admin = state.store.current().config.admin.clone();
+    let mut users = vec![UserRow {
+        username: branchgate_config::ADMIN_USERNAME.into(),
+        role: "admin".into(),
+        must_change_password: admin.must_change_password,
+        builtin: true,
+    }];
+    users.extend(admin.users.iter().map(|u| UserRow {
+        username: u.username.clone(),
+        role: u.role.as_str().into(),
+        must_change_password: u.must_change_password,
+        builtin: false,
+    }));
+    UsersPage {
+        layout: layout(state, "Users", Some(user), flash),
+        users,
+        roles: ROLES.iter().map(|r| r.as_str()).collect(),
+        error,
+    }
+}
+
+async fn users_page(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Managing users needs the admin role.");
+    }
+    render(&users_view(&state, &user, flash.message(), None))
+}
+
+#[derive(Deserialize)]
+struct UserForm {
+    username: String,
+    role: Role,
+    password: String,
+}
+
+async fn users_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    axum::Form(form): axum::Form<UserForm>,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Managing users needs the admin role.");
+    }
+    let name = form.username.trim().to_string();
+    match api::add_user(&state, &user, NewUser { username: name.clone(), role: form.role, password: form.password }) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "user", format!("{name} added"));
+            done("/users", "user-added", Some(outcome.revision))
+        }
+        Err(response) => {
+            let status = response.status();
+            let message = error_text(response).await;
+            render_status(status, &users_view(&state, &user, None, Some(message)))
+        }
+    }
+}
+
+async fn user_delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Path(username): Path<String>,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Managing users needs the admin role.");
+    }
+    match api::delete_user_by_name(&state, &user, &username) {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "user", format!("{username} deleted"));
+            done("/users", "user-deleted", Some(outcome.revision))
+        }
+        Err(response) => {
+            let status = response.status();
+            let message = error_text(response).await;
+            render_status(status, &users_view(&state, &user, None, Some(message)))
+        }
+    }
+}
+
+/// The human text of a JSON error response from the API helpers.
+async fn error_text(response: Response) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut text = value["error"].as_str().unwrap_or("The change was refused.").to_string();
+    if let Some(fields) = value["fields"].as_array() {
+        for f in fields {
+            if let (Some(path), Some(message)) = (f["path"].as_str(), f["message"].as_str())
+                && message != text
+            {
+                text.push_str(&format!(" {path}: {message}."));
+            }
+        }
+    }
+    sentence(&text)
+}
+
+// ----- TLS certificate ---------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "tls.html")]
+struct TlsPage {
+    layout: Layout,
+    custom: bool,
+    error: Option<String>,
+}
+
+async fn tls_page(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "The certificate needs the admin role.");
+    }
+    let custom = state.store.current().config.admin.tls_certificate.is_some();
+    render(&TlsPage { layout: layout(&state, "Admin certificate", Some(&user), flash.message()), custom, error: None })
+}
+
+#[derive(Deserialize)]
+struct TlsForm {
+    certificate: String,
+    private_key: String,
+}
+
+async fn tls_submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    axum::Form(form): axum::Form<TlsForm>,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "The certificate needs the admin role.");
+    }
+    match api::set_certificate(&state, &user, TlsBody { certificate: form.certificate, private_key: form.private_key })
+    {
+        Ok(outcome) => {
+            state.audit(&user.username, Some(peer), "tls", "certificate installed");
+            done("/tls", "tls", Some(outcome.revision))
+        }
+        Err(response) => {
+            let status = response.status();
+            let message = error_text(response).await;
+            let custom = state.store.current().config.admin.tls_certificate.is_some();
+            render_status(
+                status,
+                &TlsPage {
+                    layout: layout(&state, "Admin certificate", Some(&user), None),
+                    custom,
+                    error: Some(message),
+                },
+            )
+        }
+    }
+}
