@@ -116,6 +116,25 @@ test("installer: first login, wizard, SIP change, history, restore, live dashboa
     assert.equal((await api.get("/api/v1/config/sip")).json.udp_port, 5060);
     await page.screenshot({ path: ARTIFACTS + "07-history-restored.png" });
 
+    // Backup: a broken file is refused with a message; a real backup restores.
+    await page.goto(box.url + "/backup");
+    await checkAccessibility(page, "backup");
+    const before = (await api.get("/api/v1/config")).json.revision;
+    await page.setInputFiles("#backup", { name: "broken.json", mimeType: "application/json", buffer: Buffer.from("{\"sip\": {\"udp_port\": \"x\"}}") });
+    await page.click("form[action='/backup/restore'] button[type=submit]");
+    await page.waitForSelector("main .error");
+    assert.match(await page.textContent("main .error"), /not restored.*sip\.udp_port/s);
+    assert.equal((await api.get("/api/v1/config")).json.revision, before, "nothing changed");
+    const backup = (await api.get("/api/v1/config/export")).text;
+    const edited = JSON.parse(backup);
+    edited.system.hostname = "restored-box";
+    await page.setInputFiles("#backup", { name: "backup.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(edited)) });
+    await page.click("form[action='/backup/restore'] button[type=submit]");
+    await page.waitForSelector(".flash");
+    assert.match(await page.textContent(".flash"), /Restored/);
+    assert.equal((await api.get("/api/v1/config/system")).json.hostname, "restored-box");
+    await page.screenshot({ path: ARTIFACTS + "08-backup-restored.png" });
+
     // The other pages render and are accessible too.
     for (const path of ["/settings/network", "/settings/turn", "/backup", "/users", "/logs", "/audit", "/tls"]) {
       await page.goto(box.url + path);
@@ -124,7 +143,7 @@ test("installer: first login, wizard, SIP change, history, restore, live dashboa
     // A phone-sized screen still shows everything.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(box.url + "/settings/sip");
-    await page.screenshot({ path: ARTIFACTS + "08-phone-settings.png", fullPage: true });
+    await page.screenshot({ path: ARTIFACTS + "09-phone-settings.png", fullPage: true });
   } finally {
     await browser.close();
     await box.stop();

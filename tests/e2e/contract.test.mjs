@@ -114,3 +114,53 @@ test("a damaged database starts from the last-known-good copy and the dashboard 
     assert.match(page.text, /last-known-good/);
   } finally { await box.stop(); }
 });
+
+/** The subject CN of the certificate the box presents on a new connection. */
+async function presentedCommonName(port) {
+  const tls = await import("node:tls");
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: "127.0.0.1", port, rejectUnauthorized: false, servername: "localhost" }, () => {
+      const cn = socket.getPeerCertificate().subject.CN;
+      socket.end();
+      resolve(cn);
+    });
+    socket.on("error", reject);
+  });
+}
+
+test("an uploaded certificate is served at once, without a restart", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const { mkdtempSync, readFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const dir = mkdtempSync(join(tmpdir(), "branchgate-cert-"));
+  const make = (name) => {
+    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+      "-keyout", join(dir, `${name}.key`), "-out", join(dir, `${name}.crt`), "-subj", `/CN=${name}`, "-days", "2"], { stdio: "ignore" });
+    return { certificate: readFileSync(join(dir, `${name}.crt`), "utf8"), private_key: readFileSync(join(dir, `${name}.key`), "utf8") };
+  };
+  const good = make("branch-test.example");
+  const other = make("other.example");
+  const box = await startBox({ provision: { admin: { password: "installer-secret-1" } } });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const pid = box.child.pid;
+    assert.notEqual(await presentedCommonName(box.httpsPort), "branch-test.example");
+    const mismatched = await api.put("/api/v1/tls", { certificate: good.certificate, private_key: other.private_key });
+    assert.equal(mismatched.status, 422);
+    assert.match(mismatched.json.error, /does not belong/);
+    const installed = await api.put("/api/v1/tls", good);
+    assert.equal(installed.status, 200, installed.text);
+    assert.ok(installed.json.pending_confirm, "a new certificate waits for confirmation");
+    let cn;
+    for (let i = 0; i < 50 && cn !== "branch-test.example"; i++) {
+      cn = await presentedCommonName(box.httpsPort);
+      if (cn !== "branch-test.example") await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(cn, "branch-test.example");
+    assert.equal(box.child.pid, pid, "same process");
+    assert.equal((await api.post("/api/v1/config/confirm")).status, 200);
+    const key = (await api.get("/api/v1/config/admin")).json.tls_private_key;
+    assert.equal(key, "********", "the key never comes back");
+  } finally { await box.stop(); }
+});

@@ -57,9 +57,9 @@ fn outcome_response(outcome: &ApplyOutcome) -> Response {
     .into_response()
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}")))
+/// Parses a JSON request body; `expected` tells the client what shape was wanted.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("expected {expected}: {e}")))
 }
 
 impl AppState {
@@ -166,9 +166,9 @@ pub async fn post_session(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    let body: LoginBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("expected {{\"username\", \"password\"}}: {e}")),
+    let body: LoginBody = match parse_body(&body, r#"{"username", "password"}"#) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     match state.login(peer, &body.username, &body.password).await {
         Ok((id, user)) => (
@@ -206,14 +206,9 @@ pub async fn put_password(
     ApiUser(user): ApiUser,
     body: Bytes,
 ) -> Response {
-    let body: PasswordBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"current_password\", \"new_password\"}}: {e}"),
-            );
-        }
+    let body: PasswordBody = match parse_body(&body, r#"{"current_password", "new_password"}"#) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     let admin = state.store.current().config.admin.clone();
     if check_password(&admin, &user.username, &body.current_password).await.is_none() {
@@ -292,7 +287,7 @@ pub async fn put_section(
     if let Err(r) = user.require_change(section_role(&section)) {
         return r;
     }
-    let mut patch = match parse_json(&body) {
+    let mut patch: Value = match parse_body(&body, "a JSON object with the section's fields") {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -591,14 +586,9 @@ pub async fn post_user(
     if let Err(r) = user.require_change(Role::Admin) {
         return r;
     }
-    let new: NewUser = match serde_json::from_slice(&body) {
-        Ok(new) => new,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"username\", \"role\", \"password\"}}: {e}"),
-            );
-        }
+    let new: NewUser = match parse_body(&body, r#"{"username", "role", "password"}"#) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     let name = new.username.clone();
     match add_user(&state, &user, new) {
@@ -662,14 +652,9 @@ pub async fn put_tls(
     if let Err(r) = user.require_change(Role::Admin) {
         return r;
     }
-    let body: TlsBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"certificate\", \"private_key\"}} in PEM: {e}"),
-            );
-        }
+    let body: TlsBody = match parse_body(&body, r#"{"certificate", "private_key"} in PEM"#) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     match set_certificate(&state, &user, body) {
         Ok(outcome) => {

@@ -230,10 +230,16 @@ fn session_user(parts: &Parts, state: &AppState) -> Option<User> {
         Duration::from_secs(u64::from(admin.session_idle_minutes) * 60),
         Duration::from_secs(u64::from(admin.session_absolute_hours) * 3600),
     )?;
+    // The account as configured now: a deleted account (e.g. by a restored
+    // backup) ends its sessions, a changed role applies at once.
+    let Some((role, _, _)) = find_account(admin, &session.username) else {
+        state.sessions.remove(id);
+        return None;
+    };
     Some(User {
         session_id: id.to_string(),
         username: session.username,
-        role: session.role,
+        role,
         must_change_password: session.must_change_password,
     })
 }

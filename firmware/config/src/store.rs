@@ -34,6 +34,8 @@ const KEY_CURRENT: &[u8] = b"current";
 const KEY_PENDING: &[u8] = b"pending";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_PROVISIONED: &[u8] = b"provisioned";
+/// sled's page cache: the whole configuration history is a few hundred KiB.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// Audit entries kept; older ones are dropped.
 const AUDIT_LIMIT: usize = 10_000;
 /// How long an installer has to confirm a change that may cut them off.
@@ -194,7 +196,7 @@ enum OpenFailure {
 
 /// Opens sled, turning a panic inside sled (seen on damaged directories) into an error.
 fn open_sled(path: &Path) -> Result<sled::Db, OpenFailure> {
-    match catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(path).cache_capacity(8 * 1024 * 1024).open())) {
+    match catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open())) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Io(e))) => Err(OpenFailure::Environment(e.to_string())),
         Ok(Err(e)) => Err(OpenFailure::Damaged(e.to_string())),

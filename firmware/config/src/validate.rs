@@ -207,17 +207,8 @@ impl Config {
                 "an origin such as https://app.example.com",
             );
         }
-        let mut seen = HashSet::new();
-        for (i, user) in s.users.iter().enumerate() {
-            let path = format!("sip.users[{i}]");
-            r.check(
-                is_username(&user.username),
-                format!("{path}.username"),
-                "1-64 letters, digits, '.', '_', '-' or '+'",
-            );
-            r.check(seen.insert(user.username.as_str()), format!("{path}.username"), "this username is used twice");
-            check_digest(r, &user.password, &s.domain, format!("{path}.password"), "sip.domain");
-        }
+        let users = s.users.iter().map(|u| (u.username.as_str(), &u.password));
+        check_digest_users(r, "sip.users", users, &s.domain, "sip.domain");
         let mut trunk_names = HashSet::new();
         for (i, trunk) in s.trunks.iter().enumerate() {
             let path = format!("sip.trunks[{i}]");
@@ -278,17 +269,8 @@ impl Config {
         r.check(t.udp_port != 0, "turn.udp_port", "cannot be 0");
         r.check(t.tcp_port != 0, "turn.tcp_port", "cannot be 0");
         r.check(t.tls_port != 0 && t.tls_port != t.tcp_port, "turn.tls_port", "cannot be 0 or the TCP port");
-        let mut seen = HashSet::new();
-        for (i, user) in t.users.iter().enumerate() {
-            let path = format!("turn.users[{i}]");
-            r.check(
-                is_username(&user.username),
-                format!("{path}.username"),
-                "1-64 letters, digits, '.', '_', '-' or '+'",
-            );
-            r.check(seen.insert(user.username.as_str()), format!("{path}.username"), "this username is used twice");
-            check_digest(r, &user.password, &t.realm, format!("{path}.password"), "turn.realm");
-        }
+        let users = t.users.iter().map(|u| (u.username.as_str(), &u.password));
+        check_digest_users(r, "turn.users", users, &t.realm, "turn.realm");
         if let Some(secret) = &t.auth_secret {
             r.check(secret.expose().len() >= 8, "turn.auth_secret", "use at least 8 characters");
         }
@@ -388,6 +370,23 @@ impl Config {
                 format!("port {port} lies inside the media or TURN relay port range"),
             );
         }
+    }
+}
+
+/// SIP and TURN users: valid, unique usernames with a digest key for `realm`.
+fn check_digest_users<'a>(
+    r: &mut Report,
+    list: &str,
+    users: impl Iterator<Item = (&'a str, &'a crate::secret::HashedSecret)>,
+    realm: &str,
+    realm_field: &str,
+) {
+    let mut seen = HashSet::new();
+    for (i, (username, password)) in users.enumerate() {
+        let path = format!("{list}[{i}]");
+        r.check(is_username(username), format!("{path}.username"), "1-64 letters, digits, '.', '_', '-' or '+'");
+        r.check(seen.insert(username), format!("{path}.username"), "this username is used twice");
+        check_digest(r, password, realm, format!("{path}.password"), realm_field);
     }
 }
 

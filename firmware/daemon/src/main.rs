@@ -1,6 +1,7 @@
 //! `branchgate`: the box's one daemon and its command line.
 
 mod logging;
+mod memory;
 mod supervisor;
 
 use std::io::Write;
@@ -150,6 +151,7 @@ fn first_start(store: &ConfigStore, data_dir: &Path, provision: Option<&Path>) -
 
 fn run(data_dir: PathBuf, provision: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
+    memory::tune_allocator();
     let ring = LogRing::new(2000);
     logging::init(ring.clone());
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
