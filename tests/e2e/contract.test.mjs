@@ -164,3 +164,53 @@ test("an uploaded certificate is served at once, without a restart", async () =>
     assert.equal(key, "********", "the key never comes back");
   } finally { await box.stop(); }
 });
+
+test("moving the admin port rebinds at once and rolls back by itself unless confirmed", async () => {
+  const { freePort } = await import("./lib/box.mjs");
+  const box = await startBox({ provision: { admin: { password: "installer-secret-1", confirm_timeout_seconds: 10 } } });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const newPort = await freePort();
+    const put = await api.put("/api/v1/config/network", { admin_https_port: newPort });
+    assert.equal(put.status, 200, put.text);
+    const deadline = put.json.pending_confirm.deadline_ms;
+    assert.ok(deadline > Date.now() + 5000 && deadline <= Date.now() + 10500, "10 s to confirm");
+    // The new port answers (same process, rebound).
+    const moved = new Api(`https://127.0.0.1:${newPort}`);
+    let status;
+    for (let i = 0; i < 50 && status !== 200; i++) {
+      status = await moved.get("/api/v1/status").then((r) => r.status, () => 0);
+      if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(status, 200, "the admin UI moved to the new port");
+    // Nobody confirms: after the deadline the old port is back.
+    await new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now()) + 2500));
+    const back = await new Api(box.url).get("/api/v1/status").then((r) => r.status, (e) => String(e));
+    assert.equal(back, 200, "rolled back to the old port");
+    const again = new Api(box.url);
+    await again.login("admin", "installer-secret-1");
+    const history = (await again.get("/api/v1/config/revisions")).json.revisions;
+    assert.match(history[0].comment, /automatic rollback/);
+    assert.equal((await again.get("/api/v1/config/network")).json.admin_https_port, box.httpsPort);
+    // With a confirmation, the move stays.
+    const kept = await again.put("/api/v1/config/network", { admin_http_port: await freePort() });
+    assert.equal(kept.status, 200);
+    assert.equal((await again.post("/api/v1/config/confirm")).status, 200);
+    await new Promise((r) => setTimeout(r, 11000));
+    assert.equal((await again.get("/api/v1/config/revisions")).json.revisions[0].revision, kept.json.revision);
+  } finally { await box.stop(); }
+});
+
+test("an optional metrics listener serves /metrics without a login", async () => {
+  const { freePort } = await import("./lib/box.mjs");
+  const port = await freePort();
+  const box = await startBox({ provision: { admin: { password: "installer-secret-1" }, network: { metrics_listen: `127.0.0.1:${port}` } } });
+  try {
+    const http = await import("node:http");
+    const text = await new Promise((resolve, reject) => {
+      http.get(`http://127.0.0.1:${port}/metrics`, (res) => { let d = ""; res.on("data", (c) => { d += c; }); res.on("end", () => resolve(d)); }).on("error", reject);
+    });
+    assert.match(text, /branchgate_up 1/);
+  } finally { await box.stop(); }
+});

@@ -78,8 +78,15 @@ impl AppState {
         });
     }
 
-    /// Logs a user in; the error is the response to send.
-    pub async fn login(&self, peer: SocketAddr, username: &str, password: &str) -> Result<(String, User), Response> {
+    /// Checks credentials under the peer's lockout; the error is the response
+    /// to send. Failures are counted, logged and audited; successes are not
+    /// audited here (a login is, a metrics scrape is not).
+    pub async fn verify_credentials(
+        &self,
+        peer: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<(Role, bool), Response> {
         if let Some(left) = self.lockout.locked(peer.ip()) {
             let mut response = json_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -92,13 +99,9 @@ impl AppState {
         }
         let admin = self.store.current().config.admin.clone();
         match check_password(&admin, username, password).await {
-            Some((role, must_change)) => {
+            Some(account) => {
                 self.lockout.succeed(peer.ip());
-                let id = self.sessions.create(username, role, must_change);
-                self.audit(username, Some(peer), "login", format!("role {}", role.as_str()));
-                let user =
-                    User { session_id: id.clone(), username: username.into(), role, must_change_password: must_change };
-                Ok((id, user))
+                Ok(account)
             }
             None => {
                 self.metrics.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -113,6 +116,15 @@ impl AppState {
                 Err(json_error(StatusCode::UNAUTHORIZED, "wrong username or password"))
             }
         }
+    }
+
+    /// Logs a user in: a new session; the error is the response to send.
+    pub async fn login(&self, peer: SocketAddr, username: &str, password: &str) -> Result<(String, User), Response> {
+        let (role, must_change) = self.verify_credentials(peer, username, password).await?;
+        let id = self.sessions.create(username, role, must_change);
+        self.audit(username, Some(peer), "login", format!("role {}", role.as_str()));
+        let user = User { session_id: id.clone(), username: username.into(), role, must_change_password: must_change };
+        Ok((id, user))
     }
 
     /// Sets the password of `username` (the caller has checked the right to).

@@ -197,7 +197,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap, request: Req
             .is_ok();
     let basic_ok = match basic_credentials(&headers) {
         Some((user, pass)) => match peer {
-            Some(peer) => state.login(peer, &user, &pass).await.map(|(id, _)| state.sessions.remove(&id)).is_ok(),
+            Some(peer) => state.verify_credentials(peer, &user, &pass).await.is_ok(),
             None => false,
         },
         None => false,
@@ -282,9 +282,141 @@ fn current_pem(state: &AppState) -> Result<tls::PemPair, WebError> {
     }
 }
 
-/// Runs the HTTPS admin server (and the HTTP redirect) until `shutdown` turns
-/// true. A new certificate is loaded without a restart; a change of the
-/// listening addresses rebinds.
+/// What one admin listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Serves {
+    Https,
+    /// Redirects to HTTPS on this port.
+    Redirect {
+        https_port: u16,
+    },
+    Metrics,
+}
+
+/// One running listener: what it serves, where, and how to stop it.
+struct Slot {
+    role: Serves,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    handle: Handle,
+}
+
+impl Slot {
+    fn start(
+        state: &AppState,
+        role: Serves,
+        listener: std::net::TcpListener,
+        rustls: &RustlsConfig,
+    ) -> std::io::Result<Slot> {
+        let addr = listener.local_addr()?;
+        let handle = Handle::new();
+        let task = match role {
+            Serves::Https => tokio::spawn(
+                axum_server::from_tcp_rustls(listener, rustls.clone())
+                    .handle(handle.clone())
+                    .serve(router(state.clone()).into_make_service_with_connect_info::<SocketAddr>()),
+            ),
+            Serves::Redirect { https_port } => {
+                let app = Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
+                    redirect_to_https(&headers, &uri, https_port)
+                });
+                tokio::spawn(axum_server::from_tcp(listener).handle(handle.clone()).serve(app.into_make_service()))
+            }
+            Serves::Metrics => {
+                let app = Router::new()
+                    .route("/metrics", get(|State(state): State<AppState>| async move { metrics_body(&state) }))
+                    .with_state(state.clone());
+                tokio::spawn(axum_server::from_tcp(listener).handle(handle.clone()).serve(app.into_make_service()))
+            }
+        };
+        Ok(Slot { role, addr, task, handle })
+    }
+
+    /// Stops accepting at once; open connections get a few seconds to finish.
+    async fn stop(self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(3)));
+        let _ = self.task.await;
+    }
+}
+
+fn same_kind(a: Serves, b: Serves) -> bool {
+    std::mem::discriminant(&a) == std::mem::discriminant(&b)
+}
+
+/// The listeners a `network` configuration asks for.
+fn wanted_slots(network: &branchgate_config::NetworkConfig) -> Vec<(Serves, SocketAddr)> {
+    let mut slots = vec![(Serves::Https, SocketAddr::new(network.admin_bind, network.admin_https_port))];
+    if network.admin_http_port != 0 {
+        slots.push((
+            Serves::Redirect { https_port: network.admin_https_port },
+            SocketAddr::new(network.admin_bind, network.admin_http_port),
+        ));
+    }
+    if let Some(addr) = network.metrics_listen {
+        slots.push((Serves::Metrics, addr));
+    }
+    slots
+}
+
+/// Moves the running listeners to `wanted`: unchanged ones keep serving
+/// untouched; a moved one is bound at its new address before the old one
+/// stops, so the UI is never unreachable in between. A listener that cannot
+/// be bound is reported and the old one kept (an unconfirmed change rolls
+/// back by itself); only HTTPS failing at start is fatal.
+async fn reconcile(
+    state: &AppState,
+    running: Vec<Slot>,
+    wanted: &[(Serves, SocketAddr)],
+    rustls: &RustlsConfig,
+) -> Vec<Slot> {
+    let mut kept = Vec::new();
+    let mut leaving = Vec::new();
+    for slot in running {
+        if wanted.iter().any(|(role, addr)| *role == slot.role && *addr == slot.addr) {
+            kept.push(slot);
+        } else {
+            leaving.push(slot);
+        }
+    }
+    for (role, addr) in wanted {
+        if kept.iter().any(|s| s.role == *role && s.addr == *addr) {
+            continue;
+        }
+        // The same port at another address of ours (or a changed redirect
+        // target on the same port): free it first.
+        let mut listener = bind_nonblocking(*addr);
+        if matches!(&listener, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+            && let Some(pos) = leaving.iter().position(|s| s.addr.port() == addr.port())
+        {
+            leaving.swap_remove(pos).stop().await;
+            listener = bind_nonblocking(*addr);
+        }
+        match listener.and_then(|l| Slot::start(state, *role, l, rustls)) {
+            Ok(slot) => {
+                tracing::info!(%addr, role = ?role, "admin listener up");
+                // The listener it replaces (same role) goes now.
+                if let Some(pos) = leaving.iter().position(|s| same_kind(s.role, *role)) {
+                    leaving.swap_remove(pos).stop().await;
+                }
+                kept.push(slot);
+            }
+            Err(e) => {
+                tracing::error!(%addr, role = ?role, error = %e, "cannot open the admin listener; keeping the old one");
+                if let Some(pos) = leaving.iter().position(|s| same_kind(s.role, *role)) {
+                    kept.push(leaving.swap_remove(pos));
+                }
+            }
+        }
+    }
+    for slot in leaving {
+        slot.stop().await;
+    }
+    kept
+}
+
+/// Runs the HTTPS admin server (and the HTTP redirect, and the optional
+/// metrics listener) until `shutdown` turns true. A new certificate is loaded
+/// without a restart; changed listeners move without a gap (see [`reconcile`]).
 pub async fn run(
     state: AppState,
     mut shutdown: watch::Receiver<bool>,
@@ -292,84 +424,73 @@ pub async fn run(
 ) -> Result<(), WebError> {
     tls::install_crypto_provider();
     let mut config_rx = state.store.subscribe();
+    let mut network = state.store.current().config.network.clone();
+    let mut loaded_pem = current_pem(&state)?;
+    let rustls = RustlsConfig::from_pem(
+        loaded_pem.certificate.clone().into_bytes(),
+        loaded_pem.private_key.clone().into_bytes(),
+    )
+    .await
+    .map_err(|e| WebError::Tls(e.to_string()))?;
+    let wanted = wanted_slots(&network);
+    let https_addr = wanted[0].1;
+    let https = bind_nonblocking(https_addr).map_err(|source| WebError::Bind { addr: https_addr, source })?;
+    let https = Slot::start(&state, Serves::Https, https, &rustls).map_err(WebError::Serve)?;
+    let mut slots = reconcile(&state, vec![https], &wanted, &rustls).await;
+    if let Some(addr) = slots.iter().find(|s| s.role == Serves::Https).map(|s| s.addr) {
+        tracing::info!(%addr, "admin UI listening");
+        on_ready(addr);
+    }
     loop {
-        let network = state.store.current().config.network.clone();
-        let pem = current_pem(&state)?;
-        let rustls = RustlsConfig::from_pem(pem.certificate.clone().into_bytes(), pem.private_key.clone().into_bytes())
-            .await
-            .map_err(|e| WebError::Tls(e.to_string()))?;
-        let https_addr = SocketAddr::new(network.admin_bind, network.admin_https_port);
-        let https_listener =
-            std::net::TcpListener::bind(https_addr).map_err(|source| WebError::Bind { addr: https_addr, source })?;
-        https_listener.set_nonblocking(true).map_err(WebError::Serve)?;
-        let https_handle = Handle::new();
-        let app = router(state.clone());
-        let mut https = tokio::spawn(
-            axum_server::from_tcp_rustls(https_listener, rustls.clone())
-                .handle(https_handle.clone())
-                .serve(app.into_make_service_with_connect_info::<SocketAddr>()),
-        );
-        let http_handle = Handle::new();
-        let http = if network.admin_http_port != 0 {
-            let http_addr = SocketAddr::new(network.admin_bind, network.admin_http_port);
-            let listener =
-                std::net::TcpListener::bind(http_addr).map_err(|source| WebError::Bind { addr: http_addr, source })?;
-            listener.set_nonblocking(true).map_err(WebError::Serve)?;
-            let https_port = network.admin_https_port;
-            let redirect = Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
-                redirect_to_https(&headers, &uri, https_port)
-            });
-            Some(tokio::spawn(
-                axum_server::from_tcp(listener).handle(http_handle.clone()).serve(redirect.into_make_service()),
-            ))
-        } else {
-            None
-        };
-        if let Some(addr) = https_handle.listening().await {
-            tracing::info!(%addr, "admin UI listening");
-            on_ready(addr);
-        }
-        let mut loaded_pem = pem;
-        let rebind = loop {
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() { break false; }
-                }
-                changed = config_rx.changed() => {
-                    if changed.is_err() { break false; }
-                    if state.store.current().config.network != network { break true; }
-                    match current_pem(&state) {
-                        Ok(pem) if pem != loaded_pem => {
-                            match rustls.reload_from_pem(pem.certificate.clone().into_bytes(), pem.private_key.clone().into_bytes()).await {
-                                Ok(()) => { tracing::info!("admin certificate reloaded"); loaded_pem = pem; }
-                                Err(e) => tracing::error!(error = %e, "new admin certificate refused; keeping the old one"),
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "cannot load the admin certificate"),
-                    }
-                }
-                result = &mut https => {
-                    let error = match result {
-                        Ok(Ok(())) => std::io::Error::other("the HTTPS server stopped"),
-                        Ok(Err(e)) => e,
-                        Err(e) => std::io::Error::other(e.to_string()),
-                    };
-                    return Err(WebError::Serve(error));
-                }
+        let https_task = slots.iter_mut().find(|s| s.role == Serves::Https).map(|s| &mut s.task);
+        let https_stopped = async {
+            match https_task {
+                Some(task) => task.await,
+                None => std::future::pending().await,
             }
         };
-        https_handle.graceful_shutdown(Some(Duration::from_secs(3)));
-        http_handle.graceful_shutdown(Some(Duration::from_secs(3)));
-        let _ = https.await;
-        if let Some(http) = http {
-            let _ = http.await;
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { break; }
+            }
+            changed = config_rx.changed() => {
+                if changed.is_err() { break; }
+                let current = state.store.current().config.network.clone();
+                if current != network {
+                    slots = reconcile(&state, slots, &wanted_slots(&current), &rustls).await;
+                    network = current;
+                }
+                match current_pem(&state) {
+                    Ok(pem) if pem != loaded_pem => {
+                        match rustls.reload_from_pem(pem.certificate.clone().into_bytes(), pem.private_key.clone().into_bytes()).await {
+                            Ok(()) => { tracing::info!("admin certificate reloaded"); loaded_pem = pem; }
+                            Err(e) => tracing::error!(error = %e, "new admin certificate refused; keeping the old one"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot load the admin certificate"),
+                }
+            }
+            result = https_stopped => {
+                let error = match result {
+                    Ok(Ok(())) => std::io::Error::other("the HTTPS server stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => std::io::Error::other(e.to_string()),
+                };
+                return Err(WebError::Serve(error));
+            }
         }
-        if !rebind {
-            return Ok(());
-        }
-        tracing::info!("admin listeners changed; rebinding");
     }
+    for slot in slots {
+        slot.stop().await;
+    }
+    Ok(())
+}
+
+fn bind_nonblocking(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 fn redirect_to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Response {

@@ -56,7 +56,7 @@ pub fn document() -> Value {
                 "get": op("One section, with the current revision as `revision`", "viewer", ok("The section")),
                 "put": with_body(op("Change a section: fields given replace the stored ones, others are kept. \
     An optional `revision` field refuses the change (409) if the configuration moved on. Changes to `network` or the admin \
-    certificate roll back after 90 s unless confirmed (POST /config/confirm).", "installer (admin for `admin`)", change.clone()),
+    certificate roll back after admin.confirm_timeout_seconds (90 s) unless confirmed (POST /config/confirm).", "installer (admin for `admin`)", change.clone()),
                     json!({"type": "object"}))
             },
             "/api/v1/config/revisions": { "get": op("Revision history, newest first", "viewer", ok("{current, revisions}")) },

@@ -19,8 +19,8 @@ pub use schema::*;
 pub use seal::Redaction;
 pub use secret::{DigestKey, HashedSecret, PlainSecret, REDACTED, SecretState};
 pub use store::{
-    ApplyOptions, ApplyOutcome, AuditEntry, ConfigStore, Confirm, DEFAULT_CONFIRM_TIMEOUT_MS, PendingConfirm, Revision,
-    RevisionInfo, Snapshot, field_errors,
+    ApplyOptions, ApplyOutcome, AuditEntry, ConfigStore, Confirm, PendingConfirm, Revision, RevisionInfo, Snapshot,
+    field_errors,
 };
 pub use validate::{FieldError, is_hostname, is_username};
 

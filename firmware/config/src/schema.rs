@@ -119,6 +119,9 @@ pub struct AdminConfig {
     /// Failed logins from one peer address before it is locked out.
     pub lockout_threshold: u32,
     pub lockout_minutes: u32,
+    /// How long a change that may cut the installer off waits for confirmation
+    /// before it rolls back by itself.
+    pub confirm_timeout_seconds: u32,
     /// Installer-supplied certificate chain (PEM); a self-signed one is used when absent.
     pub tls_certificate: Option<String>,
     pub tls_private_key: Option<PlainSecret>,
@@ -134,6 +137,7 @@ impl Default for AdminConfig {
             session_absolute_hours: 12,
             lockout_threshold: 5,
             lockout_minutes: 15,
+            confirm_timeout_seconds: 90,
             tls_certificate: None,
             tls_private_key: None,
         }

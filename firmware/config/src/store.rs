@@ -38,8 +38,6 @@ const KEY_PROVISIONED: &[u8] = b"provisioned";
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// Audit entries kept; older ones are dropped.
 const AUDIT_LIMIT: usize = 10_000;
-/// How long an installer has to confirm a change that may cut them off.
-pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 90_000;
 
 /// The configuration services run with.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,8 +84,9 @@ pub struct PendingConfirm {
 /// Whether a change waits for the installer's confirmation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Confirm {
-    /// Only when the change may cut the installer off (see [`Config::may_cut_off_installer`]).
-    IfRisky { timeout_ms: u64 },
+    /// Only when the change may cut the installer off (see [`Config::may_cut_off_installer`]),
+    /// for `admin.confirm_timeout_seconds` of the configuration in force.
+    IfRisky,
     /// Always, for `timeout_ms`.
     Always { timeout_ms: u64 },
     /// Never (provisioning, automatic rollback).
@@ -103,11 +102,7 @@ pub struct ApplyOptions {
 
 impl ApplyOptions {
     pub fn new(author: impl Into<String>, comment: impl Into<String>) -> Self {
-        ApplyOptions {
-            author: author.into(),
-            comment: comment.into(),
-            confirm: Confirm::IfRisky { timeout_ms: DEFAULT_CONFIRM_TIMEOUT_MS },
-        }
+        ApplyOptions { author: author.into(), comment: comment.into(), confirm: Confirm::IfRisky }
     }
 
     pub fn confirm(mut self, confirm: Confirm) -> Self {
@@ -379,9 +374,8 @@ impl ConfigStore {
         let timeout = match options.confirm {
             Confirm::Never => None,
             Confirm::Always { timeout_ms } => Some(timeout_ms),
-            Confirm::IfRisky { timeout_ms } => {
-                (current.revision != 0 && current.config.may_cut_off_installer(&candidate)).then_some(timeout_ms)
-            }
+            Confirm::IfRisky => (current.revision != 0 && current.config.may_cut_off_installer(&candidate))
+                .then_some(u64::from(current.config.admin.confirm_timeout_seconds) * 1000),
         };
         let pending_write = match (timeout, options.confirm) {
             // A second risky change while one is pending keeps the original way back.

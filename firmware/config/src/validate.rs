@@ -158,6 +158,11 @@ impl Config {
         );
         r.check((1..=100).contains(&a.lockout_threshold), "admin.lockout_threshold", "between 1 and 100 failed logins");
         r.check((1..=24 * 60).contains(&a.lockout_minutes), "admin.lockout_minutes", "between 1 and 1440 minutes");
+        r.check(
+            (10..=3600).contains(&a.confirm_timeout_seconds),
+            "admin.confirm_timeout_seconds",
+            "between 10 and 3600 seconds",
+        );
         match (&a.tls_certificate, &a.tls_private_key) {
             (None, None) => {}
             (Some(cert), Some(key)) => {
@@ -344,7 +349,9 @@ impl Config {
     fn validate_port_clashes(&self, r: &mut Report) {
         let mut tcp: HashMap<u16, &str> = HashMap::new();
         let mut udp: HashMap<u16, &str> = HashMap::new();
-        let listeners: [(&str, u16, bool); 8] = [
+        let metrics_port = self.network.metrics_listen.map_or(0, |a| a.port());
+        let listeners: [(&str, u16, bool); 9] = [
+            ("network.metrics_listen", metrics_port, true),
             ("network.admin_https_port", self.network.admin_https_port, true),
             ("network.admin_http_port", self.network.admin_http_port, true),
             ("sip.tcp_port", self.sip.tcp_port, true),
@@ -398,5 +405,113 @@ fn check_digest(r: &mut Report, secret: &crate::secret::HashedSecret, realm: &st
             path,
             format!("{realm_field} changed since this password was stored; enter the password again"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::HashedSecret;
+
+    /// A valid configuration to break one field at a time.
+    fn valid() -> Config {
+        let mut config = Config::example();
+        config.admin.password = HashedSecret::new("a long admin password");
+        let errors = config.seal(&Config::default());
+        assert!(errors.is_empty());
+        assert_eq!(config.validate(), Vec::new());
+        config
+    }
+
+    fn paths(config: &Config) -> Vec<String> {
+        config.validate().into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn the_defaults_need_only_an_admin_password() {
+        let config = Config::default();
+        assert_eq!(paths(&config), ["admin.password"]);
+    }
+
+    #[test]
+    fn host_names_and_domains() {
+        for bad in ["", "-x", "x-", "a b", "under_score", &"x".repeat(64), "dotted.name"] {
+            let mut config = valid();
+            config.system.hostname = bad.to_string();
+            assert_eq!(paths(&config), ["system.hostname"], "{bad:?}");
+        }
+        let mut config = valid();
+        config.sip.domain = "not a domain".into();
+        assert!(paths(&config).contains(&"sip.domain".to_string()));
+        assert!(is_hostname("branch.example"));
+    }
+
+    #[test]
+    fn static_addressing_needs_an_address_and_a_gateway_inside_it() {
+        let mut config = valid();
+        config.network.mode = AddressMode::Static;
+        config.network.address = None;
+        assert_eq!(paths(&config), ["network.address"]);
+        config.network.address = "192.168.1.10/24".parse().ok();
+        config.network.gateway = "10.0.0.1".parse().ok();
+        assert_eq!(paths(&config), ["network.gateway"]);
+        config.network.gateway = "192.168.1.1".parse().ok();
+        assert!(paths(&config).is_empty());
+    }
+
+    #[test]
+    fn two_services_cannot_share_a_port() {
+        let mut config = valid();
+        config.turn.tcp_port = config.network.admin_https_port;
+        assert!(paths(&config).contains(&"turn.tcp_port".to_string()), "{:?}", paths(&config));
+        let mut config = valid();
+        config.turn.udp_port = config.sip.udp_port;
+        assert!(paths(&config).contains(&"turn.udp_port".to_string()));
+        // SIP listens on 5060 over both UDP and TCP: different protocols do not clash.
+        assert_eq!(valid().sip.udp_port, valid().sip.tcp_port);
+        let mut config = valid();
+        config.sip.tls_port = 20002;
+        assert!(paths(&config).contains(&"sip.tls_port".to_string()), "inside the media range");
+    }
+
+    #[test]
+    fn port_ranges() {
+        let mut config = valid();
+        config.media.rtp_port_min = 20001;
+        assert_eq!(paths(&config), ["media.rtp_port_min"]);
+        let mut config = valid();
+        config.turn.relay_port_min = 25000;
+        config.turn.relay_port_max = 35000;
+        assert_eq!(paths(&config), ["turn.relay_port_min"]);
+    }
+
+    #[test]
+    fn routes_must_name_a_trunk_and_trunks_that_register_need_credentials() {
+        let mut config = valid();
+        config.sip.routes[0].trunk = "nowhere".into();
+        config.sip.trunks[0].register = true;
+        config.sip.trunks[0].password = None;
+        assert_eq!(paths(&config), ["sip.trunks[0].password", "sip.routes[0].trunk"]);
+    }
+
+    #[test]
+    fn turn_peers_can_never_open_the_unspecified_ranges() {
+        for bad in ["0.0.0.0/8", "0.0.0.1/32", "::/128", "0.0.0.0/0", "::/0"] {
+            let mut config = valid();
+            config.turn.allowed_peers = vec![bad.parse().expect("cidr")];
+            assert_eq!(paths(&config), ["turn.allowed_peers[0]"], "{bad}");
+        }
+        let mut config = valid();
+        config.turn.allowed_peers = vec!["127.0.0.1/32".parse().expect("cidr"), "10.0.0.0/8".parse().expect("cidr")];
+        assert!(paths(&config).is_empty());
+    }
+
+    #[test]
+    fn duplicate_users_and_unknown_codecs() {
+        let mut config = valid();
+        let user = config.sip.users[0].clone();
+        config.sip.users.push(user);
+        config.media.codecs.push("speex".into());
+        assert_eq!(paths(&config), ["sip.users[1].username", "media.codecs[4]"]);
     }
 }

@@ -10,6 +10,8 @@ use branchgate_config::*;
 use serde_json::json;
 
 const T0: u64 = 1_800_000_000_000;
+/// The default `admin.confirm_timeout_seconds`, in milliseconds.
+const CONFIRM_MS: u64 = 90_000;
 
 fn initial() -> Config {
     let mut config = Config::default();
@@ -107,7 +109,7 @@ fn risky_changes_roll_back_unless_confirmed_even_across_a_restart() {
             .expect("apply");
         let pending = outcome.pending_confirm.expect("pending");
         assert_eq!(pending.previous_revision, 1);
-        assert_eq!(pending.deadline_ms, T0 + DEFAULT_CONFIRM_TIMEOUT_MS);
+        assert_eq!(pending.deadline_ms, T0 + CONFIRM_MS);
         assert_eq!(store.expire_pending(T0 + 1000).expect("check"), None, "not yet");
         // A harmless change while pending keeps the pending deadline.
         let outcome = store
@@ -118,7 +120,7 @@ fn risky_changes_roll_back_unless_confirmed_even_across_a_restart() {
     // The box restarts before the deadline; the deadline persists.
     let store = ConfigStore::open(dir.path(), T0 + 5000).expect("reopen");
     assert_eq!(store.current().config.network.admin_https_port, 9443);
-    let rolled = store.expire_pending(T0 + DEFAULT_CONFIRM_TIMEOUT_MS).expect("expire").expect("rolled back");
+    let rolled = store.expire_pending(T0 + CONFIRM_MS).expect("expire").expect("rolled back");
     assert!(rolled.changed);
     let current = store.current();
     assert_eq!(current.config.network.admin_https_port, 8443);

@@ -88,7 +88,7 @@ export class Api {
     const payload = raw !== undefined ? raw : body !== undefined ? JSON.stringify(body) : undefined;
     return new Promise((resolve, reject) => {
       const req = request(url, {
-        method, rejectUnauthorized: false,
+        method, rejectUnauthorized: false, agent: false,
         headers: {
           ...(payload !== undefined ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {}),
           ...(this.cookie ? { cookie: this.cookie } : {}),
