@@ -270,6 +270,8 @@ pub struct TurnConfig {
     pub allowed_peers: Vec<IpNet>,
     /// Public address announced for relays when the box sits behind NAT.
     pub external_ip: Option<IpAddr>,
+    /// Address relay sockets bind to; none picks the box's first non-loopback IPv4 address.
+    pub relay_ip: Option<IpAddr>,
     pub relay_port_min: u16,
     pub relay_port_max: u16,
 }
@@ -286,6 +288,7 @@ impl Default for TurnConfig {
             auth_secret: None,
             allowed_peers: Vec::new(),
             external_ip: None,
+            relay_ip: None,
             relay_port_min: 49152,
             relay_port_max: 65535,
         }
@@ -385,6 +388,7 @@ impl Config {
         config.sip.routes.push(SipRoute { prefix: "9".into(), strip: 1, trunk: "pstn".into() });
         config.turn.auth_secret = Some(PlainSecret::new("restsecret"));
         config.turn.external_ip = "203.0.113.10".parse().ok();
+        config.turn.relay_ip = "192.168.1.10".parse().ok();
         config.update.hawkbit_url = Some("https://hawkbit.example".into());
         config
     }

@@ -227,6 +227,14 @@ async fn serve(
         });
     }
 
+    {
+        let store = store.clone();
+        supervisor.spawn("turn", move |shutdown| {
+            let config_rx = store.subscribe();
+            async move { branchgate_turn_relay::run(config_rx, shutdown).await.map_err(anyhow::Error::from) }
+        });
+    }
+
     // Announce readiness once the admin UI listens.
     let _ = ready_rx.wait_for(Option::is_some).await;
     let addr = (*ready_rx.borrow()).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));

@@ -1,0 +1,191 @@
+//! Which peers a TURN allocation may talk to.
+//!
+//! A relay on the branch box must not become a way into the branch LAN or the
+//! box itself: by default every address that is not a public unicast address
+//! is refused, whatever textual form it arrives in (IPv4-mapped and
+//! IPv4-compatible IPv6, NAT64 and 6to4 embeddings are unwrapped first). The
+//! operator opens ranges with `turn.allowed_peers`; the unspecified addresses
+//! (0.0.0.0/8, ::) stay closed even then.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+/// The IPv4 address an IPv6 address stands for, when it embeds one.
+fn embedded_v4(v6: &Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let o = v6.octets();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    // IPv4-compatible (deprecated, RFC 4291 §2.5.5.1): ::a.b.c.d, but not :: or ::1.
+    if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052) and local-use 64:ff9b:1::/48 (RFC 8215).
+    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    // 6to4 (RFC 3056): 2002:AABB:CCDD::/48.
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
+}
+
+/// The address the packet really goes to: embedded IPv4 unwrapped.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => embedded_v4(&v6).map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn never_allowed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 0,
+        IpAddr::V6(v6) => v6.is_unspecified(),
+    }
+}
+
+/// Not a public unicast address (RFC 6890 special-purpose registries).
+fn special_purpose(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] >= 240 // reserved
+                || (o[0] == 100 && (o[1] & 0xC0) == 64) // 100.64/10 shared address space
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
+                || (o[0] == 198 && (o[1] & 0xFE) == 18) // 198.18/15 benchmarking
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_multicast()
+                || (s[0] & 0xFE00) == 0xFC00 // unique local fc00::/7
+                || (s[0] & 0xFFC0) == 0xFE80 // link-local fe80::/10
+                || (s[0] & 0xFFC0) == 0xFEC0 // site-local fec0::/10 (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x0100 && s[1..4] == [0; 3]) // discard 100::/64
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo: embeds an obfuscated IPv4 address
+                || s[..6] == [0; 6] // the rest of ::/96
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PeerPolicy {
+    /// Ranges opened by the operator (`turn.allowed_peers`).
+    pub allowed: Vec<IpNet>,
+    /// The box's own management addresses (admin UI, SIP, this server).
+    pub own_addresses: Vec<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("the unspecified address is never a peer")]
+    Unspecified,
+    #[error("not a public address")]
+    NotPublic,
+    #[error("one of the box's own addresses")]
+    OwnAddress,
+}
+
+impl PeerPolicy {
+    pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
+        let ip = canonical(peer.ip());
+        if never_allowed(ip) || never_allowed(peer.ip()) {
+            return Err(Denied::Unspecified);
+        }
+        if self.allowed.iter().any(|net| net.contains(&ip)) {
+            return Ok(());
+        }
+        if self.own_addresses.iter().any(|own| canonical(*own) == ip) {
+            return Err(Denied::OwnAddress);
+        }
+        if special_purpose(ip) {
+            return Err(Denied::NotPublic);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(text: &str) -> SocketAddr {
+        SocketAddr::new(text.parse().expect("ip"), 5000)
+    }
+
+    #[test]
+    fn every_textual_form_of_an_internal_address_is_refused() {
+        let policy = PeerPolicy::default();
+        for bad in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "100.64.0.1",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:0.0.0.0",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        ] {
+            assert!(policy.check(peer(bad)).is_err(), "{bad} must be refused");
+        }
+        for good in ["8.8.8.8", "2a00:1450:4001:80b::200e", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+            assert_eq!(policy.check(peer(good)), Ok(()), "{good} is public");
+        }
+    }
+
+    #[test]
+    fn allowed_ranges_open_but_never_the_unspecified_address() {
+        let policy = PeerPolicy {
+            allowed: vec![
+                "127.0.0.1/32".parse().expect("net"),
+                "0.0.0.0/0".parse().expect("net"),
+                "::/0".parse().expect("net"),
+            ],
+            own_addresses: vec![],
+        };
+        assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
+        assert_eq!(policy.check(peer("::ffff:127.0.0.1")), Ok(()), "the same address in IPv6 form");
+        assert_eq!(policy.check(peer("10.0.0.1")), Ok(()));
+        assert_eq!(policy.check(peer("0.0.0.0")), Err(Denied::Unspecified));
+        assert_eq!(policy.check(peer("::ffff:0.0.0.0")), Err(Denied::Unspecified));
+        assert_eq!(policy.check(peer("::")), Err(Denied::Unspecified));
+    }
+
+    #[test]
+    fn the_box_itself_is_refused() {
+        let policy = PeerPolicy { allowed: vec![], own_addresses: vec!["203.0.113.10".parse().expect("ip")] };
+        assert_eq!(policy.check(peer("8.8.4.4")), Ok(()));
+        assert!(policy.check(peer("203.0.113.10")).is_err());
+        assert!(policy.check(peer("::ffff:203.0.113.10")).is_err());
+    }
+}

@@ -1,0 +1,896 @@
+//! The TURN server state machine (RFC 8656 over UDP, STUN Binding per RFC 8489).
+//!
+//! Sans-IO: the driver hands in datagrams and the time, and carries out what
+//! comes back. The relay data path is zero-copy: a packet from a client is
+//! forwarded as a slice of the received buffer; a packet from a peer is
+//! framed in place, in headroom the driver leaves before the payload.
+//! Control traffic (requests and their responses, relay sockets to open or
+//! close) goes through [`Server::poll_output`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use crate::auth::{NonceCheck, Nonces, long_term_key, rest_expiry, rest_password};
+use crate::policy::{PeerPolicy, canonical};
+use crate::stun::{Class, HEADER_LEN, Message, Writer, attr, method, reason};
+
+/// Bytes the driver leaves free before a peer's payload: the largest Data
+/// indication header (STUN header + XOR-PEER-ADDRESS for IPv6 + DATA header).
+pub const HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
+/// Bytes the driver leaves free after a peer's payload (attribute padding).
+pub const TAILROOM: usize = 3;
+
+const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's
+/// own tools among them) still use up to 0x7FFF, which ChannelData framing allows.
+const CHANNELS: RangeInclusive<u16> = 0x4000..=0x7FFF;
+const UDP: u8 = 17;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub realm: String,
+    /// SOFTWARE sent in responses to authenticated requests (never to unauthenticated ones).
+    pub software: Option<String>,
+    /// Long-term keys `MD5(user:realm:password)` by username.
+    pub users: HashMap<String, [u8; 16]>,
+    /// Shared secret for TURN REST credentials.
+    pub rest_secret: Option<Vec<u8>>,
+    pub policy: PeerPolicy,
+    /// Address relay sockets bind to.
+    pub relay_ip: IpAddr,
+    /// Address announced in XOR-RELAYED-ADDRESS (the public one when behind NAT).
+    pub advertised_relay_ip: Option<IpAddr>,
+    pub relay_ports: RangeInclusive<u16>,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub nonce_lifetime_secs: u64,
+}
+
+impl ServerConfig {
+    pub fn new(realm: impl Into<String>, relay_ip: IpAddr) -> Self {
+        ServerConfig {
+            realm: realm.into(),
+            software: Some(concat!("branchgate ", env!("CARGO_PKG_VERSION")).into()),
+            users: HashMap::new(),
+            rest_secret: None,
+            policy: PeerPolicy::default(),
+            relay_ip,
+            advertised_relay_ip: None,
+            relay_ports: 49152..=65535,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 10_000,
+            max_allocations_per_user: 100,
+            nonce_lifetime_secs: 600,
+        }
+    }
+}
+
+/// Control traffic for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `data` from the listener at `from` to `to`.
+    Reply { from: SocketAddr, to: SocketAddr, data: Vec<u8> },
+    /// Open a relay socket on `ip:port` and report with [`Server::relay_bound`].
+    BindRelay { ip: IpAddr, port: u16 },
+    /// The allocation on this relay port is gone: close its socket.
+    CloseRelay { port: u16 },
+}
+
+/// What to do with a data packet, right now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forward<'a> {
+    None,
+    /// Send `payload` from relay socket `relay_port` to `peer`.
+    ToPeer {
+        relay_port: u16,
+        peer: SocketAddr,
+        payload: &'a [u8],
+    },
+    /// Send `packet` from the listener at `listener` to `client`.
+    ToClient {
+        listener: SocketAddr,
+        client: SocketAddr,
+        packet: &'a [u8],
+    },
+}
+
+/// The 5-tuple of an allocation (RFC 8656 §2.2), transport being UDP here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub listener: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    tuple: FiveTuple,
+    username: String,
+    key: [u8; 16],
+    relay_port: u16,
+    relay: Option<SocketAddr>,
+    expires: Instant,
+    created: Instant,
+    /// Installed permissions: canonical peer IP and expiry.
+    permissions: Vec<(IpAddr, Instant)>,
+    channels: Vec<Channel>,
+    /// The Allocate transaction (for retransmissions and the deferred answer).
+    transaction_id: [u8; 12],
+    request_had_fingerprint: bool,
+    lifetime: Duration,
+    bind_attempts: u8,
+    /// RESERVATION-TOKEN for the odd port kept for a later allocation (EVEN-PORT R bit).
+    reservation_token: Option<[u8; 8]>,
+    to_peer: Counter,
+    to_client: Counter,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// A live allocation as the admin UI shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocationInfo {
+    pub username: String,
+    pub client: SocketAddr,
+    pub relay: Option<SocketAddr>,
+    pub peers: Vec<IpAddr>,
+    pub age: Duration,
+    pub to_peer: Counter,
+    pub to_client: Counter,
+}
+
+/// Server-wide counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub auth_failures: u64,
+    pub denied_peers: u64,
+    pub dropped: u64,
+    pub to_peer: Counter,
+    pub to_client: Counter,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    nonces: Nonces,
+    start: Instant,
+    unix_at_start: u64,
+    allocations: HashMap<u32, Allocation>,
+    by_tuple: HashMap<FiveTuple, u32>,
+    by_port: HashMap<u16, u32>,
+    next_id: u32,
+    next_port: u16,
+    /// Ports held by RESERVATION-TOKEN (RFC 8656 §14.9), with their expiry.
+    reservations: HashMap<[u8; 8], (u16, Instant)>,
+    reservation_counter: u64,
+    out: VecDeque<Output>,
+    /// Reused for building responses.
+    scratch: Vec<u8>,
+    pub stats: Stats,
+}
+
+/// An authenticated request's user and key.
+struct Credentials {
+    username: String,
+    key: [u8; 16],
+}
+
+fn xor_peer<'a>(msg: &Message<'a>) -> Option<SocketAddr> {
+    msg.xor_address(attr::XOR_PEER_ADDRESS).and_then(Result::ok)
+}
+
+impl Server {
+    /// `nonce_secret` must be random (it authenticates the nonces); `unix_now`
+    /// anchors `now` to wall-clock time for REST credential expiry.
+    pub fn new(config: ServerConfig, nonce_secret: [u8; 32], now: Instant, unix_now: u64) -> Self {
+        let next_port = *config.relay_ports.start();
+        Server {
+            nonces: Nonces::new(nonce_secret, config.nonce_lifetime_secs),
+            config,
+            start: now,
+            unix_at_start: unix_now,
+            allocations: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_port: HashMap::new(),
+            next_id: 1,
+            next_port,
+            reservations: HashMap::new(),
+            reservation_counter: 0,
+            out: VecDeque::new(),
+            scratch: Vec::with_capacity(256),
+            stats: Stats::default(),
+        }
+    }
+
+    /// New users, realm or policy; existing allocations stay.
+    pub fn set_config(&mut self, config: ServerConfig) {
+        if !config.relay_ports.contains(&self.next_port) {
+            self.next_port = *config.relay_ports.start();
+        }
+        // Nonces stay valid across a configuration change: same secret.
+        self.nonces = Nonces::new(self.nonces.secret(), config.nonce_lifetime_secs);
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    fn now_secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next time [`Server::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.allocations.values().map(|a| a.expires).min()
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    pub fn allocations(&self, now: Instant) -> Vec<AllocationInfo> {
+        self.allocations
+            .values()
+            .map(|a| AllocationInfo {
+                username: a.username.clone(),
+                client: a.tuple.client,
+                relay: a.relay,
+                peers: a.permissions.iter().map(|(ip, _)| *ip).collect(),
+                age: now.saturating_duration_since(a.created),
+                to_peer: a.to_peer,
+                to_client: a.to_client,
+            })
+            .collect()
+    }
+
+    /// Expires allocations, permissions and channels.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u32> = self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.remove(id);
+        }
+        self.reservations.retain(|_, (_, expires)| *expires > now);
+        for allocation in self.allocations.values_mut() {
+            allocation.permissions.retain(|(_, expires)| *expires > now);
+            allocation.channels.retain(|c| c.expires > now);
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(allocation) = self.allocations.remove(&id) {
+            self.by_tuple.remove(&allocation.tuple);
+            self.by_port.remove(&allocation.relay_port);
+            if allocation.relay.is_some() {
+                self.out.push_back(Output::CloseRelay { port: allocation.relay_port });
+            }
+        }
+    }
+
+    /// A datagram from a client on the listener at `listener`.
+    pub fn handle_client_packet<'a>(
+        &mut self,
+        now: Instant,
+        listener: SocketAddr,
+        client: SocketAddr,
+        data: &'a [u8],
+    ) -> Forward<'a> {
+        let tuple = FiveTuple { client, listener };
+        // ChannelData: the first two bits are 01 (RFC 8656 §12.4).
+        if let Some(&first) = data.first()
+            && (0x40..=0x7F).contains(&first)
+        {
+            return self.channel_data(now, tuple, data);
+        }
+        let Ok(msg) = Message::parse(data) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        if msg.fingerprint_ok() == Some(false) {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        match (msg.class, msg.method) {
+            (Class::Indication, method::SEND) => self.send_indication(now, tuple, msg),
+            (Class::Request, _) => {
+                self.request(now, tuple, &msg);
+                Forward::None
+            }
+            // Responses and other indications are not for a server.
+            _ => Forward::None,
+        }
+    }
+
+    fn live_allocation(&self, tuple: &FiveTuple, now: Instant) -> Option<u32> {
+        let id = *self.by_tuple.get(tuple)?;
+        let allocation = self.allocations.get(&id)?;
+        (allocation.relay.is_some() && allocation.expires > now).then_some(id)
+    }
+
+    fn channel_data<'a>(&mut self, now: Instant, tuple: FiveTuple, data: &'a [u8]) -> Forward<'a> {
+        let forward = (|| {
+            if data.len() < 4 {
+                return None;
+            }
+            let number = u16::from_be_bytes([data[0], data[1]]);
+            let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
+            let payload = data.get(4..4 + length)?;
+            let id = self.live_allocation(&tuple, now)?;
+            let allocation = self.allocations.get_mut(&id)?;
+            let channel = allocation.channels.iter().find(|c| c.number == number && c.expires > now)?;
+            let peer = channel.peer;
+            let ip = canonical(peer.ip());
+            allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;
+            allocation.to_peer.add(payload.len());
+            Some(Forward::ToPeer { relay_port: allocation.relay_port, peer, payload })
+        })();
+        match forward {
+            Some(Forward::ToPeer { relay_port, peer, payload }) => {
+                self.stats.to_peer.add(payload.len());
+                Forward::ToPeer { relay_port, peer, payload }
+            }
+            _ => {
+                self.stats.dropped += 1;
+                Forward::None
+            }
+        }
+    }
+
+    fn send_indication<'a>(&mut self, now: Instant, tuple: FiveTuple, msg: Message<'a>) -> Forward<'a> {
+        let forward = (|| {
+            let id = self.live_allocation(&tuple, now)?;
+            let peer = xor_peer(&msg)?;
+            let payload = msg.get(attr::DATA)?.value;
+            let allocation = self.allocations.get_mut(&id)?;
+            let ip = canonical(peer.ip());
+            allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;
+            allocation.to_peer.add(payload.len());
+            Some((allocation.relay_port, peer, payload))
+        })();
+        match forward {
+            Some((relay_port, peer, payload)) => {
+                self.stats.to_peer.add(payload.len());
+                Forward::ToPeer { relay_port, peer, payload }
+            }
+            None => {
+                self.stats.dropped += 1;
+                Forward::None
+            }
+        }
+    }
+
+    /// A datagram from `peer` on relay port `relay_port`. The payload is
+    /// `buf[HEADROOM..HEADROOM + len]`; the frame to the client is built in place.
+    pub fn handle_peer_packet<'a>(
+        &mut self,
+        now: Instant,
+        relay_port: u16,
+        peer: SocketAddr,
+        buf: &'a mut [u8],
+        len: usize,
+    ) -> Forward<'a> {
+        if buf.len() < HEADROOM + len + TAILROOM {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        let Some(allocation) = self.by_port.get(&relay_port).and_then(|id| self.allocations.get_mut(id)) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        let ip = canonical(peer.ip());
+        if allocation.expires <= now || !allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now) {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        allocation.to_client.add(len);
+        self.stats.to_client.add(len);
+        let (listener, client) = (allocation.tuple.listener, allocation.tuple.client);
+        if let Some(channel) = allocation.channels.iter().find(|c| c.peer == peer && c.expires > now) {
+            let start = HEADROOM - 4;
+            buf[start..start + 2].copy_from_slice(&channel.number.to_be_bytes());
+            buf[start + 2..HEADROOM].copy_from_slice(&(len as u16).to_be_bytes());
+            return Forward::ToClient { listener, client, packet: &buf[start..HEADROOM + len] };
+        }
+        // A Data indication: header, XOR-PEER-ADDRESS, DATA, written backwards from the payload.
+        let mut address = [0u8; 20];
+        let transaction_id = data_indication_id(allocation.to_client.packets);
+        let address_len = crate::stun::encode_xor_address(peer, &transaction_id, &mut address);
+        let start = HEADROOM - (HEADER_LEN + 4 + address_len + 4);
+        let padding = (4 - len % 4) % 4;
+        let body_len = 4 + address_len + 4 + len + padding;
+        let mut at = start;
+        let mut put = |bytes: &[u8]| {
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&crate::stun::message_type(Class::Indication, method::DATA).to_be_bytes());
+        put(&(body_len as u16).to_be_bytes());
+        put(&crate::stun::MAGIC_COOKIE.to_be_bytes());
+        put(&transaction_id);
+        put(&attr::XOR_PEER_ADDRESS.to_be_bytes());
+        put(&(address_len as u16).to_be_bytes());
+        put(&address[..address_len]);
+        put(&attr::DATA.to_be_bytes());
+        put(&(len as u16).to_be_bytes());
+        debug_assert_eq!(at, HEADROOM);
+        buf[HEADROOM + len..HEADROOM + len + padding].fill(0);
+        Forward::ToClient { listener, client, packet: &buf[start..HEADROOM + len + padding] }
+    }
+
+    /// The driver's answer to [`Output::BindRelay`].
+    pub fn relay_bound(&mut self, now: Instant, port: u16, result: Result<SocketAddr, ()>) {
+        let Some(&id) = self.by_port.get(&port) else {
+            return;
+        };
+        match result {
+            Ok(bound) => {
+                let Some(allocation) = self.allocations.get_mut(&id) else {
+                    return;
+                };
+                let relay = SocketAddr::new(self.config.advertised_relay_ip.unwrap_or(bound.ip()), bound.port());
+                allocation.relay = Some(relay);
+                allocation.expires = now + allocation.lifetime;
+                self.answer_allocate(id);
+            }
+            Err(()) => {
+                // Someone else holds that port: try another, a few times.
+                self.by_port.remove(&port);
+                let next = self.pick_port(false, false);
+                let Some(allocation) = self.allocations.get_mut(&id) else {
+                    return;
+                };
+                allocation.bind_attempts += 1;
+                match next {
+                    Some(next) if allocation.bind_attempts < 8 => {
+                        allocation.relay_port = next;
+                        self.by_port.insert(next, id);
+                        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port: next });
+                    }
+                    _ => {
+                        let (tuple, tid, key) = (allocation.tuple, allocation.transaction_id, allocation.key);
+                        self.allocations.remove(&id);
+                        self.by_tuple.remove(&tuple);
+                        self.error(tuple, method::ALLOCATE, tid, 508, Some(&key), &[]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn port_free(&self, port: u16) -> bool {
+        self.config.relay_ports.contains(&port)
+            && !self.by_port.contains_key(&port)
+            && !self.reservations.values().any(|(reserved, _)| *reserved == port)
+    }
+
+    /// A free relay port; `even` asks for an even one, `pair` also for the odd one after it.
+    fn pick_port(&mut self, even: bool, pair: bool) -> Option<u16> {
+        let (lo, hi) = (*self.config.relay_ports.start(), *self.config.relay_ports.end());
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port >= hi { lo } else { port + 1 };
+            let shape_ok = !even || port.is_multiple_of(2);
+            let pair_ok = !pair || port.checked_add(1).is_some_and(|next| self.port_free(next));
+            if shape_ok && pair_ok && self.port_free(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn new_reservation_token(&mut self) -> [u8; 8] {
+        self.reservation_counter += 1;
+        self.nonces.token(self.reservation_counter)
+    }
+
+    // ----- requests ---------------------------------------------------------------------
+
+    fn reply(&mut self, tuple: FiveTuple) {
+        let data = std::mem::take(&mut self.scratch);
+        self.out.push_back(Output::Reply { from: tuple.listener, to: tuple.client, data });
+        self.scratch = Vec::with_capacity(256);
+    }
+
+    /// An error response; integrity-protected when the request was authenticated.
+    fn error(
+        &mut self,
+        tuple: FiveTuple,
+        method: u16,
+        tid: [u8; 12],
+        code: u16,
+        key: Option<&[u8]>,
+        extra: &[(u16, &[u8])],
+    ) {
+        self.scratch.clear();
+        let mut w = Writer::new(&mut self.scratch, Class::Error, method, tid);
+        w.error(code, reason(code));
+        for (kind, value) in extra {
+            w.attr(*kind, value);
+        }
+        if let Some(key) = key {
+            w.integrity(key);
+        }
+        self.reply(tuple);
+    }
+
+    fn challenge(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, code: u16) {
+        let nonce = self.nonces.issue(self.now_secs(now), tuple.client.ip());
+        let realm = self.config.realm.clone();
+        self.error(
+            tuple,
+            msg.method,
+            msg.transaction_id(),
+            code,
+            None,
+            &[(attr::REALM, realm.as_bytes()), (attr::NONCE, nonce.as_bytes())],
+        );
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4); on failure the response is queued.
+    fn authenticate(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Option<Credentials> {
+        if !msg.has(attr::MESSAGE_INTEGRITY) {
+            self.challenge(now, tuple, msg, 401);
+            return None;
+        }
+        let (Some(username), Some(realm), Some(nonce)) =
+            (msg.text(attr::USERNAME), msg.text(attr::REALM), msg.text(attr::NONCE))
+        else {
+            self.error(tuple, msg.method, msg.transaction_id(), 400, None, &[]);
+            return None;
+        };
+        if self.nonces.check(nonce, self.now_secs(now), tuple.client.ip()) != NonceCheck::Valid {
+            self.challenge(now, tuple, msg, 438);
+            return None;
+        }
+        let key = if realm != self.config.realm {
+            None
+        } else if let Some(key) = self.config.users.get(username) {
+            Some(*key)
+        } else if let Some(secret) = &self.config.rest_secret {
+            let unix_now = self.unix_at_start + self.now_secs(now);
+            rest_expiry(username)
+                .filter(|expiry| *expiry > unix_now)
+                .map(|_| long_term_key(username, realm, &rest_password(secret, username)))
+        } else {
+            None
+        };
+        match key {
+            Some(key) if msg.integrity_ok(&key) => Some(Credentials { username: username.to_string(), key }),
+            _ => {
+                self.stats.auth_failures += 1;
+                self.challenge(now, tuple, msg, 401);
+                None
+            }
+        }
+    }
+
+    fn request(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) {
+        let tid = msg.transaction_id();
+        if msg.method == method::BINDING {
+            // Unauthenticated, so kept no larger than the request needs (no SOFTWARE).
+            self.scratch.clear();
+            let mut w = Writer::new(&mut self.scratch, Class::Success, method::BINDING, tid);
+            w.xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+            if msg.has(attr::FINGERPRINT) {
+                w.fingerprint();
+            }
+            self.reply(tuple);
+            return;
+        }
+        if !matches!(msg.method, method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND)
+        {
+            self.error(tuple, msg.method, tid, 400, None, &[]);
+            return;
+        }
+        let unknown: Vec<u8> = msg.unknown_required().flat_map(u16::to_be_bytes).collect();
+        if !unknown.is_empty() {
+            self.error(tuple, msg.method, tid, 420, None, &[(attr::UNKNOWN_ATTRIBUTES, &unknown)]);
+            return;
+        }
+        let Some(credentials) = self.authenticate(now, tuple, msg) else {
+            return;
+        };
+        match msg.method {
+            method::ALLOCATE => self.allocate(now, tuple, msg, credentials),
+            method::REFRESH => self.refresh(now, tuple, msg, credentials),
+            method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, credentials),
+            _ => self.channel_bind(now, tuple, msg, credentials),
+        }
+    }
+
+    fn success(
+        &mut self,
+        tuple: FiveTuple,
+        method: u16,
+        tid: [u8; 12],
+        key: &[u8],
+        fingerprint: bool,
+        fill: impl FnOnce(&mut Writer<'_>),
+    ) {
+        self.scratch.clear();
+        let software = self.config.software.clone();
+        let mut w = Writer::new(&mut self.scratch, Class::Success, method, tid);
+        fill(&mut w);
+        if let Some(software) = software {
+            w.attr(attr::SOFTWARE, software.as_bytes());
+        }
+        w.integrity(key);
+        if fingerprint {
+            w.fingerprint();
+        }
+        self.reply(tuple);
+    }
+
+    /// The success answer to an allocation's Allocate request (also for retransmissions).
+    fn answer_allocate(&mut self, id: u32) {
+        let Some(a) = self.allocations.get(&id) else {
+            return;
+        };
+        let Some(relay) = a.relay else {
+            return; // still binding: the answer is on its way
+        };
+        let (tuple, tid, key, fingerprint, lifetime, token) =
+            (a.tuple, a.transaction_id, a.key, a.request_had_fingerprint, a.lifetime, a.reservation_token);
+        self.success(tuple, method::ALLOCATE, tid, &key, fingerprint, |w| {
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, relay)
+                .u32(attr::LIFETIME, lifetime.as_secs() as u32)
+                .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+            if let Some(token) = token {
+                w.attr(attr::RESERVATION_TOKEN, &token);
+            }
+        });
+    }
+
+    fn granted_lifetime(&self, msg: &Message<'_>) -> Duration {
+        match msg.u32(attr::LIFETIME) {
+            Some(0) => Duration::ZERO,
+            Some(secs) => {
+                Duration::from_secs(u64::from(secs)).clamp(self.config.default_lifetime, self.config.max_lifetime)
+            }
+            None => self.config.default_lifetime,
+        }
+    }
+
+    fn allocate(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, credentials: Credentials) {
+        let tid = msg.transaction_id();
+        let key = credentials.key;
+        if let Some(&id) = self.by_tuple.get(&tuple) {
+            match self.allocations.get(&id).map(|a| a.transaction_id == tid) {
+                Some(true) => self.answer_allocate(id),
+                _ => self.error(tuple, method::ALLOCATE, tid, 437, Some(&key), &[]),
+            }
+            return;
+        }
+        match msg.get(attr::REQUESTED_TRANSPORT).map(|a| a.value) {
+            None => return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]),
+            Some(value) if value.first() != Some(&UDP) => {
+                return self.error(tuple, method::ALLOCATE, tid, 442, Some(&key), &[]);
+            }
+            Some(_) => {}
+        }
+        // DONT-FRAGMENT is honoured by the relay sockets (Linux sets DF on UDP
+        // under path-MTU discovery, its default).
+        let even_port = msg.get(attr::EVEN_PORT).map(|a| a.value.first().is_some_and(|b| b & 0x80 != 0));
+        let token = msg.get(attr::RESERVATION_TOKEN).map(|a| a.value);
+        if even_port.is_some() && token.is_some() {
+            return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]);
+        }
+        let family_ok = match msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(|a| a.value.first().copied()) {
+            None => self.config.relay_ip.is_ipv4(),
+            Some(Some(0x01)) => self.config.relay_ip.is_ipv4(),
+            Some(Some(0x02)) => self.config.relay_ip.is_ipv6(),
+            Some(_) => false,
+        };
+        if !family_ok {
+            return self.error(tuple, method::ALLOCATE, tid, 440, Some(&key), &[]);
+        }
+        let per_user = self.allocations.values().filter(|a| a.username == credentials.username).count();
+        if per_user >= self.config.max_allocations_per_user {
+            return self.error(tuple, method::ALLOCATE, tid, 486, Some(&key), &[]);
+        }
+        if self.allocations.len() >= self.config.max_allocations {
+            return self.error(tuple, method::ALLOCATE, tid, 508, Some(&key), &[]);
+        }
+        let mut reservation_token = None;
+        let port = match (token, even_port) {
+            (Some(token), _) => {
+                let reserved = <[u8; 8]>::try_from(token).ok().and_then(|t| self.reservations.remove(&t));
+                match reserved {
+                    Some((port, _)) => Some(port),
+                    None => return self.error(tuple, method::ALLOCATE, tid, 508, Some(&key), &[]),
+                }
+            }
+            (None, Some(reserve_next)) => {
+                let port = self.pick_port(true, reserve_next);
+                if let (Some(port), true) = (port, reserve_next) {
+                    let token = self.new_reservation_token();
+                    self.reservations.insert(token, (port + 1, now + Duration::from_secs(30)));
+                    reservation_token = Some(token);
+                }
+                port
+            }
+            (None, None) => self.pick_port(false, false),
+        };
+        let Some(port) = port else {
+            return self.error(tuple, method::ALLOCATE, tid, 508, Some(&key), &[]);
+        };
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let lifetime = match self.granted_lifetime(msg) {
+            Duration::ZERO => self.config.default_lifetime,
+            granted => granted,
+        };
+        self.allocations.insert(
+            id,
+            Allocation {
+                tuple,
+                username: credentials.username,
+                key,
+                relay_port: port,
+                relay: None,
+                // Until the socket is bound; a bind that never answers does not leak.
+                expires: now + Duration::from_secs(30),
+                created: now,
+                permissions: Vec::new(),
+                channels: Vec::new(),
+                transaction_id: tid,
+                request_had_fingerprint: msg.has(attr::FINGERPRINT),
+                lifetime,
+                bind_attempts: 0,
+                reservation_token,
+                to_peer: Counter::default(),
+                to_client: Counter::default(),
+            },
+        );
+        self.by_tuple.insert(tuple, id);
+        self.by_port.insert(port, id);
+        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port });
+    }
+
+    fn owned_allocation(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        credentials: &Credentials,
+    ) -> Option<u32> {
+        let id = self.live_allocation(&tuple, now);
+        let owned = id.filter(|id| self.allocations.get(id).is_some_and(|a| a.username == credentials.username));
+        if owned.is_none() {
+            let code = if id.is_some() { 441 } else { 437 };
+            self.error(tuple, msg.method, msg.transaction_id(), code, Some(&credentials.key), &[]);
+        }
+        owned
+    }
+
+    fn refresh(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, credentials: Credentials) {
+        let Some(id) = self.owned_allocation(now, tuple, msg, &credentials) else {
+            return;
+        };
+        let lifetime = self.granted_lifetime(msg);
+        if lifetime.is_zero() {
+            self.remove(id);
+        } else if let Some(allocation) = self.allocations.get_mut(&id) {
+            allocation.expires = now + lifetime;
+        }
+        let fingerprint = msg.has(attr::FINGERPRINT);
+        self.success(tuple, method::REFRESH, msg.transaction_id(), &credentials.key, fingerprint, |w| {
+            w.u32(attr::LIFETIME, lifetime.as_secs() as u32);
+        });
+    }
+
+    /// Checks a peer for this allocation; the error code to answer when refused.
+    fn check_peer(&mut self, id: u32, peer: SocketAddr) -> Result<(), u16> {
+        let Some(relay) = self.allocations.get(&id).and_then(|a| a.relay) else {
+            return Err(437);
+        };
+        if canonical(peer.ip()).is_ipv4() != canonical(relay.ip()).is_ipv4() {
+            return Err(443);
+        }
+        if self.config.policy.check(peer).is_err() {
+            self.stats.denied_peers += 1;
+            return Err(403);
+        }
+        Ok(())
+    }
+
+    fn create_permission(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, credentials: Credentials) {
+        let Some(id) = self.owned_allocation(now, tuple, msg, &credentials) else {
+            return;
+        };
+        let tid = msg.transaction_id();
+        let peers: Vec<Option<SocketAddr>> =
+            msg.all(attr::XOR_PEER_ADDRESS).map(|a| crate::stun::decode_xor_address(a.value, &tid).ok()).collect();
+        if peers.is_empty() || peers.iter().any(Option::is_none) {
+            return self.error(tuple, method::CREATE_PERMISSION, tid, 400, Some(&credentials.key), &[]);
+        }
+        // All or nothing (RFC 8656 §9.2).
+        for peer in peers.iter().flatten() {
+            if let Err(code) = self.check_peer(id, *peer) {
+                return self.error(tuple, method::CREATE_PERMISSION, tid, code, Some(&credentials.key), &[]);
+            }
+        }
+        if let Some(allocation) = self.allocations.get_mut(&id) {
+            for peer in peers.into_iter().flatten() {
+                install_permission(allocation, canonical(peer.ip()), now);
+            }
+        }
+        let fingerprint = msg.has(attr::FINGERPRINT);
+        self.success(tuple, method::CREATE_PERMISSION, tid, &credentials.key, fingerprint, |_| {});
+    }
+
+    fn channel_bind(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, credentials: Credentials) {
+        let Some(id) = self.owned_allocation(now, tuple, msg, &credentials) else {
+            return;
+        };
+        let tid = msg.transaction_id();
+        let number =
+            msg.get(attr::CHANNEL_NUMBER).and_then(|a| a.value.get(..2)).map(|v| u16::from_be_bytes([v[0], v[1]]));
+        let (Some(number), Some(peer)) = (number, xor_peer(msg)) else {
+            return self.error(tuple, method::CHANNEL_BIND, tid, 400, Some(&credentials.key), &[]);
+        };
+        if !CHANNELS.contains(&number) {
+            return self.error(tuple, method::CHANNEL_BIND, tid, 400, Some(&credentials.key), &[]);
+        }
+        if let Err(code) = self.check_peer(id, peer) {
+            return self.error(tuple, method::CHANNEL_BIND, tid, code, Some(&credentials.key), &[]);
+        }
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        // A channel is bound to one peer and a peer to one channel (RFC 8656 §11.2).
+        let conflict = allocation.channels.iter().any(|c| (c.number == number) != (c.peer == peer));
+        if conflict {
+            return self.error(tuple, method::CHANNEL_BIND, tid, 400, Some(&credentials.key), &[]);
+        }
+        match allocation.channels.iter_mut().find(|c| c.number == number) {
+            Some(channel) => channel.expires = now + CHANNEL_LIFETIME,
+            None => allocation.channels.push(Channel { number, peer, expires: now + CHANNEL_LIFETIME }),
+        }
+        install_permission(allocation, canonical(peer.ip()), now);
+        let fingerprint = msg.has(attr::FINGERPRINT);
+        self.success(tuple, method::CHANNEL_BIND, tid, &credentials.key, fingerprint, |_| {});
+    }
+}
+
+fn install_permission(allocation: &mut Allocation, ip: IpAddr, now: Instant) {
+    match allocation.permissions.iter_mut().find(|(p, _)| *p == ip) {
+        Some((_, expires)) => *expires = now + PERMISSION_LIFETIME,
+        None => allocation.permissions.push((ip, now + PERMISSION_LIFETIME)),
+    }
+}
+
+/// Data indications need a transaction ID but no one answers them: a counter will do.
+fn data_indication_id(counter: u64) -> [u8; 12] {
+    let mut id = [0u8; 12];
+    id[4..].copy_from_slice(&counter.to_be_bytes());
+    id
+}

@@ -1,0 +1,367 @@
+//! The TURN server driven through whole allocations with virtual time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use branchgate_turn::auth::{long_term_key, rest_credential};
+use branchgate_turn::server::{HEADROOM, TAILROOM};
+use branchgate_turn::stun::{Class, Message, Writer, attr, method};
+use branchgate_turn::{Forward, Output, Server, ServerConfig};
+
+const REALM: &str = "branch.example";
+const LISTENER: &str = "127.0.0.1:3478";
+const CLIENT: &str = "192.0.2.50:40000";
+const PEER: &str = "127.0.0.1:5555";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("socket address")
+}
+
+struct Harness {
+    server: Server,
+    now: Instant,
+    nonce: String,
+    tid: u8,
+    username: String,
+    key: [u8; 16],
+}
+
+fn config() -> ServerConfig {
+    let mut config = ServerConfig::new(REALM, "127.0.0.1".parse().expect("ip"));
+    config.users.insert("test".into(), long_term_key("test", REALM, "secret"));
+    config.relay_ports = 50000..=50009;
+    config.max_allocations_per_user = 2;
+    config
+}
+
+impl Harness {
+    fn new(config: ServerConfig) -> Self {
+        let now = Instant::now();
+        Harness {
+            server: Server::new(config, [42; 32], now, 1_800_000_000),
+            now,
+            nonce: String::new(),
+            tid: 0,
+            username: "test".into(),
+            key: long_term_key("test", REALM, "secret"),
+        }
+    }
+
+    fn next_tid(&mut self) -> [u8; 12] {
+        self.tid += 1;
+        [self.tid; 12]
+    }
+
+    /// Sends a request and returns the one reply it produced (and any other outputs).
+    fn request(
+        &mut self,
+        client: &str,
+        method: u16,
+        authenticated: bool,
+        fill: impl Fn(&mut Writer<'_>),
+    ) -> (Vec<u8>, Vec<Output>) {
+        let tid = self.next_tid();
+        let mut buf = Vec::new();
+        {
+            let mut w = Writer::new(&mut buf, Class::Request, method, tid);
+            fill(&mut w);
+            if authenticated {
+                w.attr(attr::USERNAME, self.username.as_bytes())
+                    .attr(attr::REALM, REALM.as_bytes())
+                    .attr(attr::NONCE, self.nonce.as_bytes())
+                    .integrity(&self.key);
+            }
+            w.fingerprint();
+        }
+        let forward = self.server.handle_client_packet(self.now, addr(LISTENER), addr(client), &buf);
+        assert_eq!(forward, Forward::None);
+        let mut reply = None;
+        let mut others = Vec::new();
+        while let Some(output) = self.server.poll_output() {
+            match output {
+                Output::Reply { data, to, .. } if reply.is_none() => {
+                    assert_eq!(to, addr(client));
+                    reply = Some(data);
+                }
+                other => others.push(other),
+            }
+        }
+        (reply.unwrap_or_default(), others)
+    }
+
+    fn error_code(reply: &[u8]) -> Option<u16> {
+        let m = Message::parse(reply).expect("reply parses");
+        let value = m.get(attr::ERROR_CODE)?.value;
+        Some(u16::from(value[2]) * 100 + u16::from(value[3]))
+    }
+
+    /// The 401 dance: get a nonce.
+    fn learn_nonce(&mut self) {
+        let (reply, _) = self.request(CLIENT, method::ALLOCATE, false, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(Self::error_code(&reply), Some(401));
+        let m = Message::parse(&reply).expect("parse");
+        assert_eq!(m.text(attr::REALM), Some(REALM));
+        assert!(!m.has(attr::SOFTWARE), "unauthenticated answers stay small");
+        self.nonce = m.text(attr::NONCE).expect("nonce").to_string();
+    }
+
+    /// Allocates for `client` and binds the relay; returns the relayed address.
+    fn allocate(&mut self, client: &str) -> SocketAddr {
+        let (reply, outputs) = self.request(client, method::ALLOCATE, true, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert!(reply.is_empty(), "the answer waits for the relay socket");
+        let Some(Output::BindRelay { port, .. }) = outputs.first().cloned() else {
+            panic!("expected BindRelay, got {outputs:?}");
+        };
+        self.server.relay_bound(self.now, port, Ok(SocketAddr::new("127.0.0.1".parse().expect("ip"), port)));
+        let Some(Output::Reply { data, .. }) = self.server.poll_output() else {
+            panic!("no allocate answer");
+        };
+        let m = Message::parse(&data).expect("parse");
+        assert_eq!(m.class, Class::Success);
+        assert!(m.integrity_ok(&self.key));
+        assert_eq!(m.fingerprint_ok(), Some(true));
+        assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS), Some(Ok(addr(client))));
+        assert_eq!(m.u32(attr::LIFETIME), Some(600));
+        m.xor_address(attr::XOR_RELAYED_ADDRESS).expect("relayed").expect("valid")
+    }
+}
+
+fn allowing_loopback() -> ServerConfig {
+    let mut config = config();
+    config.policy.allowed = vec!["127.0.0.1/32".parse().expect("net")];
+    config
+}
+
+#[test]
+fn binding_answers_with_the_mapped_address() {
+    let mut h = Harness::new(config());
+    let (reply, _) = h.request(CLIENT, method::BINDING, false, |_| {});
+    let m = Message::parse(&reply).expect("parse");
+    assert_eq!((m.class, m.method), (Class::Success, method::BINDING));
+    assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS), Some(Ok(addr(CLIENT))));
+    assert_eq!(m.fingerprint_ok(), Some(true));
+    assert!(reply.len() <= 40, "no amplification: {} bytes", reply.len());
+}
+
+#[test]
+fn a_whole_allocation_relays_both_ways() {
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    let relayed = h.allocate(CLIENT);
+    assert_eq!(relayed.port(), 50000);
+
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    assert_eq!(Harness::error_code(&reply), None, "permission granted");
+
+    // Send indication → to the peer, zero-copy.
+    let mut send = Vec::new();
+    Writer::new(&mut send, Class::Indication, method::SEND, [9; 12])
+        .xor_address(attr::XOR_PEER_ADDRESS, addr(PEER))
+        .attr(attr::DATA, b"hello peer");
+    match h.server.handle_client_packet(h.now, addr(LISTENER), addr(CLIENT), &send) {
+        Forward::ToPeer { relay_port, peer, payload } => {
+            assert_eq!((relay_port, peer, payload), (50000, addr(PEER), &b"hello peer"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The peer answers → a Data indication framed in place.
+    let mut buf = vec![0u8; HEADROOM + 1500 + TAILROOM];
+    buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hi 42");
+    match h.server.handle_peer_packet(h.now, 50000, addr(PEER), &mut buf, 5) {
+        Forward::ToClient { client, packet, .. } => {
+            assert_eq!(client, addr(CLIENT));
+            let m = Message::parse(packet).expect("data indication parses");
+            assert_eq!((m.class, m.method), (Class::Indication, method::DATA));
+            assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Some(Ok(addr(PEER))));
+            assert_eq!(m.get(attr::DATA).map(|a| a.value), Some(&b"hi 42"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A channel: ChannelData both ways.
+    let (reply, _) = h.request(CLIENT, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    let channel_data = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+    assert_eq!(
+        h.server.handle_client_packet(h.now, addr(LISTENER), addr(CLIENT), &channel_data),
+        Forward::ToPeer { relay_port: 50000, peer: addr(PEER), payload: b"abc" }
+    );
+    buf[HEADROOM..HEADROOM + 2].copy_from_slice(b"ok");
+    match h.server.handle_peer_packet(h.now, 50000, addr(PEER), &mut buf, 2) {
+        Forward::ToClient { packet, .. } => assert_eq!(packet, &[0x40, 0x01, 0x00, 0x02, b'o', b'k']),
+        other => panic!("{other:?}"),
+    }
+    // The same channel for another peer is refused.
+    let (reply, _) = h.request(CLIENT, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr("127.0.0.1:6666"));
+    });
+    assert_eq!(Harness::error_code(&reply), Some(400));
+
+    let info = h.server.allocations(h.now);
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].to_peer.packets, 2);
+    assert_eq!(info[0].to_client.packets, 2);
+
+    // Refresh with lifetime 0 deletes it and closes the relay socket.
+    let (reply, others) = h.request(CLIENT, method::REFRESH, true, |w| {
+        w.u32(attr::LIFETIME, 0);
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(others, vec![Output::CloseRelay { port: 50000 }]);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn internal_peers_are_refused_by_default() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    h.allocate(CLIENT);
+    for peer in ["127.0.0.1:5555", "[::ffff:127.0.0.1]:5555", "10.0.0.1:5555", "0.0.0.0:5555", "192.168.1.1:9"] {
+        let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, addr(peer));
+        });
+        assert_eq!(Harness::error_code(&reply), Some(403), "{peer}");
+    }
+    // Nothing installed: the peer's packets are dropped.
+    let mut buf = vec![0u8; HEADROOM + 100 + TAILROOM];
+    assert_eq!(h.server.handle_peer_packet(h.now, 50000, addr(PEER), &mut buf, 10), Forward::None);
+    assert!(h.server.stats.denied_peers >= 5);
+}
+
+#[test]
+fn zero_is_refused_even_when_everything_is_allowed() {
+    let mut config = config();
+    config.policy.allowed = vec!["0.0.0.0/0".parse().expect("net")];
+    let mut h = Harness::new(config);
+    h.learn_nonce();
+    h.allocate(CLIENT);
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr("0.0.0.0:5555"));
+    });
+    assert_eq!(Harness::error_code(&reply), Some(403));
+}
+
+#[test]
+fn bad_credentials_stale_nonces_and_quotas() {
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    // Wrong password.
+    h.key = long_term_key("test", REALM, "wrong");
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(401));
+    assert_eq!(h.server.stats.auth_failures, 1);
+    h.key = long_term_key("test", REALM, "secret");
+    // Unknown user.
+    h.username = "nobody".into();
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(401));
+    h.username = "test".into();
+    // TCP relaying is not offered over this allocation type.
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(442));
+    // The nonce goes stale after its lifetime: 438 with a new one.
+    h.now += Duration::from_secs(601);
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(438));
+    let fresh = Message::parse(&reply).expect("parse").text(attr::NONCE).expect("nonce").to_string();
+    assert_ne!(fresh, h.nonce);
+    h.nonce = fresh;
+    // Two allocations per user, then 486.
+    h.allocate("192.0.2.50:40001");
+    h.allocate("192.0.2.50:40002");
+    let (reply, _) = h.request("192.0.2.50:40003", method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(486));
+    // A second Allocate on the same 5-tuple is a mismatch.
+    let (reply, _) = h.request("192.0.2.50:40001", method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(437));
+}
+
+#[test]
+fn rest_credentials_work_until_they_expire() {
+    let mut config = allowing_loopback();
+    config.rest_secret = Some(b"rest-secret".to_vec());
+    let mut h = Harness::new(config);
+    h.learn_nonce();
+    let (username, password) = rest_credential(b"rest-secret", "app", 1_800_000_000, 60);
+    h.key = long_term_key(&username, REALM, &password);
+    h.username = username;
+    h.allocate(CLIENT);
+    // An expired one is refused.
+    let (username, password) = rest_credential(b"rest-secret", "app", 1_799_990_000, 60);
+    h.key = long_term_key(&username, REALM, &password);
+    h.username = username;
+    let (reply, _) = h.request("192.0.2.50:40009", method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(401));
+}
+
+#[test]
+fn allocations_and_permissions_expire() {
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    h.allocate(CLIENT);
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    let mut buf = vec![0u8; HEADROOM + 100 + TAILROOM];
+    h.now += Duration::from_secs(301);
+    h.server.handle_timeout(h.now);
+    assert_eq!(
+        h.server.handle_peer_packet(h.now, 50000, addr(PEER), &mut buf, 10),
+        Forward::None,
+        "permission expired"
+    );
+    assert_eq!(h.server.poll_timeout(), Some(h.now - Duration::from_secs(301) + Duration::from_secs(600)));
+    h.now += Duration::from_secs(300);
+    h.server.handle_timeout(h.now);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.poll_output(), Some(Output::CloseRelay { port: 50000 }));
+}
+
+#[test]
+fn a_taken_relay_port_is_replaced() {
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    let (_, outputs) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(outputs, vec![Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50000 }]);
+    h.server.relay_bound(h.now, 50000, Err(()));
+    assert_eq!(h.server.poll_output(), Some(Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50001 }));
+    h.server.relay_bound(h.now, 50001, Ok(addr("127.0.0.1:50001")));
+    let Some(Output::Reply { data, .. }) = h.server.poll_output() else { panic!("no answer") };
+    let m = Message::parse(&data).expect("parse");
+    assert_eq!(m.xor_address(attr::XOR_RELAYED_ADDRESS), Some(Ok(addr("127.0.0.1:50001"))));
+}
+
+#[test]
+fn garbage_from_clients_is_dropped() {
+    let mut h = Harness::new(config());
+    for junk in [&b""[..], b"\x40", b"\x40\x00\xff\xff", b"\x00\x01\x00\x00\x21\x12\xa4\x42", &[0u8; 64]] {
+        assert_eq!(h.server.handle_client_packet(h.now, addr(LISTENER), addr(CLIENT), junk), Forward::None);
+    }
+    assert_eq!(h.server.poll_output(), None);
+}

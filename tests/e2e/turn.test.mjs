@@ -1,0 +1,94 @@
+// The box's TURN server against coturn's own client tools (Debian `coturn`),
+// on loopback only. Loopback peers are opened with turn.allowed_peers, as an
+// operator would for a lab; by default they are refused (checked too).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { startBox, freePort } from "./lib/box.mjs";
+
+const run = promisify(execFile);
+let peerPort;
+let peer;
+
+before(async () => {
+  peerPort = await freePort();
+  peer = spawn("turnutils_peer", ["-L", "127.0.0.1", "-p", String(peerPort)], { stdio: "ignore" });
+  await new Promise((r) => setTimeout(r, 300));
+});
+after(() => peer?.kill());
+
+async function turnBox(turn = {}) {
+  const udp = await freePort();
+  const box = await startBox({
+    provision: {
+      admin: { password: "installer-secret-1" },
+      turn: {
+        udp_port: udp, tcp_port: udp, tls_port: await freePort(), relay_ip: "127.0.0.1",
+        relay_port_min: 31000, relay_port_max: 31999, realm: "branch.example",
+        users: [{ username: "test", password: "secret" }], allowed_peers: ["127.0.0.1/32"], ...turn,
+      },
+    },
+  });
+  // The TURN service starts beside the admin UI: wait until it answers a Binding.
+  for (let i = 0; i < 50; i++) {
+    const out = await run("turnutils_stunclient", ["-p", String(udp), "127.0.0.1"], { timeout: 5000 }).then((r) => r.stdout + r.stderr, () => "");
+    if (out.includes("reflexive addr")) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  box.turnPort = udp;
+  return box;
+}
+
+/** Runs turnutils_uclient; returns {sent, received, lost, output}. */
+async function uclient(box, args) {
+  const { stdout, stderr } = await run("turnutils_uclient", [...args, "-p", String(box.turnPort), "127.0.0.1"], { timeout: 60000 })
+    .catch((e) => ({ stdout: e.stdout || "", stderr: e.stderr || "" }));
+  const output = stdout + stderr;
+  const totals = [...output.matchAll(/tot_send_msgs=(\d+), tot_recv_msgs=(\d+)/g)].pop();
+  const lost = output.match(/Total lost packets (\d+)/);
+  return { sent: Number(totals?.[1] ?? 0), received: Number(totals?.[2] ?? 0), lost: lost ? Number(lost[1]) : null, output };
+}
+
+test("turnutils_stunclient gets its reflexive address", async () => {
+  const box = await turnBox();
+  try {
+    const { stdout, stderr } = await run("turnutils_stunclient", ["-p", String(box.turnPort), "127.0.0.1"]);
+    assert.match(stdout + stderr, /UDP reflexive addr: 127\.0\.0\.1:\d+/);
+  } finally { await box.stop(); }
+});
+
+test("turnutils_uclient relays over UDP with channels, with Send/Data, and client to client, losing nothing", async () => {
+  const box = await turnBox();
+  try {
+    const base = ["-u", "test", "-w", "secret", "-n", "200", "-m", "4", "-l", "120", "-z", "5"];
+    for (const [name, extra] of [["channels", ["-e", "127.0.0.1", "-r", String(peerPort)]],
+      ["send/data indications", ["-c", "-e", "127.0.0.1", "-r", String(peerPort)]],
+      ["client to client", ["-y"]]]) {
+      const r = await uclient(box, [...base, ...extra]);
+      assert.equal(r.lost, 0, `${name}: ${r.output.slice(-600)}`);
+      assert.ok(r.sent >= 800 && r.received === r.sent, `${name}: sent ${r.sent}, received ${r.received}`);
+    }
+  } finally { await box.stop(); }
+});
+
+test("REST credentials (coturn use-auth-secret) work; wrong passwords do not", async () => {
+  const box = await turnBox({ auth_secret: "rest-api-secret" });
+  try {
+    const rest = await uclient(box, ["-W", "rest-api-secret", "-u", "app", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "50", "-m", "1", "-l", "120", "-z", "5"]);
+    assert.equal(rest.lost, 0, rest.output.slice(-600));
+    assert.ok(rest.received >= 50);
+    const wrong = await uclient(box, ["-u", "test", "-w", "wrong", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "10", "-m", "1", "-l", "120"]);
+    assert.equal(wrong.received, 0);
+    assert.match(wrong.output, /Cannot complete Allocation|401/);
+  } finally { await box.stop(); }
+});
+
+test("loopback peers are refused unless the operator allows them", async () => {
+  const box = await turnBox({ allowed_peers: [] });
+  try {
+    const r = await uclient(box, ["-u", "test", "-w", "secret", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "10", "-m", "1", "-l", "120"]);
+    assert.equal(r.received, 0, r.output.slice(-600));
+    assert.match(r.output, /403/);
+  } finally { await box.stop(); }
+});
