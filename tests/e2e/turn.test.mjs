@@ -63,7 +63,7 @@ test("turnutils_uclient relays over UDP with channels, with Send/Data, and clien
   try {
     const base = ["-u", "test", "-w", "secret", "-n", "200", "-m", "4", "-l", "120", "-z", "5"];
     for (const [name, extra] of [["channels", ["-e", "127.0.0.1", "-r", String(peerPort)]],
-      ["send/data indications", ["-c", "-e", "127.0.0.1", "-r", String(peerPort)]],
+      ["send/data indications", ["-s", "-e", "127.0.0.1", "-r", String(peerPort)]],
       ["client to client", ["-y"]]]) {
       const r = await uclient(box, [...base, ...extra]);
       assert.equal(r.lost, 0, `${name}: ${r.output.slice(-600)}`);

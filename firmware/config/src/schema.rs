@@ -274,6 +274,10 @@ pub struct TurnConfig {
     pub relay_ip: Option<IpAddr>,
     pub relay_port_min: u16,
     pub relay_port_max: u16,
+    /// Allocations one username may hold at once (486 beyond).
+    pub user_quota: u32,
+    /// Allocations the box holds at once (508 beyond).
+    pub total_quota: u32,
 }
 
 impl Default for TurnConfig {
@@ -291,6 +295,8 @@ impl Default for TurnConfig {
             relay_ip: None,
             relay_port_min: 49152,
             relay_port_max: 65535,
+            user_quota: 100,
+            total_quota: 5000,
         }
     }
 }

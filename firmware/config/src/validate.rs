@@ -295,6 +295,12 @@ impl Config {
             "turn.relay_port_min",
             "the relay range needs min >= 1024 and min < max",
         );
+        r.check((1..=100_000).contains(&t.user_quota), "turn.user_quota", "between 1 and 100000 allocations");
+        r.check(
+            t.total_quota >= t.user_quota && t.total_quota <= 100_000,
+            "turn.total_quota",
+            "at least the per-user quota, at most 100000",
+        );
         let media = &self.media;
         r.check(
             t.relay_port_max < media.rtp_port_min || t.relay_port_min > media.rtp_port_max,

@@ -52,6 +52,8 @@ pub fn server_config(turn: &TurnConfig) -> ServerConfig {
     config.policy.own_addresses = turn.external_ip.into_iter().collect();
     config.advertised_relay_ip = turn.external_ip;
     config.relay_ports = turn.relay_port_min..=turn.relay_port_max;
+    config.max_allocations_per_user = turn.user_quota as usize;
+    config.max_allocations = turn.total_quota as usize;
     config
 }
 
