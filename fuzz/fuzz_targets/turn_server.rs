@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use branchgate_turn::server::{HEADROOM, TAILROOM};
-use branchgate_turn::{Output, Server, ServerConfig};
+use branchgate_turn::{FiveTuple, Output, Server, ServerConfig, Transport};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -28,7 +28,9 @@ fuzz_target!(|data: &[u8]| {
                 let _ = server.handle_peer_packet(t, 40000 + u16::from(*b % 4), "198.51.100.1:9".parse().expect("addr"), &mut buf, len);
             }
             _ => {
-                let _ = server.handle_client_packet(t, listener, client, chunk);
+                let transport = if i % 2 == 0 { Transport::Udp } else { Transport::Tcp };
+                let _ = server.handle_client_packet(t, FiveTuple { client, listener, transport }, chunk);
+                let _ = branchgate_turn::frame_len(chunk);
             }
         }
         while let Some(output) = server.poll_output() {

@@ -20,11 +20,12 @@ after(() => peer?.kill());
 
 async function turnBox(turn = {}) {
   const udp = await freePort();
+  const tls = await freePort();
   const box = await startBox({
     provision: {
       admin: { password: "installer-secret-1" },
       turn: {
-        udp_port: udp, tcp_port: udp, tls_port: await freePort(), relay_ip: "127.0.0.1",
+        udp_port: udp, tcp_port: udp, tls_port: tls, relay_ip: "127.0.0.1",
         relay_port_min: 31000, relay_port_max: 31999, realm: "branch.example",
         users: [{ username: "test", password: "secret" }], allowed_peers: ["127.0.0.1/32"], ...turn,
       },
@@ -37,12 +38,13 @@ async function turnBox(turn = {}) {
     await new Promise((r) => setTimeout(r, 100));
   }
   box.turnPort = udp;
+  box.turnTlsPort = tls;
   return box;
 }
 
 /** Runs turnutils_uclient; returns {sent, received, lost, output}. */
-async function uclient(box, args) {
-  const { stdout, stderr } = await run("turnutils_uclient", [...args, "-p", String(box.turnPort), "127.0.0.1"], { timeout: 60000 })
+async function uclient(box, args, port = box.turnPort) {
+  const { stdout, stderr } = await run("turnutils_uclient", [...args, "-p", String(port), "127.0.0.1"], { timeout: 60000 })
     .catch((e) => ({ stdout: e.stdout || "", stderr: e.stderr || "" }));
   const output = stdout + stderr;
   const totals = [...output.matchAll(/tot_send_msgs=(\d+), tot_recv_msgs=(\d+)/g)].pop();
@@ -69,6 +71,20 @@ test("turnutils_uclient relays over UDP with channels, with Send/Data, and clien
       assert.equal(r.lost, 0, `${name}: ${r.output.slice(-600)}`);
       assert.ok(r.sent >= 800 && r.received === r.sent, `${name}: sent ${r.sent}, received ${r.received}`);
     }
+  } finally { await box.stop(); }
+});
+
+test("turnutils_uclient over TCP and over TLS (the box's certificate), losing nothing", async () => {
+  const box = await turnBox();
+  try {
+    const base = ["-u", "test", "-w", "secret", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "100", "-m", "4", "-l", "120", "-z", "5"];
+    const tcp = await uclient(box, ["-t", ...base]);
+    assert.equal(tcp.lost, 0, tcp.output.slice(-600));
+    assert.ok(tcp.sent >= 400 && tcp.received === tcp.sent, `tcp: sent ${tcp.sent}, received ${tcp.received}`);
+    // -S with -t is TLS (-S alone would be DTLS over UDP).
+    const tls = await uclient(box, ["-t", "-S", ...base], box.turnTlsPort);
+    assert.equal(tls.lost, 0, tls.output.slice(-600));
+    assert.ok(tls.sent >= 400 && tls.received === tls.sent, `tls: sent ${tls.sent}, received ${tls.received}`);
   } finally { await box.stop(); }
 });
 

@@ -271,15 +271,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The admin certificate the configuration asks for: the installer's, or the self-signed one.
 fn current_pem(state: &AppState) -> Result<tls::PemPair, WebError> {
-    let config = &state.store.current().config;
-    match (&config.admin.tls_certificate, &config.admin.tls_private_key) {
-        (Some(certificate), Some(key)) => {
-            Ok(tls::PemPair { certificate: certificate.clone(), private_key: key.expose().to_string() })
-        }
-        _ => tls::self_signed(&state.data_dir.join("tls"), &config.system.hostname),
-    }
+    tls::box_certificate(&state.store.current().config, &state.data_dir)
 }
 
 /// What one admin listener serves.

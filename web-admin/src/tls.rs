@@ -20,6 +20,9 @@ pub struct PemPair {
 /// Loads the self-signed pair from `dir`, creating it on first use. The names
 /// the installer may type (host name, `localhost`, loopback) are in its SANs.
 pub fn self_signed(dir: &Path, hostname: &str) -> Result<PemPair, WebError> {
+    // Several services ask at start; one generates, the others then read it.
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
     let cert_path = dir.join("self-signed.crt");
     let key_path = dir.join("self-signed.key");
     if let (Ok(certificate), Ok(private_key)) =
@@ -37,6 +40,17 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<PemPair, WebError> {
     branchgate_config::write_atomically(&cert_path, pair.certificate.as_bytes(), 0o644)
         .map_err(|e| WebError::Tls(format!("{}: {e}", cert_path.display())))?;
     Ok(pair)
+}
+
+/// The certificate the box presents (admin UI, TURN over TLS, SIP over TLS):
+/// the installer's from the configuration, or the self-signed one.
+pub fn box_certificate(config: &branchgate_config::Config, data_dir: &Path) -> Result<PemPair, WebError> {
+    match (&config.admin.tls_certificate, &config.admin.tls_private_key) {
+        (Some(certificate), Some(key)) => {
+            Ok(PemPair { certificate: certificate.clone(), private_key: key.expose().to_string() })
+        }
+        _ => self_signed(&data_dir.join("tls"), &config.system.hostname),
+    }
 }
 
 /// Checks that the PEM texts hold a certificate chain and the private key that matches it.

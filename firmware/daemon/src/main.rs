@@ -171,6 +171,11 @@ fn run(data_dir: PathBuf, provision: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::error!(error = %e, "cannot roll back an unconfirmed change");
     }
 
+    // The box's certificate exists before the services that present it start.
+    if let Err(e) = branchgate_web_admin::tls::box_certificate(&store.current().config, &data_dir) {
+        tracing::error!(error = %e, "cannot prepare the box's TLS certificate");
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,9 +234,19 @@ async fn serve(
 
     {
         let store = store.clone();
+        let certificate_store = store.clone();
+        let certificate_dir = data_dir.clone();
+        let certificates: branchgate_turn_relay::CertificateSource = Arc::new(move || {
+            branchgate_web_admin::tls::box_certificate(&certificate_store.current().config, &certificate_dir)
+                .map(|pair| (pair.certificate, pair.private_key))
+                .map_err(|e| e.to_string())
+        });
         supervisor.spawn("turn", move |shutdown| {
             let config_rx = store.subscribe();
-            async move { branchgate_turn_relay::run(config_rx, shutdown).await.map_err(anyhow::Error::from) }
+            let certificates = certificates.clone();
+            async move {
+                branchgate_turn_relay::run(config_rx, shutdown, certificates).await.map_err(anyhow::Error::from)
+            }
         });
     }
 

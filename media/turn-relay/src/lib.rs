@@ -1,9 +1,10 @@
 //! The TURN server's sockets and clock: a thin tokio driver around the
 //! sans-IO [`branchgate_turn::Server`].
 //!
-//! Today: one UDP listener and one UDP socket per relay, a task per relay
-//! socket feeding the main loop. Batched IO (recvmmsg/sendmmsg, GSO),
-//! per-core SO_REUSEPORT listeners, TCP/TLS listeners and RFC 6062 come next.
+//! Today: UDP, TCP and TLS listeners (TLS with the box's certificate), one
+//! UDP socket per relay with a task feeding the main loop, a task per TCP/TLS
+//! connection. Batched IO (recvmmsg/sendmmsg, GSO), per-core SO_REUSEPORT
+//! listeners, pooled buffers and RFC 6062 TCP relays come next.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use branchgate_config::{Snapshot, TurnConfig};
 use branchgate_turn::server::{HEADROOM, TAILROOM};
-use branchgate_turn::{Forward, Output, Server, ServerConfig};
+use branchgate_turn::{FiveTuple, Forward, Output, Server, ServerConfig, Transport, frame_len};
 use rand::RngCore;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -61,6 +63,23 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The certificate TURN over TLS presents (the box's own: see the daemon).
+pub type CertificateSource = Arc<dyn Fn() -> Result<(String, String), String> + Send + Sync>;
+
+fn tls_acceptor(source: &CertificateSource) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let (certificate, key) = source()?;
+    let certs =
+        rustls_pemfile::certs(&mut certificate.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .map_err(|e| e.to_string())?
+        .ok_or("no private key in the PEM text")?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 struct Relay {
     socket: Arc<UdpSocket>,
     reader: JoinHandle<()>,
@@ -74,12 +93,132 @@ struct PeerPacket {
     len: usize,
 }
 
+/// What TCP/TLS connection tasks tell the main loop.
+enum StreamEvent {
+    Opened { tuple: FiveTuple, writer: mpsc::Sender<Vec<u8>> },
+    Frame { tuple: FiveTuple, data: Vec<u8> },
+    Closed { tuple: FiveTuple },
+}
+
+/// The listeners of one configuration.
+struct Listeners {
+    udp: UdpSocket,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn bind_listeners(
+    turn: &TurnConfig,
+    certificates: &CertificateSource,
+    events: &mpsc::Sender<StreamEvent>,
+) -> Result<Listeners, RelayError> {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let udp_addr = SocketAddr::new(any, turn.udp_port);
+    let udp = UdpSocket::bind(udp_addr).await.map_err(|source| RelayError::Bind { addr: udp_addr, source })?;
+    let tcp_addr = SocketAddr::new(any, turn.tcp_port);
+    let tcp = TcpListener::bind(tcp_addr).await.map_err(|source| RelayError::Bind { addr: tcp_addr, source })?;
+    let tls_addr = SocketAddr::new(any, turn.tls_port);
+    let tls = TcpListener::bind(tls_addr).await.map_err(|source| RelayError::Bind { addr: tls_addr, source })?;
+    let acceptor = match tls_acceptor(certificates) {
+        Ok(acceptor) => Some(acceptor),
+        Err(e) => {
+            tracing::error!(error = %e, "TURN over TLS is off: no usable certificate");
+            None
+        }
+    };
+    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, tls = %tls_addr, realm = %turn.realm, "TURN listening");
+    let mut tasks = vec![tokio::spawn(accept_loop(tcp, None, events.clone()))];
+    if let Some(acceptor) = acceptor {
+        tasks.push(tokio::spawn(accept_loop(tls, Some(acceptor), events.clone())));
+    }
+    Ok(Listeners { udp, tasks })
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, events: mpsc::Sender<StreamEvent>) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    loop {
+        let Ok((stream, client)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+        let tuple = FiveTuple { client, listener: local, transport };
+        let events = events.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => connection(stream, tuple, events).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => connection(stream, tuple, events).await,
+                        _ => tracing::debug!(%client, "TURN TLS handshake failed"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One client connection: frames in, whatever the main loop writes out.
+async fn connection<S>(stream: S, tuple: FiveTuple, events: mpsc::Sender<StreamEvent>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    if events.send(StreamEvent::Opened { tuple, writer: tx }).await.is_err() {
+        return;
+    }
+    let write_task = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if writer.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    'read: loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match frame_len(&buf) {
+                Ok(Some(len)) => {
+                    let frame: Vec<u8> = buf.drain(..len).collect();
+                    if events.send(StreamEvent::Frame { tuple, data: frame }).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) if buf.len() > 65536 + 20 => break 'read,
+                Ok(None) => break,
+                Err(()) => break 'read,
+            }
+        }
+    }
+    write_task.abort();
+    let _ = events.send(StreamEvent::Closed { tuple }).await;
+}
+
 /// Runs the TURN server until `shutdown` turns true. A configuration change
-/// that keeps the listener applies at once, allocations kept; a new listener
-/// port restarts the server.
+/// that keeps the listeners applies at once, allocations kept; new listener
+/// ports restart the server.
 pub async fn run(
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
+    certificates: CertificateSource,
 ) -> Result<(), RelayError> {
     loop {
         let turn = config_rx.borrow_and_update().config.turn.clone();
@@ -89,61 +228,96 @@ pub async fn run(
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), turn.udp_port);
-        let listener = UdpSocket::bind(addr).await.map_err(|source| RelayError::Bind { addr, source })?;
-        tracing::info!(%addr, realm = %turn.realm, "TURN listening");
-        let restart = serve(&listener, &turn, &mut config_rx, &mut shutdown).await?;
+        let restart = serve(&turn, &certificates, &mut config_rx, &mut shutdown).await?;
         if !restart {
             return Ok(());
         }
-        tracing::info!("TURN listener changed; restarting");
+        tracing::info!("TURN listeners changed; restarting");
     }
 }
 
-/// The main loop on one listener; true when the configuration asks for a restart.
+fn listeners_changed(old: &TurnConfig, new: &TurnConfig) -> bool {
+    old.udp_port != new.udp_port || old.tcp_port != new.tcp_port || old.tls_port != new.tls_port || !new.enabled
+}
+
+/// Sends to a client on its transport; drops when the way is full (like any router).
+fn to_client(udp: &UdpSocket, streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>, tuple: FiveTuple, data: &[u8]) {
+    match tuple.transport {
+        Transport::Udp => {
+            let _ = udp.try_send_to(data, tuple.client);
+        }
+        Transport::Tcp | Transport::Tls => {
+            if let Some(writer) = streams.get(&tuple) {
+                let _ = writer.try_send(data.to_vec());
+            }
+        }
+    }
+}
+
+fn forward(
+    forward: Forward<'_>,
+    udp: &UdpSocket,
+    streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    relays: &HashMap<u16, Relay>,
+) {
+    match forward {
+        Forward::ToPeer { relay_port, peer, payload } => {
+            if let Some(relay) = relays.get(&relay_port) {
+                let _ = relay.socket.try_send_to(payload, peer);
+            }
+        }
+        Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet),
+        Forward::None => {}
+    }
+}
+
+/// The main loop on one set of listeners; true when the configuration asks for a restart.
 async fn serve(
-    listener: &UdpSocket,
     turn: &TurnConfig,
+    certificates: &CertificateSource,
     config_rx: &mut watch::Receiver<Arc<Snapshot>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, RelayError> {
-    let local = listener.local_addr()?;
+    let (stream_tx, mut stream_rx) = mpsc::channel::<StreamEvent>(1024);
+    let listeners = bind_listeners(turn, certificates, &stream_tx).await?;
+    let udp = &listeners.udp;
+    let local = udp.local_addr()?;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let mut server = Server::new(server_config(turn), secret, Instant::now(), unix_now());
     let mut relays: HashMap<u16, Relay> = HashMap::new();
+    let mut streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerPacket>(1024);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let restart = loop {
         tokio::select! {
-            received = listener.recv_from(&mut buf) => {
+            received = udp.recv_from(&mut buf) => {
                 let (len, client) = received?;
-                let listener_addr = SocketAddr::new(local.ip(), local.port());
-                match server.handle_client_packet(Instant::now(), listener_addr, client, &buf[..len]) {
-                    Forward::ToPeer { relay_port, peer, payload } => {
-                        if let Some(relay) = relays.get(&relay_port) {
-                            // Non-blocking: a full socket buffer drops, like any router.
-                            let _ = relay.socket.try_send_to(payload, peer);
-                        }
-                    }
-                    Forward::ToClient { client, packet, .. } => {
-                        let _ = listener.try_send_to(packet, client);
-                    }
-                    Forward::None => {}
-                }
+                let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
+                let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
+                forward(result, udp, &streams, &relays);
             }
-            Some(mut packet) = peer_rx.recv() => {
-                let forward = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
-                if let Forward::ToClient { client, packet, .. } = forward {
-                    let _ = listener.try_send_to(packet, client);
+            Some(event) = stream_rx.recv() => match event {
+                StreamEvent::Opened { tuple, writer } => { streams.insert(tuple, writer); }
+                StreamEvent::Frame { tuple, data } => {
+                    let result = server.handle_client_packet(Instant::now(), tuple, &data);
+                    forward(result, udp, &streams, &relays);
                 }
+                StreamEvent::Closed { tuple } => {
+                    streams.remove(&tuple);
+                    server.connection_closed(tuple);
+                }
+            },
+            Some(mut packet) = peer_rx.recv() => {
+                let result = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
+                forward(result, udp, &streams, &relays);
             }
             _ = tick.tick() => server.handle_timeout(Instant::now()),
             changed = config_rx.changed() => {
                 if changed.is_err() { break false; }
                 let new = config_rx.borrow_and_update().config.turn.clone();
-                if new.udp_port != turn.udp_port || !new.enabled {
+                if listeners_changed(turn, &new) {
                     break true;
                 }
                 server.set_config(server_config(&new));
@@ -153,7 +327,7 @@ async fn serve(
                 if changed.is_err() || *shutdown.borrow() { break false; }
             }
         }
-        drain(&mut server, listener, &mut relays, &peer_tx).await;
+        drain(&mut server, udp, &streams, &mut relays, &peer_tx).await;
     };
     for (_, relay) in relays.drain() {
         relay.reader.abort();
@@ -164,30 +338,35 @@ async fn serve(
 /// Carries out the server's control outputs.
 async fn drain(
     server: &mut Server,
-    listener: &UdpSocket,
+    udp: &UdpSocket,
+    streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     relays: &mut HashMap<u16, Relay>,
     peer_tx: &mpsc::Sender<PeerPacket>,
 ) {
     while let Some(output) = server.poll_output() {
         match output {
-            Output::Reply { to, data, .. } => {
-                if let Err(e) = listener.send_to(&data, to).await {
-                    tracing::debug!(%to, error = %e, "TURN reply not sent");
-                }
-            }
-            Output::BindRelay { ip, port } => {
-                let result = open_relay(ip, port, peer_tx.clone());
-                match result {
-                    Ok((relay, bound)) => {
-                        relays.insert(port, relay);
-                        server.relay_bound(Instant::now(), port, Ok(bound));
-                    }
-                    Err(e) => {
-                        tracing::debug!(%ip, port, error = %e, "relay port unavailable");
-                        server.relay_bound(Instant::now(), port, Err(()));
+            Output::Reply { tuple, data } => match tuple.transport {
+                Transport::Udp => {
+                    if let Err(e) = udp.send_to(&data, tuple.client).await {
+                        tracing::debug!(client = %tuple.client, error = %e, "TURN reply not sent");
                     }
                 }
-            }
+                Transport::Tcp | Transport::Tls => {
+                    if let Some(writer) = streams.get(&tuple) {
+                        let _ = writer.send(data).await;
+                    }
+                }
+            },
+            Output::BindRelay { ip, port } => match open_relay(ip, port, peer_tx.clone()) {
+                Ok((relay, bound)) => {
+                    relays.insert(port, relay);
+                    server.relay_bound(Instant::now(), port, Ok(bound));
+                }
+                Err(e) => {
+                    tracing::debug!(%ip, port, error = %e, "relay port unavailable");
+                    server.relay_bound(Instant::now(), port, Err(()));
+                }
+            },
             Output::CloseRelay { port } => {
                 if let Some(relay) = relays.remove(&port) {
                     relay.reader.abort();

@@ -74,8 +74,8 @@ impl ServerConfig {
 /// Control traffic for the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Send `data` from the listener at `from` to `to`.
-    Reply { from: SocketAddr, to: SocketAddr, data: Vec<u8> },
+    /// Send `data` to the client of `tuple` (for TCP/TLS: on its connection).
+    Reply { tuple: FiveTuple, data: Vec<u8> },
     /// Open a relay socket on `ip:port` and report with [`Server::relay_bound`].
     BindRelay { ip: IpAddr, port: u16 },
     /// The allocation on this relay port is gone: close its socket.
@@ -92,19 +92,34 @@ pub enum Forward<'a> {
         peer: SocketAddr,
         payload: &'a [u8],
     },
-    /// Send `packet` from the listener at `listener` to `client`.
+    /// Send `packet` to the client of `tuple`.
     ToClient {
-        listener: SocketAddr,
-        client: SocketAddr,
+        tuple: FiveTuple,
         packet: &'a [u8],
     },
 }
 
-/// The 5-tuple of an allocation (RFC 8656 §2.2), transport being UDP here.
+/// How the client reaches the server (the relay towards peers is always UDP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// Stream transports frame ChannelData with padding (RFC 8656 §12.5).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// The 5-tuple of an allocation (RFC 8656 §2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
     pub client: SocketAddr,
     pub listener: SocketAddr,
+    pub transport: Transport,
 }
 
 #[derive(Debug)]
@@ -271,6 +286,13 @@ impl Server {
             .collect()
     }
 
+    /// The TCP/TLS connection of `tuple` closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn connection_closed(&mut self, tuple: FiveTuple) {
+        if let Some(id) = self.by_tuple.get(&tuple).copied() {
+            self.remove(id);
+        }
+    }
+
     /// Expires allocations, permissions and channels.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<u32> = self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(id, _)| *id).collect();
@@ -294,15 +316,8 @@ impl Server {
         }
     }
 
-    /// A datagram from a client on the listener at `listener`.
-    pub fn handle_client_packet<'a>(
-        &mut self,
-        now: Instant,
-        listener: SocketAddr,
-        client: SocketAddr,
-        data: &'a [u8],
-    ) -> Forward<'a> {
-        let tuple = FiveTuple { client, listener };
+    /// A datagram (or, on TCP/TLS, one frame: see [`frame_len`]) from the client of `tuple`.
+    pub fn handle_client_packet<'a>(&mut self, now: Instant, tuple: FiveTuple, data: &'a [u8]) -> Forward<'a> {
         // ChannelData: the first two bits are 01 (RFC 8656 §12.4).
         if let Some(&first) = data.first()
             && (0x40..=0x7F).contains(&first)
@@ -411,12 +426,14 @@ impl Server {
         }
         allocation.to_client.add(len);
         self.stats.to_client.add(len);
-        let (listener, client) = (allocation.tuple.listener, allocation.tuple.client);
+        let tuple = allocation.tuple;
         if let Some(channel) = allocation.channels.iter().find(|c| c.peer == peer && c.expires > now) {
             let start = HEADROOM - 4;
             buf[start..start + 2].copy_from_slice(&channel.number.to_be_bytes());
             buf[start + 2..HEADROOM].copy_from_slice(&(len as u16).to_be_bytes());
-            return Forward::ToClient { listener, client, packet: &buf[start..HEADROOM + len] };
+            let padding = if tuple.transport.is_stream() { (4 - len % 4) % 4 } else { 0 };
+            buf[HEADROOM + len..HEADROOM + len + padding].fill(0);
+            return Forward::ToClient { tuple, packet: &buf[start..HEADROOM + len + padding] };
         }
         // A Data indication: header, XOR-PEER-ADDRESS, DATA, written backwards from the payload.
         let mut address = [0u8; 20];
@@ -441,7 +458,7 @@ impl Server {
         put(&(len as u16).to_be_bytes());
         debug_assert_eq!(at, HEADROOM);
         buf[HEADROOM + len..HEADROOM + len + padding].fill(0);
-        Forward::ToClient { listener, client, packet: &buf[start..HEADROOM + len + padding] }
+        Forward::ToClient { tuple, packet: &buf[start..HEADROOM + len + padding] }
     }
 
     /// The driver's answer to [`Output::BindRelay`].
@@ -515,7 +532,7 @@ impl Server {
 
     fn reply(&mut self, tuple: FiveTuple) {
         let data = std::mem::take(&mut self.scratch);
-        self.out.push_back(Output::Reply { from: tuple.listener, to: tuple.client, data });
+        self.out.push_back(Output::Reply { tuple, data });
         self.scratch = Vec::with_capacity(256);
     }
 
@@ -886,6 +903,23 @@ fn install_permission(allocation: &mut Allocation, ip: IpAddr, now: Instant) {
         Some((_, expires)) => *expires = now + PERMISSION_LIFETIME,
         None => allocation.permissions.push((ip, now + PERMISSION_LIFETIME)),
     }
+}
+
+/// How many bytes of a TCP/TLS stream make the next frame: a STUN message
+/// (20-byte header + length) or ChannelData (4 + length, padded to 4 on
+/// streams). `Ok(None)`: not enough bytes yet; `Err(())`: not TURN, close.
+#[allow(clippy::result_unit_err)]
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let length = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    let total = match buf[0] >> 6 {
+        0b00 => HEADER_LEN + length,
+        0b01 => 4 + ((length + 3) & !3),
+        _ => return Err(()),
+    };
+    Ok((buf.len() >= total).then_some(total))
 }
 
 /// Data indications need a transaction ID but no one answers them: a counter will do.

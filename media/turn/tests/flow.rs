@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use branchgate_turn::auth::{long_term_key, rest_credential};
 use branchgate_turn::server::{HEADROOM, TAILROOM};
 use branchgate_turn::stun::{Class, Message, Writer, attr, method};
-use branchgate_turn::{Forward, Output, Server, ServerConfig};
+use branchgate_turn::{FiveTuple, Forward, Output, Server, ServerConfig, Transport, frame_len};
 
 const REALM: &str = "branch.example";
 const LISTENER: &str = "127.0.0.1:3478";
@@ -15,6 +15,10 @@ const PEER: &str = "127.0.0.1:5555";
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("socket address")
+}
+
+fn udp(client: &str) -> FiveTuple {
+    FiveTuple { client: addr(client), listener: addr(LISTENER), transport: Transport::Udp }
 }
 
 struct Harness {
@@ -73,14 +77,14 @@ impl Harness {
             }
             w.fingerprint();
         }
-        let forward = self.server.handle_client_packet(self.now, addr(LISTENER), addr(client), &buf);
+        let forward = self.server.handle_client_packet(self.now, udp(client), &buf);
         assert_eq!(forward, Forward::None);
         let mut reply = None;
         let mut others = Vec::new();
         while let Some(output) = self.server.poll_output() {
             match output {
-                Output::Reply { data, to, .. } if reply.is_none() => {
-                    assert_eq!(to, addr(client));
+                Output::Reply { data, tuple } if reply.is_none() => {
+                    assert_eq!(tuple, udp(client));
                     reply = Some(data);
                 }
                 other => others.push(other),
@@ -164,7 +168,7 @@ fn a_whole_allocation_relays_both_ways() {
     Writer::new(&mut send, Class::Indication, method::SEND, [9; 12])
         .xor_address(attr::XOR_PEER_ADDRESS, addr(PEER))
         .attr(attr::DATA, b"hello peer");
-    match h.server.handle_client_packet(h.now, addr(LISTENER), addr(CLIENT), &send) {
+    match h.server.handle_client_packet(h.now, udp(CLIENT), &send) {
         Forward::ToPeer { relay_port, peer, payload } => {
             assert_eq!((relay_port, peer, payload), (50000, addr(PEER), &b"hello peer"[..]));
         }
@@ -175,8 +179,8 @@ fn a_whole_allocation_relays_both_ways() {
     let mut buf = vec![0u8; HEADROOM + 1500 + TAILROOM];
     buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hi 42");
     match h.server.handle_peer_packet(h.now, 50000, addr(PEER), &mut buf, 5) {
-        Forward::ToClient { client, packet, .. } => {
-            assert_eq!(client, addr(CLIENT));
+        Forward::ToClient { tuple, packet } => {
+            assert_eq!(tuple, udp(CLIENT));
             let m = Message::parse(packet).expect("data indication parses");
             assert_eq!((m.class, m.method), (Class::Indication, method::DATA));
             assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Some(Ok(addr(PEER))));
@@ -192,7 +196,7 @@ fn a_whole_allocation_relays_both_ways() {
     assert_eq!(Harness::error_code(&reply), None);
     let channel_data = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
     assert_eq!(
-        h.server.handle_client_packet(h.now, addr(LISTENER), addr(CLIENT), &channel_data),
+        h.server.handle_client_packet(h.now, udp(CLIENT), &channel_data),
         Forward::ToPeer { relay_port: 50000, peer: addr(PEER), payload: b"abc" }
     );
     buf[HEADROOM..HEADROOM + 2].copy_from_slice(b"ok");
@@ -361,7 +365,65 @@ fn a_taken_relay_port_is_replaced() {
 fn garbage_from_clients_is_dropped() {
     let mut h = Harness::new(config());
     for junk in [&b""[..], b"\x40", b"\x40\x00\xff\xff", b"\x00\x01\x00\x00\x21\x12\xa4\x42", &[0u8; 64]] {
-        assert_eq!(h.server.handle_client_packet(h.now, addr(LISTENER), addr(CLIENT), junk), Forward::None);
+        assert_eq!(h.server.handle_client_packet(h.now, udp(CLIENT), junk), Forward::None);
     }
     assert_eq!(h.server.poll_output(), None);
+}
+
+#[test]
+fn stream_framing_and_padding() {
+    assert_eq!(frame_len(&[0x00, 0x01]), Ok(None));
+    let binding = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xAA];
+    assert_eq!(frame_len(&binding), Ok(Some(20)));
+    assert_eq!(frame_len(&binding[..19]), Ok(None));
+    assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]), Ok(Some(12)), "ChannelData padded to 4");
+    assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0]), Ok(None));
+    assert_eq!(frame_len(&[0xC0, 0, 0, 0]), Err(()));
+    // Over TCP, ChannelData to the client is padded too.
+    let mut h = Harness::new(allowing_loopback());
+    let tcp = FiveTuple { client: addr(CLIENT), listener: addr(LISTENER), transport: Transport::Tcp };
+    let send = |h: &mut Harness, method: u16, authenticated: bool, fill: &dyn Fn(&mut Writer<'_>)| {
+        let tid = h.next_tid();
+        let mut buf = Vec::new();
+        let mut w = Writer::new(&mut buf, Class::Request, method, tid);
+        fill(&mut w);
+        if authenticated {
+            w.attr(attr::USERNAME, b"test")
+                .attr(attr::REALM, REALM.as_bytes())
+                .attr(attr::NONCE, h.nonce.as_bytes())
+                .integrity(&h.key);
+        }
+        let _ = h.server.handle_client_packet(h.now, tcp, &buf);
+        let mut outputs = Vec::new();
+        while let Some(o) = h.server.poll_output() {
+            outputs.push(o);
+        }
+        outputs
+    };
+    let outputs = send(&mut h, method::ALLOCATE, false, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let Some(Output::Reply { data, .. }) = outputs.first() else { panic!("challenge") };
+    h.nonce = Message::parse(data).expect("parse").text(attr::NONCE).expect("nonce").to_string();
+    let outputs = send(&mut h, method::ALLOCATE, true, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let Some(Output::BindRelay { port, .. }) = outputs.first().cloned() else { panic!("bind") };
+    h.server.relay_bound(h.now, port, Ok(addr("127.0.0.1:50000")));
+    let _ = h.server.poll_output();
+    send(&mut h, method::CHANNEL_BIND, true, &|w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    let mut buf = vec![0xEEu8; HEADROOM + 100 + TAILROOM];
+    buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
+    match h.server.handle_peer_packet(h.now, port, addr(PEER), &mut buf, 5) {
+        Forward::ToClient { packet, .. } => {
+            assert_eq!(packet, &[0x40, 0x00, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o', 0, 0, 0])
+        }
+        other => panic!("{other:?}"),
+    }
+    // Closing the connection deletes the allocation.
+    h.server.connection_closed(tcp);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.poll_output(), Some(Output::CloseRelay { port }));
 }
