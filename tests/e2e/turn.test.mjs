@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { startBox, freePort } from "./lib/box.mjs";
+import { startBox, freePort, Api, BIN } from "./lib/box.mjs";
 
 const run = promisify(execFile);
 let peerPort;
@@ -71,6 +71,17 @@ test("turnutils_uclient relays over UDP with channels, with Send/Data, and clien
       assert.equal(r.lost, 0, `${name}: ${r.output.slice(-600)}`);
       assert.ok(r.sent >= 800 && r.received === r.sent, `${name}: sent ${r.sent}, received ${r.received}`);
     }
+    // The admin UI's view: metrics count what was relayed.
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    await new Promise((r) => setTimeout(r, 1200)); // the monitor refreshes every second
+    const metrics = (await api.get("/metrics")).text;
+    const toPeer = Number(metrics.match(/branchgate_turn_relayed_packets_total\{direction="to_peer"\} (\d+)/)?.[1]);
+    assert.ok(toPeer >= 2400, `to_peer ${toPeer}`);
+    const listing = (await api.get("/api/v1/turn/allocations")).json;
+    assert.equal(listing.running, true);
+    assert.ok(Array.isArray(listing.allocations));
+    assert.equal((await api.get("/turn")).status, 200);
   } finally { await box.stop(); }
 });
 
@@ -94,6 +105,16 @@ test("REST credentials (coturn use-auth-secret) work; wrong passwords do not", a
     const rest = await uclient(box, ["-W", "rest-api-secret", "-u", "app", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "50", "-m", "1", "-l", "120", "-z", "5"]);
     assert.equal(rest.lost, 0, rest.output.slice(-600));
     assert.ok(rest.received >= 50);
+    // The CLI hands out the same kind of credential (for an app server), read next to the running daemon.
+    const { stdout } = await run(BIN, ["turn", "credential", "--data-dir", box.dataDir, "--user", "app", "--ttl", "600"]);
+    const credential = JSON.parse(stdout);
+    assert.match(credential.username, /^\d+:app$/);
+    const cli = await uclient(box, ["-u", credential.username, "-w", credential.credential, "-e", "127.0.0.1", "-r", String(peerPort), "-n", "50", "-m", "1", "-l", "120", "-z", "5"]);
+    assert.equal(cli.lost, 0, cli.output.slice(-600));
+    assert.ok(cli.received >= 50);
+    // Changing users from the CLI while the daemon runs is refused with a pointer to the UI/API.
+    const refused = await run(BIN, ["turn", "user", "add", "--data-dir", box.dataDir, "bob", "--password", "bob-secret-1"]).then(() => null, (e) => e.stderr);
+    assert.match(refused, /web UI|PUT \/api\/v1\/config\/turn/);
     const wrong = await uclient(box, ["-u", "test", "-w", "wrong", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "10", "-m", "1", "-l", "120"]);
     assert.equal(wrong.received, 0);
     assert.match(wrong.output, /Cannot complete Allocation|401/);

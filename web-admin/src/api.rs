@@ -680,3 +680,31 @@ pub async fn put_tls(
 pub async fn fallback() -> Response {
     json_error(StatusCode::NOT_FOUND, "no such API path; see /api/v1/openapi.json")
 }
+
+/// Live TURN allocations as the allocations table shows them.
+pub fn turn_allocations_json(state: &AppState) -> Value {
+    let turn = state.turn.snapshot();
+    let allocations: Vec<Value> = turn
+        .allocations
+        .iter()
+        .map(|a| {
+            json!({
+                "username": a.username,
+                "client": a.client.to_string(),
+                "relay": a.relay.map(|r| r.to_string()),
+                "peers": a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "age_seconds": a.age.as_secs(),
+                "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},
+                "to_client": {"packets": a.to_client.packets, "bytes": a.to_client.bytes},
+            })
+        })
+        .collect();
+    json!({ "running": turn.running, "allocations": allocations })
+}
+
+pub async fn turn_allocations(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    Json(turn_allocations_json(&state)).into_response()
+}

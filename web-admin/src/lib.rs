@@ -68,6 +68,8 @@ pub struct AppState {
     pub started: Instant,
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
+    /// The TURN service's live state (empty until it runs).
+    pub turn: branchgate_turn_relay::TurnMonitor,
     cpu: Arc<Mutex<CpuSampler>>,
 }
 
@@ -82,6 +84,7 @@ impl AppState {
             started: Instant::now(),
             data_dir,
             metrics: Arc::default(),
+            turn: Default::default(),
             cpu: Arc::default(),
         }
     }
@@ -161,6 +164,45 @@ impl AppState {
             "Live admin sessions.",
             "gauge",
             vec![(String::new(), self.sessions.count().to_string())],
+        );
+        let turn = self.turn.snapshot();
+        let gauge = |v: u64| vec![(String::new(), v.to_string())];
+        metric("branchgate_turn_allocations", "Live TURN allocations.", "gauge", gauge(turn.allocations.len() as u64));
+        metric(
+            "branchgate_turn_relayed_packets_total",
+            "Datagrams relayed, by direction.",
+            "counter",
+            vec![
+                ("{direction=\"to_peer\"}".into(), turn.stats.to_peer.packets.to_string()),
+                ("{direction=\"to_client\"}".into(), turn.stats.to_client.packets.to_string()),
+            ],
+        );
+        metric(
+            "branchgate_turn_relayed_bytes_total",
+            "Payload bytes relayed, by direction.",
+            "counter",
+            vec![
+                ("{direction=\"to_peer\"}".into(), turn.stats.to_peer.bytes.to_string()),
+                ("{direction=\"to_client\"}".into(), turn.stats.to_client.bytes.to_string()),
+            ],
+        );
+        metric(
+            "branchgate_turn_auth_failures_total",
+            "TURN requests with wrong credentials.",
+            "counter",
+            gauge(turn.stats.auth_failures),
+        );
+        metric(
+            "branchgate_turn_denied_peers_total",
+            "Peers refused by the relay policy.",
+            "counter",
+            gauge(turn.stats.denied_peers),
+        );
+        metric(
+            "branchgate_turn_dropped_total",
+            "Datagrams dropped (malformed, no allocation or permission).",
+            "counter",
+            gauge(turn.stats.dropped),
         );
         metric(
             "branchgate_process_resident_memory_bytes",
@@ -258,6 +300,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users", get(api::list_users).post(api::post_user))
         .route("/users/{username}", axum::routing::delete(api::delete_user))
         .route("/tls", put(api::put_tls))
+        .route("/turn/allocations", get(api::turn_allocations))
         .route("/openapi.json", get(openapi_json))
         .fallback(api::fallback);
     Router::new()

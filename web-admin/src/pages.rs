@@ -46,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{username}/delete", post(user_delete))
         .route("/audit", get(audit_page))
         .route("/tls", get(tls_page).post(tls_submit))
+        .route("/turn", get(turn_page))
         .route("/assets/{*file}", get(asset))
 }
 
@@ -1110,4 +1111,54 @@ async fn tls_submit(
             )
         }
     }
+}
+
+// ----- TURN relay --------------------------------------------------------------------------
+
+pub struct TurnRow {
+    pub username: String,
+    pub client: String,
+    pub relay: String,
+    pub peers: String,
+    pub age: String,
+    pub to_peer: String,
+    pub to_client: String,
+}
+
+#[derive(Template)]
+#[template(path = "turn.html")]
+struct TurnPage {
+    layout: Layout,
+    running: bool,
+    rows: Vec<TurnRow>,
+    auth_failures: u64,
+    denied_peers: u64,
+}
+
+fn traffic(counter: &branchgate_turn::server::Counter) -> String {
+    format!("{} pkts / {} KiB", counter.packets, counter.bytes / 1024)
+}
+
+async fn turn_page(State(state): State<AppState>, PageUser(user): PageUser) -> Response {
+    let turn = state.turn.snapshot();
+    let rows = turn
+        .allocations
+        .iter()
+        .map(|a| TurnRow {
+            username: a.username.clone(),
+            client: a.client.to_string(),
+            relay: a.relay.map(|r| r.to_string()).unwrap_or_else(|| "binding".into()),
+            peers: a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            age: crate::status::format_duration(a.age),
+            to_peer: traffic(&a.to_peer),
+            to_client: traffic(&a.to_client),
+        })
+        .collect();
+    render(&TurnPage {
+        layout: layout(&state, "TURN relay", Some(&user), None),
+        running: turn.running,
+        rows,
+        auth_failures: turn.stats.auth_failures,
+        denied_peers: turn.stats.denied_peers,
+    })
 }

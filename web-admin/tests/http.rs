@@ -158,6 +158,8 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, Role, bool)> {
         (M::GET, "/history", None, Role::Viewer, true),
         (M::GET, "/history/1", None, Role::Viewer, true),
         (M::GET, "/logs", None, Role::Viewer, true),
+        (M::GET, "/turn", None, Role::Viewer, true),
+        (M::GET, "/api/v1/turn/allocations", None, Role::Viewer, false),
         (M::GET, "/backup", None, Role::Admin, true),
         (M::GET, "/backup/download", None, Role::Admin, true),
         (M::GET, "/users", None, Role::Admin, true),

@@ -20,7 +20,7 @@ pub use seal::Redaction;
 pub use secret::{DigestKey, HashedSecret, PlainSecret, REDACTED, SecretState};
 pub use store::{
     ApplyOptions, ApplyOutcome, AuditEntry, ConfigStore, Confirm, PendingConfirm, Revision, RevisionInfo, Snapshot,
-    field_errors,
+    field_errors, read_last_known_good,
 };
 pub use validate::{FieldError, is_hostname, is_username};
 

@@ -574,6 +574,16 @@ impl ConfigStore {
     }
 }
 
+/// The configuration in the last-known-good copy, read without opening (or
+/// locking) the store: for command-line tools next to a running daemon.
+pub fn read_last_known_good(data_dir: &Path) -> Result<Config, ConfigError> {
+    let path = data_dir.join(LKG_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| ConfigError::Storage(format!("{}: {e}", path.display())))?;
+    let stored: StoredRevision =
+        serde_json::from_slice(&bytes).map_err(|e| ConfigError::Storage(format!("{}: {e}", path.display())))?;
+    migrate_stored(&stored)
+}
+
 fn migrate_stored(stored: &StoredRevision) -> Result<Config, ConfigError> {
     let mut doc = match &stored.config {
         Value::Object(map) => map.clone(),

@@ -49,6 +49,55 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The TURN server's users and credentials.
+    Turn {
+        #[command(subcommand)]
+        command: TurnCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TurnCommand {
+    /// A TURN REST credential (coturn `use-auth-secret` style) for an app server to hand to a browser.
+    Credential {
+        #[arg(long, default_value = "/var/lib/branchgate")]
+        data_dir: PathBuf,
+        /// The user part of the username (`expiry:user`).
+        #[arg(long)]
+        user: String,
+        /// Seconds the credential stays valid.
+        #[arg(long, default_value_t = 86400)]
+        ttl: u64,
+    },
+    /// TURN users with long-term credentials.
+    User {
+        #[command(subcommand)]
+        command: TurnUserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TurnUserCommand {
+    /// List the users.
+    List {
+        #[arg(long, default_value = "/var/lib/branchgate")]
+        data_dir: PathBuf,
+    },
+    /// Add a user, or set the password of an existing one.
+    Add {
+        #[arg(long, default_value = "/var/lib/branchgate")]
+        data_dir: PathBuf,
+        username: String,
+        /// The password (stored only as its long-term key).
+        #[arg(long)]
+        password: String,
+    },
+    /// Delete a user.
+    Del {
+        #[arg(long, default_value = "/var/lib/branchgate")]
+        data_dir: PathBuf,
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +119,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { data_dir, provision } => run(data_dir, provision),
         Command::Config { command: ConfigCommand::Validate { file } } => validate(&file),
+        Command::Turn { command } => turn_command(command),
         Command::Config { command: ConfigCommand::Export { data_dir, include_secrets } } => {
             let store = ConfigStore::open(&data_dir, now_ms()).context("opening the configuration")?;
             let redaction = if include_secrets { Redaction::None } else { Redaction::PlainSecrets };
@@ -78,6 +128,83 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn turn_command(command: TurnCommand) -> anyhow::Result<()> {
+    match command {
+        TurnCommand::Credential { data_dir, user, ttl } => {
+            let config = branchgate_config::read_last_known_good(&data_dir)?;
+            let Some(secret) = config.turn.auth_secret else {
+                bail!("turn.auth_secret is not set: set it under TURN settings first");
+            };
+            let now = now_ms() / 1000;
+            let (username, password) =
+                branchgate_turn::auth::rest_credential(secret.expose().as_bytes(), &user, now, ttl);
+            let out = serde_json::json!({
+                "username": username,
+                "credential": password,
+                "ttl": ttl,
+                "realm": config.turn.realm,
+                "uris": [
+                    format!("turn:{{host}}:{}?transport=udp", config.turn.udp_port),
+                    format!("turn:{{host}}:{}?transport=tcp", config.turn.tcp_port),
+                    format!("turns:{{host}}:{}?transport=tcp", config.turn.tls_port),
+                ],
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        TurnCommand::User { command: TurnUserCommand::List { data_dir } } => {
+            let config = branchgate_config::read_last_known_good(&data_dir)?;
+            for user in &config.turn.users {
+                println!("{}", user.username);
+            }
+            Ok(())
+        }
+        TurnCommand::User { command: TurnUserCommand::Add { data_dir, username, password } } => {
+            change_turn_users(&data_dir, &format!("TURN user {username} set"), |users| {
+                users.retain(|u| u.username != username);
+                users.push(branchgate_config::TurnUser {
+                    username: username.clone(),
+                    password: HashedSecret::new(&password),
+                });
+                Ok(())
+            })
+        }
+        TurnCommand::User { command: TurnUserCommand::Del { data_dir, username } } => {
+            change_turn_users(&data_dir, &format!("TURN user {username} deleted"), |users| {
+                let before = users.len();
+                users.retain(|u| u.username != username);
+                if users.len() == before {
+                    bail!("no TURN user named '{username}'");
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Changes `turn.users` through the store (the daemon must be stopped: it
+/// holds the store; with it running, use the web UI or `PUT /api/v1/config/turn`).
+fn change_turn_users(
+    data_dir: &Path,
+    comment: &str,
+    change: impl FnOnce(&mut Vec<branchgate_config::TurnUser>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let store = match ConfigStore::open(data_dir, now_ms()) {
+        Ok(store) => store,
+        Err(e @ branchgate_config::ConfigError::Locked(_)) => {
+            bail!("{e}: while it runs, change TURN users in the web UI or with PUT /api/v1/config/turn")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut config = store.current().config.clone();
+    change(&mut config.turn.users)?;
+    store
+        .apply(config, ApplyOptions::new("cli", comment).confirm(Confirm::Never), now_ms())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{comment}");
+    Ok(())
 }
 
 fn validate(file: &Path) -> anyhow::Result<()> {
@@ -241,11 +368,15 @@ async fn serve(
                 .map(|pair| (pair.certificate, pair.private_key))
                 .map_err(|e| e.to_string())
         });
+        let monitor = state.turn.clone();
         supervisor.spawn("turn", move |shutdown| {
             let config_rx = store.subscribe();
             let certificates = certificates.clone();
+            let monitor = monitor.clone();
             async move {
-                branchgate_turn_relay::run(config_rx, shutdown, certificates).await.map_err(anyhow::Error::from)
+                branchgate_turn_relay::run(config_rx, shutdown, certificates, monitor)
+                    .await
+                    .map_err(anyhow::Error::from)
             }
         });
     }

@@ -63,6 +63,35 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// What the TURN server is doing, refreshed every second for the admin UI and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct TurnMonitor(Arc<std::sync::Mutex<TurnSnapshot>>);
+
+#[derive(Clone, Debug, Default)]
+pub struct TurnSnapshot {
+    pub running: bool,
+    pub stats: branchgate_turn::server::Stats,
+    pub allocations: Vec<branchgate_turn::server::AllocationInfo>,
+}
+
+impl TurnMonitor {
+    pub fn snapshot(&self) -> TurnSnapshot {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, server: Option<&Server>, now: Instant) {
+        let mut snapshot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match server {
+            Some(server) => {
+                snapshot.running = true;
+                snapshot.stats = server.stats;
+                snapshot.allocations = server.allocations(now);
+            }
+            None => *snapshot = TurnSnapshot::default(),
+        }
+    }
+}
+
 /// The certificate TURN over TLS presents (the box's own: see the daemon).
 pub type CertificateSource = Arc<dyn Fn() -> Result<(String, String), String> + Send + Sync>;
 
@@ -219,6 +248,18 @@ pub async fn run(
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
     certificates: CertificateSource,
+    monitor: TurnMonitor,
+) -> Result<(), RelayError> {
+    let result = run_inner(&mut config_rx, &mut shutdown, &certificates, &monitor).await;
+    monitor.publish(None, Instant::now());
+    result
+}
+
+async fn run_inner(
+    config_rx: &mut watch::Receiver<Arc<Snapshot>>,
+    shutdown: &mut watch::Receiver<bool>,
+    certificates: &CertificateSource,
+    monitor: &TurnMonitor,
 ) -> Result<(), RelayError> {
     loop {
         let turn = config_rx.borrow_and_update().config.turn.clone();
@@ -228,7 +269,7 @@ pub async fn run(
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        let restart = serve(&turn, &certificates, &mut config_rx, &mut shutdown).await?;
+        let restart = serve(&turn, certificates, config_rx, shutdown, monitor).await?;
         if !restart {
             return Ok(());
         }
@@ -277,6 +318,7 @@ async fn serve(
     certificates: &CertificateSource,
     config_rx: &mut watch::Receiver<Arc<Snapshot>>,
     shutdown: &mut watch::Receiver<bool>,
+    monitor: &TurnMonitor,
 ) -> Result<bool, RelayError> {
     let (stream_tx, mut stream_rx) = mpsc::channel::<StreamEvent>(1024);
     let listeners = bind_listeners(turn, certificates, &stream_tx).await?;
@@ -313,7 +355,10 @@ async fn serve(
                 let result = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
                 forward(result, udp, &streams, &relays);
             }
-            _ = tick.tick() => server.handle_timeout(Instant::now()),
+            _ = tick.tick() => {
+                server.handle_timeout(Instant::now());
+                monitor.publish(Some(&server), Instant::now());
+            }
             changed = config_rx.changed() => {
                 if changed.is_err() { break false; }
                 let new = config_rx.borrow_and_update().config.turn.clone();
