@@ -28,6 +28,10 @@ const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// own tools among them) still use up to 0x7FFF, which ChannelData framing allows.
 const CHANNELS: RangeInclusive<u16> = 0x4000..=0x7FFF;
 const UDP: u8 = 17;
+/// Failed authentications from one address within [`AUTH_FAILURE_WINDOW`]
+/// after which its requests are dropped unanswered until the window ends.
+pub const AUTH_FAILURE_LIMIT: u32 = 20;
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -201,6 +205,8 @@ pub struct Server {
     /// Ports held by RESERVATION-TOKEN (RFC 8656 §14.9), with their expiry.
     reservations: HashMap<[u8; 8], (u16, Instant)>,
     reservation_counter: u64,
+    /// Failed authentications per client address: count and start of the window.
+    auth_failures: HashMap<IpAddr, (u32, Instant)>,
     out: VecDeque<Output>,
     /// Reused for building responses.
     scratch: Vec<u8>,
@@ -234,6 +240,7 @@ impl Server {
             next_port,
             reservations: HashMap::new(),
             reservation_counter: 0,
+            auth_failures: HashMap::new(),
             out: VecDeque::new(),
             scratch: Vec::with_capacity(256),
             stats: Stats::default(),
@@ -300,6 +307,7 @@ impl Server {
             self.remove(id);
         }
         self.reservations.retain(|_, (_, expires)| *expires > now);
+        self.auth_failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < AUTH_FAILURE_WINDOW);
         for allocation in self.allocations.values_mut() {
             allocation.permissions.retain(|(_, expires)| *expires > now);
             allocation.channels.retain(|c| c.expires > now);
@@ -571,8 +579,28 @@ impl Server {
         );
     }
 
+    /// True while `ip` has failed to authenticate too often: its requests get no answer.
+    fn rate_limited(&self, ip: IpAddr, now: Instant) -> bool {
+        self.auth_failures.get(&canonical(ip)).is_some_and(|(count, since)| {
+            *count >= AUTH_FAILURE_LIMIT && now.saturating_duration_since(*since) < AUTH_FAILURE_WINDOW
+        })
+    }
+
+    fn auth_failed(&mut self, ip: IpAddr, now: Instant) {
+        self.stats.auth_failures += 1;
+        let entry = self.auth_failures.entry(canonical(ip)).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= AUTH_FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+
     /// Long-term credential check (RFC 8489 §9.2.4); on failure the response is queued.
     fn authenticate(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Option<Credentials> {
+        if self.rate_limited(tuple.client.ip(), now) {
+            self.stats.dropped += 1;
+            return None;
+        }
         if !msg.has(attr::MESSAGE_INTEGRITY) {
             self.challenge(now, tuple, msg, 401);
             return None;
@@ -602,7 +630,7 @@ impl Server {
         match key {
             Some(key) if msg.integrity_ok(&key) => Some(Credentials { username: username.to_string(), key }),
             _ => {
-                self.stats.auth_failures += 1;
+                self.auth_failed(tuple.client.ip(), now);
                 self.challenge(now, tuple, msg, 401);
                 None
             }

@@ -101,7 +101,12 @@ impl Harness {
 
     /// The 401 dance: get a nonce.
     fn learn_nonce(&mut self) {
-        let (reply, _) = self.request(CLIENT, method::ALLOCATE, false, |w| {
+        self.learn_nonce_for(CLIENT);
+    }
+
+    /// Nonces are bound to the client's address.
+    fn learn_nonce_for(&mut self, client: &str) {
+        let (reply, _) = self.request(client, method::ALLOCATE, false, |w| {
             w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         });
         assert_eq!(Self::error_code(&reply), Some(401));
@@ -426,4 +431,32 @@ fn stream_framing_and_padding() {
     h.server.connection_closed(tcp);
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.server.poll_output(), Some(Output::CloseRelay { port }));
+}
+
+#[test]
+fn repeated_bad_credentials_are_rate_limited() {
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    let good_key = h.key;
+    h.key = long_term_key("test", REALM, "guess");
+    for _ in 0..branchgate_turn::server::AUTH_FAILURE_LIMIT {
+        let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(Harness::error_code(&reply), Some(401));
+    }
+    // Now even the right password gets no answer from this address...
+    h.key = good_key;
+    let (reply, others) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert!(reply.is_empty() && others.is_empty(), "dropped unanswered");
+    // ...while another address is served,
+    h.learn_nonce_for("198.51.100.7:4000");
+    h.allocate("198.51.100.7:4000");
+    // and after the window the first one is too.
+    h.now += branchgate_turn::server::AUTH_FAILURE_WINDOW;
+    h.server.handle_timeout(h.now);
+    h.learn_nonce();
+    h.allocate(CLIENT);
 }
