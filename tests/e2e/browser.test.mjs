@@ -113,7 +113,7 @@ test("installer: first login, wizard, SIP change, history, restore, live dashboa
     await page.locator(`form[action="/history/${changed - 1}/restore"] button`).click();
     await page.waitForSelector(".flash");
     assert.match(await page.textContent(".flash"), /Restored/);
-    assert.equal((await api.get("/api/v1/config/sip")).json.udp_port, 5060);
+    assert.equal((await api.get("/api/v1/config/sip")).json.udp_port, box.sipPort);
     await page.screenshot({ path: ARTIFACTS + "07-history-restored.png" });
 
     // Backup: a broken file is refused with a message; a real backup restores.

@@ -708,3 +708,25 @@ pub async fn turn_allocations(State(state): State<AppState>, ApiUser(user): ApiU
     }
     Json(turn_allocations_json(&state)).into_response()
 }
+
+/// Live SIP registrations.
+pub async fn sip_registrations(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let list: Vec<Value> = state
+        .sip
+        .registrations()
+        .iter()
+        .map(|r| {
+            json!({
+                "user": r.user,
+                "contact": r.contact,
+                "source": r.source.to_string(),
+                "transport": r.transport.via_name(),
+                "expires_in": r.expires_in.as_secs(),
+            })
+        })
+        .collect();
+    Json(json!({ "registrations": list })).into_response()
+}

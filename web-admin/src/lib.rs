@@ -70,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The TURN service's live state (empty until it runs).
     pub turn: branchgate_turn_relay::TurnMonitor,
+    /// The SIP service's live registrations.
+    pub sip: branchgate_gateway::SipMonitor,
     cpu: Arc<Mutex<CpuSampler>>,
 }
 
@@ -85,6 +87,7 @@ impl AppState {
             data_dir,
             metrics: Arc::default(),
             turn: Default::default(),
+            sip: Default::default(),
             cpu: Arc::default(),
         }
     }
@@ -205,6 +208,12 @@ impl AppState {
             gauge(turn.stats.dropped),
         );
         metric(
+            "branchgate_sip_registrations",
+            "Registered SIP contacts.",
+            "gauge",
+            gauge(self.sip.registrations().len() as u64),
+        );
+        metric(
             "branchgate_process_resident_memory_bytes",
             "Resident memory of the daemon.",
             "gauge",
@@ -301,6 +310,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{username}", axum::routing::delete(api::delete_user))
         .route("/tls", put(api::put_tls))
         .route("/turn/allocations", get(api::turn_allocations))
+        .route("/sip/registrations", get(api::sip_registrations))
         .route("/openapi.json", get(openapi_json))
         .fallback(api::fallback);
     Router::new()

@@ -381,6 +381,16 @@ async fn serve(
         });
     }
 
+    {
+        let store = store.clone();
+        let monitor = state.sip.clone();
+        supervisor.spawn("sip", move |shutdown| {
+            let config_rx = store.subscribe();
+            let monitor = monitor.clone();
+            async move { branchgate_gateway::run(config_rx, shutdown, monitor).await.map_err(anyhow::Error::from) }
+        });
+    }
+
     // Announce readiness once the admin UI listens.
     let _ = ready_rx.wait_for(Option::is_some).await;
     let addr = (*ready_rx.borrow()).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));

@@ -37,10 +37,15 @@ export async function startBox({ provision = {}, dataDir } = {}) {
   const http = await freePort();
   const doc = structuredClone(provision);
   doc.network = { admin_bind: "127.0.0.1", admin_https_port: https, admin_http_port: http, ...(doc.network || {}) };
+  // SIP and TURN listen too: give them free ports unless the test chose its own.
+  const sip = await freePort();
+  doc.sip = { udp_port: sip, tcp_port: sip, tls_port: await freePort(), ...(doc.sip || {}) };
+  const turn = await freePort();
+  doc.turn = { udp_port: turn, tcp_port: turn, tls_port: await freePort(), ...(doc.turn || {}) };
   // Other listeners are not bound yet; keep their ports clear of the defaults anyway.
   const provisionFile = join(dataDir, "..", `provision-${https}.json`);
   writeFileSync(provisionFile, JSON.stringify(doc));
-  const box = { dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port };
+  const box = { dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port, sipPort: doc.sip.udp_port };
   box.url = `https://127.0.0.1:${box.httpsPort}`;
   await launch(box, provisionFile);
   const initial = join(dataDir, "initial-admin-password");

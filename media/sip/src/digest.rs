@@ -1,0 +1,205 @@
+//! SIP digest authentication as the server side (RFC 3261 §22, RFC 2617,
+//! RFC 8760 for SHA-256), with `qop=auth` and stateless nonces that expire.
+
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    fn hash(self, input: &str) -> String {
+        match self {
+            Algorithm::Md5 => hex::encode(Md5::digest(input.as_bytes())),
+            Algorithm::Sha256 => hex::encode(Sha256::digest(input.as_bytes())),
+        }
+    }
+}
+
+/// The parameters of a `Digest` credentials header (Authorization / Proxy-Authorization).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    pub algorithm: Option<String>,
+    pub qop: Option<String>,
+    pub nc: Option<String>,
+    pub cnonce: Option<String>,
+    pub opaque: Option<String>,
+}
+
+/// Parses `Digest k=v, k="v", ...`; `None` when it is not a Digest header.
+pub fn parse_credentials(value: &str) -> Option<Credentials> {
+    let rest = value.trim_start();
+    let rest = rest.get(..6).filter(|s| s.eq_ignore_ascii_case("digest")).map(|_| &rest[6..])?;
+    let mut c = Credentials::default();
+    for part in crate::message::split_values(rest) {
+        let (k, v) = part.split_once('=')?;
+        let v = v.trim();
+        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v).to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "username" => c.username = v,
+            "realm" => c.realm = v,
+            "nonce" => c.nonce = v,
+            "uri" => c.uri = v,
+            "response" => c.response = v,
+            "algorithm" => c.algorithm = Some(v),
+            "qop" => c.qop = Some(v),
+            "nc" => c.nc = Some(v),
+            "cnonce" => c.cnonce = Some(v),
+            "opaque" => c.opaque = Some(v),
+            _ => {}
+        }
+    }
+    Some(c)
+}
+
+/// The expected `response` for `method` given HA1 (hex) — RFC 2617 §3.2.2.1.
+pub fn expected_response(algorithm: Algorithm, ha1: &str, method: &str, c: &Credentials) -> String {
+    let ha2 = algorithm.hash(&format!("{method}:{}", c.uri));
+    match (&c.qop, &c.nc, &c.cnonce) {
+        (Some(qop), Some(nc), Some(cnonce)) if qop.eq_ignore_ascii_case("auth") => {
+            algorithm.hash(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", c.nonce))
+        }
+        _ => algorithm.hash(&format!("{ha1}:{}:{ha2}", c.nonce)),
+    }
+}
+
+/// Stateless nonces: `<expiry hex>.<HMAC(secret, expiry|realm)>`.
+#[derive(Clone)]
+pub struct NonceIssuer {
+    secret: [u8; 32],
+    lifetime_secs: u64,
+}
+
+impl std::fmt::Debug for NonceIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceIssuer").field("lifetime_secs", &self.lifetime_secs).finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceState {
+    Valid,
+    /// Ours but expired: challenge again with `stale=true` (the client retries silently).
+    Stale,
+    Invalid,
+}
+
+impl NonceIssuer {
+    pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
+        NonceIssuer { secret, lifetime_secs }
+    }
+
+    fn tag(&self, expiry: u64, realm: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
+            return String::new();
+        };
+        mac.update(&expiry.to_be_bytes());
+        mac.update(realm.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    pub fn issue(&self, now_secs: u64, realm: &str) -> String {
+        let expiry = now_secs + self.lifetime_secs;
+        format!("{expiry:x}.{}", self.tag(expiry, realm))
+    }
+
+    pub fn check(&self, nonce: &str, now_secs: u64, realm: &str) -> NonceState {
+        let Some((expiry, tag)) = nonce.split_once('.') else {
+            return NonceState::Invalid;
+        };
+        let Ok(expiry) = u64::from_str_radix(expiry, 16) else {
+            return NonceState::Invalid;
+        };
+        let expected = self.tag(expiry, realm);
+        let same =
+            expected.len() == tag.len() && expected.bytes().zip(tag.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        match (same, now_secs < expiry) {
+            (false, _) => NonceState::Invalid,
+            (true, true) => NonceState::Valid,
+            (true, false) => NonceState::Stale,
+        }
+    }
+
+    /// `WWW-Authenticate` values: MD5 first, then SHA-256. RFC 8760 lets the
+    /// server order them by preference; MD5 leads because deployed clients
+    /// (sipp among them) take the first challenge even when they cannot do it.
+    pub fn challenges(&self, now_secs: u64, realm: &str, stale: bool) -> Vec<String> {
+        let nonce = self.issue(now_secs, realm);
+        let stale = if stale { ", stale=true" } else { "" };
+        [Algorithm::Md5, Algorithm::Sha256]
+            .iter()
+            .map(|a| {
+                format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{stale}", a.name())
+            })
+            .collect()
+    }
+}
+
+/// The algorithm credentials name (MD5 when absent).
+pub fn algorithm_of(c: &Credentials) -> Option<Algorithm> {
+    match c.algorithm.as_deref() {
+        None => Some(Algorithm::Md5),
+        Some(a) if a.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
+        Some(a) if a.eq_ignore_ascii_case("SHA-256") => Some(Algorithm::Sha256),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 2617 §3.5: the Mufasa example (HTTP, but the same digest computation).
+    #[test]
+    fn rfc2617_mufasa() {
+        let header = r#"Digest username="Mufasa", realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+        let c = parse_credentials(header).expect("digest");
+        assert_eq!(c.username, "Mufasa");
+        let ha1 = hex::encode(Md5::digest(b"Mufasa:testrealm@host.com:Circle Of Life"));
+        assert_eq!(expected_response(Algorithm::Md5, &ha1, "GET", &c), c.response);
+    }
+
+    /// RFC 7616 §3.9.1: the same exchange with SHA-256.
+    #[test]
+    fn rfc7616_sha256() {
+        let header = r#"Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", nc=00000001, cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", qop=auth, response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#;
+        let c = parse_credentials(header).expect("digest");
+        assert_eq!(algorithm_of(&c), Some(Algorithm::Sha256));
+        let ha1 = hex::encode(Sha256::digest(b"Mufasa:http-auth@example.org:Circle of Life"));
+        assert_eq!(expected_response(Algorithm::Sha256, &ha1, "GET", &c), c.response);
+    }
+
+    #[test]
+    fn nonces_expire() {
+        let issuer = NonceIssuer::new([3; 32], 300);
+        let nonce = issuer.issue(1000, "r");
+        assert_eq!(issuer.check(&nonce, 1000, "r"), NonceState::Valid);
+        assert_eq!(issuer.check(&nonce, 1300, "r"), NonceState::Stale);
+        assert_eq!(issuer.check(&nonce, 1000, "other"), NonceState::Invalid);
+        assert_eq!(issuer.check("x", 1000, "r"), NonceState::Invalid);
+        assert!(issuer.challenges(1000, "r", true)[0].contains("algorithm=MD5"));
+        assert!(issuer.challenges(1000, "r", true)[1].contains("algorithm=SHA-256, qop=\"auth\", stale=true"));
+    }
+
+    #[test]
+    fn not_digest_is_none() {
+        assert_eq!(parse_credentials("Basic abc"), None);
+        assert_eq!(parse_credentials("Dig"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! SIP for the branchgate box, sans-IO: the driver hands in messages and the
+//! time and sends what comes out.
+
+pub mod digest;
+pub mod message;
+pub mod server;
+
+pub use message::{Message, ParseError, StartLine};
+pub use server::{Flow, Output, Server, ServerConfig, Transport, UserKeys};

@@ -1,0 +1,443 @@
+//! The box's SIP server side, sans-IO: registrar with digest authentication,
+//! OPTIONS, and RFC 3261 §17.2.2 non-INVITE server transactions (a
+//! retransmitted request gets the same answer). Calls through the B2BUA come
+//! next; until then INVITE is answered 501.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::digest::{Algorithm, NonceIssuer, NonceState, algorithm_of, expected_response, parse_credentials};
+use crate::message::{Message, StartLine, param};
+
+/// How a message reached the box: transport and both ends (where the answer goes back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+    Ws,
+}
+
+impl Transport {
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WSS",
+        }
+    }
+}
+
+/// A user's digest keys for the domain: `H(user:realm:password)` in hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserKeys {
+    pub md5: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub domain: String,
+    pub users: HashMap<String, UserKeys>,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub user_agent: String,
+}
+
+impl ServerConfig {
+    pub fn new(domain: impl Into<String>) -> Self {
+        ServerConfig {
+            domain: domain.into(),
+            users: HashMap::new(),
+            min_expires: 60,
+            max_expires: 3600,
+            user_agent: concat!("branchgate/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// Something to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub flow: Flow,
+    pub data: Vec<u8>,
+}
+
+/// One registered contact of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub contact: String,
+    pub expires: Instant,
+    pub flow: Flow,
+    pub call_id: String,
+}
+
+/// A registration as the admin UI lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationInfo {
+    pub user: String,
+    pub contact: String,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub expires_in: Duration,
+}
+
+/// Non-INVITE server transactions live 64*T1 after their final answer (Timer J).
+const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
+
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    nonces: NonceIssuer,
+    start: Instant,
+    bindings: HashMap<String, Vec<Binding>>,
+    /// Final answers by (top Via branch, method), for retransmissions.
+    transactions: HashMap<(String, String), (Vec<u8>, Instant)>,
+    out: VecDeque<Output>,
+    pub auth_failures: u64,
+}
+
+/// The URI inside a name-addr (`"Bob" <sip:bob@host>;tag=1` → `sip:bob@host`) or a bare addr-spec.
+pub fn uri_of(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or(value).trim(),
+    }
+}
+
+/// The user part of a SIP URI.
+pub fn user_of(uri: &str) -> Option<&str> {
+    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:"))?;
+    let (user, _) = rest.split_once('@')?;
+    Some(user.split(';').next().unwrap_or(user))
+}
+
+impl Server {
+    pub fn new(config: ServerConfig, nonce_secret: [u8; 32], now: Instant) -> Self {
+        Server {
+            config,
+            nonces: NonceIssuer::new(nonce_secret, 300),
+            start: now,
+            bindings: HashMap::new(),
+            transactions: HashMap::new(),
+            out: VecDeque::new(),
+            auth_failures: 0,
+        }
+    }
+
+    /// New users or domain; registrations stay.
+    pub fn set_config(&mut self, config: ServerConfig) {
+        self.config = config;
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.transactions.retain(|_, (_, until)| *until > now);
+        for list in self.bindings.values_mut() {
+            list.retain(|b| b.expires > now);
+        }
+        self.bindings.retain(|_, list| !list.is_empty());
+    }
+
+    pub fn registrations(&self, now: Instant) -> Vec<RegistrationInfo> {
+        let mut out: Vec<RegistrationInfo> = self
+            .bindings
+            .iter()
+            .flat_map(|(user, list)| {
+                list.iter().filter(|b| b.expires > now).map(move |b| RegistrationInfo {
+                    user: user.clone(),
+                    contact: b.contact.clone(),
+                    source: b.flow.remote,
+                    transport: b.flow.transport,
+                    expires_in: b.expires.saturating_duration_since(now),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.user.cmp(&b.user).then(a.contact.cmp(&b.contact)));
+        out
+    }
+
+    /// The live contacts of `user`, newest first (for routing calls to them).
+    pub fn contacts(&self, user: &str, now: Instant) -> Vec<Binding> {
+        let mut list: Vec<Binding> = self
+            .bindings
+            .get(user)
+            .map(|l| l.iter().filter(|b| b.expires > now).cloned().collect())
+            .unwrap_or_default();
+        list.reverse();
+        list
+    }
+
+    fn now_secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
+    }
+
+    fn send(&mut self, flow: Flow, message: &Message) {
+        self.out.push_back(Output { flow, data: message.to_bytes() });
+    }
+
+    /// A final answer, remembered for retransmissions of the request.
+    fn answer(&mut self, now: Instant, flow: Flow, request: &Message, mut response: Message) {
+        response.push("Server", self.config.user_agent.clone());
+        let data = response.to_bytes();
+        if let (Some(branch), Some(method)) = (request.get("Via").and_then(|v| param(v, "branch")), request.method()) {
+            self.transactions
+                .insert((branch.to_string(), method.to_string()), (data.clone(), now + TRANSACTION_LIFETIME));
+        }
+        self.out.push_back(Output { flow, data });
+    }
+
+    /// One message (a datagram, or a framed stream message) from `flow`.
+    pub fn handle_input(&mut self, now: Instant, flow: Flow, bytes: &[u8]) {
+        // Keep-alives (RFC 5626 §4.4.1): CRLFCRLF is answered with CRLF on streams.
+        if bytes.iter().all(|b| *b == b'\r' || *b == b'\n') {
+            if bytes.len() >= 4 && flow.transport != Transport::Udp {
+                self.out.push_back(Output { flow, data: b"\r\n".to_vec() });
+            }
+            return;
+        }
+        let mut request = match Message::parse(bytes) {
+            Ok(m) if matches!(m.start, StartLine::Request { .. }) => m,
+            Ok(_) => return, // responses: the box sends no requests yet
+            Err(e) => return self.bad_request(flow, bytes, &e.to_string()),
+        };
+        if let Err(e) = request.check_mandatory() {
+            return self.bad_request_parsed(now, flow, &request, &e.to_string());
+        }
+        stamp_via(&mut request, flow);
+        let method = request.method().unwrap_or("").to_string();
+        if method == "ACK" {
+            return;
+        }
+        if let Some(branch) = request.get("Via").and_then(|v| param(v, "branch"))
+            && let Some((data, _)) = self.transactions.get(&(branch.to_string(), method.clone()))
+        {
+            let data = data.clone();
+            self.out.push_back(Output { flow, data });
+            return;
+        }
+        if request.cseq().map(|(_, m)| m) != Some(method.as_str()) {
+            return self.bad_request_parsed(now, flow, &request, "CSeq method does not match the request");
+        }
+        if request.get("Max-Forwards").and_then(|v| v.trim().parse::<u32>().ok()) == Some(0) {
+            let response = request.response(483, "Too Many Hops");
+            return self.answer(now, flow, &request, response);
+        }
+        match method.as_str() {
+            "REGISTER" => self.register(now, flow, &request),
+            "OPTIONS" => {
+                let mut response = request.response(200, "OK");
+                response.push("Allow", "REGISTER, OPTIONS, ACK, BYE, CANCEL, INVITE");
+                response.push("Accept", "application/sdp");
+                self.answer(now, flow, &request, response);
+            }
+            "CANCEL" => {
+                let response = request.response(481, "Call/Transaction Does Not Exist");
+                self.answer(now, flow, &request, response);
+            }
+            _ => {
+                let mut response = request.response(501, "Not Implemented");
+                response.push("Allow", "REGISTER, OPTIONS, ACK, CANCEL");
+                self.answer(now, flow, &request, response);
+            }
+        }
+    }
+
+    /// A request too broken to parse: answered 400 only when the headers a
+    /// response needs can be read from the text (RFC 3261 §16.3 / RFC 4475 §3.1.2).
+    fn bad_request(&mut self, flow: Flow, bytes: &[u8], reason: &str) {
+        let text = String::from_utf8_lossy(bytes);
+        let first = text.lines().next().unwrap_or("");
+        if !first.ends_with("SIP/2.0") {
+            return;
+        }
+        let mut response = Message {
+            start: StartLine::Response { code: 400, reason: "Bad Request".into() },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+            if let Some((name, value)) = line.split_once(':') {
+                let long = crate::message::canonical_name(name.trim());
+                if ["Via", "From", "To", "Call-ID", "CSeq"].iter().any(|n| n.eq_ignore_ascii_case(long)) {
+                    response.push(long, value.trim());
+                }
+            }
+        }
+        if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| response.get(n).is_some()) {
+            response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
+            self.send(flow, &response);
+        }
+    }
+
+    fn bad_request_parsed(&mut self, now: Instant, flow: Flow, request: &Message, reason: &str) {
+        if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| request.get(n).is_some()) {
+            let mut response = request.response(400, "Bad Request");
+            response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
+            self.answer(now, flow, request, response);
+        }
+    }
+
+    fn challenge(&mut self, now: Instant, flow: Flow, request: &Message, stale: bool) {
+        let mut response = request.response(401, "Unauthorized");
+        ensure_to_tag(&mut response);
+        for challenge in self.nonces.challenges(self.now_secs(now), &self.config.domain, stale) {
+            response.push("WWW-Authenticate", challenge);
+        }
+        self.answer(now, flow, request, response);
+    }
+
+    /// The authenticated user of a request, or the challenge already queued.
+    fn authenticate(&mut self, now: Instant, flow: Flow, request: &Message) -> Option<String> {
+        let method = request.method().unwrap_or("");
+        let credentials =
+            request.lines("Authorization").filter_map(parse_credentials).find(|c| c.realm == self.config.domain);
+        let Some(c) = credentials else {
+            self.challenge(now, flow, request, false);
+            return None;
+        };
+        match self.nonces.check(&c.nonce, self.now_secs(now), &self.config.domain) {
+            NonceState::Valid => {}
+            NonceState::Stale => {
+                self.challenge(now, flow, request, true);
+                return None;
+            }
+            NonceState::Invalid => {
+                self.challenge(now, flow, request, false);
+                return None;
+            }
+        }
+        let verified = match (algorithm_of(&c), self.config.users.get(&c.username)) {
+            (Some(algorithm), Some(keys)) => {
+                let ha1 = match algorithm {
+                    Algorithm::Md5 => &keys.md5,
+                    Algorithm::Sha256 => &keys.sha256,
+                };
+                expected_response(algorithm, ha1, method, &c) == c.response.to_ascii_lowercase()
+            }
+            _ => false,
+        };
+        if !verified {
+            self.auth_failures += 1;
+            let response = request.response(403, "Forbidden");
+            self.answer(now, flow, request, response);
+            return None;
+        }
+        Some(c.username)
+    }
+
+    fn register(&mut self, now: Instant, flow: Flow, request: &Message) {
+        let Some(username) = self.authenticate(now, flow, request) else {
+            return;
+        };
+        // The address-of-record is the To user; one may register only oneself.
+        let aor_user = request.get("To").map(uri_of).and_then(user_of).map(str::to_string);
+        if aor_user.as_deref() != Some(username.as_str()) {
+            let response = request.response(403, "Forbidden");
+            return self.answer(now, flow, request, response);
+        }
+        let default_expires =
+            request.get("Expires").and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(self.config.max_expires);
+        let contacts = request.get_all("Contact");
+        let call_id = request.get("Call-ID").unwrap_or("").to_string();
+        if contacts.iter().any(|c| c.trim() == "*") {
+            if contacts.len() != 1 || default_expires != 0 {
+                let response = request.response(400, "Bad Request");
+                return self.answer(now, flow, request, response);
+            }
+            self.bindings.remove(&username);
+        } else {
+            for contact in &contacts {
+                let expires = param(contact, "expires").and_then(|v| v.parse::<u32>().ok()).unwrap_or(default_expires);
+                if expires != 0 && expires < self.config.min_expires {
+                    let mut response = request.response(423, "Interval Too Brief");
+                    response.push("Min-Expires", self.config.min_expires.to_string());
+                    return self.answer(now, flow, request, response);
+                }
+            }
+            let list = self.bindings.entry(username.clone()).or_default();
+            for contact in contacts {
+                let uri = uri_of(contact).to_string();
+                let expires = param(contact, "expires")
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(default_expires)
+                    .min(self.config.max_expires);
+                list.retain(|b| b.contact != uri);
+                if expires > 0 {
+                    list.push(Binding {
+                        contact: uri,
+                        expires: now + Duration::from_secs(u64::from(expires)),
+                        flow,
+                        call_id: call_id.clone(),
+                    });
+                }
+            }
+            if list.is_empty() {
+                self.bindings.remove(&username);
+            }
+        }
+        let mut response = request.response(200, "OK");
+        ensure_to_tag(&mut response);
+        for binding in self.contacts(&username, now) {
+            let left = binding.expires.saturating_duration_since(now).as_secs();
+            response.push("Contact", format!("<{}>;expires={left}", binding.contact));
+        }
+        self.answer(now, flow, request, response);
+    }
+}
+
+/// Adds `received` and fills `rport` in the top Via (RFC 3261 §18.2.1, RFC 3581).
+fn stamp_via(request: &mut Message, flow: Flow) {
+    let Some(index) =
+        request.headers.iter().position(|h| crate::message::canonical_name(&h.name).eq_ignore_ascii_case("Via"))
+    else {
+        return;
+    };
+    let value = &request.headers[index].value;
+    // Only the first value of a comma list is the top Via.
+    let values = crate::message::split_values(value);
+    let Some(top) = values.first() else { return };
+    let mut stamped = String::new();
+    for (i, part) in top.split(';').enumerate() {
+        if i > 0 {
+            stamped.push(';');
+        }
+        if part.trim().eq_ignore_ascii_case("rport") {
+            stamped.push_str(&format!("rport={}", flow.remote.port()));
+        } else {
+            stamped.push_str(part);
+        }
+    }
+    if param(top, "received").is_none() {
+        stamped.push_str(&format!(";received={}", flow.remote.ip()));
+    }
+    let rest: Vec<&str> = values.iter().skip(1).copied().collect();
+    request.headers[index].value = if rest.is_empty() { stamped } else { format!("{stamped}, {}", rest.join(", ")) };
+}
+
+/// Final responses need a To tag (RFC 3261 §8.2.6.2).
+fn ensure_to_tag(response: &mut Message) {
+    if let Some(to) = response.get("To")
+        && param(to, "tag").is_none()
+    {
+        let tagged = format!("{to};tag=bg{:08x}", crc_of(to));
+        response.set("To", tagged);
+    }
+}
+
+/// A short stable tag from text (so retransmitted requests get the same tag).
+fn crc_of(text: &str) -> u32 {
+    text.bytes().fold(0x811C_9DC5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}

@@ -1,0 +1,183 @@
+//! The registrar through whole exchanges, with virtual time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use branchgate_sip::digest::{Algorithm, Credentials, expected_response};
+use branchgate_sip::message::param;
+use branchgate_sip::{Flow, Message, Server, ServerConfig, StartLine, Transport, UserKeys};
+
+const DOMAIN: &str = "branch.example";
+
+fn keys(user: &str, password: &str) -> UserKeys {
+    use md5::Digest;
+    let input = format!("{user}:{DOMAIN}:{password}");
+    UserKeys {
+        md5: hex::encode(md5::Md5::digest(input.as_bytes())),
+        sha256: hex::encode(sha2::Sha256::digest(input.as_bytes())),
+    }
+}
+
+fn flow() -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        local: "127.0.0.1:5060".parse().expect("addr"),
+        remote: "192.0.2.7:40000".parse().expect("addr"),
+    }
+}
+
+struct Harness {
+    server: Server,
+    now: Instant,
+    cseq: u32,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut config = ServerConfig::new(DOMAIN);
+        config.users.insert("1001".into(), keys("1001", "pw"));
+        let now = Instant::now();
+        Harness { server: Server::new(config, [5; 32], now), now, cseq: 0 }
+    }
+
+    fn send(&mut self, text: &str) -> Vec<Message> {
+        self.server.handle_input(self.now, flow(), text.as_bytes());
+        let mut out = Vec::new();
+        while let Some(o) = self.server.poll_output() {
+            assert_eq!(o.flow, flow());
+            out.push(Message::parse(&o.data).expect("our output parses"));
+        }
+        out
+    }
+
+    fn register(
+        &mut self,
+        user: &str,
+        contact: &str,
+        expires: u32,
+        authorization: Option<String>,
+    ) -> (String, Message) {
+        self.cseq += 1;
+        let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let branch = format!("z9hG4bK{}", self.cseq);
+        let text = format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch={branch};rport\r\n\
+From: <sip:{user}@{DOMAIN}>;tag=a1\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: reg-1\r\nCSeq: {} REGISTER\r\n\
+Contact: {contact}\r\nExpires: {expires}\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n",
+            self.cseq
+        );
+        let mut replies = self.send(&text);
+        assert_eq!(replies.len(), 1);
+        (text, replies.remove(0))
+    }
+
+    /// Registers with digest after the challenge.
+    fn register_authenticated(&mut self, user: &str, password: &str, contact: &str, expires: u32) -> Message {
+        let (_, challenge) = self.register(user, contact, expires, None);
+        assert_eq!(code(&challenge), 401);
+        let www: Vec<&str> = challenge.lines("WWW-Authenticate").collect();
+        assert_eq!(www.len(), 2, "MD5 and SHA-256");
+        let nonce = param(&format!(";{}", www[0].trim_start_matches("Digest ").replace(", ", ";")), "nonce")
+            .expect("nonce")
+            .to_string();
+        let c = Credentials {
+            username: user.into(),
+            realm: DOMAIN.into(),
+            nonce: nonce.clone(),
+            uri: format!("sip:{DOMAIN}"),
+            qop: Some("auth".into()),
+            nc: Some("00000001".into()),
+            cnonce: Some("abc".into()),
+            ..Credentials::default()
+        };
+        let ha1 = keys(user, password).md5;
+        let response = expected_response(Algorithm::Md5, &ha1, "REGISTER", &c);
+        let header = format!(
+            "Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"sip:{DOMAIN}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc\""
+        );
+        self.register(user, contact, expires, Some(header)).1
+    }
+}
+
+fn code(m: &Message) -> u16 {
+    match m.start {
+        StartLine::Response { code, .. } => code,
+        StartLine::Request { .. } => 0,
+    }
+}
+
+#[test]
+fn register_with_digest_then_expire() {
+    let mut h = Harness::new();
+    let ok = h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.5:5060>", 120);
+    assert_eq!(code(&ok), 200);
+    assert_eq!(ok.get_all("Contact"), vec!["<sip:1001@10.0.0.5:5060>;expires=120"]);
+    assert!(ok.get("Via").is_some_and(|v| v.contains("received=192.0.2.7") && v.contains("rport=40000")));
+    assert!(ok.get("To").and_then(|t| param(t, "tag")).is_some());
+    let regs = h.server.registrations(h.now);
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].source, "192.0.2.7:40000".parse::<SocketAddr>().expect("addr"));
+    h.now += Duration::from_secs(121);
+    h.server.handle_timeout(h.now);
+    assert!(h.server.registrations(h.now).is_empty());
+}
+
+#[test]
+fn wrong_password_and_other_users_are_refused() {
+    let mut h = Harness::new();
+    assert_eq!(code(&h.register_authenticated("1001", "nope", "<sip:1001@10.0.0.5>", 120)), 403);
+    assert_eq!(code(&h.register_authenticated("9999", "pw", "<sip:9999@10.0.0.5>", 120)), 403);
+    assert!(h.server.registrations(h.now).is_empty());
+    assert_eq!(h.server.auth_failures, 2);
+}
+
+#[test]
+fn short_expiry_unregister_and_wildcard() {
+    let mut h = Harness::new();
+    let brief = h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.5>", 10);
+    assert_eq!(code(&brief), 423);
+    assert_eq!(brief.get("Min-Expires"), Some("60"));
+    assert_eq!(code(&h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.5>", 300)), 200);
+    assert_eq!(code(&h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.6>", 300)), 200);
+    assert_eq!(h.server.contacts("1001", h.now).len(), 2, "several contacts per user");
+    assert_eq!(code(&h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.6>", 0)), 200);
+    assert_eq!(h.server.contacts("1001", h.now).len(), 1);
+    assert_eq!(code(&h.register_authenticated("1001", "pw", "*", 0)), 200);
+    assert!(h.server.registrations(h.now).is_empty());
+}
+
+#[test]
+fn retransmissions_get_the_same_answer() {
+    let mut h = Harness::new();
+    let (text, first) = h.register("1001", "<sip:1001@10.0.0.5>", 300, None);
+    let again = h.send(&text);
+    assert_eq!(again, vec![first]);
+}
+
+#[test]
+fn options_bad_requests_and_loops() {
+    let mut h = Harness::new();
+    let base =
+        "Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKo1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: o1\r\n";
+    let ok = h.send(&format!("OPTIONS sip:{DOMAIN} SIP/2.0\r\n{base}CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\n"));
+    assert_eq!(code(&ok[0]), 200);
+    assert!(ok[0].get("Allow").is_some_and(|a| a.contains("REGISTER")));
+    let mismatch = h.send(&format!(
+        "OPTIONS sip:{DOMAIN} SIP/2.0\r\n{}CSeq: 2 INVITE\r\n\r\n",
+        base.replace("z9hG4bKo1", "z9hG4bKo2")
+    ));
+    assert_eq!(code(&mismatch[0]), 400);
+    let hops = h.send(&format!(
+        "OPTIONS sip:{DOMAIN} SIP/2.0\r\n{}CSeq: 3 OPTIONS\r\nMax-Forwards: 0\r\n\r\n",
+        base.replace("z9hG4bKo1", "z9hG4bKo3")
+    ));
+    assert_eq!(code(&hops[0]), 483);
+    // Unparseable but answerable: 400 with a Warning saying why.
+    let broken =
+        h.send(&format!("OPTIONS sip:{DOMAIN} SIP/2.0\r\n{base}CSeq: 4 OPTIONS\r\nContent-Length: 99\r\n\r\nshort"));
+    assert_eq!(code(&broken[0]), 400);
+    assert!(broken[0].get("Warning").is_some_and(|w| w.contains("Content-Length")));
+    // Not even that: silence.
+    assert!(h.send("garbage\r\n\r\n").is_empty());
+    assert!(h.send("\r\n\r\n").is_empty(), "a keep-alive on UDP needs no answer");
+}
