@@ -1,7 +1,6 @@
 //! SIP digest authentication as the server side (RFC 3261 §22, RFC 2617,
 //! RFC 8760 for SHA-256), with `qop=auth` and stateless nonces that expire.
 
-use hmac::{Hmac, Mac};
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
@@ -79,61 +78,25 @@ pub fn expected_response(algorithm: Algorithm, ha1: &str, method: &str, c: &Cred
     }
 }
 
-/// Stateless nonces: `<expiry hex>.<HMAC(secret, expiry|realm)>`.
-#[derive(Clone)]
+pub use branchgate_nonce::NonceState;
+
+/// Digest nonces: stateless, bound to the realm, expiring (stale ones are re-challenged with `stale=true`).
+#[derive(Clone, Debug)]
 pub struct NonceIssuer {
-    secret: [u8; 32],
-    lifetime_secs: u64,
-}
-
-impl std::fmt::Debug for NonceIssuer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NonceIssuer").field("lifetime_secs", &self.lifetime_secs).finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NonceState {
-    Valid,
-    /// Ours but expired: challenge again with `stale=true` (the client retries silently).
-    Stale,
-    Invalid,
+    nonces: branchgate_nonce::Nonces,
 }
 
 impl NonceIssuer {
     pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
-        NonceIssuer { secret, lifetime_secs }
-    }
-
-    fn tag(&self, expiry: u64, realm: &str) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
-            return String::new();
-        };
-        mac.update(&expiry.to_be_bytes());
-        mac.update(realm.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        NonceIssuer { nonces: branchgate_nonce::Nonces::new(secret, lifetime_secs, '.') }
     }
 
     pub fn issue(&self, now_secs: u64, realm: &str) -> String {
-        let expiry = now_secs + self.lifetime_secs;
-        format!("{expiry:x}.{}", self.tag(expiry, realm))
+        self.nonces.issue(now_secs, realm.as_bytes())
     }
 
     pub fn check(&self, nonce: &str, now_secs: u64, realm: &str) -> NonceState {
-        let Some((expiry, tag)) = nonce.split_once('.') else {
-            return NonceState::Invalid;
-        };
-        let Ok(expiry) = u64::from_str_radix(expiry, 16) else {
-            return NonceState::Invalid;
-        };
-        let expected = self.tag(expiry, realm);
-        let same =
-            expected.len() == tag.len() && expected.bytes().zip(tag.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-        match (same, now_secs < expiry) {
-            (false, _) => NonceState::Invalid,
-            (true, true) => NonceState::Valid,
-            (true, false) => NonceState::Stale,
-        }
+        self.nonces.check(nonce, now_secs, realm.as_bytes())
     }
 
     /// `WWW-Authenticate` values: MD5 first, then SHA-256. RFC 8760 lets the

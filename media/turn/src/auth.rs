@@ -2,8 +2,6 @@
 //! (coturn's `use-auth-secret`, draft-uberti-behave-turn-rest) and the
 //! server's stateless nonces.
 
-use std::net::IpAddr;
-
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
@@ -46,83 +44,7 @@ pub fn rest_credential(secret: &[u8], user: &str, now_unix: u64, ttl_seconds: u6
     (username, password)
 }
 
-/// Verdict on a NONCE a client sent back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NonceCheck {
-    Valid,
-    /// Ours, but expired: answer 438 with a fresh one.
-    Stale,
-    /// Not ours (or for another client address).
-    Invalid,
-}
-
-/// Nonces that need no server state: `<expiry hex>-<HMAC(secret, expiry|client ip)>`.
-#[derive(Clone)]
-pub struct Nonces {
-    secret: [u8; 32],
-    lifetime_secs: u64,
-}
-
-impl std::fmt::Debug for Nonces {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nonces").field("lifetime_secs", &self.lifetime_secs).finish_non_exhaustive()
-    }
-}
-
-impl Nonces {
-    pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
-        Nonces { secret, lifetime_secs }
-    }
-
-    /// An unguessable 8-byte token (RESERVATION-TOKEN) from a counter.
-    pub fn token(&self, counter: u64) -> [u8; 8] {
-        let mut token = [0u8; 8];
-        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) {
-            mac.update(b"reservation");
-            mac.update(&counter.to_be_bytes());
-            token.copy_from_slice(&mac.finalize().into_bytes()[..8]);
-        }
-        token
-    }
-
-    pub fn secret(&self) -> [u8; 32] {
-        self.secret
-    }
-
-    fn tag(&self, expiry: u64, client: IpAddr) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
-            return String::new();
-        };
-        mac.update(&expiry.to_be_bytes());
-        match client {
-            IpAddr::V4(v4) => mac.update(&v4.octets()),
-            IpAddr::V6(v6) => mac.update(&v6.octets()),
-        }
-        hex::encode(&mac.finalize().into_bytes()[..12])
-    }
-
-    pub fn issue(&self, now_secs: u64, client: IpAddr) -> String {
-        let expiry = now_secs + self.lifetime_secs;
-        format!("{expiry:x}-{}", self.tag(expiry, client))
-    }
-
-    pub fn check(&self, nonce: &str, now_secs: u64, client: IpAddr) -> NonceCheck {
-        let Some((expiry_hex, tag)) = nonce.split_once('-') else {
-            return NonceCheck::Invalid;
-        };
-        let Ok(expiry) = u64::from_str_radix(expiry_hex, 16) else {
-            return NonceCheck::Invalid;
-        };
-        let expected = self.tag(expiry, client);
-        if expected.len() != tag.len() || expected.bytes().zip(tag.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
-            NonceCheck::Invalid
-        } else if now_secs >= expiry {
-            NonceCheck::Stale
-        } else {
-            NonceCheck::Valid
-        }
-    }
-}
+pub use branchgate_nonce::{NonceState as NonceCheck, Nonces};
 
 #[cfg(test)]
 mod tests {
@@ -139,19 +61,5 @@ mod tests {
         let (user, pass) = rest_credential(b"secret", "bob", 100, 60);
         assert_eq!(user, "160:bob");
         assert_eq!(pass, rest_password(b"secret", "160:bob"));
-    }
-
-    #[test]
-    fn nonces_expire_and_are_bound_to_the_client() {
-        let nonces = Nonces::new([9; 32], 600);
-        let a: IpAddr = "192.0.2.1".parse().expect("ip");
-        let b: IpAddr = "192.0.2.2".parse().expect("ip");
-        let nonce = nonces.issue(1000, a);
-        assert_eq!(nonces.check(&nonce, 1000, a), NonceCheck::Valid);
-        assert_eq!(nonces.check(&nonce, 1599, a), NonceCheck::Valid);
-        assert_eq!(nonces.check(&nonce, 1600, a), NonceCheck::Stale);
-        assert_eq!(nonces.check(&nonce, 1000, b), NonceCheck::Invalid);
-        assert_eq!(nonces.check("garbage", 1000, a), NonceCheck::Invalid);
-        assert_eq!(nonces.check("zz-00", 1000, a), NonceCheck::Invalid);
     }
 }

@@ -229,7 +229,7 @@ impl Server {
     pub fn new(config: ServerConfig, nonce_secret: [u8; 32], now: Instant, unix_now: u64) -> Self {
         let next_port = *config.relay_ports.start();
         Server {
-            nonces: Nonces::new(nonce_secret, config.nonce_lifetime_secs),
+            nonces: Nonces::new(nonce_secret, config.nonce_lifetime_secs, '-'),
             config,
             start: now,
             unix_at_start: unix_now,
@@ -253,7 +253,7 @@ impl Server {
             self.next_port = *config.relay_ports.start();
         }
         // Nonces stay valid across a configuration change: same secret.
-        self.nonces = Nonces::new(self.nonces.secret(), config.nonce_lifetime_secs);
+        self.nonces = Nonces::new(self.nonces.secret(), config.nonce_lifetime_secs, '-');
         self.config = config;
     }
 
@@ -533,7 +533,7 @@ impl Server {
 
     fn new_reservation_token(&mut self) -> [u8; 8] {
         self.reservation_counter += 1;
-        self.nonces.token(self.reservation_counter)
+        self.nonces.token(b"reservation", self.reservation_counter)
     }
 
     // ----- requests ---------------------------------------------------------------------
@@ -567,7 +567,7 @@ impl Server {
     }
 
     fn challenge(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, code: u16) {
-        let nonce = self.nonces.issue(self.now_secs(now), tuple.client.ip());
+        let nonce = self.nonces.issue(self.now_secs(now), &ip_bytes(tuple.client.ip()));
         let realm = self.config.realm.clone();
         self.error(
             tuple,
@@ -611,7 +611,7 @@ impl Server {
             self.error(tuple, msg.method, msg.transaction_id(), 400, None, &[]);
             return None;
         };
-        if self.nonces.check(nonce, self.now_secs(now), tuple.client.ip()) != NonceCheck::Valid {
+        if self.nonces.check(nonce, self.now_secs(now), &ip_bytes(tuple.client.ip())) != NonceCheck::Valid {
             self.challenge(now, tuple, msg, 438);
             return None;
         }
@@ -948,6 +948,14 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
         _ => return Err(()),
     };
     Ok((buf.len() >= total).then_some(total))
+}
+
+/// A nonce is bound to the client's address.
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
 }
 
 /// Data indications need a transaction ID but no one answers them: a counter will do.
