@@ -40,8 +40,34 @@ fn default_relay_ip() -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// The box's interface addresses and its public mapping.
+fn own_addresses(external: Option<IpAddr>) -> Vec<IpAddr> {
+    let mut list: Vec<IpAddr> =
+        if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
+    list.extend(external);
+    list
+}
+
+/// The box's service ports, closed to relayed traffic aimed at the box itself.
+pub fn own_ports(config: &branchgate_config::Config) -> Vec<u16> {
+    let mut ports = vec![
+        config.network.admin_https_port,
+        config.network.admin_http_port,
+        config.sip.udp_port,
+        config.sip.tcp_port,
+        config.sip.tls_port,
+        config.turn.udp_port,
+        config.turn.tcp_port,
+        config.turn.tls_port,
+    ];
+    ports.extend(config.network.metrics_listen.map(|a| a.port()));
+    ports.retain(|p| *p != 0);
+    ports
+}
+
 /// The sans-IO server's configuration from the box's.
-pub fn server_config(turn: &TurnConfig) -> ServerConfig {
+pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
+    let turn = &box_config.turn;
     let relay_ip = turn.relay_ip.unwrap_or_else(default_relay_ip);
     let mut config = ServerConfig::new(turn.realm.clone(), relay_ip);
     config.users = turn
@@ -51,11 +77,12 @@ pub fn server_config(turn: &TurnConfig) -> ServerConfig {
         .collect();
     config.rest_secret = turn.auth_secret.as_ref().map(|s| s.expose().as_bytes().to_vec());
     config.policy.allowed = turn.allowed_peers.clone();
-    config.policy.own_addresses = turn.external_ip.into_iter().collect();
+    config.policy.own_addresses = own_addresses(turn.external_ip);
     config.advertised_relay_ip = turn.external_ip;
     config.relay_ports = turn.relay_port_min..=turn.relay_port_max;
     config.max_allocations_per_user = turn.user_quota as usize;
     config.max_allocations = turn.total_quota as usize;
+    config.policy.own_ports = own_ports(box_config);
     config
 }
 
@@ -326,7 +353,7 @@ async fn serve(
     let local = udp.local_addr()?;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
-    let mut server = Server::new(server_config(turn), secret, Instant::now(), unix_now());
+    let mut server = Server::new(server_config(&config_rx.borrow().config), secret, Instant::now(), unix_now());
     let mut relays: HashMap<u16, Relay> = HashMap::new();
     let mut streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerPacket>(1024);
@@ -361,11 +388,11 @@ async fn serve(
             }
             changed = config_rx.changed() => {
                 if changed.is_err() { break false; }
-                let new = config_rx.borrow_and_update().config.turn.clone();
-                if listeners_changed(turn, &new) {
+                let snapshot = config_rx.borrow_and_update().clone();
+                if listeners_changed(turn, &snapshot.config.turn) {
                     break true;
                 }
-                server.set_config(server_config(&new));
+                server.set_config(server_config(&snapshot.config));
                 tracing::info!("TURN configuration applied; allocations kept");
             }
             changed = shutdown.changed() => {

@@ -83,8 +83,11 @@ fn special_purpose(ip: IpAddr) -> bool {
 pub struct PeerPolicy {
     /// Ranges opened by the operator (`turn.allowed_peers`).
     pub allowed: Vec<IpNet>,
-    /// The box's own management addresses (admin UI, SIP, this server).
+    /// The box's own addresses (its interfaces and its public mapping).
     pub own_addresses: Vec<IpAddr>,
+    /// The box's own service ports (admin UI, SIP, TURN, metrics): never reachable
+    /// through the relay on the box itself, even where `allowed` opens the address.
+    pub own_ports: Vec<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -95,13 +98,23 @@ pub enum Denied {
     NotPublic,
     #[error("one of the box's own addresses")]
     OwnAddress,
+    #[error("one of the box's own services")]
+    OwnService,
 }
 
 impl PeerPolicy {
+    /// Whether `ip` is the box itself (loopback, or one of its addresses).
+    fn is_self(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || self.own_addresses.iter().any(|own| canonical(*own) == ip)
+    }
+
     pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
         let ip = canonical(peer.ip());
         if never_allowed(ip) || never_allowed(peer.ip()) {
             return Err(Denied::Unspecified);
+        }
+        if self.own_ports.contains(&peer.port()) && self.is_self(ip) {
+            return Err(Denied::OwnService);
         }
         if self.allowed.iter().any(|net| net.contains(&ip)) {
             return Ok(());
@@ -172,6 +185,7 @@ mod tests {
                 "::/0".parse().expect("net"),
             ],
             own_addresses: vec![],
+            own_ports: vec![],
         };
         assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
         assert_eq!(policy.check(peer("::ffff:127.0.0.1")), Ok(()), "the same address in IPv6 form");
@@ -183,9 +197,18 @@ mod tests {
 
     #[test]
     fn the_box_itself_is_refused() {
-        let policy = PeerPolicy { allowed: vec![], own_addresses: vec!["203.0.113.10".parse().expect("ip")] };
+        let policy = PeerPolicy {
+            allowed: vec!["127.0.0.0/8".parse().expect("net")],
+            own_addresses: vec!["203.0.113.10".parse().expect("ip")],
+            own_ports: vec![8443, 5060],
+        };
         assert_eq!(policy.check(peer("8.8.4.4")), Ok(()));
         assert!(policy.check(peer("203.0.113.10")).is_err());
         assert!(policy.check(peer("::ffff:203.0.113.10")).is_err());
+        // Loopback opened for a lab: still not the box's own services.
+        assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
+        for own in ["127.0.0.1:8443", "127.0.0.2:5060", "[::ffff:127.0.0.1]:8443", "[::1]:8443"] {
+            assert_eq!(policy.check(own.parse().expect("addr")), Err(Denied::OwnService), "{own}");
+        }
     }
 }

@@ -391,6 +391,8 @@ impl Server {
             let id = self.live_allocation(&tuple, now)?;
             let peer = xor_peer(&msg)?;
             let payload = msg.get(attr::DATA)?.value;
+            // Permissions are per address; the box's own service ports are checked per packet.
+            self.config.policy.check(peer).ok()?;
             let allocation = self.allocations.get_mut(&id)?;
             let ip = canonical(peer.ip());
             allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;

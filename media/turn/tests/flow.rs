@@ -460,3 +460,26 @@ fn repeated_bad_credentials_are_rate_limited() {
     h.learn_nonce();
     h.allocate(CLIENT);
 }
+
+#[test]
+fn the_boxs_own_services_stay_closed_even_with_loopback_allowed() {
+    let mut config = allowing_loopback();
+    config.policy.own_ports = vec![8443, 5060];
+    let mut h = Harness::new(config);
+    h.learn_nonce();
+    h.allocate(CLIENT);
+    let (reply, _) = h.request(CLIENT, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr("127.0.0.1:8443"));
+    });
+    assert_eq!(Harness::error_code(&reply), Some(403));
+    // A permission for the address (any port) does not open the admin port to Send.
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    let mut send = Vec::new();
+    Writer::new(&mut send, Class::Indication, method::SEND, [9; 12])
+        .xor_address(attr::XOR_PEER_ADDRESS, addr("127.0.0.1:5060"))
+        .attr(attr::DATA, b"INVITE sip:...");
+    assert_eq!(h.server.handle_client_packet(h.now, udp(CLIENT), &send), Forward::None);
+}
