@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let mut config = ServerConfig::new("fuzz.example", "127.0.0.1".parse().expect("ip"));
-    config.users.insert("test".into(), branchgate_turn::auth::long_term_key("test", "fuzz.example", "secret"));
+    config.users.insert("test".into(), branchgate_turn::UserKey::from_password("test", "fuzz.example", "secret"));
     config.relay_ports = 40000..=40003;
     let mut server = Server::new(config, [1; 32], now, 1_800_000_000);
     let listener: SocketAddr = "127.0.0.1:3478".parse().expect("addr");

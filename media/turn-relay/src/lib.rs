@@ -73,7 +73,10 @@ pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
     config.users = turn
         .users
         .iter()
-        .filter_map(|u| u.password.digest_key().filter(|k| k.realm == turn.realm).map(|k| (u.username.clone(), k.md5)))
+        .filter_map(|u| {
+            let key = u.password.digest_key().filter(|k| k.realm == turn.realm)?;
+            Some((u.username.clone(), branchgate_turn::UserKey { md5: key.md5, sha256: key.sha256 }))
+        })
         .collect();
     config.rest_secret = turn.auth_secret.as_ref().map(|s| s.expose().as_bytes().to_vec());
     config.policy.allowed = turn.allowed_peers.clone();

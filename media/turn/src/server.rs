@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use crate::auth::{NonceCheck, Nonces, long_term_key, rest_expiry, rest_password};
+use crate::auth::{NonceCheck, Nonces, long_term_key, long_term_key_sha256, rest_expiry, rest_password, userhash};
 use crate::policy::{PeerPolicy, canonical};
 use crate::stun::{Class, HEADER_LEN, Message, Writer, attr, method, reason};
 
@@ -38,8 +38,8 @@ pub struct ServerConfig {
     pub realm: String,
     /// SOFTWARE sent in responses to authenticated requests (never to unauthenticated ones).
     pub software: Option<String>,
-    /// Long-term keys `MD5(user:realm:password)` by username.
-    pub users: HashMap<String, [u8; 16]>,
+    /// Long-term keys by username.
+    pub users: HashMap<String, UserKey>,
     /// Shared secret for TURN REST credentials.
     pub rest_secret: Option<Vec<u8>>,
     pub policy: PeerPolicy,
@@ -74,6 +74,63 @@ impl ServerConfig {
         }
     }
 }
+
+/// A user's long-term keys, `H(user:realm:password)` with MD5 and SHA-256
+/// (RFC 8489 §9.2.2; PASSWORD-ALGORITHM picks one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserKey {
+    pub md5: [u8; 16],
+    pub sha256: [u8; 32],
+}
+
+impl UserKey {
+    pub fn from_password(username: &str, realm: &str, password: &str) -> Self {
+        UserKey {
+            md5: long_term_key(username, realm, password),
+            sha256: long_term_key_sha256(username, realm, password),
+        }
+    }
+}
+
+/// The key and MAC a request was authenticated with; its responses use the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntegrityKey {
+    bytes: [u8; 32],
+    len: usize,
+    /// MESSAGE-INTEGRITY-SHA256 rather than MESSAGE-INTEGRITY.
+    sha256_mac: bool,
+}
+
+impl IntegrityKey {
+    fn new(key: &[u8], sha256_mac: bool) -> Self {
+        let mut bytes = [0u8; 32];
+        let len = key.len().min(32);
+        bytes[..len].copy_from_slice(&key[..len]);
+        IntegrityKey { bytes, len, sha256_mac }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn verify(&self, msg: &Message<'_>) -> bool {
+        if self.sha256_mac { msg.integrity_sha256_ok(self.key()) } else { msg.integrity_ok(self.key()) }
+    }
+
+    fn sign(&self, w: &mut Writer<'_>) {
+        if self.sha256_mac {
+            w.integrity_sha256(self.key());
+        } else {
+            w.integrity(self.key());
+        }
+    }
+}
+
+/// PASSWORD-ALGORITHMS the server offers (RFC 8489 §14.11): MD5 (1) and SHA-256 (2), no parameters.
+const PASSWORD_ALGORITHMS: [u8; 8] = [0, 1, 0, 0, 0, 2, 0, 0];
+/// The nonce cookie announcing RFC 8489 security features (§9.2): "obMatJos2" and
+/// base64 of 24 feature bits, here "password algorithms" (bit 0) and "username anonymity" (bit 1).
+const NONCE_COOKIE: &str = "obMatJos2AAAD";
 
 /// Control traffic for the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,7 +194,7 @@ struct Channel {
 struct Allocation {
     tuple: FiveTuple,
     username: String,
-    key: [u8; 16],
+    key: IntegrityKey,
     relay_port: u16,
     relay: Option<SocketAddr>,
     expires: Instant,
@@ -216,7 +273,7 @@ pub struct Server {
 /// An authenticated request's user and key.
 struct Credentials {
     username: String,
-    key: [u8; 16],
+    key: IntegrityKey,
 }
 
 fn xor_peer<'a>(msg: &Message<'a>) -> Option<SocketAddr> {
@@ -553,7 +610,7 @@ impl Server {
         method: u16,
         tid: [u8; 12],
         code: u16,
-        key: Option<&[u8]>,
+        key: Option<&IntegrityKey>,
         extra: &[(u16, &[u8])],
     ) {
         self.scratch.clear();
@@ -563,13 +620,13 @@ impl Server {
             w.attr(*kind, value);
         }
         if let Some(key) = key {
-            w.integrity(key);
+            key.sign(&mut w);
         }
         self.reply(tuple);
     }
 
     fn challenge(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, code: u16) {
-        let nonce = self.nonces.issue(self.now_secs(now), &ip_bytes(tuple.client.ip()));
+        let nonce = format!("{NONCE_COOKIE}{}", self.nonces.issue(self.now_secs(now), &ip_bytes(tuple.client.ip())));
         let realm = self.config.realm.clone();
         self.error(
             tuple,
@@ -577,8 +634,17 @@ impl Server {
             msg.transaction_id(),
             code,
             None,
-            &[(attr::REALM, realm.as_bytes()), (attr::NONCE, nonce.as_bytes())],
+            &[
+                (attr::REALM, realm.as_bytes()),
+                (attr::NONCE, nonce.as_bytes()),
+                (attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS),
+            ],
         );
+    }
+
+    /// The user a USERHASH stands for (RFC 8489 §14.4).
+    fn user_by_hash(&self, hash: &[u8]) -> Option<String> {
+        self.config.users.keys().find(|u| userhash(u, &self.config.realm)[..] == *hash).cloned()
     }
 
     /// True while `ip` has failed to authenticate too often: its requests get no answer.
@@ -603,34 +669,63 @@ impl Server {
             self.stats.dropped += 1;
             return None;
         }
-        if !msg.has(attr::MESSAGE_INTEGRITY) {
+        let sha256_mac = msg.has(attr::MESSAGE_INTEGRITY_SHA256);
+        if !sha256_mac && !msg.has(attr::MESSAGE_INTEGRITY) {
             self.challenge(now, tuple, msg, 401);
             return None;
         }
-        let (Some(username), Some(realm), Some(nonce)) =
-            (msg.text(attr::USERNAME), msg.text(attr::REALM), msg.text(attr::NONCE))
-        else {
+        let username = match (msg.text(attr::USERNAME), msg.get(attr::USERHASH)) {
+            (Some(name), _) => Some(name.to_string()),
+            (None, Some(hash)) => self.user_by_hash(hash.value),
+            (None, None) => None,
+        };
+        let (Some(realm), Some(nonce)) = (msg.text(attr::REALM), msg.text(attr::NONCE)) else {
             self.error(tuple, msg.method, msg.transaction_id(), 400, None, &[]);
             return None;
         };
+        let Some(username) = username.or_else(|| msg.has(attr::USERHASH).then(String::new)) else {
+            self.error(tuple, msg.method, msg.transaction_id(), 400, None, &[]);
+            return None;
+        };
+        let nonce = nonce.strip_prefix(NONCE_COOKIE).unwrap_or(nonce);
         if self.nonces.check(nonce, self.now_secs(now), &ip_bytes(tuple.client.ip())) != NonceCheck::Valid {
             self.challenge(now, tuple, msg, 438);
             return None;
         }
-        let key = if realm != self.config.realm {
+        // Downgrade protection (§9.2.4): the echoed PASSWORD-ALGORITHMS must be ours and the
+        // chosen PASSWORD-ALGORITHM one of them; RFC 5389 clients send neither and get MD5.
+        let sha256_key = match (msg.get(attr::PASSWORD_ALGORITHMS), msg.get(attr::PASSWORD_ALGORITHM)) {
+            (None, None) => false,
+            (Some(offered), Some(chosen)) if offered.value == PASSWORD_ALGORITHMS => match chosen.value.get(..2) {
+                Some([0, 1]) => false,
+                Some([0, 2]) => true,
+                _ => {
+                    self.error(tuple, msg.method, msg.transaction_id(), 400, None, &[]);
+                    return None;
+                }
+            },
+            _ => {
+                self.error(tuple, msg.method, msg.transaction_id(), 400, None, &[]);
+                return None;
+            }
+        };
+        let user_key = if realm != self.config.realm {
             None
-        } else if let Some(key) = self.config.users.get(username) {
+        } else if let Some(key) = self.config.users.get(&username) {
             Some(*key)
         } else if let Some(secret) = &self.config.rest_secret {
             let unix_now = self.unix_at_start + self.now_secs(now);
-            rest_expiry(username)
+            rest_expiry(&username)
                 .filter(|expiry| *expiry > unix_now)
-                .map(|_| long_term_key(username, realm, &rest_password(secret, username)))
+                .map(|_| UserKey::from_password(&username, realm, &rest_password(secret, &username)))
         } else {
             None
         };
+        let key = user_key.map(|k| {
+            if sha256_key { IntegrityKey::new(&k.sha256, sha256_mac) } else { IntegrityKey::new(&k.md5, sha256_mac) }
+        });
         match key {
-            Some(key) if msg.integrity_ok(&key) => Some(Credentials { username: username.to_string(), key }),
+            Some(key) if key.verify(msg) => Some(Credentials { username, key }),
             _ => {
                 self.auth_failed(tuple.client.ip(), now);
                 self.challenge(now, tuple, msg, 401);
@@ -678,7 +773,7 @@ impl Server {
         tuple: FiveTuple,
         method: u16,
         tid: [u8; 12],
-        key: &[u8],
+        key: &IntegrityKey,
         fingerprint: bool,
         fill: impl FnOnce(&mut Writer<'_>),
     ) {
@@ -689,7 +784,7 @@ impl Server {
         if let Some(software) = software {
             w.attr(attr::SOFTWARE, software.as_bytes());
         }
-        w.integrity(key);
+        key.sign(&mut w);
         if fingerprint {
             w.fingerprint();
         }

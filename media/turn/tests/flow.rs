@@ -32,7 +32,7 @@ struct Harness {
 
 fn config() -> ServerConfig {
     let mut config = ServerConfig::new(REALM, "127.0.0.1".parse().expect("ip"));
-    config.users.insert("test".into(), long_term_key("test", REALM, "secret"));
+    config.users.insert("test".into(), branchgate_turn::UserKey::from_password("test", REALM, "secret"));
     config.relay_ports = 50000..=50009;
     config.max_allocations_per_user = 2;
     config
@@ -482,4 +482,52 @@ fn the_boxs_own_services_stay_closed_even_with_loopback_allowed() {
         .xor_address(attr::XOR_PEER_ADDRESS, addr("127.0.0.1:5060"))
         .attr(attr::DATA, b"INVITE sip:...");
     assert_eq!(h.server.handle_client_packet(h.now, udp(CLIENT), &send), Forward::None);
+}
+
+/// RFC 8489 clients: USERHASH instead of USERNAME, PASSWORD-ALGORITHM SHA-256,
+/// MESSAGE-INTEGRITY-SHA256; the answer is protected the same way.
+#[test]
+fn rfc8489_sha256_and_userhash() {
+    use branchgate_turn::auth::{long_term_key_sha256, userhash};
+    let mut h = Harness::new(allowing_loopback());
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, false, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let challenge = Message::parse(&reply).expect("parse");
+    let nonce = challenge.text(attr::NONCE).expect("nonce").to_string();
+    assert!(nonce.starts_with("obMatJos2"), "security feature cookie: {nonce}");
+    let offered = challenge.get(attr::PASSWORD_ALGORITHMS).expect("password algorithms").value.to_vec();
+    let key = long_term_key_sha256("test", REALM, "secret");
+    let send = |h: &mut Harness, offered: &[u8], algorithm: &[u8]| {
+        let tid = h.next_tid();
+        let mut buf = Vec::new();
+        Writer::new(&mut buf, Class::Request, method::ALLOCATE, tid)
+            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::USERHASH, &userhash("test", REALM))
+            .attr(attr::NONCE, nonce.as_bytes())
+            .attr(attr::REALM, REALM.as_bytes())
+            .attr(attr::PASSWORD_ALGORITHMS, offered)
+            .attr(attr::PASSWORD_ALGORITHM, algorithm)
+            .integrity_sha256(&key);
+        let _ = h.server.handle_client_packet(h.now, udp(CLIENT), &buf);
+        let mut outputs = Vec::new();
+        while let Some(o) = h.server.poll_output() {
+            outputs.push(o);
+        }
+        outputs
+    };
+    // A tampered algorithm list is a downgrade attempt: 400.
+    let outputs = send(&mut h, &[0, 1, 0, 0], &[0, 1, 0, 0]);
+    let Some(Output::Reply { data, .. }) = outputs.first() else { panic!("answer") };
+    assert_eq!(Harness::error_code(data), Some(400));
+    let outputs = send(&mut h, &offered, &[0, 2, 0, 0]);
+    let Some(Output::BindRelay { port, .. }) = outputs.first().cloned() else {
+        panic!("expected BindRelay: {outputs:?}")
+    };
+    h.server.relay_bound(h.now, port, Ok(addr("127.0.0.1:50000")));
+    let Some(Output::Reply { data, .. }) = h.server.poll_output() else { panic!("allocate answer") };
+    let m = Message::parse(&data).expect("parse");
+    assert_eq!(m.class, Class::Success);
+    assert!(m.integrity_sha256_ok(&key), "answered with MESSAGE-INTEGRITY-SHA256");
+    assert!(!m.has(attr::MESSAGE_INTEGRITY));
 }
