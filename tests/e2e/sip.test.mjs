@@ -8,8 +8,8 @@ import { startBox, freePort, Api } from "./lib/box.mjs";
 const run = promisify(execFile);
 const SCENARIOS = new URL("../sipp/", import.meta.url).pathname;
 
-async function sipp(box, scenario, keys) {
-  const args = [`127.0.0.1:${box.sipPort}`, "-sf", SCENARIOS + scenario, "-m", "1", "-l", "1", "-i", "127.0.0.1",
+async function sipp(box, scenario, keys, transport = "u1") {
+  const args = [`127.0.0.1:${box.sipPort}`, "-sf", SCENARIOS + scenario, "-t", transport, "-m", "1", "-l", "1", "-i", "127.0.0.1",
     "-p", String(await freePort()), "-timeout", "15s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", `${box.dataDir}/sipp-errors.log`];
   for (const [k, v] of Object.entries(keys)) {
     if (k === "password") args.push("-au", keys.user, "-ap", v);
@@ -51,5 +51,22 @@ test("a wrong password is refused", async () => {
   try {
     const code = await sipp(box, "register.xml", { domain: "branch.example", user: "1001", password: "wrong" });
     assert.notEqual(code, 0, "sipp must not get its 200");
+  } finally { await box.stop(); }
+});
+
+test("sipp registers over TCP, and the registration records the connection", async () => {
+  const box = await startBox({ provision: PROVISION });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const running = sipp(box, "register.xml", { domain: "branch.example", user: "1001", password: "pw-1001-secret" }, "t1");
+    let registered = [];
+    for (let i = 0; i < 25 && registered.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      registered = (await api.get("/api/v1/sip/registrations")).json.registrations;
+    }
+    assert.equal(registered.length, 1);
+    assert.equal(registered[0].transport, "TCP");
+    assert.equal(await running, 0, "sipp REGISTER scenario over TCP passed");
   } finally { await box.stop(); }
 });

@@ -396,25 +396,21 @@ async fn serve(
     let addr = (*ready_rx.borrow()).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
     let shown_host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let url = format!("https://{shown_host}:{}/", addr.port());
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "branchgate: admin UI ready at {url} ({} ms after start)", started.elapsed().as_millis());
+    // One write, so that whoever watches for the ready line also gets the login line.
+    let mut banner =
+        format!("branchgate: admin UI ready at {url} ({} ms after start)\n", started.elapsed().as_millis());
+    let password_file = data_dir.join(INITIAL_PASSWORD_FILE);
     match &initial_password {
-        Some(password) => {
-            let _ = writeln!(
-                out,
-                "branchgate: first login: user admin, password {password} (also in {})",
-                data_dir.join(INITIAL_PASSWORD_FILE).display()
-            );
-        }
-        None if data_dir.join(INITIAL_PASSWORD_FILE).exists() => {
-            let _ = writeln!(
-                out,
-                "branchgate: first-login password (until changed) is in {}",
-                data_dir.join(INITIAL_PASSWORD_FILE).display()
-            );
-        }
+        Some(password) => banner.push_str(&format!(
+            "branchgate: first login: user admin, password {password} (also in {})\n",
+            password_file.display()
+        )),
+        None if password_file.exists() => banner
+            .push_str(&format!("branchgate: first-login password (until changed) is in {}\n", password_file.display())),
         None => {}
     }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes());
     let _ = out.flush();
     drop(out);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);

@@ -5,5 +5,5 @@ pub mod digest;
 pub mod message;
 pub mod server;
 
-pub use message::{Message, ParseError, StartLine};
+pub use message::{Message, ParseError, StartLine, frame_len};
 pub use server::{Flow, Output, Server, ServerConfig, Transport, UserKeys};

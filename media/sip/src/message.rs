@@ -234,6 +234,37 @@ impl fmt::Display for Message {
     }
 }
 
+/// Largest SIP message accepted on a stream.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// How many bytes of a TCP/TLS stream make the next frame: a run of CRLFs
+/// (keep-alive, RFC 5626 §3.5.1) or a whole message (headers + Content-Length
+/// body). `Ok(None)`: not enough yet; `Err(())`: unusable stream, close it.
+#[allow(clippy::result_unit_err)]
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let crlfs = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+    if crlfs > 0 {
+        return Ok(Some(crlfs));
+    }
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > MAX_MESSAGE { Err(()) } else { Ok(None) };
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| ())?;
+    let length = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| canonical_name(name.trim()).eq_ignore_ascii_case("Content-Length"))
+        .map(|(_, value)| value.trim().parse::<usize>().map_err(|_| ()))
+        .transpose()?
+        .unwrap_or(0);
+    let total = end + 4 + length;
+    if total > MAX_MESSAGE {
+        return Err(());
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -337,6 +368,16 @@ Expires: 7200\r\nContent-Length: 0\r\n\r\n";
         }
         let missing = Message::parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n").expect("parses");
         assert_eq!(missing.check_mandatory(), Err(ParseError::Missing("From")));
+    }
+
+    #[test]
+    fn stream_framing() {
+        let one = b"OPTIONS sip:a SIP/2.0\r\nl: 4\r\n\r\nbodyNEXT";
+        assert_eq!(frame_len(one), Ok(Some(one.len() - 4)));
+        assert_eq!(frame_len(&one[..20]), Ok(None));
+        assert_eq!(frame_len(b"\r\n\r\nOPTIONS"), Ok(Some(4)));
+        assert_eq!(frame_len(b"A\r\nContent-Length: x\r\n\r\n"), Err(()));
+        assert_eq!(frame_len(&vec![b'a'; MAX_MESSAGE + 1]), Err(()));
     }
 
     #[test]

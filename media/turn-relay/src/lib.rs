@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use branchgate_config::{Snapshot, TurnConfig};
+use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop};
 use branchgate_turn::server::{HEADROOM, TAILROOM};
 use branchgate_turn::{FiveTuple, Forward, Output, Server, ServerConfig, Transport, frame_len};
 use rand::RngCore;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -152,13 +152,6 @@ struct PeerPacket {
     len: usize,
 }
 
-/// What TCP/TLS connection tasks tell the main loop.
-enum StreamEvent {
-    Opened { tuple: FiveTuple, writer: mpsc::Sender<Vec<u8>> },
-    Frame { tuple: FiveTuple, data: Vec<u8> },
-    Closed { tuple: FiveTuple },
-}
-
 /// The listeners of one configuration.
 struct Listeners {
     udp: UdpSocket,
@@ -193,82 +186,16 @@ async fn bind_listeners(
         }
     };
     tracing::info!(udp = %udp_addr, tcp = %tcp_addr, tls = %tls_addr, realm = %turn.realm, "TURN listening");
-    let mut tasks = vec![tokio::spawn(accept_loop(tcp, None, events.clone()))];
+    let mut tasks = vec![spawn_accept_loop(tcp, None, frame_len, events.clone())];
     if let Some(acceptor) = acceptor {
-        tasks.push(tokio::spawn(accept_loop(tls, Some(acceptor), events.clone())));
+        tasks.push(spawn_accept_loop(tls, Some(acceptor), frame_len, events.clone()));
     }
     Ok(Listeners { udp, tasks })
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, events: mpsc::Sender<StreamEvent>) {
-    let Ok(local) = listener.local_addr() else {
-        return;
-    };
-    loop {
-        let Ok((stream, client)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
-        let tuple = FiveTuple { client, listener: local, transport };
-        let events = events.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => connection(stream, tuple, events).await,
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(stream)) => connection(stream, tuple, events).await,
-                        _ => tracing::debug!(%client, "TURN TLS handshake failed"),
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// One client connection: frames in, whatever the main loop writes out.
-async fn connection<S>(stream: S, tuple: FiveTuple, events: mpsc::Sender<StreamEvent>)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    if events.send(StreamEvent::Opened { tuple, writer: tx }).await.is_err() {
-        return;
-    }
-    let write_task = tokio::spawn(async move {
-        while let Some(data) = rx.recv().await {
-            if writer.write_all(&data).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    'read: loop {
-        let n = match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            match frame_len(&buf) {
-                Ok(Some(len)) => {
-                    let frame: Vec<u8> = buf.drain(..len).collect();
-                    if events.send(StreamEvent::Frame { tuple, data: frame }).await.is_err() {
-                        break 'read;
-                    }
-                }
-                Ok(None) if buf.len() > 65536 + 20 => break 'read,
-                Ok(None) => break,
-                Err(()) => break 'read,
-            }
-        }
-    }
-    write_task.abort();
-    let _ = events.send(StreamEvent::Closed { tuple }).await;
+/// The TURN 5-tuple of a TCP/TLS connection.
+fn tuple_of(c: Connection) -> FiveTuple {
+    FiveTuple { client: c.remote, listener: c.local, transport: if c.tls { Transport::Tls } else { Transport::Tcp } }
 }
 
 /// Runs the TURN server until `shutdown` turns true. A configuration change
@@ -371,14 +298,14 @@ async fn serve(
                 forward(result, udp, &streams, &relays);
             }
             Some(event) = stream_rx.recv() => match event {
-                StreamEvent::Opened { tuple, writer } => { streams.insert(tuple, writer); }
-                StreamEvent::Frame { tuple, data } => {
-                    let result = server.handle_client_packet(Instant::now(), tuple, &data);
+                StreamEvent::Opened { connection, writer } => { streams.insert(tuple_of(connection), writer); }
+                StreamEvent::Frame { connection, data } => {
+                    let result = server.handle_client_packet(Instant::now(), tuple_of(connection), &data);
                     forward(result, udp, &streams, &relays);
                 }
-                StreamEvent::Closed { tuple } => {
-                    streams.remove(&tuple);
-                    server.connection_closed(tuple);
+                StreamEvent::Closed { connection } => {
+                    streams.remove(&tuple_of(connection));
+                    server.connection_closed(tuple_of(connection));
                 }
             },
             Some(mut packet) = peer_rx.recv() => {

@@ -1,0 +1,118 @@
+//! TCP and TLS connections for stream transports of message protocols (SIP,
+//! STUN/TURN): accept, handshake, split the byte stream into messages with the
+//! protocol's own framing function, and write back what the driver sends.
+//! The driver's main loop sees only [`StreamEvent`]s.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Splits the start of a buffer into one message: `Ok(Some(len))`, `Ok(None)` for
+/// "not enough bytes yet", `Err(())` for a stream that is not this protocol.
+pub type Framer = fn(&[u8]) -> Result<Option<usize>, ()>;
+
+/// One connection as the driver knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Connection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A new connection; what is sent on `writer` goes out on it.
+    Opened {
+        connection: Connection,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    /// One whole message.
+    Frame {
+        connection: Connection,
+        data: Vec<u8>,
+    },
+    Closed {
+        connection: Connection,
+    },
+}
+
+/// Accepts connections on `listener` until the task is aborted; with `tls`,
+/// each one is a TLS server handshake first.
+pub fn spawn_accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    framer: Framer,
+    events: mpsc::Sender<StreamEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(local) = listener.local_addr() else {
+            return;
+        };
+        loop {
+            let Ok((stream, remote)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection { local, remote, tls: tls.is_some() };
+            let events = events.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => serve(stream, connection, framer, events).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => serve(stream, connection, framer, events).await,
+                            _ => tracing::debug!(%remote, "TLS handshake failed"),
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+async fn serve<S>(stream: S, connection: Connection, framer: Framer, events: mpsc::Sender<StreamEvent>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    if events.send(StreamEvent::Opened { connection, writer: tx }).await.is_err() {
+        return;
+    }
+    let write_task = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if writer.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    'read: loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match framer(&buf) {
+                Ok(Some(len)) => {
+                    let data: Vec<u8> = buf.drain(..len).collect();
+                    if events.send(StreamEvent::Frame { connection, data }).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) if buf.len() > 128 * 1024 => break 'read,
+                Ok(None) => break,
+                Err(()) => break 'read,
+            }
+        }
+    }
+    write_task.abort();
+    let _ = events.send(StreamEvent::Closed { connection }).await;
+}
