@@ -97,8 +97,29 @@ impl AppState {
             }
             return Err(response);
         }
+        // Names that cannot exist are refused without hashing and never logged as
+        // given (a password typed into the username field must not reach the logs).
+        if username != ADMIN_USERNAME && !branchgate_config::is_username(username) {
+            self.metrics.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let admin = self.store.current().config.admin.clone();
+            self.lockout.fail(
+                peer.ip(),
+                admin.lockout_threshold,
+                Duration::from_secs(u64::from(admin.lockout_minutes) * 60),
+            );
+            self.audit("(invalid username)", Some(peer), "login", "failed");
+            return Err(json_error(StatusCode::UNAUTHORIZED, "wrong username or password"));
+        }
         let admin = self.store.current().config.admin.clone();
-        match check_password(&admin, username, password).await {
+        let result = check_password(&admin, username, password).await;
+        // Checks queue for a slot: the peer may have been locked out meanwhile.
+        if self.lockout.locked(peer.ip()).is_some() {
+            return Err(json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many failed logins from {}", peer.ip()),
+            ));
+        }
+        match result {
             Some(account) => {
                 self.lockout.succeed(peer.ip());
                 Ok(account)

@@ -140,9 +140,10 @@ impl Lockout {
         false
     }
 
-    pub fn succeed(&self, ip: IpAddr) {
-        self.lock().remove(&peer_key(ip));
-    }
+    /// A success does not wipe the peer's failures: otherwise any account it
+    /// holds (or a metrics scrape) would reset the count for guessing another.
+    /// Failures age out after the lockout period.
+    pub fn succeed(&self, _ip: IpAddr) {}
 }
 
 /// The stored credentials of `username`: role, password hash, forced change.
@@ -161,10 +162,17 @@ fn decoy_hash() -> &'static HashedSecret {
 }
 
 /// Checks a username and password (slow: argon2 runs on a blocking thread).
+/// At most two argon2 checks at once: each takes ~19 MiB and real CPU, and a
+/// flood of parallel logins must neither exhaust the box nor race the lockout.
+static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub async fn check_password(admin: &AdminConfig, username: &str, password: &str) -> Option<(Role, bool)> {
     let account = find_account(admin, username);
     let hash = account.as_ref().map(|(_, h, _)| h.clone()).unwrap_or_else(|| decoy_hash().clone());
     let password = password.to_string();
+    let Ok(_slot) = ARGON2_SLOTS.acquire().await else {
+        return None;
+    };
     let ok = tokio::task::spawn_blocking(move || hash.verify_argon2(&password)).await.unwrap_or(false);
     match account {
         Some((role, _, must_change)) if ok => Some((role, must_change)),
@@ -296,7 +304,7 @@ mod tests {
         assert!(lockout.fail(ip, 5, Duration::from_secs(60)));
         assert!(lockout.locked(ip).is_some());
         lockout.succeed(ip);
-        assert!(lockout.locked(ip).is_none());
+        assert!(lockout.locked(ip).is_some(), "a success elsewhere does not lift the lockout");
     }
 
     #[test]

@@ -250,6 +250,11 @@ impl ConfigStore {
         };
         let current = match catch_unwind(AssertUnwindSafe(|| store.load_current())) {
             Ok(Ok(current)) => current,
+            // A document this firmware cannot read (a newer schema after a downgrade) is not
+            // damage: moving the database aside would lose it.
+            Ok(Err(e @ ConfigError::Document(_))) => {
+                return Err((OpenFailure::Environment(e.to_string()), store._lock));
+            }
             Ok(Err(e)) => return Err((OpenFailure::Damaged(e.to_string()), store._lock)),
             Err(_) => {
                 return Err((OpenFailure::Damaged("the database library panicked while reading".into()), store._lock));
@@ -510,17 +515,21 @@ impl ConfigStore {
         let previous =
             self.revision(pending.previous_revision)?.ok_or(ConfigError::NoSuchRevision(pending.previous_revision))?;
         let current = self.current();
+        // Only what may have cut the installer off goes back; changes made
+        // meanwhile elsewhere (a deleted user, a new password) stay.
+        let mut candidate = current.config.clone();
+        candidate.restore_reachability(&previous.config);
         let options = ApplyOptions::new(
             "system",
             format!("automatic rollback: revision {} was not confirmed in time", pending.revision),
         )
         .confirm(Confirm::Never);
-        let outcome = if previous.config == current.config {
+        let outcome = if candidate == current.config {
             self.db.remove(KEY_PENDING).map_err(sled_err)?;
             self.db.flush().map_err(sled_err)?;
             ApplyOutcome { revision: current.revision, changed: false, pending_confirm: None }
         } else {
-            self.apply_locked(&current, previous.config, options, now_ms)?
+            self.apply_locked(&current, candidate, options, now_ms)?
         };
         tracing::warn!(
             revision = pending.revision,
@@ -600,6 +609,13 @@ impl Config {
         self.network != new.network
             || self.admin.tls_certificate != new.admin.tls_certificate
             || self.admin.tls_private_key != new.admin.tls_private_key
+    }
+
+    /// Takes back from `known_good` exactly what [`Config::may_cut_off_installer`] compares.
+    pub fn restore_reachability(&mut self, known_good: &Config) {
+        self.network = known_good.network.clone();
+        self.admin.tls_certificate = known_good.admin.tls_certificate.clone();
+        self.admin.tls_private_key = known_good.admin.tls_private_key.clone();
     }
 }
 
