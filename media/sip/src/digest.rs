@@ -102,8 +102,11 @@ impl NonceIssuer {
     /// `WWW-Authenticate` values: MD5 first, then SHA-256. RFC 8760 lets the
     /// server order them by preference; MD5 leads because deployed clients
     /// (sipp among them) take the first challenge even when they cannot do it.
-    pub fn challenges(&self, now_secs: u64, realm: &str, stale: bool) -> Vec<String> {
-        let nonce = self.issue(now_secs, realm);
+    /// `binding` ties the nonce to what it is for (realm and client address); `realm` is
+    /// its part before the first `|`.
+    pub fn challenges(&self, now_secs: u64, binding: &str, stale: bool) -> Vec<String> {
+        let nonce = self.issue(now_secs, binding);
+        let realm = binding.split('|').next().unwrap_or(binding);
         let stale = if stale { ", stale=true" } else { "" };
         [Algorithm::Md5, Algorithm::Sha256]
             .iter()

@@ -192,10 +192,6 @@ impl Message {
         Ok(())
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
-    }
-
     /// A response to this request with the headers RFC 3261 §8.2.6.2 copies.
     pub fn response(&self, code: u16, reason: &str) -> Message {
         let mut headers = Vec::new();
@@ -234,6 +230,23 @@ impl fmt::Display for Message {
     }
 }
 
+impl Message {
+    /// The wire form; the body goes out byte for byte (it need not be UTF-8).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut head =
+            Message { start: self.start.clone(), headers: self.headers.clone(), body: Vec::new() }.to_string();
+        // `head` ends with a Content-Length of 0 from the empty body: put the real one.
+        let marker = "Content-Length: 0\r\n\r\n";
+        if head.ends_with(marker) {
+            head.truncate(head.len() - marker.len());
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+        }
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
 /// Largest SIP message accepted on a stream.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -258,6 +271,9 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
         .map(|(_, value)| value.trim().parse::<usize>().map_err(|_| ()))
         .transpose()?
         .unwrap_or(0);
+    if length > MAX_MESSAGE {
+        return Err(());
+    }
     let total = end + 4 + length;
     if total > MAX_MESSAGE {
         return Err(());
@@ -378,6 +394,7 @@ Expires: 7200\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(frame_len(b"\r\n\r\nOPTIONS"), Ok(Some(4)));
         assert_eq!(frame_len(b"A\r\nContent-Length: x\r\n\r\n"), Err(()));
         assert_eq!(frame_len(&vec![b'a'; MAX_MESSAGE + 1]), Err(()));
+        assert_eq!(frame_len(b"A\r\nl: 18446744073709551586\r\n\r\n"), Err(()), "no wrap-around");
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub struct RegistrationInfo {
 
 /// Non-INVITE server transactions live 64*T1 after their final answer (Timer J).
 const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
+/// Answers remembered at once; beyond it retransmissions are answered afresh
+/// (a flood of distinct branches must not grow memory without bound).
+const MAX_TRANSACTIONS: usize = 10_000;
+/// Contacts one user may register.
+const MAX_CONTACTS: usize = 10;
 
 #[derive(Debug)]
 pub struct Server {
@@ -100,8 +105,8 @@ pub struct Server {
     nonces: NonceIssuer,
     start: Instant,
     bindings: HashMap<String, Vec<Binding>>,
-    /// Final answers by (top Via branch, method), for retransmissions.
-    transactions: HashMap<(String, String), (Vec<u8>, Instant)>,
+    /// Final answers by (top Via branch, method, sender), for retransmissions.
+    transactions: HashMap<(String, String, SocketAddr), (Vec<u8>, Instant)>,
     out: VecDeque<Output>,
     pub auth_failures: u64,
 }
@@ -192,9 +197,11 @@ impl Server {
     fn answer(&mut self, now: Instant, flow: Flow, request: &Message, mut response: Message) {
         response.push("Server", self.config.user_agent.clone());
         let data = response.to_bytes();
-        if let (Some(branch), Some(method)) = (request.get("Via").and_then(|v| param(v, "branch")), request.method()) {
-            self.transactions
-                .insert((branch.to_string(), method.to_string()), (data.clone(), now + TRANSACTION_LIFETIME));
+        if let (Some(branch), Some(method)) = (request.get("Via").and_then(|v| param(v, "branch")), request.method())
+            && self.transactions.len() < MAX_TRANSACTIONS
+        {
+            let key = (branch.to_string(), method.to_string(), flow.remote);
+            self.transactions.insert(key, (data.clone(), now + TRANSACTION_LIFETIME));
         }
         self.out.push_back(Output { flow, data });
     }
@@ -222,7 +229,7 @@ impl Server {
             return;
         }
         if let Some(branch) = request.get("Via").and_then(|v| param(v, "branch"))
-            && let Some((data, _)) = self.transactions.get(&(branch.to_string(), method.clone()))
+            && let Some((data, _)) = self.transactions.get(&(branch.to_string(), method.clone(), flow.remote))
         {
             let data = data.clone();
             self.out.push_back(Output { flow, data });
@@ -293,7 +300,7 @@ impl Server {
     fn challenge(&mut self, now: Instant, flow: Flow, request: &Message, stale: bool) {
         let mut response = request.response(401, "Unauthorized");
         ensure_to_tag(&mut response);
-        for challenge in self.nonces.challenges(self.now_secs(now), &self.config.domain, stale) {
+        for challenge in self.nonces.challenges(self.now_secs(now), &nonce_binding(&self.config.domain, flow), stale) {
             response.push("WWW-Authenticate", challenge);
         }
         self.answer(now, flow, request, response);
@@ -308,7 +315,7 @@ impl Server {
             self.challenge(now, flow, request, false);
             return None;
         };
-        match self.nonces.check(&c.nonce, self.now_secs(now), &self.config.domain) {
+        match self.nonces.check(&c.nonce, self.now_secs(now), &nonce_binding(&self.config.domain, flow)) {
             NonceState::Valid => {}
             NonceState::Stale => {
                 self.challenge(now, flow, request, true);
@@ -319,16 +326,20 @@ impl Server {
                 return None;
             }
         }
-        let verified = match (algorithm_of(&c), self.config.users.get(&c.username)) {
-            (Some(algorithm), Some(keys)) => {
-                let ha1 = match algorithm {
-                    Algorithm::Md5 => &keys.md5,
-                    Algorithm::Sha256 => &keys.sha256,
-                };
-                expected_response(algorithm, ha1, method, &c) == c.response.to_ascii_lowercase()
-            }
-            _ => false,
-        };
+        // qop=auth is required (no RFC 2069 fallback). The digest uri is not compared with
+        // the Request-URI: sipp, for one, puts the server's address there.
+        let bound = c.qop.as_deref().is_some_and(|q| q.eq_ignore_ascii_case("auth"));
+        let verified = bound
+            && match (algorithm_of(&c), self.config.users.get(&c.username)) {
+                (Some(algorithm), Some(keys)) => {
+                    let ha1 = match algorithm {
+                        Algorithm::Md5 => &keys.md5,
+                        Algorithm::Sha256 => &keys.sha256,
+                    };
+                    expected_response(algorithm, ha1, method, &c) == c.response.to_ascii_lowercase()
+                }
+                _ => false,
+            };
         if !verified {
             self.auth_failures += 1;
             let response = request.response(403, "Forbidden");
@@ -375,6 +386,10 @@ impl Server {
                     .unwrap_or(default_expires)
                     .min(self.config.max_expires);
                 list.retain(|b| b.contact != uri);
+                if expires > 0 && list.len() >= MAX_CONTACTS {
+                    // The oldest contact makes room (a phone re-registering from a new address).
+                    list.remove(0);
+                }
                 if expires > 0 {
                     list.push(Binding {
                         contact: uri,
@@ -396,6 +411,12 @@ impl Server {
         }
         self.answer(now, flow, request, response);
     }
+}
+
+/// Nonces are bound to the realm and the client's address: a captured
+/// Authorization header cannot be replayed from elsewhere.
+fn nonce_binding(realm: &str, flow: Flow) -> String {
+    format!("{realm}|{}", flow.remote.ip())
 }
 
 /// Adds `received` and fills `rport` in the top Via (RFC 3261 §18.2.1, RFC 3581).

@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Connections silent this long are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Splits the start of a buffer into one message: `Ok(Some(len))`, `Ok(None)` for
 /// "not enough bytes yet", `Err(())` for a stream that is not this protocol.
 pub type Framer = fn(&[u8]) -> Result<Option<usize>, ()>;
@@ -53,8 +56,14 @@ pub fn spawn_accept_loop(
             return;
         };
         loop {
-            let Ok((stream, remote)) = listener.accept().await else {
-                continue;
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors fails again at once: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let connection = Connection { local, remote, tls: tls.is_some() };
@@ -94,13 +103,15 @@ where
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     'read: loop {
-        let n = match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        // A connection silent for longer than any keep-alive interval is dead (RFC 5626 uses ~2 min).
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {
             match framer(&buf) {
+                Ok(Some(0)) => break 'read,
                 Ok(Some(len)) => {
                     let data: Vec<u8> = buf.drain(..len).collect();
                     if events.send(StreamEvent::Frame { connection, data }).await.is_err() {

@@ -354,8 +354,9 @@ async fn drain(
                     }
                 }
                 Transport::Tcp | Transport::Tls => {
+                    // Never wait on one slow client: the main loop serves everyone.
                     if let Some(writer) = streams.get(&tuple) {
-                        let _ = writer.send(data).await;
+                        let _ = writer.try_send(data);
                     }
                 }
             },

@@ -116,6 +116,12 @@ impl PeerPolicy {
         if self.own_ports.contains(&peer.port()) && self.is_self(ip) {
             return Err(Denied::OwnService);
         }
+        // The box itself is reachable only where the operator named that exact host
+        // (a lab on loopback): a broad range like the LAN's /24 does not open it.
+        if self.is_self(ip) {
+            let exact = self.allowed.iter().any(|net| net.prefix_len() == net.max_prefix_len() && net.addr() == ip);
+            return if exact { Ok(()) } else { Err(Denied::OwnAddress) };
+        }
         if self.allowed.iter().any(|net| net.contains(&ip)) {
             return Ok(());
         }
@@ -198,15 +204,17 @@ mod tests {
     #[test]
     fn the_box_itself_is_refused() {
         let policy = PeerPolicy {
-            allowed: vec!["127.0.0.0/8".parse().expect("net")],
+            allowed: vec!["127.0.0.1/32".parse().expect("net"), "203.0.113.0/24".parse().expect("net")],
             own_addresses: vec!["203.0.113.10".parse().expect("ip")],
             own_ports: vec![8443, 5060],
         };
         assert_eq!(policy.check(peer("8.8.4.4")), Ok(()));
         assert!(policy.check(peer("203.0.113.10")).is_err());
         assert!(policy.check(peer("::ffff:203.0.113.10")).is_err());
-        // Loopback opened for a lab: still not the box's own services.
+        // Loopback opened for a lab (exact host): still not the box's own services.
         assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
+        assert!(policy.check(peer("127.0.0.2")).is_err(), "only the exact host was opened");
+        assert_eq!(policy.check(peer("203.0.113.11")), Ok(()), "the range opens its other hosts");
         for own in ["127.0.0.1:8443", "127.0.0.2:5060", "[::ffff:127.0.0.1]:8443", "[::1]:8443"] {
             assert_eq!(policy.check(own.parse().expect("addr")), Err(Denied::OwnService), "{own}");
         }
