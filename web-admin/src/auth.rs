@@ -66,6 +66,11 @@ impl SessionTable {
         self.lock().remove(id);
     }
 
+    /// Whether the session is still there (without refreshing its idle timer).
+    pub fn exists(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
     /// Ends every session of `username` except `keep` (after a password change or deletion).
     pub fn remove_user(&self, username: &str, keep: Option<&str>) {
         self.lock().retain(|id, s| s.username != username || Some(id.as_str()) == keep);

@@ -273,20 +273,27 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), pass.to_string()))
 }
 
-async fn events(State(state): State<AppState>, auth::PageUser(_user): auth::PageUser) -> Response {
-    let stream = status_stream(state);
+async fn events(State(state): State<AppState>, auth::PageUser(user): auth::PageUser) -> Response {
+    let stream = status_stream(state, user.session_id);
     let mut response = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
     response.headers_mut().insert(CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     response
 }
 
-fn status_stream(state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold((state, true), |(state, first)| async move {
-        if !first {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+/// Status every 2 s for as long as the session lives (logout or account deletion ends it).
+fn status_stream(state: AppState, session_id: String) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold((state, true), move |(state, first)| {
+        let session_id = session_id.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if !state.sessions.exists(&session_id) {
+                    return None;
+                }
+            }
+            let event = Event::default().event("status").json_data(state.status_json()).unwrap_or_default();
+            Some((Ok(event), (state, false)))
         }
-        let event = Event::default().event("status").json_data(state.status_json()).unwrap_or_default();
-        Some((Ok(event), (state, false)))
     })
 }
 

@@ -23,6 +23,9 @@ pub const HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
 pub const TAILROOM: usize = 3;
 
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Peers one allocation may have permissions for (508 beyond, RFC 8656 §9.2);
+/// a call needs a handful, and the list is searched per packet.
+const MAX_PERMISSIONS: usize = 64;
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// RFC 8656 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's
 /// own tools among them) still use up to 0x7FFF, which ChannelData framing allows.
@@ -981,6 +984,13 @@ impl Server {
             }
         }
         if let Some(allocation) = self.allocations.get_mut(&id) {
+            let new = peers
+                .iter()
+                .flatten()
+                .filter(|p| !allocation.permissions.iter().any(|(ip, _)| *ip == canonical(p.ip())));
+            if allocation.permissions.len() + new.count() > MAX_PERMISSIONS {
+                return self.error(tuple, method::CREATE_PERMISSION, tid, 508, Some(&credentials.key), &[]);
+            }
             for peer in peers.into_iter().flatten() {
                 install_permission(allocation, canonical(peer.ip()), now);
             }

@@ -531,3 +531,29 @@ fn rfc8489_sha256_and_userhash() {
     assert!(m.integrity_sha256_ok(&key), "answered with MESSAGE-INTEGRITY-SHA256");
     assert!(!m.has(attr::MESSAGE_INTEGRITY));
 }
+
+#[test]
+fn permissions_per_allocation_are_capped() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    h.allocate(CLIENT);
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        for i in 0..65u8 {
+            w.xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new([198, 51, 100, i].into(), 9));
+        }
+    });
+    // 198.51.100.0/24 is documentation space, refused by policy first: use public-looking addresses.
+    assert!(Harness::error_code(&reply).is_some());
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        for i in 0..65u8 {
+            w.xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new([93, 184, 1, i].into(), 9));
+        }
+    });
+    assert_eq!(Harness::error_code(&reply), Some(508));
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        for i in 0..64u8 {
+            w.xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new([93, 184, 1, i].into(), 9));
+        }
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+}
