@@ -42,6 +42,7 @@ pub fn config_error_response(error: &ConfigError) -> Response {
         ConfigError::UnknownSection(_) | ConfigError::NoSuchRevision(_) => {
             json_error(StatusCode::NOT_FOUND, &error.to_string())
         }
+        ConfigError::Conflict(_) => json_error(StatusCode::CONFLICT, &error.to_string()),
         ConfigError::Locked(_) | ConfigError::Storage(_) => {
             json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
         }
@@ -415,15 +416,31 @@ pub async fn restore_revision(
     }
 }
 
+#[derive(Deserialize, Default)]
+pub struct ConfirmBody {
+    /// The pending revision being confirmed (recommended): 409 if another is pending.
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
 pub async fn confirm(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiUser(user): ApiUser,
+    body: Bytes,
 ) -> Response {
     if let Err(r) = user.require_change(Role::Installer) {
         return r;
     }
-    match state.store.confirm() {
+    let body: ConfirmBody = if body.is_empty() {
+        ConfirmBody::default()
+    } else {
+        match parse_body(&body, r#"{"revision": N} or nothing"#) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        }
+    };
+    match state.store.confirm(body.revision) {
         Ok(true) => {
             state.audit(&user.username, Some(peer), "confirm", "pending change confirmed");
             Json(json!({ "confirmed": true })).into_response()

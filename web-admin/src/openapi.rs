@@ -64,7 +64,7 @@ pub fn document() -> Value {
                 "get": op("A revision with its changes from the previous one", "viewer", ok("{info, config, changes}")) },
             "/api/v1/config/revisions/{rev}/restore": { "parameters": rev_param,
                 "post": op("Apply an older revision as a new one", "installer", change.clone()) },
-            "/api/v1/config/confirm": { "post": op("Keep a change that waits for confirmation", "installer",
+            "/api/v1/config/confirm": { "post": op("Keep a change that waits for confirmation; an optional body {\"revision\": N} confirms only that revision (409 otherwise)", "installer",
                 json!({"200": {"description": "Confirmed"}, "409": {"description": "Nothing pending"}})) },
             "/api/v1/config/export": { "get": { "summary": "Download a backup; `include_secrets=true` adds plain secrets",
                 "description": "Needs: admin.",

@@ -792,15 +792,21 @@ async fn restore_submit(
     }
 }
 
+#[derive(Deserialize)]
+struct ConfirmForm {
+    revision: Option<u64>,
+}
+
 async fn confirm_submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     PageUser(user): PageUser,
+    axum::Form(form): axum::Form<ConfirmForm>,
 ) -> Response {
     if user.role < Role::Installer {
         return forbidden(&state, &user, "Confirming needs the installer role.");
     }
-    match state.store.confirm() {
+    match state.store.confirm(form.revision) {
         Ok(true) => {
             state.audit(&user.username, Some(peer), "confirm", "pending change confirmed");
             done("/history", "confirmed", None)

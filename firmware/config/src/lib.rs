@@ -35,6 +35,8 @@ pub enum ConfigError {
     UnknownSection(String),
     #[error("revision {0} does not exist")]
     NoSuchRevision(u64),
+    #[error("{0}")]
+    Conflict(String),
     #[error("another branchgate process is using the data directory {0}")]
     Locked(String),
     #[error("configuration storage failed: {0}")]

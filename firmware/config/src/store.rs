@@ -495,8 +495,18 @@ impl ConfigStore {
     }
 
     /// Confirms the pending change; false when nothing was pending.
-    pub fn confirm(&self) -> Result<bool, ConfigError> {
+    /// With `expected`, only that revision is confirmed: an installer confirms
+    /// the change they saw, not one another installer made meanwhile.
+    pub fn confirm(&self, expected: Option<u64>) -> Result<bool, ConfigError> {
         let _guard = self.lock();
+        if let (Some(expected), Some(pending)) = (expected, self.pending())
+            && pending.revision != expected
+        {
+            return Err(ConfigError::Conflict(format!(
+                "revision {} is waiting for confirmation, not revision {expected}; look at it first",
+                pending.revision
+            )));
+        }
         let existed = self.db.remove(KEY_PENDING).map_err(sled_err)?.is_some();
         self.db.flush().map_err(sled_err)?;
         Ok(existed)

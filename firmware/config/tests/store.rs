@@ -133,7 +133,9 @@ fn risky_changes_roll_back_unless_confirmed_even_across_a_restart() {
         .apply_section("network", json!({"admin_https_port": 9443}), ApplyOptions::new("admin", "port"), T0 + 200_000)
         .expect("apply");
     assert!(outcome.pending_confirm.is_some());
-    assert!(store.confirm().expect("confirm"));
+    let pending = outcome.pending_confirm.clone().expect("pending").revision;
+    assert!(matches!(store.confirm(Some(pending + 7)), Err(ConfigError::Conflict(_))), "only the change one saw");
+    assert!(store.confirm(Some(pending)).expect("confirm"));
     assert_eq!(store.expire_pending(T0 + 10_000_000).expect("expire"), None);
     assert_eq!(store.current().config.network.admin_https_port, 9443);
 }
