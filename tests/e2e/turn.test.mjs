@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { startBox, freePort, Api, BIN } from "./lib/box.mjs";
+import { startBox, freePort, Api, BIN, LAB_TURN } from "./lib/box.mjs";
 
 const run = promisify(execFile);
 let peerPort;
@@ -19,26 +19,13 @@ before(async () => {
 after(() => peer?.kill());
 
 async function turnBox(turn = {}) {
-  const udp = await freePort();
-  const tls = await freePort();
-  const box = await startBox({
-    provision: {
-      admin: { password: "installer-secret-1" },
-      turn: {
-        udp_port: udp, tcp_port: udp, tls_port: tls, relay_ip: "127.0.0.1",
-        relay_port_min: 31000, relay_port_max: 31999, realm: "branch.example",
-        users: [{ username: "test", password: "secret" }], allowed_peers: ["127.0.0.1/32"], ...turn,
-      },
-    },
-  });
+  const box = await startBox({ provision: { admin: { password: "installer-secret-1" }, turn: { ...LAB_TURN, ...turn } } });
   // The TURN service starts beside the admin UI: wait until it answers a Binding.
   for (let i = 0; i < 50; i++) {
-    const out = await run("turnutils_stunclient", ["-p", String(udp), "127.0.0.1"], { timeout: 5000 }).then((r) => r.stdout + r.stderr, () => "");
+    const out = await run("turnutils_stunclient", ["-p", String(box.turnPort), "127.0.0.1"], { timeout: 5000 }).then((r) => r.stdout + r.stderr, () => "");
     if (out.includes("reflexive addr")) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  box.turnPort = udp;
-  box.turnTlsPort = tls;
   return box;
 }
 

@@ -101,15 +101,7 @@ impl AppState {
         // Names that cannot exist are refused without hashing and never logged as
         // given (a password typed into the username field must not reach the logs).
         if username != ADMIN_USERNAME && !branchgate_config::is_username(username) {
-            self.metrics.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let admin = self.store.current().config.admin.clone();
-            self.lockout.fail(
-                peer.ip(),
-                admin.lockout_threshold,
-                Duration::from_secs(u64::from(admin.lockout_minutes) * 60),
-            );
-            self.audit("(invalid username)", Some(peer), "login", "failed");
-            return Err(json_error(StatusCode::UNAUTHORIZED, "wrong username or password"));
+            return Err(self.failed_login(peer, "(invalid username)"));
         }
         let admin = self.store.current().config.admin.clone();
         let result = check_password(&admin, username, password).await;
@@ -120,24 +112,23 @@ impl AppState {
                 &format!("too many failed logins from {}", peer.ip()),
             ));
         }
-        match result {
-            Some(account) => {
-                self.lockout.succeed(peer.ip());
-                Ok(account)
-            }
-            None => {
-                self.metrics.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let locked = self.lockout.fail(
-                    peer.ip(),
-                    admin.lockout_threshold,
-                    Duration::from_secs(u64::from(admin.lockout_minutes) * 60),
-                );
-                let detail = if locked { "failed; peer locked out" } else { "failed" };
-                self.audit(username, Some(peer), "login", detail);
-                tracing::warn!(%username, peer = %peer.ip(), locked, "failed login");
-                Err(json_error(StatusCode::UNAUTHORIZED, "wrong username or password"))
-            }
-        }
+        // A success leaves the peer's failure count alone (see `Lockout`).
+        result.ok_or_else(|| self.failed_login(peer, username))
+    }
+
+    /// Counts, audits and logs a failed login; the response to send.
+    fn failed_login(&self, peer: SocketAddr, username: &str) -> Response {
+        self.metrics.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let admin = &self.store.current().config.admin;
+        let locked = self.lockout.fail(
+            peer.ip(),
+            admin.lockout_threshold,
+            Duration::from_secs(u64::from(admin.lockout_minutes) * 60),
+        );
+        let detail = if locked { "failed; peer locked out" } else { "failed" };
+        self.audit(username, Some(peer), "login", detail);
+        tracing::warn!(%username, peer = %peer.ip(), locked, "failed login");
+        json_error(StatusCode::UNAUTHORIZED, "wrong username or password")
     }
 
     /// Logs a user in: a new session; the error is the response to send.
@@ -516,18 +507,7 @@ pub async fn import(
 }
 
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let logged_in = crate::auth::cookie_value(&headers, crate::auth::SESSION_COOKIE).is_some_and(|id| {
-        let admin = &state.store.current().config.admin;
-        state
-            .sessions
-            .touch(
-                id,
-                Duration::from_secs(u64::from(admin.session_idle_minutes) * 60),
-                Duration::from_secs(u64::from(admin.session_absolute_hours) * 3600),
-            )
-            .is_some()
-    });
-    if logged_in {
+    if crate::auth::session_user(&headers, &state).is_some() {
         Json(state.status_json()).into_response()
     } else {
         Json(json!({

@@ -88,7 +88,10 @@ impl SessionTable {
 }
 
 /// Failed logins per peer. IPv6 peers are grouped by /64, since one host
-/// usually owns a whole /64 and could rotate through it.
+/// usually owns a whole /64 and could rotate through it. A success does not
+/// wipe the peer's failures (otherwise any account it holds, or a metrics
+/// scrape, would reset the count for guessing another); they age out after
+/// the lockout period.
 #[derive(Debug, Default)]
 pub struct Lockout {
     peers: Mutex<HashMap<IpAddr, PeerFailures>>,
@@ -144,11 +147,6 @@ impl Lockout {
         }
         false
     }
-
-    /// A success does not wipe the peer's failures: otherwise any account it
-    /// holds (or a metrics scrape) would reset the count for guessing another.
-    /// Failures age out after the lockout period.
-    pub fn succeed(&self, _ip: IpAddr) {}
 }
 
 /// The stored credentials of `username`: role, password hash, forced change.
@@ -234,8 +232,9 @@ impl User {
     }
 }
 
-fn session_user(parts: &Parts, state: &AppState) -> Option<User> {
-    let id = cookie_value(&parts.headers, SESSION_COOKIE)?;
+/// The logged-in user of a request with these headers, if any.
+pub fn session_user(headers: &HeaderMap, state: &AppState) -> Option<User> {
+    let id = cookie_value(headers, SESSION_COOKIE)?;
     let config = state.store.current();
     let admin = &config.config.admin;
     let session = state.sessions.touch(
@@ -265,7 +264,7 @@ impl FromRequestParts<AppState> for ApiUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        session_user(parts, state)
+        session_user(&parts.headers, state)
             .map(ApiUser)
             .ok_or_else(|| json_error(StatusCode::UNAUTHORIZED, "log in first (POST /api/v1/session)"))
     }
@@ -280,7 +279,7 @@ impl FromRequestParts<AppState> for PageUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(user) = session_user(parts, state) else {
+        let Some(user) = session_user(&parts.headers, state) else {
             return Err(redirect("/login"));
         };
         if user.must_change_password && parts.uri.path() != "/password" {
@@ -308,8 +307,7 @@ mod tests {
         assert!(lockout.locked(ip).is_none());
         assert!(lockout.fail(ip, 5, Duration::from_secs(60)));
         assert!(lockout.locked(ip).is_some());
-        lockout.succeed(ip);
-        assert!(lockout.locked(ip).is_some(), "a success elsewhere does not lift the lockout");
+        assert!(lockout.locked(ip).is_some());
     }
 
     #[test]

@@ -241,19 +241,13 @@ async fn openapi_json() -> Response {
 /// `/metrics`: an admin session, or HTTP Basic credentials of any login (for Prometheus).
 async fn metrics(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Response {
     let peer = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let mut parts = request.into_parts().0;
-    let session_ok =
-        <auth::ApiUser as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state)
-            .await
-            .is_ok();
-    let basic_ok = match basic_credentials(&headers) {
-        Some((user, pass)) => match peer {
-            Some(peer) => state.verify_credentials(peer, &user, &pass).await.is_ok(),
-            None => false,
-        },
-        None => false,
-    };
-    if !(session_ok || basic_ok) {
+    // The Basic credentials are checked (argon2) only when there is no session.
+    let allowed = auth::session_user(&headers, &state).is_some()
+        || match (basic_credentials(&headers), peer) {
+            (Some((user, pass)), Some(peer)) => state.verify_credentials(peer, &user, &pass).await.is_ok(),
+            _ => false,
+        };
+    if !allowed {
         return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Basic realm=\"branchgate metrics\"")], "log in\n")
             .into_response();
     }

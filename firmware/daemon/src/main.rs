@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use branchgate_config::{
-    ApplyOptions, Config, ConfigStore, Confirm, HashedSecret, Redaction, SecretState, parse_document, write_atomically,
+    ApplyOptions, Config, ConfigStore, Confirm, HashedSecret, Redaction, SecretState, config_from_value,
+    parse_document, write_atomically,
 };
 use branchgate_web_admin::logs::LogRing;
 use branchgate_web_admin::status::ServiceBoard;
@@ -241,12 +242,12 @@ fn first_start(store: &ConfigStore, data_dir: &Path, provision: Option<&Path>) -
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading the provisioning file {}", path.display()))?;
-            let mut config = parse_document(&bytes).with_context(|| format!("provisioning file {}", path.display()))?;
+            let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("provisioning file {}: not valid JSON", path.display()))?;
             // Zero-touch: the provisioning file is the setup, so no wizard afterwards,
             // unless the file asks for it with `system.setup_complete: false`.
-            let explicit = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|doc| doc.pointer("/system/setup_complete").and_then(serde_json::Value::as_bool));
+            let explicit = doc.pointer("/system/setup_complete").and_then(serde_json::Value::as_bool);
+            let mut config = config_from_value(doc).with_context(|| format!("provisioning file {}", path.display()))?;
             config.system.setup_complete = explicit.unwrap_or(true);
             (config, "provision")
         }

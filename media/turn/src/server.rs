@@ -265,6 +265,8 @@ pub struct Server {
     /// Ports held by RESERVATION-TOKEN (RFC 8656 §14.9), with their expiry.
     reservations: HashMap<[u8; 8], (u16, Instant)>,
     reservation_counter: u64,
+    /// Usernames by their USERHASH for this realm (RFC 8489 §14.4), kept with the config.
+    users_by_hash: HashMap<[u8; 32], String>,
     /// Failed authentications per client address: count and start of the window.
     auth_failures: HashMap<IpAddr, (u32, Instant)>,
     out: VecDeque<Output>,
@@ -288,7 +290,7 @@ impl Server {
     /// anchors `now` to wall-clock time for REST credential expiry.
     pub fn new(config: ServerConfig, nonce_secret: [u8; 32], now: Instant, unix_now: u64) -> Self {
         let next_port = *config.relay_ports.start();
-        Server {
+        let mut server = Server {
             nonces: Nonces::new(nonce_secret, config.nonce_lifetime_secs, '-'),
             config,
             start: now,
@@ -301,10 +303,13 @@ impl Server {
             reservations: HashMap::new(),
             reservation_counter: 0,
             auth_failures: HashMap::new(),
+            users_by_hash: HashMap::new(),
             out: VecDeque::new(),
             scratch: Vec::with_capacity(256),
             stats: Stats::default(),
-        }
+        };
+        server.index_user_hashes();
+        server
     }
 
     /// New users, realm or policy; existing allocations stay.
@@ -315,6 +320,7 @@ impl Server {
         // Nonces stay valid across a configuration change: same secret.
         self.nonces = Nonces::new(self.nonces.secret(), config.nonce_lifetime_secs, '-');
         self.config = config;
+        self.index_user_hashes();
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -647,7 +653,12 @@ impl Server {
 
     /// The user a USERHASH stands for (RFC 8489 §14.4).
     fn user_by_hash(&self, hash: &[u8]) -> Option<String> {
-        self.config.users.keys().find(|u| userhash(u, &self.config.realm)[..] == *hash).cloned()
+        self.users_by_hash.get(<&[u8; 32]>::try_from(hash).ok()?).cloned()
+    }
+
+    fn index_user_hashes(&mut self) {
+        self.users_by_hash =
+            self.config.users.keys().map(|user| (userhash(user, &self.config.realm), user.clone())).collect();
     }
 
     /// True while `ip` has failed to authenticate too often: its requests get no answer.

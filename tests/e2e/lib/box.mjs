@@ -45,7 +45,10 @@ export async function startBox({ provision = {}, dataDir } = {}) {
   // Other listeners are not bound yet; keep their ports clear of the defaults anyway.
   const provisionFile = join(dataDir, "..", `provision-${https}.json`);
   writeFileSync(provisionFile, JSON.stringify(doc));
-  const box = { dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port, sipPort: doc.sip.udp_port };
+  const box = {
+    dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port, sipPort: doc.sip.udp_port,
+    turnPort: doc.turn.udp_port, turnTlsPort: doc.turn.tls_port,
+  };
   box.url = `https://127.0.0.1:${box.httpsPort}`;
   await launch(box, provisionFile);
   const initial = join(dataDir, "initial-admin-password");
@@ -124,6 +127,12 @@ export class Api {
     return r;
   }
 }
+
+/** TURN settings for a lab on loopback: one user, relays on 127.0.0.1, loopback peers opened. */
+export const LAB_TURN = {
+  relay_ip: "127.0.0.1", relay_port_min: 31000, relay_port_max: 31999, realm: "branch.example",
+  users: [{ username: "test", password: "secret" }], allowed_peers: ["127.0.0.1/32"],
+};
 
 export const CHROMIUM_ARGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -4,21 +4,11 @@
 // line with what the receiving side saw; exits non-zero when media did not flow.
 import http from "node:http";
 import { chromium } from "playwright-core";
-import { startBox, freePort, CHROMIUM_ARGS } from "./box.mjs";
+import { startBox, freePort, CHROMIUM_ARGS, LAB_TURN } from "./box.mjs";
 
 const transport = process.argv[2] || "udp";
-const turnPort = await freePort();
-const tlsPort = await freePort();
-const box = await startBox({
-  provision: {
-    admin: { password: "installer-secret-1" },
-    turn: {
-      udp_port: turnPort, tcp_port: turnPort, tls_port: tlsPort, relay_ip: "127.0.0.1",
-      relay_port_min: 31000, relay_port_max: 31999, realm: "branch.example",
-      users: [{ username: "test", password: "secret" }], allowed_peers: ["127.0.0.1/32"],
-    },
-  },
-});
+const box = await startBox({ provision: { admin: { password: "installer-secret-1" }, turn: LAB_TURN } });
+const turnPort = box.turnPort;
 // getUserMedia needs a secure context: a page from http://127.0.0.1, not about:blank.
 const pagePort = await freePort();
 const server = http.createServer((_, res) => { res.writeHead(200, { "content-type": "text/html" }); res.end("<!doctype html><title>relay call</title>"); });
