@@ -748,3 +748,93 @@ pub async fn sip_registrations(State(state): State<AppState>, ApiUser(user): Api
         .collect();
     Json(json!({ "registrations": list })).into_response()
 }
+
+/// Live calls and the trunks' keepalive state.
+pub async fn sip_calls(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    Json(json!({ "calls": state.sip.calls(), "trunks": state.sip.trunks() })).into_response()
+}
+
+/// Hangs up a live call (both legs get a BYE, or the caller a 480 before answer).
+pub async fn hang_up_call(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<u64>,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Installer) {
+        return r;
+    }
+    if !state.sip.calls().iter().any(|c| c.id == id) {
+        return json_error(StatusCode::NOT_FOUND, &format!("no call {id}"));
+    }
+    if !state.sip.hang_up(id) {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the SIP service is not running");
+    }
+    state.audit(&user.username, Some(peer), "call", format!("call {id} hung up"));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Call detail records as CSV (from `<data dir>/cdr.jsonl`, oldest first).
+pub async fn cdr_csv(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let text = match std::fs::read_to_string(state.data_dir.join("cdr.jsonl")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read call records: {e}")),
+    };
+    (
+        [
+            (CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"cdr.csv\""),
+        ],
+        cdr_to_csv(&text),
+    )
+        .into_response()
+}
+
+/// Columns of the CDR export, in order.
+const CDR_COLUMNS: &[&str] =
+    &["call", "start", "answer", "end", "duration_seconds", "caller", "callee", "destination", "status", "cause"];
+
+/// CSV (RFC 4180) of JSON-lines call records; lines that do not parse are skipped.
+pub fn cdr_to_csv(jsonl: &str) -> String {
+    let mut out = CDR_COLUMNS.join(",");
+    out.push_str("\r\n");
+    for record in jsonl.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let fields: Vec<String> = CDR_COLUMNS
+            .iter()
+            .map(|c| {
+                let text = match &record[*c] {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                // Quote always-safe: fields starting with = + - @ would be formulas in a spreadsheet.
+                let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text };
+                format!("\"{}\"", text.replace('"', "\"\""))
+            })
+            .collect();
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod cdr_tests {
+    #[test]
+    fn csv_quotes_and_neutralises_formulas() {
+        let csv = super::cdr_to_csv(
+            "{\"call\":1,\"caller\":\"=cmd\",\"callee\":\"9\\\"1\",\"status\":200,\"answer\":null}\nnot json\n",
+        );
+        let mut lines = csv.lines();
+        assert_eq!(lines.next(), Some("call,start,answer,end,duration_seconds,caller,callee,destination,status,cause"));
+        assert_eq!(lines.next(), Some("\"1\",\"\",\"\",\"\",\"\",\"'=cmd\",\"9\"\"1\",\"\",\"200\",\"\""));
+        assert_eq!(lines.next(), None);
+    }
+}

@@ -213,6 +213,19 @@ impl AppState {
             "gauge",
             gauge(self.sip.registrations().len() as u64),
         );
+        metric("branchgate_sip_calls", "Calls in progress.", "gauge", gauge(self.sip.calls().len() as u64));
+        metric(
+            "branchgate_sip_trunk_up",
+            "Trunk answers OPTIONS keepalives (1) or not (0).",
+            "gauge",
+            self.sip
+                .trunks()
+                .iter()
+                .map(|t| {
+                    (format!("{{trunk=\"{}\"}}", t.name.replace(['"', '\\', '\n'], "_")), u8::from(t.up).to_string())
+                })
+                .collect(),
+        );
         metric(
             "branchgate_process_resident_memory_bytes",
             "Resident memory of the daemon.",
@@ -312,6 +325,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tls", put(api::put_tls))
         .route("/turn/allocations", get(api::turn_allocations))
         .route("/sip/registrations", get(api::sip_registrations))
+        .route("/sip/calls", get(api::sip_calls))
+        .route("/sip/calls/{id}", axum::routing::delete(api::hang_up_call))
+        .route("/sip/cdr.csv", get(api::cdr_csv))
         .route("/openapi.json", get(openapi_json))
         .fallback(api::fallback);
     Router::new()

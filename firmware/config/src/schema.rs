@@ -229,6 +229,8 @@ pub struct SipTrunk {
     pub password: Option<PlainSecret>,
     /// Lower is tried first among routes of equal prefix.
     pub priority: u32,
+    /// Seconds between OPTIONS keepalives that mark the trunk up or down; 0 turns them off.
+    pub keepalive_seconds: u32,
 }
 
 impl Default for SipTrunk {
@@ -242,6 +244,7 @@ impl Default for SipTrunk {
             username: None,
             password: None,
             priority: 10,
+            keepalive_seconds: 30,
         }
     }
 }

@@ -385,10 +385,14 @@ async fn serve(
     {
         let store = store.clone();
         let monitor = state.sip.clone();
+        let data_dir = data_dir.clone();
         supervisor.spawn("sip", move |shutdown| {
             let config_rx = store.subscribe();
             let monitor = monitor.clone();
-            async move { branchgate_gateway::run(config_rx, shutdown, monitor).await.map_err(anyhow::Error::from) }
+            let data_dir = data_dir.clone();
+            async move {
+                branchgate_gateway::run(config_rx, shutdown, monitor, data_dir).await.map_err(anyhow::Error::from)
+            }
         });
     }
 

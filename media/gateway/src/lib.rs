@@ -1,16 +1,22 @@
-//! The gateway's SIP side: today the registrar on UDP and TCP
-//! (`sip.udp_port`, `sip.tcp_port`), driving [`branchgate_sip::Server`]. TLS
-//! and WebSocket transports and the B2BUA call model come next.
+//! The gateway: the B2BUA ([`b2bua`], sans-IO) and its tokio driver — SIP
+//! on UDP and TCP (`sip.udp_port`, `sip.tcp_port`), the media relay
+//! ([`relay`]), call records. TLS and WebSocket transports come next.
 
+pub mod b2bua;
+pub mod relay;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use branchgate_config::{SipConfig, Snapshot};
+use std::path::{Path, PathBuf};
+
+use b2bua::{Action, B2bua, CallConfig, CallRecord, RouteRule, TrunkTarget};
+use branchgate_config::{SipConfig, SipTransport, Snapshot};
 use branchgate_sip::server::RegistrationInfo;
 use branchgate_sip::{Flow, Server, ServerConfig, Transport, UserKeys};
 use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop};
 use rand::RngCore;
+use relay::MediaRelay;
 use std::collections::HashMap;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -42,31 +48,155 @@ pub fn server_config(sip: &SipConfig) -> ServerConfig {
     config
 }
 
-/// Live registrations for the admin UI, refreshed every second.
+/// The box's address towards the outside when nothing is configured: the
+/// first non-loopback IPv4 address, else loopback (a box without a network).
+pub fn primary_ip() -> IpAddr {
+    if_addrs::get_if_addrs()
+        .ok()
+        .and_then(|list| list.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The B2BUA's configuration from the box's; trunk hosts that are names are
+/// resolved here (a trunk that does not resolve is left out, and said so).
+pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
+    let sip = &config.sip;
+    let mut call = CallConfig::new(sip.domain.clone());
+    for trunk in &sip.trunks {
+        let transport = match trunk.transport {
+            SipTransport::Udp => Transport::Udp,
+            SipTransport::Tcp => Transport::Tcp,
+            SipTransport::Tls => Transport::Tls,
+        };
+        let addr = match trunk.host.parse::<IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, trunk.port)),
+            Err(_) => tokio::net::lookup_host((trunk.host.as_str(), trunk.port)).await.ok().and_then(|mut a| a.next()),
+        };
+        match addr {
+            Some(addr) => call.trunks.push(TrunkTarget {
+                name: trunk.name.clone(),
+                addr,
+                transport,
+                priority: trunk.priority,
+                keepalive: (trunk.keepalive_seconds > 0)
+                    .then(|| Duration::from_secs(u64::from(trunk.keepalive_seconds))),
+            }),
+            None => {
+                tracing::warn!(trunk = %trunk.name, host = %trunk.host, "trunk host does not resolve; trunk unused")
+            }
+        }
+    }
+    call.routes = sip
+        .routes
+        .iter()
+        .map(|r| RouteRule { prefix: r.prefix.clone(), strip: r.strip as usize, trunk: r.trunk.clone() })
+        .collect();
+    call.emergency_numbers = sip.emergency_numbers.clone();
+    call.advertise_ip = primary_ip();
+    call.sip_port = sip.udp_port;
+    call.rtp_ports = (config.media.rtp_port_min, config.media.rtp_port_max);
+    call
+}
+
+/// A call in the admin UI's table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CallView {
+    pub id: u64,
+    pub caller: String,
+    pub callee: String,
+    pub destination: String,
+    pub state: &'static str,
+    pub age_seconds: u64,
+    pub packets_a_to_b: u64,
+    pub packets_b_to_a: u64,
+}
+
+/// A trunk's keepalive state for the admin UI.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrunkView {
+    pub name: String,
+    pub address: String,
+    pub up: bool,
+}
+
+#[derive(Debug, Default)]
+struct MonitorState {
+    registrations: Vec<RegistrationInfo>,
+    calls: Vec<CallView>,
+    trunks: Vec<TrunkView>,
+    hangups: Option<mpsc::UnboundedSender<u64>>,
+}
+
+/// Live registrations, calls and trunk states for the admin UI, refreshed
+/// every second, and the way back for a hang-up button.
 #[derive(Clone, Debug, Default)]
-pub struct SipMonitor(Arc<Mutex<Vec<RegistrationInfo>>>);
+pub struct SipMonitor(Arc<Mutex<MonitorState>>);
 
 impl SipMonitor {
-    pub fn registrations(&self) -> Vec<RegistrationInfo> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, MonitorState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, list: Vec<RegistrationInfo>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = list;
+    pub fn registrations(&self) -> Vec<RegistrationInfo> {
+        self.lock().registrations.clone()
+    }
+
+    pub fn calls(&self) -> Vec<CallView> {
+        self.lock().calls.clone()
+    }
+
+    pub fn trunks(&self) -> Vec<TrunkView> {
+        self.lock().trunks.clone()
+    }
+
+    /// Asks the gateway to hang up a call; `false` when SIP is not running.
+    pub fn hang_up(&self, call: u64) -> bool {
+        self.lock().hangups.as_ref().is_some_and(|tx| tx.send(call).is_ok())
+    }
+}
+
+/// Appends one call record as a JSON line to `<data dir>/cdr.jsonl`.
+fn write_record(path: &Path, record: &CallRecord) {
+    let end = time::OffsetDateTime::now_utc();
+    let start = end - record.total;
+    let answer = record.answered.then(|| end - record.talk);
+    let format = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let line = serde_json::json!({
+        "call": record.call,
+        "start": format(start),
+        "answer": answer.map(format),
+        "end": format(end),
+        "duration_seconds": record.talk.as_secs(),
+        "caller": record.caller,
+        "callee": record.callee,
+        "destination": record.destination,
+        "status": record.status,
+        "cause": record.cause,
+    });
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "call record not written");
     }
 }
 
 /// Runs SIP until `shutdown` turns true; a new port restarts it, other
-/// changes apply with registrations kept.
+/// changes apply with registrations and calls kept.
 pub async fn run(
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
     monitor: SipMonitor,
+    data_dir: PathBuf,
 ) -> Result<(), GatewayError> {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
+    let cdr_path = data_dir.join("cdr.jsonl");
     loop {
-        let sip = config_rx.borrow_and_update().config.sip.clone();
+        let snapshot = config_rx.borrow_and_update().clone();
+        let sip = snapshot.config.sip.clone();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sip.udp_port);
         let socket = UdpSocket::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
         let local = socket.local_addr()?;
@@ -76,36 +206,61 @@ pub async fn run(
         let accept = spawn_accept_loop(tcp, None, branchgate_sip::frame_len, stream_tx);
         let mut streams: HashMap<Flow, mpsc::Sender<Vec<u8>>> = HashMap::new();
         tracing::info!(udp = %addr, tcp = %tcp_addr, domain = %sip.domain, "SIP listening");
-        let mut server = Server::new(server_config(&sip), secret, Instant::now());
+        let server = Server::new(server_config(&sip), secret, Instant::now());
+        let mut b2bua = B2bua::new(server, call_config(&snapshot.config).await, rand::random(), Instant::now());
+        let (timeouts_tx, mut timeouts_rx) = mpsc::unbounded_channel();
+        let mut relay = MediaRelay::new(timeouts_tx);
+        let (hangup_tx, mut hangup_rx) = mpsc::unbounded_channel();
+        monitor.lock().hangups = Some(hangup_tx);
         let mut buf = vec![0u8; 65536];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let restart = loop {
+            let wake = b2bua.poll_timeout().map(tokio::time::Instant::from_std);
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 received = socket.recv_from(&mut buf) => {
                     let (len, remote) = received?;
                     let flow = Flow { transport: Transport::Udp, local, remote };
-                    server.handle_input(Instant::now(), flow, &buf[..len]);
+                    b2bua.handle_input(Instant::now(), flow, &buf[..len]);
                 }
                 Some(event) = stream_rx.recv() => match event {
                     StreamEvent::Opened { connection, writer } => { streams.insert(flow_of(connection), writer); }
-                    StreamEvent::Frame { connection, data } => server.handle_input(Instant::now(), flow_of(connection), &data),
+                    StreamEvent::Frame { connection, data } => b2bua.handle_input(Instant::now(), flow_of(connection), &data),
                     StreamEvent::Closed { connection } => { streams.remove(&flow_of(connection)); }
                 },
+                _ = tokio::time::sleep_until(wake.unwrap_or(far)) => b2bua.handle_timeout(Instant::now()),
+                Some(call) = timeouts_rx.recv() => b2bua.handle_media_timeout(Instant::now(), call),
+                Some(call) = hangup_rx.recv() => { b2bua.hang_up(Instant::now(), call); }
                 _ = tick.tick() => {
-                    server.handle_timeout(Instant::now());
-                    monitor.publish(server.registrations(Instant::now()));
+                    let now = Instant::now();
+                    b2bua.handle_timeout(now);
+                    publish(&monitor, &b2bua, &relay, now);
                 }
                 changed = config_rx.changed() => {
                     if changed.is_err() { break false; }
-                    let new = config_rx.borrow_and_update().config.sip.clone();
+                    let snapshot = config_rx.borrow_and_update().clone();
+                    let new = &snapshot.config.sip;
                     if new.udp_port != sip.udp_port || new.tcp_port != sip.tcp_port { break true; }
-                    server.set_config(server_config(&new));
+                    b2bua.sip_mut().set_config(server_config(new));
+                    b2bua.set_config(call_config(&snapshot.config).await, Instant::now());
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() { break false; }
                 }
             }
-            while let Some(output) = server.poll_output() {
+            while let Some(action) = b2bua.poll_action() {
+                match action {
+                    Action::OpenStream { call, index, ports } => {
+                        if let Err(e) = relay.open(call, index, ports).await {
+                            tracing::warn!(call, error = %e, "media relay ports unavailable");
+                        }
+                    }
+                    Action::Peer { call, index, side, destination } => relay.peer(call, index, side, destination),
+                    Action::Close { call } => relay.close(call),
+                    Action::Record(record) => write_record(&cdr_path, &record),
+                }
+            }
+            while let Some(output) = b2bua.poll_output() {
                 match output.flow.transport {
                     Transport::Udp => {
                         if let Err(e) = socket.send_to(&output.data, output.flow.remote).await {
@@ -122,10 +277,48 @@ pub async fn run(
             }
         };
         accept.abort();
-        monitor.publish(Vec::new());
+        relay.close_all();
+        *monitor.lock() = MonitorState::default();
         if !restart {
             return Ok(());
         }
         tracing::info!("SIP port changed; restarting");
     }
+}
+
+fn publish(monitor: &SipMonitor, b2bua: &B2bua, relay: &MediaRelay, now: Instant) {
+    let calls = b2bua
+        .calls(now)
+        .into_iter()
+        .map(|c| {
+            let counters = relay.counters(c.id);
+            let count = |f: fn(&relay::Counters) -> &std::sync::atomic::AtomicU64| {
+                counters.as_deref().map(|c| f(c).load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0)
+            };
+            CallView {
+                id: c.id,
+                caller: c.caller,
+                callee: c.callee,
+                destination: c.destination,
+                state: c.state,
+                age_seconds: c.age.as_secs(),
+                packets_a_to_b: count(|c| &c.a_to_b),
+                packets_b_to_a: count(|c| &c.b_to_a),
+            }
+        })
+        .collect();
+    let trunks = b2bua
+        .config()
+        .trunks
+        .iter()
+        .map(|t| TrunkView {
+            name: t.name.clone(),
+            address: t.addr.to_string(),
+            up: b2bua.trunk_up(&t.name).unwrap_or(true),
+        })
+        .collect();
+    let mut state = monitor.lock();
+    state.registrations = b2bua.sip().registrations(now);
+    state.calls = calls;
+    state.trunks = trunks;
 }

@@ -4,6 +4,7 @@
 pub mod digest;
 pub mod message;
 pub mod server;
+pub mod transaction;
 
 pub use message::{Message, ParseError, StartLine, frame_len};
-pub use server::{Flow, Output, Server, ServerConfig, Transport, UserKeys};
+pub use server::{Flow, Incoming, Output, Server, ServerConfig, Transport, UserKeys};

@@ -1,7 +1,7 @@
-//! The box's SIP server side, sans-IO: registrar with digest authentication,
-//! OPTIONS, and RFC 3261 §17.2.2 non-INVITE server transactions (a
-//! retransmitted request gets the same answer). Calls through the B2BUA come
-//! next; until then INVITE is answered 501.
+//! The box's SIP endpoint, sans-IO: messages in and out through the
+//! transaction layer, keep-alives, 400s for broken requests, the registrar
+//! with digest authentication and OPTIONS. Everything else (calls) is handed
+//! to the transaction user — the B2BUA — as [`Incoming`] events.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::digest::{Algorithm, NonceIssuer, NonceState, algorithm_of, expected_response, parse_credentials};
 use crate::message::{Message, StartLine, param};
+use crate::transaction::{ClientKey, Event, Received, ServerKey, Transactions};
 
 /// How a message reached the box: transport and both ends (where the answer goes back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,11 +92,22 @@ pub struct RegistrationInfo {
     pub expires_in: Duration,
 }
 
-/// Non-INVITE server transactions live 64*T1 after their final answer (Timer J).
-const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
-/// Answers remembered at once; beyond it retransmissions are answered afresh
-/// (a flood of distinct branches must not grow memory without bound).
-const MAX_TRANSACTIONS: usize = 10_000;
+/// What the transaction user gets from the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A new request other than REGISTER/OPTIONS (INVITE, BYE, CANCEL, re-INVITE...),
+    /// with its Via stamped; answer it through [`Server::respond`].
+    Request { key: ServerKey, flow: Flow, request: Message },
+    /// The ACK of a 2xx (it has no transaction of its own).
+    Ack { flow: Flow, request: Message },
+    /// A response to a request sent with [`Server::send_request`].
+    Response { key: ClientKey, response: Message },
+    /// That request was never answered (Timer B/F).
+    Timeout { key: ClientKey },
+    /// A 2xx the box sent was never ACKed.
+    NoAck { key: ServerKey },
+}
+
 /// Contacts one user may register.
 const MAX_CONTACTS: usize = 10;
 
@@ -105,9 +117,9 @@ pub struct Server {
     nonces: NonceIssuer,
     start: Instant,
     bindings: HashMap<String, Vec<Binding>>,
-    /// Final answers by (top Via branch, method, sender), for retransmissions.
-    transactions: HashMap<(String, String, SocketAddr), (Vec<u8>, Instant)>,
+    transactions: Transactions,
     out: VecDeque<Output>,
+    incoming: VecDeque<Incoming>,
     pub auth_failures: u64,
 }
 
@@ -133,8 +145,9 @@ impl Server {
             nonces: NonceIssuer::new(nonce_secret, 300),
             start: now,
             bindings: HashMap::new(),
-            transactions: HashMap::new(),
+            transactions: Transactions::new(),
             out: VecDeque::new(),
+            incoming: VecDeque::new(),
             auth_failures: 0,
         }
     }
@@ -144,12 +157,79 @@ impl Server {
         self.config = config;
     }
 
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        self.out.pop_front().or_else(|| self.transactions.poll_transmit())
+    }
+
+    pub fn poll_incoming(&mut self) -> Option<Incoming> {
+        self.collect_events();
+        self.incoming.pop_front()
+    }
+
+    /// The next instant [`Server::handle_timeout`] has work (transaction timers).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.transactions.poll_timeout()
+    }
+
+    fn collect_events(&mut self) {
+        while let Some(event) = self.transactions.poll_event() {
+            self.incoming.push_back(match event {
+                Event::Response { key, response } => Incoming::Response { key, response },
+                Event::Timeout { key } => Incoming::Timeout { key },
+                Event::NoAck { key } => Incoming::NoAck { key },
+            });
+        }
+    }
+
+    /// Sends a request of the transaction user (its top Via carries a fresh branch).
+    pub fn send_request(&mut self, now: Instant, flow: Flow, request: Message) -> ClientKey {
+        self.transactions.send_request(now, flow, request)
+    }
+
+    /// Answers a request handed out as [`Incoming::Request`].
+    pub fn respond(&mut self, now: Instant, key: &ServerKey, mut response: Message) {
+        if response.get("Server").is_none() {
+            response.push("Server", self.config.user_agent.clone());
+        }
+        self.transactions.respond(now, key, &response);
+    }
+
+    /// Cancels an INVITE the user sent (the CANCEL waits for a provisional answer).
+    pub fn cancel(&mut self, now: Instant, key: &ClientKey) {
+        self.transactions.cancel(now, key);
+    }
+
+    /// Whether a request handed out still waits for its final answer.
+    pub fn is_pending(&self, key: &ServerKey) -> bool {
+        self.transactions.is_pending(key)
+    }
+
+    /// The INVITE transaction a CANCEL (by its own transaction) refers to.
+    pub fn invite_of_cancel(&self, cancel: &ServerKey) -> Option<ServerKey> {
+        self.transactions.invite_of_cancel(cancel)
+    }
+
+    /// Where a request the user sent went, and the request itself.
+    pub fn client_request(&self, key: &ClientKey) -> Option<(Flow, &Message)> {
+        self.transactions.request_of(key)
+    }
+
+    /// The dialog got the ACK of this INVITE's 2xx.
+    pub fn ack_2xx(&mut self, key: &ServerKey) {
+        self.transactions.ack_2xx(key);
+    }
+
+    /// Sends a message outside any transaction (the ACK of a 2xx).
+    pub fn send_raw(&mut self, flow: Flow, message: &Message) {
+        self.out.push_back(Output { flow, data: message.to_bytes() });
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.transactions.retain(|_, (_, until)| *until > now);
+        self.transactions.handle_timeout(now);
         for list in self.bindings.values_mut() {
             list.retain(|b| b.expires > now);
         }
@@ -193,17 +273,9 @@ impl Server {
         self.out.push_back(Output { flow, data: message.to_bytes() });
     }
 
-    /// A final answer, remembered for retransmissions of the request.
-    fn answer(&mut self, now: Instant, flow: Flow, request: &Message, mut response: Message) {
-        response.push("Server", self.config.user_agent.clone());
-        let data = response.to_bytes();
-        if let (Some(branch), Some(method)) = (request.get("Via").and_then(|v| param(v, "branch")), request.method())
-            && self.transactions.len() < MAX_TRANSACTIONS
-        {
-            let key = (branch.to_string(), method.to_string(), flow.remote);
-            self.transactions.insert(key, (data.clone(), now + TRANSACTION_LIFETIME));
-        }
-        self.out.push_back(Output { flow, data });
+    /// A final answer through the request's transaction (retransmissions get it again).
+    fn answer(&mut self, now: Instant, key: &ServerKey, response: Message) {
+        self.respond(now, key, response);
     }
 
     /// One message (a datagram, or a framed stream message) from `flow`.
@@ -217,48 +289,45 @@ impl Server {
         }
         let mut request = match Message::parse(bytes) {
             Ok(m) if matches!(m.start, StartLine::Request { .. }) => m,
-            Ok(_) => return, // responses: the box sends no requests yet
+            Ok(response) => {
+                if response.check_mandatory().is_ok() {
+                    self.transactions.receive_response(now, response);
+                }
+                return;
+            }
             Err(e) => return self.bad_request(flow, bytes, &e.to_string()),
         };
         if let Err(e) = request.check_mandatory() {
-            return self.bad_request_parsed(now, flow, &request, &e.to_string());
+            if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| request.get(n).is_some()) {
+                let response = with_warning(request.response(400, "Bad Request"), &e.to_string());
+                self.send(flow, &response);
+            }
+            return;
         }
         stamp_via(&mut request, flow);
+        let key = match self.transactions.receive_request(now, flow, &request) {
+            Received::Absorbed => return,
+            Received::AckOf2xx => return self.incoming.push_back(Incoming::Ack { flow, request }),
+            Received::New(key) => key,
+        };
         let method = request.method().unwrap_or("").to_string();
-        if method == "ACK" {
-            return;
-        }
-        if let Some(branch) = request.get("Via").and_then(|v| param(v, "branch"))
-            && let Some((data, _)) = self.transactions.get(&(branch.to_string(), method.clone(), flow.remote))
-        {
-            let data = data.clone();
-            self.out.push_back(Output { flow, data });
-            return;
-        }
         if request.cseq().map(|(_, m)| m) != Some(method.as_str()) {
-            return self.bad_request_parsed(now, flow, &request, "CSeq method does not match the request");
+            let response = with_warning(request.response(400, "Bad Request"), "CSeq method does not match the request");
+            return self.answer(now, &key, response);
         }
         if request.get("Max-Forwards").and_then(|v| v.trim().parse::<u32>().ok()) == Some(0) {
             let response = request.response(483, "Too Many Hops");
-            return self.answer(now, flow, &request, response);
+            return self.answer(now, &key, response);
         }
         match method.as_str() {
-            "REGISTER" => self.register(now, flow, &request),
+            "REGISTER" => self.register(now, &key, flow, &request),
             "OPTIONS" => {
                 let mut response = request.response(200, "OK");
-                response.push("Allow", "REGISTER, OPTIONS, ACK, BYE, CANCEL, INVITE");
+                response.push("Allow", ALLOW);
                 response.push("Accept", "application/sdp");
-                self.answer(now, flow, &request, response);
+                self.answer(now, &key, response);
             }
-            "CANCEL" => {
-                let response = request.response(481, "Call/Transaction Does Not Exist");
-                self.answer(now, flow, &request, response);
-            }
-            _ => {
-                let mut response = request.response(501, "Not Implemented");
-                response.push("Allow", "REGISTER, OPTIONS, ACK, CANCEL");
-                self.answer(now, flow, &request, response);
-            }
+            _ => self.incoming.push_back(Incoming::Request { key, flow, request }),
         }
     }
 
@@ -284,45 +353,49 @@ impl Server {
             }
         }
         if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| response.get(n).is_some()) {
-            response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
-            self.send(flow, &response);
+            self.send(flow, &with_warning(response, reason));
         }
     }
 
-    fn bad_request_parsed(&mut self, now: Instant, flow: Flow, request: &Message, reason: &str) {
-        if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| request.get(n).is_some()) {
-            let mut response = request.response(400, "Bad Request");
-            response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
-            self.answer(now, flow, request, response);
-        }
-    }
-
-    fn challenge(&mut self, now: Instant, flow: Flow, request: &Message, stale: bool) {
-        let mut response = request.response(401, "Unauthorized");
+    fn challenge(&mut self, now: Instant, key: &ServerKey, flow: Flow, request: &Message, proxy: bool, stale: bool) {
+        let (code, reason, header) = if proxy {
+            (407, "Proxy Authentication Required", "Proxy-Authenticate")
+        } else {
+            (401, "Unauthorized", "WWW-Authenticate")
+        };
+        let mut response = request.response(code, reason);
         ensure_to_tag(&mut response);
         for challenge in self.nonces.challenges(self.now_secs(now), &nonce_binding(&self.config.domain, flow), stale) {
-            response.push("WWW-Authenticate", challenge);
+            response.push(header, challenge);
         }
-        self.answer(now, flow, request, response);
+        self.answer(now, key, response);
     }
 
-    /// The authenticated user of a request, or the challenge already queued.
-    fn authenticate(&mut self, now: Instant, flow: Flow, request: &Message) -> Option<String> {
+    /// The authenticated user of a request, or `None` with the challenge (401,
+    /// or 407 when `proxy`: calls) or refusal already sent.
+    pub fn authenticate(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        flow: Flow,
+        request: &Message,
+        proxy: bool,
+    ) -> Option<String> {
         let method = request.method().unwrap_or("");
-        let credentials =
-            request.lines("Authorization").filter_map(parse_credentials).find(|c| c.realm == self.config.domain);
+        let header = if proxy { "Proxy-Authorization" } else { "Authorization" };
+        let credentials = request.lines(header).filter_map(parse_credentials).find(|c| c.realm == self.config.domain);
         let Some(c) = credentials else {
-            self.challenge(now, flow, request, false);
+            self.challenge(now, key, flow, request, proxy, false);
             return None;
         };
         match self.nonces.check(&c.nonce, self.now_secs(now), &nonce_binding(&self.config.domain, flow)) {
             NonceState::Valid => {}
             NonceState::Stale => {
-                self.challenge(now, flow, request, true);
+                self.challenge(now, key, flow, request, proxy, true);
                 return None;
             }
             NonceState::Invalid => {
-                self.challenge(now, flow, request, false);
+                self.challenge(now, key, flow, request, proxy, false);
                 return None;
             }
         }
@@ -343,21 +416,21 @@ impl Server {
         if !verified {
             self.auth_failures += 1;
             let response = request.response(403, "Forbidden");
-            self.answer(now, flow, request, response);
+            self.answer(now, key, response);
             return None;
         }
         Some(c.username)
     }
 
-    fn register(&mut self, now: Instant, flow: Flow, request: &Message) {
-        let Some(username) = self.authenticate(now, flow, request) else {
+    fn register(&mut self, now: Instant, key: &ServerKey, flow: Flow, request: &Message) {
+        let Some(username) = self.authenticate(now, key, flow, request, false) else {
             return;
         };
         // The address-of-record is the To user; one may register only oneself.
         let aor_user = request.get("To").map(uri_of).and_then(user_of).map(str::to_string);
         if aor_user.as_deref() != Some(username.as_str()) {
             let response = request.response(403, "Forbidden");
-            return self.answer(now, flow, request, response);
+            return self.answer(now, key, response);
         }
         let default_expires =
             request.get("Expires").and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(self.config.max_expires);
@@ -366,7 +439,7 @@ impl Server {
         if contacts.iter().any(|c| c.trim() == "*") {
             if contacts.len() != 1 || default_expires != 0 {
                 let response = request.response(400, "Bad Request");
-                return self.answer(now, flow, request, response);
+                return self.answer(now, key, response);
             }
             self.bindings.remove(&username);
         } else {
@@ -375,7 +448,7 @@ impl Server {
                 if expires != 0 && expires < self.config.min_expires {
                     let mut response = request.response(423, "Interval Too Brief");
                     response.push("Min-Expires", self.config.min_expires.to_string());
-                    return self.answer(now, flow, request, response);
+                    return self.answer(now, key, response);
                 }
             }
             let list = self.bindings.entry(username.clone()).or_default();
@@ -409,8 +482,16 @@ impl Server {
             let left = binding.expires.saturating_duration_since(now).as_secs();
             response.push("Contact", format!("<{}>;expires={left}", binding.contact));
         }
-        self.answer(now, flow, request, response);
+        self.answer(now, key, response);
     }
+}
+
+/// Methods the box answers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
+
+fn with_warning(mut response: Message, reason: &str) -> Message {
+    response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
+    response
 }
 
 /// Nonces are bound to the realm and the client's address: a captured

@@ -1,0 +1,1329 @@
+//! The B2BUA, sans-IO: every call is two SIP dialogs (leg A towards the
+//! caller, leg B towards the callee) joined by the box. Nothing of one leg's
+//! SIP reaches the other except what is rebuilt here (topology hiding:
+//! new Call-ID, tags, Via, Contact; SDP addresses replaced by the box's
+//! relay), and media is anchored on relay ports the driver opens on request.
+//!
+//! Driven like the other protocol cores: [`B2bua::handle_input`] with each
+//! SIP message, [`B2bua::handle_timeout`] at [`B2bua::poll_timeout`],
+//! [`B2bua::handle_media_timeout`] when the relay reports a dead call; SIP
+//! to send comes out of [`B2bua::poll_output`], media and call records out
+//! of [`B2bua::poll_action`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use branchgate_sdp::SessionDescription;
+use branchgate_sip::message::param;
+use branchgate_sip::server::{Binding, uri_of, user_of};
+use branchgate_sip::transaction::{ClientKey, ServerKey};
+use branchgate_sip::{Flow, Incoming, Message, Output, Server, StartLine, Transport};
+
+/// A trunk as the core uses it (its host already resolved by the driver).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkTarget {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    pub priority: u32,
+    /// OPTIONS keepalive interval; `None`: never probed, always taken as up.
+    pub keepalive: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    pub prefix: String,
+    pub strip: usize,
+    pub trunk: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CallConfig {
+    pub domain: String,
+    pub trunks: Vec<TrunkTarget>,
+    pub routes: Vec<RouteRule>,
+    pub emergency_numbers: Vec<String>,
+    /// The box's address in SIP and SDP towards peers that are not on loopback.
+    pub advertise_ip: IpAddr,
+    /// The port SIP listens on (Via and Contact of requests the box sends).
+    pub sip_port: u16,
+    /// First and last port of the media relay range.
+    pub rtp_ports: (u16, u16),
+    /// Without any answer from a callee (or a trunk's keepalive) in this time
+    /// the next target is tried (the trunk is marked down).
+    pub failover_after: Duration,
+}
+
+impl CallConfig {
+    pub fn new(domain: impl Into<String>) -> Self {
+        CallConfig {
+            domain: domain.into(),
+            trunks: Vec::new(),
+            routes: Vec::new(),
+            emergency_numbers: Vec::new(),
+            advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sip_port: 5060,
+            rtp_ports: (20000, 29999),
+            failover_after: Duration::from_secs(4),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
+/// Relay ports of one media stream: the box's port facing each side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPorts {
+    pub a_port: u16,
+    pub b_port: u16,
+}
+
+/// What the driver does besides sending SIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open relay sockets (RTP on the even port, RTCP on the next) for a new stream.
+    OpenStream { call: u64, index: usize, ports: StreamPorts },
+    /// Where one side announced it receives a stream (until its media arrives and latches).
+    Peer { call: u64, index: usize, side: Side, destination: Option<SocketAddr> },
+    /// Close every relay of the call.
+    Close { call: u64 },
+    /// The call's record, once it ended.
+    Record(CallRecord),
+}
+
+/// A call detail record (times relative: the driver stamps wall-clock time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    pub call: u64,
+    pub caller: String,
+    pub callee: String,
+    /// Where leg B went: a user or a trunk's name.
+    pub destination: String,
+    /// From the INVITE to the end.
+    pub total: Duration,
+    /// From the answer to the end (zero when never answered).
+    pub talk: Duration,
+    pub answered: bool,
+    /// Final SIP status of the setup (200 when answered).
+    pub status: u16,
+    /// Why it ended: "caller-bye", "callee-bye", "cancelled", "no-answer", "rejected", "media-timeout", ...
+    pub cause: String,
+}
+
+/// A call as the admin UI lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallInfo {
+    pub id: u64,
+    pub caller: String,
+    pub callee: String,
+    pub destination: String,
+    pub state: &'static str,
+    pub age: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    User { user: String, binding: Binding },
+    Trunk { trunk: TrunkTarget, number: String },
+}
+
+impl Target {
+    fn name(&self) -> String {
+        match self {
+            Target::User { user, .. } => user.clone(),
+            Target::Trunk { trunk, .. } => trunk.name.clone(),
+        }
+    }
+}
+
+/// One SIP dialog of a call, as the box sees it.
+#[derive(Clone, Debug)]
+struct Leg {
+    flow: Flow,
+    call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    /// The box's own URI in this dialog (From on leg B, To on leg A), without tag.
+    local_uri: String,
+    remote_uri: String,
+    remote_target: String,
+    local_cseq: u32,
+    /// Where the box says it is (Via, Contact, SDP).
+    local_ip: IpAddr,
+}
+
+/// An in-dialog request passed from one leg to the other, waiting for its answer.
+#[derive(Debug)]
+struct Relay {
+    origin: ServerKey,
+    request: Message,
+    /// The side the relayed request went to (the answer comes from there).
+    to: Side,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallState {
+    /// Trying targets; leg B (if any) not answered.
+    Setup,
+    Answered,
+    /// Cancelled by the caller; waiting for leg B's final answer to clean up.
+    Cancelled,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: CallState,
+    a: Leg,
+    a_invite: ServerKey,
+    a_request: Message,
+    b: Option<Leg>,
+    b_invite: Option<ClientKey>,
+    /// When the current attempt gives up if nothing at all came back.
+    attempt_deadline: Option<Instant>,
+    targets: VecDeque<Target>,
+    destination: String,
+    offer: Option<SessionDescription>,
+    streams: Vec<StreamPorts>,
+    caller: String,
+    callee: String,
+    started: Instant,
+    answered: Option<Instant>,
+    last_status: u16,
+    /// In-dialog requests relayed to the other leg, by the relayed request's transaction.
+    relays: HashMap<ClientKey, Relay>,
+    /// An INVITE server transaction (A's or a re-INVITE's) whose 2xx waits for an ACK.
+    awaiting_ack: Vec<ServerKey>,
+}
+
+/// Headers passed from one leg to the other; everything else is rebuilt or dropped.
+const PASSED_HEADERS: &[&str] = &["Subject", "Priority", "Alert-Info", "Accept-Language", "Date"];
+
+/// SIP status codes after which the next target of a call is tried.
+fn fails_over(code: u16) -> bool {
+    code == 408 || (500..=599).contains(&code)
+}
+
+#[derive(Debug, Default)]
+struct TrunkHealth {
+    up: bool,
+    probe: Option<(ClientKey, Instant)>,
+    next_probe: Option<Instant>,
+}
+
+/// Even ports of the relay range, handed out in turn.
+#[derive(Debug)]
+struct PortPool {
+    first: u16,
+    last: u16,
+    next: u16,
+    used: HashSet<u16>,
+}
+
+impl PortPool {
+    fn new((first, last): (u16, u16)) -> Self {
+        let first = first + first % 2;
+        PortPool { first, last, next: first, used: HashSet::new() }
+    }
+
+    /// An even port whose next port is free too (RTP + RTCP).
+    fn allocate(&mut self) -> Option<u16> {
+        let count = usize::from(self.last.saturating_sub(self.first) / 2);
+        for _ in 0..count {
+            let port = self.next;
+            self.next = if port.saturating_add(3) > self.last { self.first } else { port + 2 };
+            if port.checked_add(1).is_some_and(|p| p <= self.last) && self.used.insert(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, port: u16) {
+        self.used.remove(&port);
+    }
+}
+
+#[derive(Debug)]
+pub struct B2bua {
+    sip: Server,
+    config: CallConfig,
+    calls: HashMap<u64, Call>,
+    next_call: u64,
+    /// Both legs' Call-IDs to their call.
+    dialogs: HashMap<String, (u64, Side)>,
+    /// Requests the box sent, to the call they belong to.
+    sent: HashMap<ClientKey, u64>,
+    trunks: HashMap<String, TrunkHealth>,
+    ports: PortPool,
+    actions: VecDeque<Action>,
+    random: u64,
+}
+
+impl B2bua {
+    pub fn new(sip: Server, config: CallConfig, seed: u64, now: Instant) -> Self {
+        let ports = PortPool::new(config.rtp_ports);
+        let mut b2bua = B2bua {
+            sip,
+            config: CallConfig::new(""),
+            calls: HashMap::new(),
+            next_call: 1,
+            dialogs: HashMap::new(),
+            sent: HashMap::new(),
+            trunks: HashMap::new(),
+            ports,
+            actions: VecDeque::new(),
+            random: seed | 1,
+        };
+        b2bua.set_config(config, now);
+        b2bua
+    }
+
+    /// New routing, trunks or addresses; calls in progress continue.
+    pub fn set_config(&mut self, config: CallConfig, now: Instant) {
+        if config.rtp_ports != self.config.rtp_ports {
+            let used = std::mem::take(&mut self.ports.used);
+            self.ports = PortPool::new(config.rtp_ports);
+            self.ports.used = used;
+        }
+        self.trunks.retain(|name, _| config.trunks.iter().any(|t| &t.name == name));
+        for trunk in &config.trunks {
+            let health = self.trunks.entry(trunk.name.clone()).or_insert_with(|| TrunkHealth {
+                up: true,
+                probe: None,
+                next_probe: None,
+            });
+            match trunk.keepalive {
+                Some(_) if health.probe.is_none() && health.next_probe.is_none() => health.next_probe = Some(now),
+                Some(_) => {}
+                None => *health = TrunkHealth { up: true, probe: None, next_probe: None },
+            }
+        }
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &CallConfig {
+        &self.config
+    }
+
+    pub fn sip(&self) -> &Server {
+        &self.sip
+    }
+
+    pub fn sip_mut(&mut self) -> &mut Server {
+        &mut self.sip
+    }
+
+    pub fn trunk_up(&self, name: &str) -> Option<bool> {
+        self.trunks.get(name).map(|t| t.up)
+    }
+
+    pub fn calls(&self, now: Instant) -> Vec<CallInfo> {
+        let mut list: Vec<CallInfo> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state != CallState::Cancelled)
+            .map(|(id, c)| CallInfo {
+                id: *id,
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                destination: c.destination.clone(),
+                state: match (c.state, c.b.as_ref().and_then(|b| b.remote_tag.as_ref())) {
+                    (CallState::Answered, _) => "answered",
+                    (_, Some(_)) => "ringing",
+                    _ => "trying",
+                },
+                age: now.saturating_duration_since(c.started),
+            })
+            .collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.sip.poll_output()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let attempts = self.calls.values().filter_map(|c| c.attempt_deadline);
+        let trunks = self.trunks.values().flat_map(|t| [t.next_probe, t.probe.as_ref().map(|p| p.1)]).flatten();
+        attempts.chain(trunks).chain(self.sip.poll_timeout()).min()
+    }
+
+    fn token(&mut self) -> String {
+        // xorshift64*: tags and branches need to be unique, not secret.
+        self.random ^= self.random >> 12;
+        self.random ^= self.random << 25;
+        self.random ^= self.random >> 27;
+        format!("{:016x}", self.random.wrapping_mul(0x2545_F491_4F6C_DD1D))
+    }
+
+    /// The box's address as seen from `remote`.
+    fn local_ip_toward(&self, remote: IpAddr) -> IpAddr {
+        if remote.is_loopback() { remote } else { self.config.advertise_ip }
+    }
+
+    pub fn handle_input(&mut self, now: Instant, flow: Flow, bytes: &[u8]) {
+        self.sip.handle_input(now, flow, bytes);
+        self.drain(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.sip.handle_timeout(now);
+        let stalled: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.attempt_deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.attempt_deadline = None;
+                tracing::info!("{}", format!("call {id}: no answer from {}, trying the next target", call.destination));
+            }
+            self.attempt_failed(now, id, 408);
+        }
+        self.probe_trunks(now);
+        self.drain(now);
+    }
+
+    /// The relay saw no media on a call for too long: hang it up.
+    pub fn handle_media_timeout(&mut self, now: Instant, call: u64) {
+        if self.calls.get(&call).is_some_and(|c| c.state == CallState::Answered) {
+            self.send_in_dialog(now, call, Side::A, "BYE", None);
+            self.send_in_dialog(now, call, Side::B, "BYE", None);
+            self.end(now, call, 200, "media-timeout");
+        }
+    }
+
+    /// Hangs up a call from the admin UI; `false` when there is no such call.
+    pub fn hang_up(&mut self, now: Instant, call: u64) -> bool {
+        let Some(state) = self.calls.get(&call).map(|c| c.state) else { return false };
+        match state {
+            CallState::Answered => {
+                self.send_in_dialog(now, call, Side::A, "BYE", None);
+                self.send_in_dialog(now, call, Side::B, "BYE", None);
+                self.end(now, call, 200, "admin-hangup");
+            }
+            CallState::Setup => {
+                self.answer_a(now, call, 480, "Temporarily Unavailable", None);
+                self.cancel_b(now, call);
+                self.end(now, call, 480, "admin-hangup");
+            }
+            CallState::Cancelled => return false,
+        }
+        self.drain(now);
+        true
+    }
+
+    fn drain(&mut self, now: Instant) {
+        while let Some(incoming) = self.sip.poll_incoming() {
+            match incoming {
+                Incoming::Request { key, flow, request } => self.on_request(now, key, flow, request),
+                Incoming::Ack { request, .. } => self.on_ack(&request),
+                Incoming::Response { key, response } => self.on_response(now, &key, response),
+                Incoming::Timeout { key } => self.on_timeout(now, &key),
+                Incoming::NoAck { key } => self.on_no_ack(now, &key),
+            }
+        }
+    }
+
+    fn reply(&mut self, now: Instant, key: &ServerKey, request: &Message, code: u16, reason: &str) {
+        let mut response = request.response(code, reason);
+        if code >= 200
+            && let Some(to) = response.get("To")
+            && param(to, "tag").is_none()
+        {
+            let tagged = format!("{to};tag={}", self.token());
+            response.set("To", tagged);
+        }
+        self.sip.respond(now, key, response);
+    }
+
+    fn on_request(&mut self, now: Instant, key: ServerKey, flow: Flow, request: Message) {
+        let method = request.method().unwrap_or("").to_string();
+        let call_id = request.get("Call-ID").unwrap_or("").to_string();
+        let to_tag = request.get("To").and_then(|t| param(t, "tag")).map(str::to_string);
+        if method == "CANCEL" {
+            return self.on_cancel(now, key, &request);
+        }
+        if to_tag.is_some() {
+            return match self.dialogs.get(&call_id).copied() {
+                Some((call, side)) if self.leg_matches(call, side, &request) => {
+                    self.on_in_dialog(now, key, call, side, request)
+                }
+                _ => self.reply(now, &key, &request, 481, "Call/Transaction Does Not Exist"),
+            };
+        }
+        match method.as_str() {
+            "INVITE" => self.on_invite(now, key, flow, request),
+            "BYE" | "UPDATE" | "INFO" | "PRACK" => {
+                self.reply(now, &key, &request, 481, "Call/Transaction Does Not Exist")
+            }
+            _ => {
+                let mut response = request.response(405, "Method Not Allowed");
+                response.push("Allow", branchgate_sip::server::ALLOW);
+                self.sip.respond(now, &key, response);
+            }
+        }
+    }
+
+    /// An in-dialog request must carry the dialog's tags (RFC 3261 §12.2.2).
+    fn leg_matches(&self, call: u64, side: Side, request: &Message) -> bool {
+        let Some(leg) = self.calls.get(&call).and_then(|c| leg(c, side)) else { return false };
+        let from_tag = request.get("From").and_then(|f| param(f, "tag"));
+        let to_tag = request.get("To").and_then(|t| param(t, "tag"));
+        to_tag == Some(leg.local_tag.as_str()) && (leg.remote_tag.is_none() || from_tag == leg.remote_tag.as_deref())
+    }
+
+    fn on_invite(&mut self, now: Instant, key: ServerKey, flow: Flow, request: Message) {
+        self.reply(now, &key, &request, 100, "Trying");
+        let number = match &request.start {
+            StartLine::Request { uri, .. } => user_of(uri).map(str::to_string),
+            StartLine::Response { .. } => None,
+        };
+        let Some(number) = number.filter(|n| !n.is_empty()) else {
+            return self.reply(now, &key, &request, 404, "Not Found");
+        };
+        if let Some(required) = request.get("Require") {
+            let mut response = request.response(420, "Bad Extension");
+            response.push("Unsupported", required.to_string());
+            return self.sip.respond(now, &key, response);
+        }
+        // Callers: a trunk (by its address and port: trunks send from where they
+        // listen, RFC 3261 §18.2.1 symmetric SIP) may reach users only; anyone else
+        // proves who they are with digest (RFC 3261 §22.3) and may call anything routable.
+        let from_trunk = self.config.trunks.iter().find(|t| t.addr == flow.remote).cloned();
+        let caller = match &from_trunk {
+            Some(_) => request.get("From").map(uri_of).and_then(user_of).unwrap_or("anonymous").to_string(),
+            None => match self.sip.authenticate(now, &key, flow, &request, true) {
+                Some(user) => user,
+                None => return,
+            },
+        };
+        let offer = match sdp_of(&request) {
+            Ok(offer) => offer,
+            Err(reason) => {
+                let response = with_warning(request.response(488, "Not Acceptable Here"), &reason);
+                return self.sip.respond(now, &key, response);
+            }
+        };
+        let targets = match self.route(now, &number, from_trunk.is_some()) {
+            Ok(targets) => targets,
+            Err((code, reason)) => return self.reply(now, &key, &request, code, reason),
+        };
+        let id = self.next_call;
+        self.next_call += 1;
+        let local_ip = self.local_ip_toward(flow.remote.ip());
+        let a = Leg {
+            flow,
+            call_id: request.get("Call-ID").unwrap_or("").to_string(),
+            local_tag: self.token(),
+            remote_tag: request.get("From").and_then(|f| param(f, "tag")).map(str::to_string),
+            local_uri: request.get("To").map(strip_tag).unwrap_or_default(),
+            remote_uri: request.get("From").map(strip_tag).unwrap_or_default(),
+            remote_target: request.get("Contact").map(uri_of).unwrap_or("").to_string(),
+            local_cseq: 0,
+            local_ip,
+        };
+        self.dialogs.insert(a.call_id.clone(), (id, Side::A));
+        self.calls.insert(
+            id,
+            Call {
+                state: CallState::Setup,
+                a,
+                a_invite: key,
+                a_request: request,
+                b: None,
+                b_invite: None,
+                attempt_deadline: None,
+                targets: targets.into(),
+                destination: String::new(),
+                offer: None,
+                streams: Vec::new(),
+                caller,
+                callee: number,
+                started: now,
+                answered: None,
+                last_status: 0,
+                relays: HashMap::new(),
+                awaiting_ack: Vec::new(),
+            },
+        );
+        if let Some(offer) = offer {
+            match self.anchor(id, Side::A, offer) {
+                Some(anchored) => {
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        call.offer = Some(anchored);
+                    }
+                }
+                None => {
+                    self.answer_a(now, id, 503, "Service Unavailable", None);
+                    return self.end(now, id, 503, "no-media-ports");
+                }
+            }
+        }
+        self.try_next_target(now, id);
+    }
+
+    /// Where a dialled number goes, in order: emergency numbers, the box's users, then trunk routes.
+    fn route(&self, now: Instant, number: &str, from_trunk: bool) -> Result<Vec<Target>, (u16, &'static str)> {
+        let trunk_targets = |number: &str| -> Vec<Target> {
+            // The longest matching prefix wins; its trunks go in priority order.
+            let best =
+                self.config.routes.iter().filter(|r| number.starts_with(&r.prefix)).map(|r| r.prefix.len()).max();
+            let mut list: Vec<(u32, Target)> = self
+                .config
+                .routes
+                .iter()
+                .filter(|r| Some(r.prefix.len()) == best && number.starts_with(&r.prefix))
+                .filter_map(|r| {
+                    let trunk = self.config.trunks.iter().find(|t| t.name == r.trunk)?;
+                    let number = number.get(r.strip..).unwrap_or("").to_string();
+                    Some((trunk.priority, Target::Trunk { trunk: trunk.clone(), number }))
+                })
+                .collect();
+            list.sort_by_key(|(priority, _)| *priority);
+            list.into_iter().map(|(_, t)| t).collect()
+        };
+        if !from_trunk && self.config.emergency_numbers.iter().any(|n| n == number) {
+            let mut targets = trunk_targets(number);
+            if targets.is_empty() {
+                let mut all: Vec<&TrunkTarget> = self.config.trunks.iter().collect();
+                all.sort_by_key(|t| t.priority);
+                targets =
+                    all.into_iter().map(|t| Target::Trunk { trunk: t.clone(), number: number.to_string() }).collect();
+            }
+            // Emergency calls try every trunk, even one marked down.
+            return if targets.is_empty() { Err((503, "Service Unavailable")) } else { Ok(targets) };
+        }
+        if self.sip.config().users.contains_key(number) {
+            let contacts = self.sip.contacts(number, now);
+            return match contacts.into_iter().next() {
+                Some(binding) => Ok(vec![Target::User { user: number.to_string(), binding }]),
+                None => Err((480, "Temporarily Unavailable")),
+            };
+        }
+        if from_trunk {
+            return Err((404, "Not Found"));
+        }
+        let targets = trunk_targets(number);
+        if targets.is_empty() {
+            return Err((404, "Not Found"));
+        }
+        let alive: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| match t {
+                Target::Trunk { trunk, .. } => self.trunks.get(&trunk.name).is_none_or(|h| h.up),
+                Target::User { .. } => true,
+            })
+            .collect();
+        if alive.is_empty() { Err((503, "Service Unavailable")) } else { Ok(alive) }
+    }
+
+    fn try_next_target(&mut self, now: Instant, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(target) = call.targets.pop_front() else {
+            let (code, reason) = match call.last_status {
+                408 => (504, "Server Time-out"),
+                _ => (503, "Service Unavailable"),
+            };
+            self.answer_a(now, id, code, reason, None);
+            return self.end(now, id, code, "no-route-answered");
+        };
+        if let Some(old) = call.b.take() {
+            self.dialogs.remove(&old.call_id);
+        }
+        let (flow, request_uri, to_uri) = match &target {
+            Target::User { binding, user } => {
+                (user_flow(binding), binding.contact.clone(), format!("<sip:{user}@{}>", self.config.domain))
+            }
+            Target::Trunk { trunk, number } => {
+                let flow = self.trunk_flow(trunk);
+                let host = host_port(trunk.addr);
+                (flow, format!("sip:{number}@{host}"), format!("<sip:{number}@{host}>"))
+            }
+        };
+        let local_ip = self.local_ip_toward(flow.remote.ip());
+        let call_id = format!("{}@{}", self.token(), ip_text(local_ip));
+        let local_tag = self.token();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.destination = target.name();
+        let display = call
+            .a_request
+            .get("From")
+            .and_then(|f| f.split('<').next())
+            .map(str::trim)
+            .filter(|d| d.starts_with('"'))
+            .map(|d| format!("{d} "))
+            .unwrap_or_default();
+        let from_uri = format!("{display}<sip:{}@{}>", call.caller, ip_text(local_ip));
+        let leg = Leg {
+            flow,
+            call_id: call_id.clone(),
+            local_tag,
+            remote_tag: None,
+            local_uri: from_uri,
+            remote_uri: to_uri,
+            remote_target: request_uri,
+            local_cseq: 0,
+            local_ip,
+        };
+        let max_forwards =
+            call.a_request.get("Max-Forwards").and_then(|m| m.trim().parse::<u32>().ok()).unwrap_or(70).clamp(1, 71)
+                - 1;
+        let mut passed: Vec<(String, String)> = Vec::new();
+        for name in PASSED_HEADERS {
+            for value in call.a_request.lines(name) {
+                passed.push((name.to_string(), value.to_string()));
+            }
+        }
+        let offer = call.offer.clone();
+        call.b = Some(leg);
+        self.dialogs.insert(call_id, (id, Side::B));
+        let body = offer.map(|mut sdp| {
+            let ports: Vec<u16> =
+                self.calls.get(&id).map(|c| c.streams.iter().map(|s| s.b_port).collect()).unwrap_or_default();
+            sdp.anchor(local_ip, &ports);
+            sdp.to_bytes()
+        });
+        let Some(mut request) = self.dialog_request(id, Side::B, "INVITE", body) else { return };
+        request.set("Max-Forwards", max_forwards.to_string());
+        for (name, value) in passed {
+            request.push(&name, value);
+        }
+        let key = self.sip.send_request(now, flow, request);
+        self.sent.insert(key.clone(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.b_invite = Some(key);
+            call.attempt_deadline = Some(now + self.config.failover_after);
+        }
+    }
+
+    /// A request in the dialog of `side` (its CSeq advanced), ready to send.
+    fn dialog_request(&mut self, id: u64, side: Side, method: &str, body: Option<Vec<u8>>) -> Option<Message> {
+        let branch = format!("z9hG4bK{}", self.token());
+        let call = self.calls.get_mut(&id)?;
+        let leg = leg_mut(call, side)?;
+        if method != "ACK" {
+            leg.local_cseq += 1;
+        }
+        let mut m = Message {
+            start: StartLine::Request { method: method.into(), uri: leg.remote_target.clone() },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let sent_by = SocketAddr::new(leg.local_ip, leg.flow.local.port());
+        m.push(
+            "Via",
+            format!("SIP/2.0/{} {};branch={branch};rport", leg.flow.transport.via_name(), host_port(sent_by)),
+        );
+        m.push("Max-Forwards", "70");
+        let (from, to) = (
+            format!("{};tag={}", leg.local_uri, leg.local_tag),
+            match &leg.remote_tag {
+                Some(tag) => format!("{};tag={tag}", leg.remote_uri),
+                None => leg.remote_uri.clone(),
+            },
+        );
+        m.push("From", from);
+        m.push("To", to);
+        m.push("Call-ID", leg.call_id.clone());
+        m.push("CSeq", format!("{} {method}", leg.local_cseq.max(1)));
+        m.push("Contact", contact_of(leg));
+        if method == "INVITE" {
+            m.push("Allow", branchgate_sip::server::ALLOW);
+        }
+        m.push("User-Agent", self.sip.config().user_agent.clone());
+        if let Some(body) = body {
+            m.push("Content-Type", "application/sdp");
+            m.body = body;
+        }
+        Some(m)
+    }
+
+    fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        id: u64,
+        side: Side,
+        method: &str,
+        body: Option<Vec<u8>>,
+    ) -> Option<ClientKey> {
+        let flow = self.calls.get(&id).and_then(|c| leg(c, side)).filter(|l| l.remote_tag.is_some())?.flow;
+        let request = self.dialog_request(id, side, method, body)?;
+        let key = self.sip.send_request(now, flow, request);
+        self.sent.insert(key.clone(), id);
+        Some(key)
+    }
+
+    /// A response to the caller's INVITE, from the box's A-leg dialog.
+    fn answer_a(&mut self, now: Instant, id: u64, code: u16, reason: &str, body: Option<Vec<u8>>) {
+        let Some(call) = self.calls.get(&id) else { return };
+        if !self.sip.is_pending(&call.a_invite) {
+            return;
+        }
+        let mut response = call.a_request.response(code, reason);
+        if let Some(to) = response.get("To") {
+            let tagged = format!("{};tag={}", strip_tag(to), call.a.local_tag);
+            response.set("To", tagged);
+        }
+        if (101..300).contains(&code) {
+            response.push("Contact", contact_of(&call.a));
+            response.push("Allow", branchgate_sip::server::ALLOW);
+        }
+        if let Some(body) = body {
+            response.push("Content-Type", "application/sdp");
+            response.body = body;
+        }
+        let key = call.a_invite.clone();
+        self.sip.respond(now, &key, response);
+        if (200..300).contains(&code)
+            && let Some(call) = self.calls.get_mut(&id)
+        {
+            call.awaiting_ack.push(key);
+        }
+    }
+
+    /// Records the media addresses `from` announced, opens relays for new
+    /// streams, and returns the SDP as the other side must see it.
+    fn anchor(&mut self, id: u64, from: Side, mut sdp: SessionDescription) -> Option<SessionDescription> {
+        let count = sdp.media.len();
+        let have = self.calls.get(&id)?.streams.len();
+        for index in have..count {
+            let a_port = self.ports.allocate()?;
+            let Some(b_port) = self.ports.allocate() else {
+                self.ports.release(a_port);
+                return None;
+            };
+            let ports = StreamPorts { a_port, b_port };
+            self.calls.get_mut(&id)?.streams.push(ports);
+            self.actions.push_back(Action::OpenStream { call: id, index, ports });
+        }
+        for index in 0..count {
+            let destination = sdp.media_destination(index);
+            self.actions.push_back(Action::Peer { call: id, index, side: from, destination });
+        }
+        let call = self.calls.get(&id)?;
+        let to = from.other();
+        let ports: Vec<u16> = call.streams.iter().map(|s| if to == Side::A { s.a_port } else { s.b_port }).collect();
+        let local_ip = match to {
+            Side::A => call.a.local_ip,
+            Side::B => call.b.as_ref().map(|b| b.local_ip).unwrap_or(self.config.advertise_ip),
+        };
+        sdp.anchor(local_ip, &ports);
+        Some(sdp)
+    }
+
+    /// SDP from `from` rewritten for the other side (None: no SDP; Err: bad SDP).
+    fn relay_body(&mut self, id: u64, from: Side, message: &Message) -> Result<Option<Vec<u8>>, String> {
+        match sdp_of(message)? {
+            None => Ok(None),
+            Some(sdp) => {
+                self.anchor(id, from, sdp).map(|s| Some(s.to_bytes())).ok_or_else(|| "no media ports left".to_string())
+            }
+        }
+    }
+
+    /// The trunk whose keepalive this transaction is.
+    fn probed_trunk(&self, key: &ClientKey) -> Option<String> {
+        self.trunks.iter().find(|(_, h)| h.probe.as_ref().is_some_and(|(k, _)| k == key)).map(|(n, _)| n.clone())
+    }
+
+    fn on_response(&mut self, now: Instant, key: &ClientKey, response: Message) {
+        if let Some(name) = self.probed_trunk(key) {
+            // Any answer, even an error, shows the trunk is alive.
+            return self.trunk_probe_result(now, &name, true);
+        }
+        let Some(&id) = self.sent.get(key) else { return };
+        let StartLine::Response { code, ref reason } = response.start else { return };
+        let reason = reason.clone();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if code >= 200 {
+            self.sent.remove(key);
+        }
+        if call.relays.contains_key(key) {
+            return self.relay_response(now, id, key, code, &reason, &response);
+        }
+        if call.b_invite.as_ref() != Some(key) {
+            // A late answer to an abandoned attempt: a 2xx must still be ACKed and hung up.
+            if (200..300).contains(&code) {
+                self.ack_and_bye_stray(now, key, &response);
+            }
+            return;
+        }
+        call.attempt_deadline = None;
+        if let Some(b) = call.b.as_mut()
+            && code > 100
+            && code < 300
+        {
+            if let Some(tag) = response.get("To").and_then(|t| param(t, "tag")) {
+                b.remote_tag = Some(tag.to_string());
+            }
+            if let Some(contact) = response.get("Contact") {
+                b.remote_target = uri_of(contact).to_string();
+            }
+        }
+        match (call.state, code) {
+            (_, 100) => {}
+            (CallState::Cancelled, 200..=299) => {
+                self.ack_b(id);
+                self.send_in_dialog(now, id, Side::B, "BYE", None);
+                self.forget(id);
+            }
+            (CallState::Cancelled, _) if code >= 200 => self.forget(id),
+            (CallState::Setup, 101..=199) => match self.relay_body(id, Side::B, &response) {
+                Ok(body) => self.answer_a(now, id, code, &reason, body),
+                Err(e) => tracing::info!("{}", format!("call {id}: bad SDP in {code}: {e}")),
+            },
+            (CallState::Setup, 200..=299) => {
+                self.ack_b(id);
+                let body = match self.relay_body(id, Side::B, &response) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::info!("{}", format!("call {id}: bad SDP in 2xx: {e}"));
+                        self.send_in_dialog(now, id, Side::B, "BYE", None);
+                        self.answer_a(now, id, 502, "Bad Gateway", None);
+                        return self.end(now, id, 502, "bad-sdp");
+                    }
+                };
+                self.answer_a(now, id, 200, &reason, body);
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.state = CallState::Answered;
+                    call.answered = Some(now);
+                    call.last_status = 200;
+                }
+            }
+            (CallState::Answered, 200..=299) => self.ack_b(id), // a retransmitted 2xx
+            (CallState::Setup, 300..=699) => {
+                call.last_status = code;
+                if fails_over(code) {
+                    return self.attempt_failed(now, id, code);
+                }
+                // A 3xx names addresses the caller must not learn or be sent to: refuse it.
+                let (code, reason) =
+                    if code < 400 { (480, "Temporarily Unavailable") } else { (code, reason.as_str()) };
+                self.answer_a(now, id, code, reason, None);
+                self.end(now, id, code, "rejected");
+            }
+            _ => {}
+        }
+    }
+
+    fn attempt_failed(&mut self, now: Instant, id: u64, code: u16) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.state != CallState::Setup {
+            return;
+        }
+        call.last_status = code;
+        call.attempt_deadline = None;
+        // A silent target has sent nothing a CANCEL could follow: forget the attempt
+        // (a late 2xx is ACKed and hung up in on_response).
+        call.b_invite = None;
+        self.try_next_target(now, id);
+    }
+
+    fn on_timeout(&mut self, now: Instant, key: &ClientKey) {
+        if let Some(name) = self.probed_trunk(key) {
+            return self.trunk_probe_result(now, &name, false);
+        }
+        let Some(id) = self.sent.remove(key) else { return };
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if let Some(relay) = call.relays.remove(key) {
+            return self.reply(now, &relay.origin, &relay.request, 408, "Request Timeout");
+        }
+        if call.b_invite.as_ref() == Some(key) {
+            self.attempt_failed(now, id, 408);
+        }
+    }
+
+    fn ack_b(&mut self, id: u64) {
+        let Some(call) = self.calls.get(&id) else { return };
+        let Some(b) = &call.b else { return };
+        let flow = b.flow;
+        if let Some(ack) = self.dialog_request(id, Side::B, "ACK", None) {
+            self.sip.send_raw(flow, &ack);
+        }
+    }
+
+    /// ACK and BYE for a 2xx from an attempt the call no longer follows
+    /// (RFC 3261 §13.2.2.4: a UAC that does not want the dialog still ACKs, then BYEs).
+    fn ack_and_bye_stray(&mut self, now: Instant, key: &ClientKey, response: &Message) {
+        let Some((flow, invite)) = self.sip.client_request(key).map(|(f, m)| (f, m.clone())) else { return };
+        let Some(number) = invite.cseq().map(|(n, _)| n) else { return };
+        let target = response.get("Contact").map(uri_of).unwrap_or("").to_string();
+        for (method, cseq) in [("ACK", number), ("BYE", number + 1)] {
+            let mut m = Message {
+                start: StartLine::Request { method: method.into(), uri: target.clone() },
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            let via = invite.get("Via").unwrap_or("").to_string();
+            let branch = format!("z9hG4bK{}", self.token());
+            m.push("Via", via.replace(branchgate_sip::transaction::top_branch(&invite).unwrap_or("-"), &branch));
+            m.push("Max-Forwards", "70");
+            for name in ["From", "To", "Call-ID"] {
+                let value = if name == "To" { response.get("To") } else { invite.get(name) };
+                m.push(name, value.unwrap_or(""));
+            }
+            m.push("CSeq", format!("{cseq} {method}"));
+            if method == "ACK" {
+                self.sip.send_raw(flow, &m);
+            } else {
+                self.sip.send_request(now, flow, m);
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, now: Instant, key: ServerKey, request: &Message) {
+        let Some(invite) = self.sip.invite_of_cancel(&key) else {
+            return self.reply(now, &key, request, 481, "Call/Transaction Does Not Exist");
+        };
+        self.reply(now, &key, request, 200, "OK");
+        let Some(id) = self.calls.iter().find(|(_, c)| c.a_invite == invite).map(|(id, _)| *id) else { return };
+        if self.calls.get(&id).map(|c| c.state) != Some(CallState::Setup) {
+            return;
+        }
+        self.answer_a(now, id, 487, "Request Terminated", None);
+        self.cancel_b(now, id);
+        self.end(now, id, 487, "cancelled");
+    }
+
+    /// Cancels leg B's pending INVITE; the call stays until B's final answer.
+    fn cancel_b(&mut self, now: Instant, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.state = CallState::Cancelled;
+        call.attempt_deadline = None;
+        if let Some(key) = call.b_invite.clone() {
+            self.sip.cancel(now, &key);
+        }
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, key: ServerKey, id: u64, side: Side, request: Message) {
+        let method = request.method().unwrap_or("").to_string();
+        let Some(call) = self.calls.get(&id) else { return };
+        if call.state != CallState::Answered {
+            let code = if method == "BYE" { 481 } else { 491 };
+            return self.reply(
+                now,
+                &key,
+                &request,
+                code,
+                if code == 481 { "Call/Transaction Does Not Exist" } else { "Request Pending" },
+            );
+        }
+        if method == "BYE" {
+            self.reply(now, &key, &request, 200, "OK");
+            self.send_in_dialog(now, id, side.other(), "BYE", None);
+            let cause = if side == Side::A { "caller-bye" } else { "callee-bye" };
+            return self.end(now, id, 200, cause);
+        }
+        let body = match self.relay_body(id, side, &request) {
+            Ok(body) => body,
+            Err(reason) => {
+                let response = with_warning(request.response(488, "Not Acceptable Here"), &reason);
+                return self.sip.respond(now, &key, response);
+            }
+        };
+        let content_type = request.get("Content-Type").map(str::to_string);
+        let Some(flow) = self.calls.get(&id).and_then(|c| leg(c, side.other())).map(|l| l.flow) else { return };
+        let Some(mut relayed) = self.dialog_request(id, side.other(), &method, None) else { return };
+        if !request.body.is_empty() {
+            relayed.push("Content-Type", content_type.unwrap_or_else(|| "application/sdp".into()));
+            relayed.body = body.unwrap_or_else(|| request.body.clone());
+        }
+        let sent = self.sip.send_request(now, flow, relayed);
+        self.sent.insert(sent.clone(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.relays.insert(sent, Relay { origin: key, request, to: side.other() });
+        }
+    }
+
+    /// The answer to a relayed in-dialog request goes back to the side that asked.
+    fn relay_response(&mut self, now: Instant, id: u64, key: &ClientKey, code: u16, reason: &str, response: &Message) {
+        if code == 100 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let relay = if code >= 200 {
+            call.relays.remove(key)
+        } else {
+            call.relays.get(key).map(|r| Relay { origin: r.origin.clone(), request: r.request.clone(), to: r.to })
+        };
+        let Some(Relay { origin, request, to: from }) = relay else { return };
+        let Some(asker) = leg(call, from.other()) else { return };
+        let (contact, tag) = (contact_of(asker), asker.local_tag.clone());
+        let body = self.relay_body(id, from, response).unwrap_or(None);
+        let mut answer = request.response(code, reason);
+        if let Some(to) = answer.get("To") {
+            let tagged = format!("{};tag={tag}", strip_tag(to));
+            answer.set("To", tagged);
+        }
+        if (101..300).contains(&code) {
+            answer.push("Contact", contact);
+        }
+        if let Some(body) = body {
+            answer.push("Content-Type", "application/sdp");
+            answer.body = body;
+        }
+        let invite = request.method() == Some("INVITE");
+        if invite && (200..300).contains(&code) {
+            // The far side of a re-INVITE gets its ACK from the box at once;
+            // the asker's ACK then only stops the 2xx retransmissions.
+            if let Some(flow) = self.calls.get(&id).and_then(|c| leg(c, from)).map(|l| l.flow)
+                && let Some(mut ack) = self.dialog_request(id, from, "ACK", None)
+            {
+                if let Some((number, _)) = response.cseq() {
+                    ack.set("CSeq", format!("{number} ACK"));
+                }
+                self.sip.send_raw(flow, &ack);
+            }
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.awaiting_ack.push(origin.clone());
+            }
+        }
+        self.sip.respond(now, &origin, answer);
+    }
+
+    /// The ACK of a 2xx the box sent on either leg: stop retransmitting it.
+    /// (An ACK carrying the answer to a late offer is not relayed yet.)
+    fn on_ack(&mut self, request: &Message) {
+        let call_id = request.get("Call-ID").unwrap_or("");
+        let Some(&(id, _)) = self.dialogs.get(call_id) else { return };
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        for key in std::mem::take(&mut call.awaiting_ack) {
+            self.sip.ack_2xx(&key);
+        }
+    }
+
+    fn on_no_ack(&mut self, now: Instant, key: &ServerKey) {
+        let Some(id) = self.calls.iter().find(|(_, c)| &c.a_invite == key).map(|(id, _)| *id) else { return };
+        if self.calls.get(&id).map(|c| c.state) == Some(CallState::Answered) {
+            self.send_in_dialog(now, id, Side::A, "BYE", None);
+            self.send_in_dialog(now, id, Side::B, "BYE", None);
+            self.end(now, id, 200, "no-ack");
+        }
+    }
+
+    /// The call is over for the caller: record it and free its media.
+    fn end(&mut self, now: Instant, id: u64, status: u16, cause: &str) {
+        let Some(call) = self.calls.get(&id) else { return };
+        let record = CallRecord {
+            call: id,
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
+            destination: call.destination.clone(),
+            total: now.saturating_duration_since(call.started),
+            talk: call.answered.map(|a| now.saturating_duration_since(a)).unwrap_or_default(),
+            answered: call.answered.is_some(),
+            status: if call.answered.is_some() { 200 } else { status },
+            cause: cause.to_string(),
+        };
+        self.actions.push_back(Action::Record(record));
+        if call.state != CallState::Cancelled {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: u64) {
+        let Some(call) = self.calls.remove(&id) else { return };
+        self.dialogs.remove(&call.a.call_id);
+        if let Some(b) = &call.b {
+            self.dialogs.remove(&b.call_id);
+        }
+        for stream in &call.streams {
+            self.ports.release(stream.a_port);
+            self.ports.release(stream.b_port);
+        }
+        if !call.streams.is_empty() {
+            self.actions.push_back(Action::Close { call: id });
+        }
+    }
+
+    /// OPTIONS to each trunk every keepalive interval; no answer within
+    /// `failover_after` marks it down, any answer marks it up.
+    fn probe_trunks(&mut self, now: Instant) {
+        let names: Vec<String> = self.trunks.keys().cloned().collect();
+        for name in names {
+            let Some(health) = self.trunks.get(&name) else { continue };
+            if let Some((_, deadline)) = &health.probe
+                && *deadline <= now
+            {
+                self.trunk_probe_result(now, &name, false);
+            }
+            let Some(health) = self.trunks.get(&name) else { continue };
+            if health.probe.is_none() && health.next_probe.is_some_and(|t| t <= now) {
+                let Some(trunk) = self.config.trunks.iter().find(|t| t.name == name).cloned() else { continue };
+                let request = self.options_request(&trunk);
+                let flow = self.trunk_flow(&trunk);
+                let key = self.sip.send_request(now, flow, request);
+                if let Some(health) = self.trunks.get_mut(&name) {
+                    health.probe = Some((key, now + self.config.failover_after));
+                    health.next_probe = None;
+                }
+            }
+        }
+    }
+
+    /// How requests reach a trunk: from the box's SIP port.
+    fn trunk_flow(&self, trunk: &TrunkTarget) -> Flow {
+        let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.config.sip_port);
+        Flow { transport: trunk.transport, local, remote: trunk.addr }
+    }
+
+    fn options_request(&mut self, trunk: &TrunkTarget) -> Message {
+        let local_ip = self.local_ip_toward(trunk.addr.ip());
+        let host = host_port(trunk.addr);
+        let mut m = Message {
+            start: StartLine::Request { method: "OPTIONS".into(), uri: format!("sip:{host}") },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let sent_by = SocketAddr::new(local_ip, self.config.sip_port);
+        m.push(
+            "Via",
+            format!(
+                "SIP/2.0/{} {};branch=z9hG4bK{};rport",
+                trunk.transport.via_name(),
+                host_port(sent_by),
+                self.token()
+            ),
+        );
+        m.push("Max-Forwards", "70");
+        m.push("From", format!("<sip:keepalive@{}>;tag={}", ip_text(local_ip), self.token()));
+        m.push("To", format!("<sip:{host}>"));
+        m.push("Call-ID", format!("{}@{}", self.token(), ip_text(local_ip)));
+        m.push("CSeq", "1 OPTIONS");
+        m.push("User-Agent", self.sip.config().user_agent.clone());
+        m
+    }
+
+    fn trunk_probe_result(&mut self, now: Instant, name: &str, up: bool) {
+        let interval = self.config.trunks.iter().find(|t| t.name == name).and_then(|t| t.keepalive);
+        let Some(health) = self.trunks.get_mut(name) else { return };
+        if health.up != up {
+            tracing::info!("{}", format!("trunk {name} is {}", if up { "up" } else { "down" }));
+        }
+        health.up = up;
+        health.probe = None;
+        health.next_probe = interval.map(|i| now + i);
+    }
+}
+
+fn leg(call: &Call, side: Side) -> Option<&Leg> {
+    match side {
+        Side::A => Some(&call.a),
+        Side::B => call.b.as_ref(),
+    }
+}
+
+fn leg_mut(call: &mut Call, side: Side) -> Option<&mut Leg> {
+    match side {
+        Side::A => Some(&mut call.a),
+        Side::B => call.b.as_mut(),
+    }
+}
+
+/// A header value without its `;tag=` parameter.
+fn strip_tag(value: &str) -> String {
+    let (addr, params) = match value.rfind('>') {
+        Some(end) => value.split_at(end + 1),
+        None => match value.find(';') {
+            Some(i) => value.split_at(i),
+            None => (value, ""),
+        },
+    };
+    let kept: Vec<&str> = params
+        .split(';')
+        .filter(|p| !p.trim().is_empty() && !p.trim().to_ascii_lowercase().starts_with("tag="))
+        .collect();
+    if kept.is_empty() { addr.trim().to_string() } else { format!("{};{}", addr.trim(), kept.join(";")) }
+}
+
+/// Where to reach a registered contact. Over UDP, a contact whose address
+/// is the one the REGISTER came from is not behind NAT: its own port counts
+/// (phones often register from another port than they listen on). Otherwise,
+/// and on connections, the REGISTER's flow is the way back (NAT traversal).
+fn user_flow(binding: &Binding) -> Flow {
+    let mut flow = binding.flow;
+    if flow.transport == Transport::Udp
+        && let Some(addr) = uri_socket_addr(&binding.contact)
+        && addr.ip() == flow.remote.ip()
+    {
+        flow.remote = addr;
+    }
+    flow
+}
+
+/// `sip:user@192.0.2.1:5062;transport=udp` → 192.0.2.1:5062 (IP literals only).
+fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
+    let rest = uri.strip_prefix("sip:")?;
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host_port = host_port.split([';', '?']).next()?;
+    if let Ok(addr) = host_port.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, p.parse().ok()?),
+        _ => (host_port, 5060),
+    };
+    let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+fn host_port(addr: SocketAddr) -> String {
+    format!("{}:{}", ip_text(addr.ip()), addr.port())
+}
+
+fn contact_of(leg: &Leg) -> String {
+    let transport = match leg.flow.transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+        Transport::Ws => ";transport=ws",
+    };
+    format!("<sip:{}{transport}>", host_port(SocketAddr::new(leg.local_ip, leg.flow.local.port())))
+}
+
+fn with_warning(mut response: Message, reason: &str) -> Message {
+    response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
+    response
+}
+
+/// The SDP body of a message, if it has one.
+fn sdp_of(message: &Message) -> Result<Option<SessionDescription>, String> {
+    if message.body.is_empty() {
+        return Ok(None);
+    }
+    let sdp_type = message
+        .get("Content-Type")
+        .is_none_or(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp"));
+    if !sdp_type {
+        return Err("only application/sdp bodies are relayed".into());
+    }
+    SessionDescription::parse(&message.body).map(Some).map_err(|e| e.to_string())
+}

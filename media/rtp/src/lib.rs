@@ -1,0 +1,135 @@
+//! RTP/RTCP for the box, sans-IO: just enough of the packet to tell RTP from
+//! RTCP and to count streams (RFC 3550, RFC 5761), and the symmetric-RTP
+//! latch that finds a phone's real address behind NAT (RFC 4961 practice).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The fixed RTP header fields the relay looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub payload_type: u8,
+    pub marker: bool,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RtpError {
+    #[error("shorter than an RTP header")]
+    Short,
+    #[error("not RTP version 2")]
+    Version,
+}
+
+/// Parses the fixed header of an RTP packet (RFC 3550 §5.1).
+pub fn parse_rtp(packet: &[u8]) -> Result<RtpHeader, RtpError> {
+    if packet.len() < 12 {
+        return Err(RtpError::Short);
+    }
+    if packet[0] >> 6 != 2 {
+        return Err(RtpError::Version);
+    }
+    Ok(RtpHeader {
+        payload_type: packet[1] & 0x7f,
+        marker: packet[1] & 0x80 != 0,
+        sequence: u16::from_be_bytes([packet[2], packet[3]]),
+        timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+        ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+    })
+}
+
+/// RTCP when RTP and RTCP share a port: packet types 192–223 (RFC 5761 §4).
+pub fn is_rtcp(packet: &[u8]) -> bool {
+    packet.len() >= 8 && packet[0] >> 6 == 2 && (192..=223).contains(&packet[1])
+}
+
+/// Where one side of a relay sends: the address its SDP announced until
+/// media arrives, then the address media really comes from (a phone behind
+/// NAT sends from its public mapping). Once latched, other sources are
+/// ignored (nobody can hijack the stream mid-call) unless the latched source
+/// has been silent for [`RELATCH_AFTER`] (the phone's NAT mapping changed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Latch {
+    signalled: Option<SocketAddr>,
+    latched: Option<SocketAddr>,
+    last_heard: Option<Instant>,
+}
+
+/// Silence after which a new source may take over a latched stream.
+pub const RELATCH_AFTER: Duration = Duration::from_secs(2);
+
+impl Latch {
+    pub fn new(signalled: Option<SocketAddr>) -> Self {
+        Latch { signalled, latched: None, last_heard: None }
+    }
+
+    /// New SDP from this side (re-INVITE): a new address starts over.
+    pub fn signal(&mut self, signalled: Option<SocketAddr>) {
+        if signalled.is_some() && signalled != self.signalled {
+            self.latched = None;
+        }
+        self.signalled = signalled;
+    }
+
+    /// A packet arrived from `source`; `false` means drop it.
+    pub fn accept(&mut self, now: Instant, source: SocketAddr) -> bool {
+        let silent = self.last_heard.is_none_or(|t| now.saturating_duration_since(t) >= RELATCH_AFTER);
+        match self.latched {
+            Some(latched) if latched == source => {}
+            Some(_) if !silent => return false,
+            _ => self.latched = Some(source),
+        }
+        self.last_heard = Some(now);
+        true
+    }
+
+    /// Where to send packets for this side.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.signalled)
+    }
+
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn rtp_header_and_rtcp_demultiplexing() {
+        // RFC 3550 header: V=2, PT=0 (PCMU), seq 0x1234, ts 0x10, SSRC 0xdeadbeef.
+        let packet = [0x80, 0x80, 0x12, 0x34, 0, 0, 0, 0x10, 0xde, 0xad, 0xbe, 0xef, 0xff];
+        let h = parse_rtp(&packet).expect("rtp");
+        assert_eq!((h.payload_type, h.marker, h.sequence, h.timestamp, h.ssrc), (0, true, 0x1234, 0x10, 0xdead_beef));
+        assert!(!is_rtcp(&packet));
+        // A receiver report (PT 201).
+        assert!(is_rtcp(&[0x81, 201, 0, 7, 0, 0, 0, 1]));
+        assert_eq!(parse_rtp(&packet[..11]), Err(RtpError::Short));
+        assert_eq!(parse_rtp(&[0x40; 12]), Err(RtpError::Version));
+    }
+
+    #[test]
+    fn latch_follows_the_first_source_and_refuses_hijack() {
+        let t0 = Instant::now();
+        let mut latch = Latch::new(Some(addr("10.0.0.5:4000")));
+        assert_eq!(latch.destination(), Some(addr("10.0.0.5:4000")));
+        assert!(latch.accept(t0, addr("198.51.100.7:61000")), "the NAT's public mapping");
+        assert_eq!(latch.destination(), Some(addr("198.51.100.7:61000")));
+        assert!(!latch.accept(t0 + Duration::from_millis(20), addr("203.0.113.66:5000")), "hijack refused");
+        assert!(latch.accept(t0 + Duration::from_millis(40), addr("198.51.100.7:61000")));
+        // After silence a new mapping may take over.
+        assert!(latch.accept(t0 + Duration::from_secs(3), addr("198.51.100.7:62000")));
+        assert_eq!(latch.destination(), Some(addr("198.51.100.7:62000")));
+        // A re-INVITE to a new address forgets the latch.
+        latch.signal(Some(addr("10.0.0.6:4002")));
+        assert_eq!(latch.destination(), Some(addr("10.0.0.6:4002")));
+    }
+}

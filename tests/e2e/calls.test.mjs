@@ -1,0 +1,174 @@
+// Calls through the box's B2BUA against real peers: sipp (Debian sip-tester)
+// as caller and callee on loopback. The caller registers-style authenticates
+// with digest (407), the callee sits behind a trunk or is a registered user.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { startBox, freePort, Api } from "./lib/box.mjs";
+
+const run = promisify(execFile);
+const SCENARIOS = new URL("../sipp/", import.meta.url).pathname;
+const CALLER = { user: "1001", password: "pw-1001-secret" };
+const CALLEE = { user: "2001", password: "pw-2001-secret" };
+
+/** A scenario with only the wanted variant sections (<!--begin:x--> ... <!--end:x-->). */
+function variant(dir, file, keep) {
+  let text = readFileSync(SCENARIOS + file, "utf8");
+  for (const name of ["hold", "caller_bye", "callee_bye"]) {
+    if (!keep.includes(name)) text = text.replace(new RegExp(`<!--begin:${name}-->[\\s\\S]*?<!--end:${name}-->`), "");
+  }
+  const path = join(dir, `${keep.join("-") || "plain"}-${file}`);
+  writeFileSync(path, text);
+  return path;
+}
+
+/** Runs sipp to the end; resolves with its exit code (0: every call succeeded). */
+function sipp(box, name, args) {
+  const all = [...args, "-m", "1", "-l", "1", "-i", "127.0.0.1", "-timeout", "40s", "-timeout_error", "-nostdin",
+    "-trace_err", "-trace_msg", "-error_file", join(box.dataDir, `sipp-${name}-errors.log`)];
+  return run("sipp", all, { timeout: 60000, cwd: box.dataDir }).then(() => 0, (e) => {
+    let log = "";
+    try { log = readFileSync(join(box.dataDir, `sipp-${name}-errors.log`), "utf8").slice(-3000); } catch { /* none */ }
+    console.log(`sipp ${name} exited ${e.code}: ${e.stderr?.slice(-1500) ?? ""}\n${log}`);
+    return e.code ?? 1;
+  });
+}
+
+async function uas(box, file, port, keep = []) {
+  return sipp(box, `uas-${port}`, ["-sf", variant(box.dataDir, file, keep), "-p", String(port), "-mp", String(await freePort()), "-rtp_echo"]);
+}
+
+async function uac(box, file, number, keep = []) {
+  return sipp(box, "uac", [`127.0.0.1:${box.sipPort}`, "-sf", variant(box.dataDir, file, keep), "-p", String(await freePort()),
+    "-mp", String(await freePort()), "-au", CALLER.user, "-ap", CALLER.password,
+    "-key", "domain", "branch.example", "-key", "user", CALLER.user, "-key", "number", number]);
+}
+
+function provision(trunks, routes) {
+  const base = 20000 + 100 * Math.floor(Math.random() * 99);
+  return {
+    admin: { password: "installer-secret-1" },
+    sip: { domain: "branch.example", users: [CALLER, CALLEE].map((u) => ({ username: u.user, password: u.password })), trunks, routes },
+    media: { rtp_port_min: base, rtp_port_max: base + 99 },
+  };
+}
+
+async function boxWithTrunk() {
+  const trunkPort = await freePort();
+  const box = await startBox({ provision: provision(
+    [{ name: "pstn", host: "127.0.0.1", port: trunkPort, transport: "udp", priority: 10, keepalive_seconds: 0 }],
+    [{ prefix: "9", strip: 1, trunk: "pstn" }]) });
+  const api = new Api(box.url);
+  await api.login("admin", "installer-secret-1");
+  return { box, api, trunkPort };
+}
+
+/** Polls the live calls table until `predicate` holds for a call (or gives up after `ms`). */
+async function waitForCall(api, predicate, ms = 10000) {
+  for (const until = Date.now() + ms; Date.now() < until;) {
+    const calls = (await api.get("/api/v1/sip/calls")).json.calls;
+    const found = calls.find(predicate);
+    if (found) return found;
+    await new Promise((r) => setTimeout(r, 150));
+  }
+  return null;
+}
+
+test("a user calls out through a trunk: digest, topology hiding, media anchored both ways, hold/resume, caller hangs up, CDR", async () => {
+  const { box, api, trunkPort } = await boxWithTrunk();
+  try {
+    const callee = uas(box, "uas.xml", trunkPort, ["hold", "caller_bye"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", "95551234", ["hold", "caller_bye"]);
+    const live = await waitForCall(api, (c) => c.state === "answered" && c.packets_a_to_b > 20 && c.packets_b_to_a > 20);
+    assert.ok(live, "an answered call whose media the box relays both ways (sipp plays G.711, the callee echoes)");
+    assert.equal(live.caller, "1001");
+    assert.equal(live.callee, "95551234");
+    assert.equal(live.destination, "pstn");
+    assert.equal(await callee, 0, "callee scenario (no caller identifiers leaked, Subject passed, hold/resume seen)");
+    assert.equal(await caller, 0, "caller scenario (answer SDP on the box's relay, hold/resume answered)");
+    assert.deepEqual((await api.get("/api/v1/sip/calls")).json.calls, [], "no call left");
+    const cdr = await api.get("/api/v1/sip/cdr.csv");
+    assert.equal(cdr.status, 200);
+    assert.match(cdr.headers["content-type"], /^text\/csv/);
+    const lines = cdr.text.trim().split("\r\n");
+    assert.equal(lines.length, 2, cdr.text);
+    assert.match(lines[1], /"1001","95551234","pstn","200","caller-bye"$/);
+  } finally { await box.stop(); }
+});
+
+test("the callee hangs up", async () => {
+  const { box, api, trunkPort } = await boxWithTrunk();
+  try {
+    const callee = uas(box, "uas.xml", trunkPort, ["callee_bye"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", "95550000", ["callee_bye"]);
+    assert.equal(await callee, 0, "callee sent BYE and got 200");
+    assert.equal(await caller, 0, "caller got the BYE through the box");
+    const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
+    assert.match(lines[1], /"callee-bye"$/);
+  } finally { await box.stop(); }
+});
+
+test("the caller cancels while it rings: CANCEL reaches the callee, 487 the caller", async () => {
+  const { box, api, trunkPort } = await boxWithTrunk();
+  try {
+    const callee = uas(box, "cancel_uas.xml", trunkPort);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "cancel_uac.xml", "95550001");
+    assert.equal(await callee, 0, "callee got the CANCEL and the ACK of its 487");
+    assert.equal(await caller, 0, "caller got 200 for CANCEL and 487 for the INVITE");
+    const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
+    assert.match(lines[1], /"487","cancelled"$/);
+  } finally { await box.stop(); }
+});
+
+test("a call to a registered user reaches the phone at its registered contact", async () => {
+  const box = await startBox({ provision: provision([], []) });
+  try {
+    const phonePort = await freePort();
+    const registered = await sipp(box, "register", [`127.0.0.1:${box.sipPort}`, "-sf", SCENARIOS + "register_contact.xml",
+      "-p", String(await freePort()), "-au", CALLEE.user, "-ap", CALLEE.password, "-key", "domain", "branch.example",
+      "-key", "user", CALLEE.user, "-key", "contact_port", String(phonePort)]);
+    assert.equal(registered, 0, "2001 registered its phone's contact");
+    const callee = uas(box, "uas.xml", phonePort, ["caller_bye"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", CALLEE.user, ["caller_bye"]);
+    assert.equal(await callee, 0);
+    assert.equal(await caller, 0);
+  } finally { await box.stop(); }
+});
+
+test("a dead first trunk: the call fails over to the next one, and OPTIONS keepalives mark it down", async () => {
+  const deadPort = await freePort();
+  const livePort = await freePort();
+  const box = await startBox({ provision: provision([
+    { name: "dead", host: "127.0.0.1", port: deadPort, transport: "udp", priority: 1, keepalive_seconds: 2 },
+    { name: "live", host: "127.0.0.1", port: livePort, transport: "udp", priority: 2, keepalive_seconds: 0 },
+  ], [{ prefix: "9", strip: 1, trunk: "dead" }, { prefix: "9", strip: 1, trunk: "live" }]) });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const callee = uas(box, "uas.xml", livePort, ["caller_bye"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const started = Date.now();
+    const caller = uac(box, "call_uac.xml", "90123", ["caller_bye"]);
+    assert.equal(await callee, 0, "the live trunk got the call");
+    assert.equal(await caller, 0);
+    assert.ok(Date.now() - started < 20000);
+    let trunks = [];
+    for (let i = 0; i < 40; i++) {
+      trunks = (await api.get("/api/v1/sip/calls")).json.trunks;
+      if (trunks.find((t) => t.name === "dead")?.up === false) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.deepEqual(trunks.map((t) => [t.name, t.up]), [["dead", false], ["live", true]]);
+    const metrics = await api.get("/metrics");
+    assert.match(metrics.text, /branchgate_sip_trunk_up\{trunk="dead"\} 0/);
+    const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
+    assert.match(lines[1], /"live","200","caller-bye"$/);
+  } finally { await box.stop(); }
+});
