@@ -1,0 +1,307 @@
+//! The B2BUA's call model in virtual time: routing, failover, topology
+//! hiding and media anchoring, with every message checked as a peer sees it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use branchgate_gateway::b2bua::{Action, B2bua, CallConfig, RouteRule, Side, TrunkTarget};
+use branchgate_sip::digest::{Algorithm, expected_response, parse_credentials};
+use branchgate_sip::{Flow, Message, Server, ServerConfig, StartLine, Transport, UserKeys};
+use md5::{Digest, Md5};
+
+const DOMAIN: &str = "branch.example";
+const CALLER: &str = "10.1.1.5:5062";
+const T1: &str = "192.0.2.10:5060";
+const T2: &str = "192.0.2.20:5060";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("addr")
+}
+
+fn flow(remote: &str) -> Flow {
+    Flow { transport: Transport::Udp, local: addr("0.0.0.0:5060"), remote: addr(remote) }
+}
+
+fn ha1() -> String {
+    hex::encode(Md5::digest(format!("1001:{DOMAIN}:secret").as_bytes()))
+}
+
+fn trunk(name: &str, at: &str, priority: u32) -> TrunkTarget {
+    TrunkTarget { name: name.into(), addr: addr(at), transport: Transport::Udp, priority, keepalive: None }
+}
+
+struct Lab {
+    b2bua: B2bua,
+    now: Instant,
+    calls: u32,
+}
+
+impl Lab {
+    fn new(trunks: Vec<TrunkTarget>, routes: Vec<RouteRule>) -> Lab {
+        let now = Instant::now();
+        let mut config = ServerConfig::new(DOMAIN);
+        config.users.insert("1001".into(), UserKeys { md5: ha1(), sha256: String::new() });
+        let mut calls = CallConfig::new(DOMAIN);
+        calls.trunks = trunks;
+        calls.routes = routes;
+        calls.emergency_numbers = vec!["112".into()];
+        calls.advertise_ip = "203.0.113.1".parse().expect("ip");
+        Lab { b2bua: B2bua::new(Server::new(config, [1; 32], now), calls, 42, now), now, calls: 0 }
+    }
+
+    /// Feeds a message and returns what the box sent, as (destination, message).
+    fn send(&mut self, from: &str, text: &str) -> Vec<(SocketAddr, Message)> {
+        self.b2bua.handle_input(self.now, flow(from), text.as_bytes());
+        self.sent()
+    }
+
+    fn sent(&mut self) -> Vec<(SocketAddr, Message)> {
+        std::iter::from_fn(|| self.b2bua.poll_output())
+            .map(|o| (o.flow.remote, Message::parse(&o.data).expect("the box sends valid SIP")))
+            .collect()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<(SocketAddr, Message)> {
+        self.now += by;
+        self.b2bua.handle_timeout(self.now);
+        self.sent()
+    }
+
+    /// The caller's INVITE to `number`, authenticated after the 407 challenge.
+    fn call(&mut self, number: &str) -> Vec<(SocketAddr, Message)> {
+        self.calls += 1;
+        let first = self.send(CALLER, &invite(number, "").replace("caller1", &format!("caller1-{}", self.calls)));
+        let challenge = first
+            .iter()
+            .find(|(_, m)| code(m) == 407)
+            .and_then(|(_, m)| m.get("Proxy-Authenticate"))
+            .expect("a 407 challenge")
+            .to_string();
+        let nonce = parse_credentials(&challenge).expect("digest").nonce;
+        let uri = format!("sip:{number}@{DOMAIN}");
+        let c = parse_credentials(&format!(
+            "Digest username=\"1001\", uri=\"{uri}\", nonce=\"{nonce}\", qop=auth, nc=00000001, cnonce=\"c\""
+        ))
+        .expect("credentials");
+        let response = expected_response(Algorithm::Md5, &ha1(), "INVITE", &c);
+        let second = invite(
+            number,
+            &format!(
+                "Proxy-Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+            ),
+        );
+        self.send(CALLER, &second.replace("caller2", &format!("caller2-{}", self.calls)))
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.b2bua.poll_action()).collect()
+    }
+}
+
+const OFFER: &str =
+    "v=0\r\no=alice 1 1 IN IP4 10.1.1.5\r\ns=-\r\nc=IN IP4 10.1.1.5\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+fn invite(number: &str, auth: &str) -> String {
+    let branch = if auth.is_empty() { "z9hG4bKcaller1" } else { "z9hG4bKcaller2" };
+    format!(
+        "INVITE sip:{number}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch={branch}\r\n\
+From: \"Alice\" <sip:1001@{DOMAIN}>;tag=alicetag\r\nTo: <sip:{number}@{DOMAIN}>\r\nCall-ID: alice-call@10.1.1.5\r\n\
+CSeq: {} INVITE\r\nContact: <sip:1001@10.1.1.5:5062>\r\nMax-Forwards: 70\r\nX-Internal: secret-pbx-7\r\n{auth}\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        if auth.is_empty() { 1 } else { 2 },
+        OFFER.len()
+    )
+}
+
+fn code(m: &Message) -> u16 {
+    match m.start {
+        StartLine::Response { code, .. } => code,
+        StartLine::Request { .. } => 0,
+    }
+}
+
+fn method(m: &Message) -> &str {
+    m.method().unwrap_or("")
+}
+
+/// A response from the callee to a request the box sent.
+fn answer(request: &Message, status: u16, tag: &str, body: &str) -> String {
+    let mut r = request.response(status, "Reason");
+    if status > 100 {
+        let to = format!("{};tag={tag}", r.get("To").expect("to"));
+        r.set("To", to);
+        r.push("Contact", "<sip:far@192.0.2.99:5060>");
+    }
+    if !body.is_empty() {
+        r.push("Content-Type", "application/sdp");
+        r.body = body.as_bytes().to_vec();
+    }
+    String::from_utf8(r.to_bytes()).expect("utf8")
+}
+
+const ANSWER: &str =
+    "v=0\r\no=bob 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+
+fn routes() -> Vec<RouteRule> {
+    vec![
+        RouteRule { prefix: "9".into(), strip: 1, trunk: "second".into() },
+        RouteRule { prefix: "9".into(), strip: 1, trunk: "first".into() },
+        RouteRule { prefix: "0".into(), strip: 0, trunk: "second".into() },
+    ]
+}
+
+#[test]
+fn a_503_fails_over_to_the_next_trunk_and_the_answer_is_anchored_and_hidden() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1), trunk("second", T2, 2)], routes());
+    let out = lab.call("95551234");
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 100));
+    let (to, first) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to a trunk").clone();
+    assert_eq!(to, addr(T1), "priority 1 first");
+    assert!(
+        matches!(&first.start, StartLine::Request { uri, .. } if uri == "sip:5551234@192.0.2.10:5060"),
+        "prefix stripped"
+    );
+    // Topology hiding: nothing of the caller's SIP or addresses in the trunk's INVITE.
+    let wire = String::from_utf8_lossy(&first.to_bytes()).into_owned();
+    for leak in
+        ["alice-call", "z9hG4bKcaller", "alicetag", "10.1.1.5", "X-Internal", "secret-pbx", "Proxy-Authorization"]
+    {
+        assert!(!wire.contains(leak), "{leak} leaked into\n{wire}");
+    }
+    assert!(wire.contains("c=IN IP4 203.0.113.1") && wire.contains("\"Alice\" <sip:1001@203.0.113.1>"));
+    assert_eq!(first.get("Max-Forwards"), Some("69"));
+
+    let out = lab.send(T1, &answer(&first, 503, "t1", ""));
+    assert!(out.iter().any(|(to, m)| *to == addr(T1) && method(m) == "ACK"), "the 503 is ACKed");
+    let (to, second) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("failover INVITE").clone();
+    assert_eq!(to, addr(T2));
+    assert_ne!(second.get("Call-ID"), first.get("Call-ID"));
+
+    lab.send(T2, &answer(&second, 180, "t2", ""));
+    let out = lab.send(T2, &answer(&second, 200, "t2", ANSWER));
+    let ack = out.iter().find(|(to, m)| *to == addr(T2) && method(m) == "ACK").expect("ACK to the trunk").1.clone();
+    assert!(ack.get("To").is_some_and(|t| t.contains("tag=t2")));
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the caller").1.clone();
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(!body.contains("192.0.2.99") && body.contains("c=IN IP4 203.0.113.1"), "{body}");
+    assert!(!String::from_utf8_lossy(&ok.to_bytes()).contains("far@192.0.2.99"), "callee's Contact hidden");
+
+    // The relay learned both sides' announced addresses; each side sees its own relay port.
+    let actions = lab.actions();
+    let open = actions.iter().find_map(|a| match a {
+        Action::OpenStream { ports, .. } => Some(*ports),
+        _ => None,
+    });
+    let ports = open.expect("a relay stream");
+    assert!(wire.contains(&format!("m=audio {} ", ports.b_port)));
+    assert!(body.contains(&format!("m=audio {} ", ports.a_port)));
+    assert!(actions.contains(&Action::Peer {
+        call: 1,
+        index: 0,
+        side: Side::A,
+        destination: Some(addr("10.1.1.5:4000"))
+    }));
+    assert!(actions.contains(&Action::Peer {
+        call: 1,
+        index: 0,
+        side: Side::B,
+        destination: Some(addr("192.0.2.99:6000"))
+    }));
+    assert_eq!(lab.b2bua.calls(lab.now).len(), 1);
+
+    // The callee hangs up: 200 to it, BYE to the caller, a record, relays closed.
+    let bye = format!(
+        "BYE sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKbye\r\nFrom: {}\r\nTo: {}\r\n\
+Call-ID: {}\r\nCSeq: 1 BYE\r\n\r\n",
+        ack.get("To").expect("to"),
+        ack.get("From").expect("from"),
+        ack.get("Call-ID").expect("call-id")
+    );
+    let out = lab.send(T2, &bye);
+    assert!(out.iter().any(|(to, m)| *to == addr(T2) && code(m) == 200));
+    let bye_a = out.iter().find(|(to, m)| *to == addr(CALLER) && method(m) == "BYE").expect("BYE to the caller");
+    assert_eq!(bye_a.1.get("Call-ID"), Some("alice-call@10.1.1.5"));
+    assert!(
+        bye_a.1.get("From").is_some_and(|f| !f.contains("alicetag"))
+            && bye_a.1.get("To").is_some_and(|t| t.contains("alicetag"))
+    );
+    let actions = lab.actions();
+    assert!(actions.contains(&Action::Close { call: 1 }));
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Record(r) if r.cause == "callee-bye" && r.answered && r.destination == "second")
+        )
+    );
+    assert!(lab.b2bua.calls(lab.now).is_empty());
+}
+
+#[test]
+fn a_silent_trunk_is_abandoned_after_the_failover_time() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1), trunk("second", T2, 2)], routes());
+    lab.call("9123");
+    let out = lab.advance(Duration::from_secs(2));
+    assert!(!out.iter().any(|(to, _)| *to == addr(T2)), "nothing to the second trunk yet");
+    assert!(out.iter().any(|(to, m)| *to == addr(T1) && method(m) == "INVITE"), "Timer A retransmits");
+    let out = lab.advance(Duration::from_millis(2100));
+    assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "INVITE"), "next trunk after 4 s of silence");
+}
+
+#[test]
+fn when_every_trunk_fails_the_caller_gets_503_or_504() {
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    let out = lab.call("0800");
+    let invite = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE").1;
+    let out = lab.send(T2, &answer(&invite, 500, "x", ""));
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 503));
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    lab.call("0800");
+    let out = lab.advance(Duration::from_secs(5));
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 504), "timeout → 504");
+}
+
+#[test]
+fn routing_refusals_and_callers() {
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    // Not authenticated: challenged.
+    let out = lab.send(CALLER, &invite("9123", ""));
+    assert!(out.iter().any(|(_, m)| code(m) == 407));
+    // No route: 404. A known user who is not registered: 480.
+    assert!(lab.call("777").iter().any(|(_, m)| code(m) == 404));
+    assert!(lab.call("1001").iter().any(|(_, m)| code(m) == 480));
+    // A trunk may call users only (no toll fraud through the box), and needs no digest.
+    let from_trunk = invite("95551234", "").replace("10.1.1.5:5062", "192.0.2.20:5060");
+    let out = lab.send(T2, &from_trunk);
+    assert!(out.iter().any(|(_, m)| code(m) == 404), "trunk to trunk refused");
+    // Emergency numbers go out even without a route for them.
+    let out = lab.call("112");
+    assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "INVITE"));
+    // A required extension the box does not support.
+    let out = lab.send(
+        CALLER,
+        &invite("9123", "")
+            .replace("Max-Forwards", "Require: 100rel\r\nMax-Forwards")
+            .replace("caller1", "caller-require"),
+    );
+    assert!(out.iter().any(|(_, m)| code(m) == 420 && m.get("Unsupported") == Some("100rel")));
+}
+
+#[test]
+fn cancel_before_answer_reaches_the_callee_and_a_crossing_200_is_hung_up() {
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    let out = lab.call("0800");
+    let invite = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE").1;
+    lab.send(T2, &answer(&invite, 180, "t2", ""));
+    let cancel = "CANCEL sip:0800@branch.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKcaller2-1\r\n\
+From: \"Alice\" <sip:1001@branch.example>;tag=alicetag\r\nTo: <sip:0800@branch.example>\r\n\
+Call-ID: alice-call@10.1.1.5\r\nCSeq: 2 CANCEL\r\n\r\n";
+    let out = lab.send(CALLER, cancel);
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 200 && m.cseq().map(|c| c.1) == Some("CANCEL")));
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 487));
+    assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "CANCEL"));
+    // The callee answered just before it saw the CANCEL: ACK and BYE it.
+    let out = lab.send(T2, &answer(&invite, 200, "t2", ANSWER));
+    assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "ACK"));
+    assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "BYE"));
+    assert!(lab.actions().iter().any(|a| matches!(a, Action::Record(r) if r.cause == "cancelled" && r.status == 487)));
+}
