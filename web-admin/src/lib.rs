@@ -10,6 +10,7 @@ pub mod logs;
 mod openapi;
 mod pages;
 pub mod security;
+pub mod sip_ws;
 pub mod status;
 pub mod tls;
 
@@ -333,6 +334,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
+        .route("/sip", get(sip_ws::sip_websocket))
         .route("/events", get(events))
         .merge(pages::routes())
         .layer(axum::middleware::from_fn(security::csrf_guard))

@@ -188,6 +188,8 @@ pub struct SipConfig {
     pub routes: Vec<SipRoute>,
     /// Numbers routed before anything else.
     pub emergency_numbers: Vec<String>,
+    /// Offer SHA-256 digest (RFC 8760) besides MD5 to the box's SIP users.
+    pub digest_sha256: bool,
 }
 
 impl Default for SipConfig {
@@ -202,6 +204,7 @@ impl Default for SipConfig {
             trunks: Vec::new(),
             routes: Vec::new(),
             emergency_numbers: vec!["112".into(), "911".into()],
+            digest_sha256: false,
         }
     }
 }

@@ -360,15 +360,19 @@ async fn serve(
         });
     }
 
-    {
-        let store = store.clone();
+    // TURN over TLS and SIP over TLS present the box's own certificate (the admin UI's).
+    let certificates: branchgate_streams::CertificateSource = {
         let certificate_store = store.clone();
         let certificate_dir = data_dir.clone();
-        let certificates: branchgate_turn_relay::CertificateSource = Arc::new(move || {
+        Arc::new(move || {
             branchgate_web_admin::tls::box_certificate(&certificate_store.current().config, &certificate_dir)
                 .map(|pair| (pair.certificate, pair.private_key))
                 .map_err(|e| e.to_string())
-        });
+        })
+    };
+    {
+        let store = store.clone();
+        let certificates = certificates.clone();
         let monitor = state.turn.clone();
         supervisor.spawn("turn", move |shutdown| {
             let config_rx = store.subscribe();
@@ -386,12 +390,16 @@ async fn serve(
         let store = store.clone();
         let monitor = state.sip.clone();
         let data_dir = data_dir.clone();
+        let certificates = certificates.clone();
         supervisor.spawn("sip", move |shutdown| {
             let config_rx = store.subscribe();
             let monitor = monitor.clone();
             let data_dir = data_dir.clone();
+            let certificates = certificates.clone();
             async move {
-                branchgate_gateway::run(config_rx, shutdown, monitor, data_dir).await.map_err(anyhow::Error::from)
+                branchgate_gateway::run(config_rx, shutdown, monitor, data_dir, certificates)
+                    .await
+                    .map_err(anyhow::Error::from)
             }
         });
     }

@@ -14,7 +14,8 @@ use b2bua::{Action, B2bua, CallConfig, CallRecord, RouteRule, TrunkTarget};
 use branchgate_config::{SipConfig, SipTransport, Snapshot};
 use branchgate_sip::server::RegistrationInfo;
 use branchgate_sip::{Flow, Server, ServerConfig, Transport, UserKeys};
-use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop};
+pub use branchgate_streams::CertificateSource;
+use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop, tls_acceptor};
 use rand::RngCore;
 use relay::MediaRelay;
 use std::collections::HashMap;
@@ -31,7 +32,12 @@ pub enum GatewayError {
 
 /// The SIP flow of a stream connection.
 fn flow_of(c: Connection) -> Flow {
-    Flow { transport: if c.tls { Transport::Tls } else { Transport::Tcp }, local: c.local, remote: c.remote }
+    let transport = match (c.websocket, c.tls) {
+        (true, _) => Transport::Ws,
+        (false, true) => Transport::Tls,
+        (false, false) => Transport::Tcp,
+    };
+    Flow { transport, local: c.local, remote: c.remote }
 }
 
 /// The sans-IO server's configuration from the box's.
@@ -45,6 +51,7 @@ pub fn server_config(sip: &SipConfig) -> ServerConfig {
             Some((u.username.clone(), UserKeys { md5: hex::encode(key.md5), sha256: hex::encode(key.sha256) }))
         })
         .collect();
+    config.offer_sha256 = sip.digest_sha256;
     config
 }
 
@@ -125,6 +132,8 @@ struct MonitorState {
     calls: Vec<CallView>,
     trunks: Vec<TrunkView>,
     hangups: Option<mpsc::UnboundedSender<u64>>,
+    /// Where SIP-over-WebSocket connections (served by the admin listener) report.
+    websocket: Option<mpsc::Sender<StreamEvent>>,
 }
 
 /// Live registrations, calls and trunk states for the admin UI, refreshed
@@ -147,6 +156,12 @@ impl SipMonitor {
 
     pub fn trunks(&self) -> Vec<TrunkView> {
         self.lock().trunks.clone()
+    }
+
+    /// The running gateway's stream events, for a SIP-over-WebSocket connection
+    /// accepted elsewhere; `None` while SIP is not running.
+    pub fn websocket_events(&self) -> Option<mpsc::Sender<StreamEvent>> {
+        self.lock().websocket.clone()
     }
 
     /// Asks the gateway to hang up a call; `false` when SIP is not running.
@@ -190,6 +205,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     monitor: SipMonitor,
     data_dir: PathBuf,
+    certificates: CertificateSource,
 ) -> Result<(), GatewayError> {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -197,21 +213,34 @@ pub async fn run(
     loop {
         let snapshot = config_rx.borrow_and_update().clone();
         let sip = snapshot.config.sip.clone();
+        let certificate = snapshot.config.admin.tls_certificate.clone();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sip.udp_port);
         let socket = UdpSocket::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
         let local = socket.local_addr()?;
         let tcp_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sip.tcp_port);
         let tcp = TcpListener::bind(tcp_addr).await.map_err(|source| GatewayError::Bind { addr: tcp_addr, source })?;
+        let tls_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sip.tls_port);
+        let tls = TcpListener::bind(tls_addr).await.map_err(|source| GatewayError::Bind { addr: tls_addr, source })?;
         let (stream_tx, mut stream_rx) = mpsc::channel::<StreamEvent>(1024);
-        let accept = spawn_accept_loop(tcp, None, branchgate_sip::frame_len, stream_tx);
+        let mut accept = vec![spawn_accept_loop(tcp, None, branchgate_sip::frame_len, stream_tx.clone())];
+        match tls_acceptor(&certificates) {
+            Ok(acceptor) => {
+                accept.push(spawn_accept_loop(tls, Some(acceptor), branchgate_sip::frame_len, stream_tx.clone()))
+            }
+            Err(e) => tracing::warn!(error = %e, "SIP over TLS unavailable: no usable certificate"),
+        }
         let mut streams: HashMap<Flow, mpsc::Sender<Vec<u8>>> = HashMap::new();
-        tracing::info!(udp = %addr, tcp = %tcp_addr, domain = %sip.domain, "SIP listening");
+        tracing::info!(udp = %addr, tcp = %tcp_addr, tls = %tls_addr, domain = %sip.domain, "SIP listening");
         let server = Server::new(server_config(&sip), secret, Instant::now());
         let mut b2bua = B2bua::new(server, call_config(&snapshot.config).await, rand::random(), Instant::now());
         let (timeouts_tx, mut timeouts_rx) = mpsc::unbounded_channel();
         let mut relay = MediaRelay::new(timeouts_tx);
         let (hangup_tx, mut hangup_rx) = mpsc::unbounded_channel();
-        monitor.lock().hangups = Some(hangup_tx);
+        {
+            let mut state = monitor.lock();
+            state.hangups = Some(hangup_tx);
+            state.websocket = Some(stream_tx);
+        }
         let mut buf = vec![0u8; 65536];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let restart = loop {
@@ -240,7 +269,9 @@ pub async fn run(
                     if changed.is_err() { break false; }
                     let snapshot = config_rx.borrow_and_update().clone();
                     let new = &snapshot.config.sip;
-                    if new.udp_port != sip.udp_port || new.tcp_port != sip.tcp_port { break true; }
+                    let certificate_changed = snapshot.config.admin.tls_certificate != certificate;
+                    if new.udp_port != sip.udp_port || new.tcp_port != sip.tcp_port || new.tls_port != sip.tls_port
+                        || certificate_changed { break true; }
                     b2bua.sip_mut().set_config(server_config(new));
                     b2bua.set_config(call_config(&snapshot.config).await, Instant::now());
                 }
@@ -276,13 +307,15 @@ pub async fn run(
                 }
             }
         };
-        accept.abort();
+        for task in accept {
+            task.abort();
+        }
         relay.close_all();
         *monitor.lock() = MonitorState::default();
         if !restart {
             return Ok(());
         }
-        tracing::info!("SIP port changed; restarting");
+        tracing::info!("SIP ports or certificate changed; restarting the listeners");
     }
 }
 

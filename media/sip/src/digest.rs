@@ -104,11 +104,12 @@ impl NonceIssuer {
     /// (sipp among them) take the first challenge even when they cannot do it.
     /// `binding` ties the nonce to what it is for (realm and client address); `realm` is
     /// its part before the first `|`.
-    pub fn challenges(&self, now_secs: u64, binding: &str, stale: bool) -> Vec<String> {
+    /// One challenge per algorithm, most preferred first (RFC 8760 §2.4).
+    pub fn challenges(&self, now_secs: u64, binding: &str, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
         let nonce = self.issue(now_secs, binding);
         let realm = binding.split('|').next().unwrap_or(binding);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Md5, Algorithm::Sha256]
+        algorithms
             .iter()
             .map(|a| {
                 format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{stale}", a.name())
@@ -159,8 +160,11 @@ mod tests {
         assert_eq!(issuer.check(&nonce, 1300, "r"), NonceState::Stale);
         assert_eq!(issuer.check(&nonce, 1000, "other"), NonceState::Invalid);
         assert_eq!(issuer.check("x", 1000, "r"), NonceState::Invalid);
-        assert!(issuer.challenges(1000, "r", true)[0].contains("algorithm=MD5"));
-        assert!(issuer.challenges(1000, "r", true)[1].contains("algorithm=SHA-256, qop=\"auth\", stale=true"));
+        assert!(issuer.challenges(1000, "r", true, &[Algorithm::Md5, Algorithm::Sha256])[0].contains("algorithm=MD5"));
+        assert!(
+            issuer.challenges(1000, "r", true, &[Algorithm::Md5, Algorithm::Sha256])[1]
+                .contains("algorithm=SHA-256, qop=\"auth\", stale=true")
+        );
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub min_expires: u32,
     pub max_expires: u32,
     pub user_agent: String,
+    /// Challenge with SHA-256 (first) as well as MD5. Off by default: clients
+    /// disagree on which of several challenges they answer (sipp the first,
+    /// JsSIP the last) and most phones know only MD5.
+    pub offer_sha256: bool,
 }
 
 impl ServerConfig {
@@ -62,6 +66,7 @@ impl ServerConfig {
             min_expires: 60,
             max_expires: 3600,
             user_agent: concat!("branchgate/", env!("CARGO_PKG_VERSION")).into(),
+            offer_sha256: false,
         }
     }
 }
@@ -282,7 +287,8 @@ impl Server {
     pub fn handle_input(&mut self, now: Instant, flow: Flow, bytes: &[u8]) {
         // Keep-alives (RFC 5626 §4.4.1): CRLFCRLF is answered with CRLF on streams.
         if bytes.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            if bytes.len() >= 4 && flow.transport != Transport::Udp {
+            // (WebSocket has its own pings: RFC 7118 has no CRLF keep-alive.)
+            if bytes.len() >= 4 && matches!(flow.transport, Transport::Tcp | Transport::Tls) {
                 self.out.push_back(Output { flow, data: b"\r\n".to_vec() });
             }
             return;
@@ -365,7 +371,10 @@ impl Server {
         };
         let mut response = request.response(code, reason);
         ensure_to_tag(&mut response);
-        for challenge in self.nonces.challenges(self.now_secs(now), &nonce_binding(&self.config.domain, flow), stale) {
+        let algorithms: &[Algorithm] =
+            if self.config.offer_sha256 { &[Algorithm::Sha256, Algorithm::Md5] } else { &[Algorithm::Md5] };
+        let binding = nonce_binding(&self.config.domain, flow);
+        for challenge in self.nonces.challenges(self.now_secs(now), &binding, stale, algorithms) {
             response.push(header, challenge);
         }
         self.answer(now, key, response);

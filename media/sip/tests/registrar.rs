@@ -76,7 +76,8 @@ Contact: {contact}\r\nExpires: {expires}\r\nMax-Forwards: 70\r\n{auth}Content-Le
         let (_, challenge) = self.register(user, contact, expires, None);
         assert_eq!(code(&challenge), 401);
         let www: Vec<&str> = challenge.lines("WWW-Authenticate").collect();
-        assert_eq!(www.len(), 2, "MD5 and SHA-256");
+        assert_eq!(www.len(), 1, "MD5 only unless SHA-256 is offered");
+        assert!(www[0].contains("algorithm=MD5"));
         let nonce = param(&format!(";{}", www[0].trim_start_matches("Digest ").replace(", ", ";")), "nonce")
             .expect("nonce")
             .to_string();
@@ -180,4 +181,17 @@ fn options_bad_requests_and_loops() {
     // Not even that: silence.
     assert!(h.send("garbage\r\n\r\n").is_empty());
     assert!(h.send("\r\n\r\n").is_empty(), "a keep-alive on UDP needs no answer");
+}
+
+#[test]
+fn sha256_is_offered_first_when_configured() {
+    let mut h = Harness::new();
+    let mut config = ServerConfig::new(DOMAIN);
+    config.users.insert("1001".into(), keys("1001", "pw"));
+    config.offer_sha256 = true;
+    h.server.set_config(config);
+    let (_, challenge) = h.register("1001", "<sip:1001@10.0.0.5>", 300, None);
+    let www: Vec<&str> = challenge.lines("WWW-Authenticate").collect();
+    assert_eq!(www.len(), 2);
+    assert!(www[0].contains("algorithm=SHA-256") && www[1].contains("algorithm=MD5"), "RFC 8760 §2.4 order");
 }

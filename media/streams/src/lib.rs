@@ -24,6 +24,27 @@ pub struct Connection {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub tls: bool,
+    /// Messages arrive as WebSocket messages (SIP over WebSocket, RFC 7118).
+    pub websocket: bool,
+}
+
+/// The certificate and private key (PEM) a TLS listener presents; asked
+/// again whenever listeners are made, so an installer's new certificate applies.
+pub type CertificateSource = std::sync::Arc<dyn Fn() -> Result<(String, String), String> + Send + Sync>;
+
+/// A TLS acceptor for the certificate `source` gives now.
+pub fn tls_acceptor(source: &CertificateSource) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let (certificate, key) = source()?;
+    let certs =
+        rustls_pemfile::certs(&mut certificate.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .map_err(|e| e.to_string())?
+        .ok_or("no private key in the PEM text")?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 #[derive(Debug)]
@@ -66,7 +87,7 @@ pub fn spawn_accept_loop(
                 }
             };
             let _ = stream.set_nodelay(true);
-            let connection = Connection { local, remote, tls: tls.is_some() };
+            let connection = Connection { local, remote, tls: tls.is_some(), websocket: false };
             let events = events.clone();
             let tls = tls.clone();
             tokio::spawn(async move {

@@ -122,22 +122,8 @@ impl TurnMonitor {
     }
 }
 
-/// The certificate TURN over TLS presents (the box's own: see the daemon).
-pub type CertificateSource = Arc<dyn Fn() -> Result<(String, String), String> + Send + Sync>;
-
-fn tls_acceptor(source: &CertificateSource) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let (certificate, key) = source()?;
-    let certs =
-        rustls_pemfile::certs(&mut certificate.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    let key = rustls_pemfile::private_key(&mut key.as_bytes())
-        .map_err(|e| e.to_string())?
-        .ok_or("no private key in the PEM text")?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
+pub use branchgate_streams::CertificateSource;
+use branchgate_streams::tls_acceptor;
 
 struct Relay {
     socket: Arc<UdpSocket>,

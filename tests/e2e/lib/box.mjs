@@ -46,7 +46,7 @@ export async function startBox({ provision = {}, dataDir } = {}) {
   const provisionFile = join(dataDir, "..", `provision-${https}.json`);
   writeFileSync(provisionFile, JSON.stringify(doc));
   const box = {
-    dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port, sipPort: doc.sip.udp_port,
+    dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port, sipPort: doc.sip.udp_port, sipTlsPort: doc.sip.tls_port,
     turnPort: doc.turn.udp_port, turnTlsPort: doc.turn.tls_port,
   };
   box.url = `https://127.0.0.1:${box.httpsPort}`;
