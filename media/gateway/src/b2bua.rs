@@ -477,8 +477,14 @@ impl B2bua {
             "BYE" | "UPDATE" | "INFO" | "PRACK" => {
                 self.reply(now, &key, &request, 481, "Call/Transaction Does Not Exist")
             }
-            _ => {
-                let mut response = request.response(405, "Method Not Allowed");
+            // Methods the box knows but does not serve get 405; others 501 (RFC 3261 §8.2.1).
+            other => {
+                let (code, reason) = if ["MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "PUBLISH"].contains(&other) {
+                    (405, "Method Not Allowed")
+                } else {
+                    (501, "Not Implemented")
+                };
+                let mut response = request.response(code, reason);
                 response.push("Allow", branchgate_sip::server::ALLOW);
                 self.sip.respond(now, &key, response);
             }
@@ -502,9 +508,24 @@ impl B2bua {
         let Some(number) = number.filter(|n| !n.is_empty()) else {
             return self.reply(now, &key, &request, 404, "Not Found");
         };
-        if let Some(required) = request.get("Require") {
-            let mut response = request.response(420, "Bad Extension");
-            response.push("Unsupported", required.to_string());
+        // What the box cannot handle is refused before anyone is asked for credentials.
+        let accepts_sdp = request.get_all("Accept").is_empty()
+            || request.get_all("Accept").iter().any(|a| {
+                let kind = a.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                matches!(kind.as_str(), "application/sdp" | "application/*" | "*/*")
+            });
+        if !accepts_sdp {
+            let mut response = request.response(406, "Not Acceptable");
+            response.push("Accept", "application/sdp");
+            return self.sip.respond(now, &key, response);
+        }
+        let sdp_body = request.body.is_empty()
+            || request
+                .get("Content-Type")
+                .is_some_and(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp"));
+        if !sdp_body {
+            let mut response = request.response(415, "Unsupported Media Type");
+            response.push("Accept", "application/sdp");
             return self.sip.respond(now, &key, response);
         }
         // Callers: a trunk (by its address and port: trunks send from where they

@@ -30,6 +30,8 @@ pub enum ParseError {
     Incomplete,
     #[error("malformed start line: {0}")]
     StartLine(String),
+    #[error("SIP version {0} is not supported")]
+    Version(String),
     #[error("malformed header line: {0}")]
     Header(String),
     #[error("Content-Length {declared} does not match the {actual} bytes of body")]
@@ -137,6 +139,10 @@ impl Message {
         }
         let mut body = bytes[body_start..].to_vec();
         let message = Message { start, headers, body: Vec::new() };
+        // Two lengths make the framing ambiguous (RFC 4475 §3.3.9).
+        if message.lines("Content-Length").count() > 1 {
+            return Err(ParseError::Header("more than one Content-Length".into()));
+        }
         if let Some(declared) = message.get("Content-Length") {
             let declared: usize =
                 declared.trim().parse().map_err(|_| ParseError::Header(format!("Content-Length: {declared}")))?;
@@ -188,6 +194,52 @@ impl Message {
         }
         if self.cseq().is_none() {
             return Err(ParseError::Header("CSeq".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks a request beyond the grammar of its lines: what RFC 3261 and
+    /// RFC 4475 expect a server to refuse, as the status code and reason to
+    /// answer with (416 for a Request-URI scheme the box does not serve, 400
+    /// otherwise).
+    pub fn validate_request(&self) -> Result<(), (u16, String)> {
+        let StartLine::Request { uri, .. } = &self.start else { return Ok(()) };
+        let scheme = uri.split(':').next().unwrap_or("");
+        if uri.starts_with('<') {
+            return Err((400, "the Request-URI must not be enclosed in <>".into()));
+        }
+        if !["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) || !uri.contains(':') {
+            return Err((416, format!("unsupported URI scheme {scheme:?}")));
+        }
+        // `?` may be part of the user (RFC 3261 user-unreserved); after the host it starts headers.
+        if uri.rsplit_once('@').map_or(uri.as_str(), |(_, host)| host).contains('?') {
+            return Err((400, "headers are not allowed in the Request-URI".into()));
+        }
+        for name in ["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Type", "Expires"] {
+            let values = self.lines(name).flat_map(split_values).count();
+            if values > 1 {
+                return Err((400, format!("{name} must appear once")));
+            }
+        }
+        for name in ["From", "To", "Contact"] {
+            for value in self.lines(name) {
+                if !quotes_balance(value) {
+                    return Err((400, format!("unbalanced quotes in {name}")));
+                }
+            }
+        }
+        for via in self.lines("Via") {
+            for value in split_values(via) {
+                let mut params = value.split(';');
+                let sent = params.next().unwrap_or("");
+                let protocol: String = sent.chars().filter(|c| !c.is_whitespace()).collect();
+                if !protocol.to_ascii_uppercase().starts_with("SIP/2.0/") || params.any(|p| p.trim().is_empty()) {
+                    return Err((400, format!("malformed Via {value:?}")));
+                }
+            }
+            if via.trim_end().ends_with(',') || via.contains(",,") {
+                return Err((400, "empty Via value".into()));
+            }
         }
         Ok(())
     }
@@ -300,10 +352,28 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     else {
         return Err(bad());
     };
-    if !is_token(method) || uri.is_empty() || !version.eq_ignore_ascii_case("SIP/2.0") {
+    if !is_token(method) || uri.is_empty() {
         return Err(bad());
     }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        let looks_like_sip = version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+        return Err(if looks_like_sip { ParseError::Version(version.to_string()) } else { bad() });
+    }
     Ok(StartLine::Request { method: method.to_string(), uri: uri.to_string() })
+}
+
+/// Whether the double quotes of a header value pair up (backslash escapes inside quotes count).
+fn quotes_balance(value: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// A parameter of a header value or URI: `;name=value` (value unquoted).

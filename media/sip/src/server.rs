@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::digest::{Algorithm, NonceIssuer, NonceState, algorithm_of, expected_response, parse_credentials};
-use crate::message::{Message, StartLine, param};
+use crate::message::{Message, ParseError, StartLine, param};
 use crate::transaction::{ClientKey, Event, Received, ServerKey, Transactions};
 
 /// How a message reached the box: transport and both ends (where the answer goes back).
@@ -301,10 +301,11 @@ impl Server {
                 }
                 return;
             }
-            Err(e) => return self.bad_request(flow, bytes, &e.to_string()),
+            Err(e) => return self.bad_request(flow, bytes, &e),
         };
         if let Err(e) = request.check_mandatory() {
-            if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| request.get(n).is_some()) {
+            // Answered with what there is (RFC 4475 §3.3.1), if the Via says where to.
+            if request.get("Via").is_some() {
                 let response = with_warning(request.response(400, "Bad Request"), &e.to_string());
                 self.send(flow, &response);
             }
@@ -320,6 +321,20 @@ impl Server {
         if request.cseq().map(|(_, m)| m) != Some(method.as_str()) {
             let response = with_warning(request.response(400, "Bad Request"), "CSeq method does not match the request");
             return self.answer(now, &key, response);
+        }
+        if method != "ACK" {
+            if let Err((code, reason)) = request.validate_request() {
+                let text = if code == 416 { "Unsupported URI Scheme" } else { "Bad Request" };
+                return self.answer(now, &key, with_warning(request.response(code, text), &reason));
+            }
+            // The box implements no SIP extension a request could require (RFC 3261 §8.2.2.3).
+            let required: Vec<&str> =
+                request.get_all("Require").into_iter().chain(request.get_all("Proxy-Require")).collect();
+            if !required.is_empty() && method != "CANCEL" {
+                let mut response = request.response(420, "Bad Extension");
+                response.push("Unsupported", required.join(", "));
+                return self.answer(now, &key, response);
+            }
         }
         if request.get("Max-Forwards").and_then(|v| v.trim().parse::<u32>().ok()) == Some(0) {
             let response = request.response(483, "Too Many Hops");
@@ -339,14 +354,20 @@ impl Server {
 
     /// A request too broken to parse: answered 400 only when the headers a
     /// response needs can be read from the text (RFC 3261 §16.3 / RFC 4475 §3.1.2).
-    fn bad_request(&mut self, flow: Flow, bytes: &[u8], reason: &str) {
+    fn bad_request(&mut self, flow: Flow, bytes: &[u8], error: &ParseError) {
         let text = String::from_utf8_lossy(bytes);
-        let first = text.lines().next().unwrap_or("");
-        if !first.ends_with("SIP/2.0") {
+        let first = text.trim_start_matches(['\r', '\n']).lines().next().unwrap_or("").trim_end();
+        // Only what looks like a request gets an answer (never a response, RFC 4475 §3.1.2.19).
+        let version = first.rsplit(' ').next().unwrap_or("");
+        if first.starts_with("SIP/") || !version.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("SIP/")) {
             return;
         }
+        let (code, reason) = match error {
+            ParseError::Version(_) => (505, "Version Not Supported"),
+            _ => (400, "Bad Request"),
+        };
         let mut response = Message {
-            start: StartLine::Response { code: 400, reason: "Bad Request".into() },
+            start: StartLine::Response { code, reason: reason.into() },
             headers: Vec::new(),
             body: Vec::new(),
         };
@@ -358,8 +379,9 @@ impl Server {
                 }
             }
         }
-        if ["Via", "From", "To", "Call-ID", "CSeq"].iter().all(|n| response.get(n).is_some()) {
-            self.send(flow, &with_warning(response, reason));
+        // The Via says where the answer goes; without it there is nobody to answer.
+        if response.get("Via").is_some() {
+            self.send(flow, &with_warning(response, &error.to_string()));
         }
     }
 
