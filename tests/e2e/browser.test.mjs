@@ -136,7 +136,7 @@ test("installer: first login, wizard, SIP change, history, restore, live dashboa
     await page.screenshot({ path: ARTIFACTS + "08-backup-restored.png" });
 
     // The other pages render and are accessible too.
-    for (const path of ["/settings/network", "/settings/turn", "/turn", "/backup", "/users", "/logs", "/audit", "/tls"]) {
+    for (const path of ["/settings/network", "/settings/turn", "/turn", "/calls", "/backup", "/users", "/logs", "/audit", "/tls"]) {
       await page.goto(box.url + path);
       await checkAccessibility(page, path);
     }

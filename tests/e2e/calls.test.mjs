@@ -88,6 +88,9 @@ test("a user calls out through a trunk: digest, topology hiding, media anchored 
     assert.equal(live.caller, "1001");
     assert.equal(live.callee, "95551234");
     assert.equal(live.destination, "pstn");
+    const page = await api.get("/calls");
+    assert.equal(page.status, 200);
+    assert.match(page.text, /<td>1001<\/td><td>95551234<\/td><td>pstn<\/td><td>answered<\/td>/);
     assert.equal(await callee, 0, "callee scenario (no caller identifiers leaked, Subject passed, hold/resume seen)");
     assert.equal(await caller, 0, "caller scenario (answer SDP on the box's relay, hold/resume answered)");
     assert.deepEqual((await api.get("/api/v1/sip/calls")).json.calls, [], "no call left");
@@ -110,6 +113,27 @@ test("the callee hangs up", async () => {
     assert.equal(await caller, 0, "caller got the BYE through the box");
     const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
     assert.match(lines[1], /"callee-bye"$/);
+  } finally { await box.stop(); }
+});
+
+test("the installer hangs up a live call from the API: both sides get a BYE", async () => {
+  const { box, api, trunkPort } = await boxWithTrunk();
+  try {
+    // Both scenarios wait for a BYE (the callee's caller_bye part, the caller's callee_bye part).
+    const callee = uas(box, "uas.xml", trunkPort, ["caller_bye"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", "95550002", ["callee_bye"]);
+    const live = await waitForCall(api, (c) => c.state === "answered");
+    assert.ok(live, "answered");
+    // The caller's scenario plays media for 2.5 s before it waits for the BYE.
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal((await api.request("DELETE", `/api/v1/sip/calls/${live.id}`)).status, 204);
+    assert.equal(await callee, 0, "callee got a BYE");
+    assert.equal(await caller, 0, "caller got a BYE");
+    await new Promise((r) => setTimeout(r, 1200)); // the calls table refreshes every second
+    assert.equal((await api.request("DELETE", `/api/v1/sip/calls/${live.id}`)).status, 404, "gone");
+    const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
+    assert.match(lines[1], /"admin-hangup"$/);
   } finally { await box.stop(); }
 });
 

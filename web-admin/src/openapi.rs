@@ -92,6 +92,14 @@ pub fn document() -> Value {
                 json!({"200": {"description": "Installed, waiting for confirmation"}, "422": {"description": "Not a matching pair"}})),
                 json!({"type": "object", "required": ["certificate", "private_key"],
                        "properties": {"certificate": {"type": "string"}, "private_key": {"type": "string"}}})) },
+            "/api/v1/turn/allocations": { "get": op("Live TURN allocations", "viewer", ok("{running, allocations, stats}")) },
+            "/api/v1/sip/registrations": { "get": op("Registered SIP contacts", "viewer", ok("{registrations: [{user, contact, source, transport, expires_in}]}")) },
+            "/api/v1/sip/calls": { "get": op("Calls in progress and the trunks' keepalive state", "viewer",
+                ok("{calls: [{id, caller, callee, destination, state, age_seconds, packets_a_to_b, packets_b_to_a}], trunks: [{name, address, up}]}")) },
+            "/api/v1/sip/calls/{id}": { "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "delete": op("Hang up a call (BYE to both legs, or 480 to the caller before answer)", "installer",
+                    json!({"204": {"description": "Hung up"}, "404": {"description": "No such call"}, "503": {"description": "SIP not running"}})) },
+            "/api/v1/sip/cdr.csv": { "get": op("Call detail records as CSV (call, start, answer, end, duration_seconds, caller, callee, destination, status, cause)", "viewer", ok("text/csv")) },
             "/api/v1/openapi.json": { "get": op("This document", "nothing", ok("OpenAPI 3.1")) }
         }
     })

@@ -47,6 +47,8 @@ pub fn routes() -> Router<AppState> {
         .route("/audit", get(audit_page))
         .route("/tls", get(tls_page).post(tls_submit))
         .route("/turn", get(turn_page))
+        .route("/calls", get(calls_page))
+        .route("/calls/{id}/hangup", post(call_hang_up))
         .route("/assets/{*file}", get(asset))
 }
 
@@ -174,6 +176,7 @@ impl Flash {
             "user-deleted" => format!("User deleted{rev}."),
             "tls" => format!("Certificate installed{rev}. Reload the page to check it, then confirm."),
             "setup" => "Setup complete. Welcome!".to_string(),
+            "hung-up" => "Call hung up.".to_string(),
             _ => return None,
         };
         Some(text)
@@ -1167,4 +1170,96 @@ async fn turn_page(State(state): State<AppState>, PageUser(user): PageUser) -> R
         auth_failures: turn.stats.auth_failures,
         denied_peers: turn.stats.denied_peers,
     })
+}
+
+struct CallRow {
+    id: u64,
+    caller: String,
+    callee: String,
+    destination: String,
+    state: &'static str,
+    age: String,
+    packets_a_to_b: u64,
+    packets_b_to_a: u64,
+}
+
+struct RegistrationRow {
+    user: String,
+    contact: String,
+    source: String,
+    transport: &'static str,
+    expires_in: String,
+}
+
+#[derive(Template)]
+#[template(path = "calls.html")]
+struct CallsPage {
+    layout: Layout,
+    running: bool,
+    can_hang_up: bool,
+    calls: Vec<CallRow>,
+    trunks: Vec<branchgate_gateway::TrunkView>,
+    registrations: Vec<RegistrationRow>,
+}
+
+fn calls_view(state: &AppState, user: &User, flash: Option<String>) -> CallsPage {
+    let calls = state
+        .sip
+        .calls()
+        .into_iter()
+        .map(|c| CallRow {
+            id: c.id,
+            caller: c.caller,
+            callee: c.callee,
+            destination: c.destination,
+            state: c.state,
+            age: crate::status::format_duration(std::time::Duration::from_secs(c.age_seconds)),
+            packets_a_to_b: c.packets_a_to_b,
+            packets_b_to_a: c.packets_b_to_a,
+        })
+        .collect();
+    let registrations = state
+        .sip
+        .registrations()
+        .into_iter()
+        .map(|r| RegistrationRow {
+            user: r.user,
+            contact: r.contact,
+            source: r.source.to_string(),
+            transport: r.transport.via_name(),
+            expires_in: crate::status::format_duration(r.expires_in),
+        })
+        .collect();
+    CallsPage {
+        layout: layout(state, "Calls", Some(user), flash),
+        running: state.sip.is_running(),
+        can_hang_up: user.role >= Role::Installer,
+        calls,
+        trunks: state.sip.trunks(),
+        registrations,
+    }
+}
+
+async fn calls_page(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
+    render(&calls_view(&state, &user, flash.message()))
+}
+
+async fn call_hang_up(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Path(id): Path<u64>,
+) -> Response {
+    if user.role < Role::Installer {
+        return forbidden(&state, &user, "Hanging up calls needs the installer role.");
+    }
+    if !state.sip.calls().iter().any(|c| c.id == id) {
+        return render_status(
+            StatusCode::NOT_FOUND,
+            &calls_view(&state, &user, Some(format!("There is no call {id} (any more)."))),
+        );
+    }
+    state.sip.hang_up(id);
+    state.audit(&user.username, Some(peer), "call", format!("call {id} hung up"));
+    done("/calls", "hung-up", None)
 }

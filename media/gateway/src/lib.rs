@@ -164,6 +164,11 @@ impl SipMonitor {
         self.lock().websocket.clone()
     }
 
+    /// Whether the SIP service runs (it publishes its channels while it does).
+    pub fn is_running(&self) -> bool {
+        self.lock().hangups.is_some()
+    }
+
     /// Asks the gateway to hang up a call; `false` when SIP is not running.
     pub fn hang_up(&self, call: u64) -> bool {
         self.lock().hangups.as_ref().is_some_and(|tx| tx.send(call).is_ok())
