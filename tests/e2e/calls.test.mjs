@@ -196,3 +196,42 @@ test("a dead first trunk: the call fails over to the next one, and OPTIONS keepa
     assert.match(lines[1], /"live","200","caller-bye"$/);
   } finally { await box.stop(); }
 });
+
+test("a trunk that wants digest: the box answers its 407 with the trunk's credentials", async () => {
+  const trunkPort = await freePort();
+  const box = await startBox({ provision: provision(
+    [{ name: "pstn", host: "127.0.0.1", port: trunkPort, transport: "udp", priority: 10, keepalive_seconds: 0,
+       username: "trunkuser", password: "trunk-secret" }],
+    [{ prefix: "9", strip: 1, trunk: "pstn" }]) });
+  try {
+    const callee = sipp(box, `uas-${trunkPort}`, ["-sf", SCENARIOS + "uas_auth.xml", "-p", String(trunkPort), "-mp", String(await freePort()), "-rtp_echo"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", "95550003", ["caller_bye"]);
+    assert.equal(await callee, 0, "the trunk verified the box's credentials");
+    assert.equal(await caller, 0);
+  } finally { await box.stop(); }
+});
+
+test("the box registers at a trunk with digest and shows it registered", async () => {
+  const trunkPort = await freePort();
+  // The registrar listens before the box starts: the box registers at once.
+  const registrarBox = { dataDir: (await import("node:fs")).mkdtempSync("/tmp/branchgate-registrar-") };
+  const registrar = sipp(registrarBox, "registrar", ["-sf", SCENARIOS + "registrar_uas.xml", "-p", String(trunkPort)]);
+  await new Promise((r) => setTimeout(r, 300));
+  const box = await startBox({ provision: provision(
+    [{ name: "carrier", host: "127.0.0.1", port: trunkPort, transport: "udp", keepalive_seconds: 0,
+       register: true, username: "trunkuser", password: "trunk-secret" }], []) });
+  try {
+    assert.equal(await registrar, 0, "the registrar verified the credentials and granted 120 s");
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    let trunk;
+    for (let i = 0; i < 20; i++) {
+      trunk = (await api.get("/api/v1/sip/calls")).json.trunks[0];
+      if (trunk.registered) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(trunk.registered, true);
+    assert.match((await api.get("/calls")).text, /<td>registered<\/td>/);
+  } finally { await box.stop(); }
+});

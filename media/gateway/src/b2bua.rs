@@ -29,6 +29,10 @@ pub struct TrunkTarget {
     pub priority: u32,
     /// OPTIONS keepalive interval; `None`: never probed, always taken as up.
     pub keepalive: Option<Duration>,
+    /// Digest credentials the trunk challenges the box for (username, password).
+    pub credentials: Option<(String, String)>,
+    /// Register to the trunk with the credentials.
+    pub register: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +196,11 @@ struct Call {
     a_request: Message,
     b: Option<Leg>,
     b_invite: Option<ClientKey>,
+    /// The INVITE sent on leg B (resent with credentials when the trunk challenges).
+    b_request: Option<Message>,
+    /// Credentials of the current target, and whether they were already sent.
+    b_credentials: Option<(String, String)>,
+    b_authenticated: bool,
     /// When the current attempt gives up if nothing at all came back.
     attempt_deadline: Option<Instant>,
     targets: VecDeque<Target>,
@@ -212,9 +221,11 @@ struct Call {
 /// Headers passed from one leg to the other; everything else is rebuilt or dropped.
 const PASSED_HEADERS: &[&str] = &["Subject", "Priority", "Alert-Info", "Accept-Language", "Date"];
 
-/// SIP status codes after which the next target of a call is tried.
+/// SIP status codes after which the next target of a call is tried: the
+/// target did not answer, failed, or (401/407 still after the box's
+/// credentials) will not take calls from the box.
 fn fails_over(code: u16) -> bool {
-    code == 408 || (500..=599).contains(&code)
+    matches!(code, 401 | 407 | 408) || (500..=599).contains(&code)
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +233,34 @@ struct TrunkHealth {
     up: bool,
     probe: Option<(ClientKey, Instant)>,
     next_probe: Option<Instant>,
+    registration: Option<TrunkRegistration>,
+}
+
+/// The box's registration at a trunk (RFC 3261 §10.2, as a client).
+#[derive(Debug)]
+struct TrunkRegistration {
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    /// The REGISTER waiting for its answer, and whether it carried credentials.
+    pending: Option<ClientKey>,
+    authenticated: bool,
+    registered_until: Option<Instant>,
+    next_at: Instant,
+}
+
+/// Requested registration lifetime at trunks; refreshed at 80 % of what the trunk grants.
+const TRUNK_REGISTER_EXPIRES: u32 = 3600;
+/// Wait before registering again after a failure.
+const TRUNK_REGISTER_RETRY: Duration = Duration::from_secs(30);
+
+/// A trunk's state as the admin UI shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkState {
+    /// Answers OPTIONS keepalives (or is not probed).
+    pub up: bool,
+    /// `None` when the box does not register there.
+    pub registered: Option<bool>,
 }
 
 /// Even ports of the relay range, handed out in turn.
@@ -305,11 +344,27 @@ impl B2bua {
                 up: true,
                 probe: None,
                 next_probe: None,
+                registration: None,
             });
             match trunk.keepalive {
                 Some(_) if health.probe.is_none() && health.next_probe.is_none() => health.next_probe = Some(now),
                 Some(_) => {}
-                None => *health = TrunkHealth { up: true, probe: None, next_probe: None },
+                None => (health.up, health.probe, health.next_probe) = (true, None, None),
+            }
+            match (trunk.register && trunk.credentials.is_some(), &health.registration) {
+                (true, None) => {
+                    health.registration = Some(TrunkRegistration {
+                        call_id: String::new(),
+                        from_tag: String::new(),
+                        cseq: 0,
+                        pending: None,
+                        authenticated: false,
+                        registered_until: None,
+                        next_at: now,
+                    });
+                }
+                (false, Some(_)) => health.registration = None,
+                _ => {}
             }
         }
         self.config = config;
@@ -327,8 +382,11 @@ impl B2bua {
         &mut self.sip
     }
 
-    pub fn trunk_up(&self, name: &str) -> Option<bool> {
-        self.trunks.get(name).map(|t| t.up)
+    pub fn trunk_state(&self, name: &str, now: Instant) -> Option<TrunkState> {
+        self.trunks.get(name).map(|t| TrunkState {
+            up: t.up,
+            registered: t.registration.as_ref().map(|r| r.registered_until.is_some_and(|u| u > now)),
+        })
     }
 
     pub fn calls(&self, now: Instant) -> Vec<CallInfo> {
@@ -363,7 +421,11 @@ impl B2bua {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let attempts = self.calls.values().filter_map(|c| c.attempt_deadline);
-        let trunks = self.trunks.values().flat_map(|t| [t.next_probe, t.probe.as_ref().map(|p| p.1)]).flatten();
+        let trunks = self
+            .trunks
+            .values()
+            .flat_map(|t| [t.next_probe, t.probe.as_ref().map(|p| p.1), t.registration.as_ref().map(|r| r.next_at)])
+            .flatten();
         attempts.chain(trunks).chain(self.sip.poll_timeout()).min()
     }
 
@@ -401,6 +463,7 @@ impl B2bua {
             self.attempt_failed(now, id, 408);
         }
         self.probe_trunks(now);
+        self.register_trunks(now);
         self.drain(now);
     }
 
@@ -574,6 +637,9 @@ impl B2bua {
                 a_request: request,
                 b: None,
                 b_invite: None,
+                b_request: None,
+                b_credentials: None,
+                b_authenticated: false,
                 attempt_deadline: None,
                 targets: targets.into(),
                 destination: String::new(),
@@ -730,12 +796,63 @@ impl B2bua {
         for (name, value) in passed {
             request.push(&name, value);
         }
+        let key = self.sip.send_request(now, flow, request.clone());
+        self.sent.insert(key.clone(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.b_invite = Some(key);
+            call.b_request = Some(request);
+            call.b_credentials = match &target {
+                Target::Trunk { trunk, .. } => trunk.credentials.clone(),
+                Target::User { .. } => None,
+            };
+            call.b_authenticated = false;
+            call.attempt_deadline = Some(now + self.config.failover_after);
+        }
+    }
+
+    /// Answers a trunk's 401/407 to leg B's INVITE once: the same INVITE with
+    /// credentials, a new branch and the next CSeq. `false` when it cannot.
+    fn authenticate_b(&mut self, now: Instant, id: u64, response: &Message) -> bool {
+        let branch = format!("z9hG4bK{}", self.token());
+        let cnonce = self.token();
+        let Some(call) = self.calls.get_mut(&id) else { return false };
+        let (Some((username, password)), Some(mut request), Some(leg)) =
+            (call.b_credentials.clone(), call.b_request.clone(), call.b.as_mut())
+        else {
+            return false;
+        };
+        if call.b_authenticated {
+            return false;
+        }
+        let (challenge_header, answer_header) = match response.start {
+            StartLine::Response { code: 407, .. } => ("Proxy-Authenticate", "Proxy-Authorization"),
+            _ => ("WWW-Authenticate", "Authorization"),
+        };
+        let uri = match &request.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => return false,
+        };
+        let Some(authorization) = response.lines(challenge_header).find_map(|c| {
+            branchgate_sip::digest::client_authorization(c, "INVITE", &uri, &username, &password, &cnonce)
+        }) else {
+            return false;
+        };
+        leg.local_cseq += 1;
+        let via = request.get("Via").unwrap_or("").to_string();
+        let old_branch = param(&via, "branch").unwrap_or("").to_string();
+        request.set("Via", via.replace(&old_branch, &branch));
+        request.set("CSeq", format!("{} INVITE", leg.local_cseq));
+        request.push(answer_header, authorization);
+        let flow = leg.flow;
+        call.b_authenticated = true;
+        call.b_request = Some(request.clone());
+        call.attempt_deadline = Some(now + self.config.failover_after);
         let key = self.sip.send_request(now, flow, request);
         self.sent.insert(key.clone(), id);
         if let Some(call) = self.calls.get_mut(&id) {
             call.b_invite = Some(key);
-            call.attempt_deadline = Some(now + self.config.failover_after);
         }
+        true
     }
 
     /// A request in the dialog of `side` (its CSeq advanced), ready to send.
@@ -873,6 +990,9 @@ impl B2bua {
             // Any answer, even an error, shows the trunk is alive.
             return self.trunk_probe_result(now, &name, true);
         }
+        if let Some(name) = self.registering_trunk(key) {
+            return self.trunk_register_answer(now, &name, &response);
+        }
         let Some(&id) = self.sent.get(key) else { return };
         let StartLine::Response { code, ref reason } = response.start else { return };
         let reason = reason.clone();
@@ -902,6 +1022,10 @@ impl B2bua {
                 b.remote_target = uri_of(contact).to_string();
             }
         }
+        if call.state == CallState::Setup && matches!(code, 401 | 407) && self.authenticate_b(now, id, &response) {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
         match (call.state, code) {
             (_, 100) => {}
             (CallState::Cancelled, 200..=299) => {
@@ -964,6 +1088,15 @@ impl B2bua {
     fn on_timeout(&mut self, now: Instant, key: &ClientKey) {
         if let Some(name) = self.probed_trunk(key) {
             return self.trunk_probe_result(now, &name, false);
+        }
+        if let Some(name) = self.registering_trunk(key)
+            && let Some(registration) = self.trunks.get_mut(&name).and_then(|h| h.registration.as_mut())
+        {
+            tracing::warn!(trunk = %name, "no answer to REGISTER");
+            registration.pending = None;
+            registration.registered_until = None;
+            registration.next_at = now + TRUNK_REGISTER_RETRY;
+            return;
         }
         let Some(id) = self.sent.remove(key) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
@@ -1211,9 +1344,26 @@ impl B2bua {
 
     fn options_request(&mut self, trunk: &TrunkTarget) -> Message {
         let local_ip = self.local_ip_toward(trunk.addr.ip());
+        let (call_id, tag) = (format!("{}@{}", self.token(), ip_text(local_ip)), self.token());
+        self.trunk_request(trunk, "OPTIONS", "keepalive", None, &call_id, &tag, 1)
+    }
+
+    /// A request to a trunk outside any dialog (OPTIONS, REGISTER) from `user` at the box.
+    #[allow(clippy::too_many_arguments)]
+    fn trunk_request(
+        &mut self,
+        trunk: &TrunkTarget,
+        method: &str,
+        from_user: &str,
+        to_user: Option<&str>,
+        call_id: &str,
+        from_tag: &str,
+        cseq: u32,
+    ) -> Message {
+        let local_ip = self.local_ip_toward(trunk.addr.ip());
         let host = host_port(trunk.addr);
         let mut m = Message {
-            start: StartLine::Request { method: "OPTIONS".into(), uri: format!("sip:{host}") },
+            start: StartLine::Request { method: method.into(), uri: format!("sip:{host}") },
             headers: Vec::new(),
             body: Vec::new(),
         };
@@ -1228,12 +1378,117 @@ impl B2bua {
             ),
         );
         m.push("Max-Forwards", "70");
-        m.push("From", format!("<sip:keepalive@{}>;tag={}", ip_text(local_ip), self.token()));
-        m.push("To", format!("<sip:{host}>"));
-        m.push("Call-ID", format!("{}@{}", self.token(), ip_text(local_ip)));
-        m.push("CSeq", "1 OPTIONS");
+        let from_host = if to_user.is_some() { host.clone() } else { ip_text(local_ip) };
+        m.push("From", format!("<sip:{from_user}@{from_host}>;tag={from_tag}"));
+        m.push(
+            "To",
+            match to_user {
+                Some(user) => format!("<sip:{user}@{host}>"),
+                None => format!("<sip:{host}>"),
+            },
+        );
+        m.push("Call-ID", call_id);
+        m.push("CSeq", format!("{cseq} {method}"));
         m.push("User-Agent", self.sip.config().user_agent.clone());
         m
+    }
+
+    fn registering_trunk(&self, key: &ClientKey) -> Option<String> {
+        self.trunks
+            .iter()
+            .find(|(_, h)| h.registration.as_ref().is_some_and(|r| r.pending.as_ref() == Some(key)))
+            .map(|(n, _)| n.clone())
+    }
+
+    /// REGISTERs to the trunks the box registers at, when due.
+    fn register_trunks(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .trunks
+            .iter()
+            .filter(|(_, h)| h.registration.as_ref().is_some_and(|r| r.pending.is_none() && r.next_at <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.send_register(now, &name, None);
+        }
+    }
+
+    fn send_register(&mut self, now: Instant, name: &str, authorization: Option<(&str, String)>) {
+        let Some(trunk) = self.config.trunks.iter().find(|t| t.name == name).cloned() else { return };
+        let Some((username, _)) = trunk.credentials.clone() else { return };
+        let local_ip = self.local_ip_toward(trunk.addr.ip());
+        let (fresh_call_id, fresh_tag) = (format!("{}@{}", self.token(), ip_text(local_ip)), self.token());
+        let Some(registration) = self.trunks.get_mut(name).and_then(|h| h.registration.as_mut()) else { return };
+        if registration.call_id.is_empty() {
+            // One Call-ID for all of this box's registrations there (RFC 3261 §10.2.4).
+            (registration.call_id, registration.from_tag) = (fresh_call_id, fresh_tag);
+        }
+        registration.cseq += 1;
+        registration.authenticated = authorization.is_some();
+        let (call_id, tag, cseq) = (registration.call_id.clone(), registration.from_tag.clone(), registration.cseq);
+        let mut request = self.trunk_request(&trunk, "REGISTER", &username, Some(&username), &call_id, &tag, cseq);
+        let contact = SocketAddr::new(local_ip, self.config.sip_port);
+        request.push("Contact", format!("<sip:{username}@{}>", host_port(contact)));
+        request.push("Expires", TRUNK_REGISTER_EXPIRES.to_string());
+        if let Some((header, value)) = authorization {
+            request.push(header, value);
+        }
+        let key = self.sip.send_request(now, self.trunk_flow(&trunk), request);
+        if let Some(registration) = self.trunks.get_mut(name).and_then(|h| h.registration.as_mut()) {
+            registration.pending = Some(key);
+        }
+    }
+
+    fn trunk_register_answer(&mut self, now: Instant, name: &str, response: &Message) {
+        let StartLine::Response { code, .. } = response.start else { return };
+        let Some(trunk) = self.config.trunks.iter().find(|t| t.name == name).cloned() else { return };
+        let Some(registration) = self.trunks.get_mut(name).and_then(|h| h.registration.as_mut()) else { return };
+        if code < 200 {
+            return;
+        }
+        registration.pending = None;
+        match code {
+            200..=299 => {
+                // The lifetime granted: our Contact's expires, else Expires, else what we asked.
+                let granted = response
+                    .get_all("Contact")
+                    .iter()
+                    .find_map(|c| param(c, "expires").and_then(|e| e.parse::<u64>().ok()))
+                    .or_else(|| response.get("Expires").and_then(|e| e.trim().parse().ok()))
+                    .unwrap_or(u64::from(TRUNK_REGISTER_EXPIRES))
+                    .max(10);
+                registration.registered_until = Some(now + Duration::from_secs(granted));
+                registration.next_at = now + Duration::from_secs(granted * 4 / 5);
+                tracing::info!(trunk = %name, expires = granted, "registered at the trunk");
+            }
+            401 | 407 if !registration.authenticated => {
+                let (challenge_header, answer_header) = if code == 407 {
+                    ("Proxy-Authenticate", "Proxy-Authorization")
+                } else {
+                    ("WWW-Authenticate", "Authorization")
+                };
+                let Some((username, password)) = trunk.credentials.clone() else { return };
+                let uri = format!("sip:{}", host_port(trunk.addr));
+                let cnonce = self.token();
+                let answer = response.lines(challenge_header).find_map(|c| {
+                    branchgate_sip::digest::client_authorization(c, "REGISTER", &uri, &username, &password, &cnonce)
+                });
+                match answer {
+                    Some(value) => self.send_register(now, name, Some((answer_header, value))),
+                    None => {
+                        tracing::warn!(trunk = %name, "trunk asks for an authentication the box cannot do");
+                        if let Some(r) = self.trunks.get_mut(name).and_then(|h| h.registration.as_mut()) {
+                            r.next_at = now + TRUNK_REGISTER_RETRY;
+                        }
+                    }
+                }
+            }
+            _ => {
+                tracing::warn!(trunk = %name, code, "registration at the trunk refused");
+                registration.registered_until = None;
+                registration.next_at = now + TRUNK_REGISTER_RETRY;
+            }
+        }
     }
 
     fn trunk_probe_result(&mut self, now: Instant, name: &str, up: bool) {

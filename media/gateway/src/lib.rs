@@ -87,6 +87,11 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
                 priority: trunk.priority,
                 keepalive: (trunk.keepalive_seconds > 0)
                     .then(|| Duration::from_secs(u64::from(trunk.keepalive_seconds))),
+                credentials: match (&trunk.username, &trunk.password) {
+                    (Some(user), Some(password)) => Some((user.clone(), password.expose().to_string())),
+                    _ => None,
+                },
+                register: trunk.register,
             }),
             None => {
                 tracing::warn!(trunk = %trunk.name, host = %trunk.host, "trunk host does not resolve; trunk unused")
@@ -124,6 +129,8 @@ pub struct TrunkView {
     pub name: String,
     pub address: String,
     pub up: bool,
+    /// Registered at the trunk (`None`: the box does not register there).
+    pub registered: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -349,10 +356,14 @@ fn publish(monitor: &SipMonitor, b2bua: &B2bua, relay: &MediaRelay, now: Instant
         .config()
         .trunks
         .iter()
-        .map(|t| TrunkView {
-            name: t.name.clone(),
-            address: t.addr.to_string(),
-            up: b2bua.trunk_up(&t.name).unwrap_or(true),
+        .map(|t| {
+            let state = b2bua.trunk_state(&t.name, now);
+            TrunkView {
+                name: t.name.clone(),
+                address: t.addr.to_string(),
+                up: state.as_ref().is_none_or(|s| s.up),
+                registered: state.and_then(|s| s.registered),
+            }
         })
         .collect();
     let mut state = monitor.lock();

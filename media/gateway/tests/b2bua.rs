@@ -27,7 +27,15 @@ fn ha1() -> String {
 }
 
 fn trunk(name: &str, at: &str, priority: u32) -> TrunkTarget {
-    TrunkTarget { name: name.into(), addr: addr(at), transport: Transport::Udp, priority, keepalive: None }
+    TrunkTarget {
+        name: name.into(),
+        addr: addr(at),
+        transport: Transport::Udp,
+        priority,
+        keepalive: None,
+        credentials: None,
+        register: false,
+    }
 }
 
 struct Lab {
@@ -304,4 +312,35 @@ Call-ID: alice-call@10.1.1.5\r\nCSeq: 2 CANCEL\r\n\r\n";
     assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "ACK"));
     assert!(out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "BYE"));
     assert!(lab.actions().iter().any(|a| matches!(a, Action::Record(r) if r.cause == "cancelled" && r.status == 487)));
+}
+
+#[test]
+fn a_trunk_407_is_answered_once_with_the_trunk_credentials() {
+    let mut with_credentials = trunk("second", T2, 2);
+    with_credentials.credentials = Some(("trunkuser".into(), "trunk-secret".into()));
+    let mut lab = Lab::new(vec![with_credentials], routes());
+    let out = lab.call("0800");
+    let first = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE").1;
+    let mut challenge = first.response(407, "Proxy Authentication Required");
+    challenge.set("To", format!("{};tag=t2", first.get("To").expect("to")));
+    challenge.push("Proxy-Authenticate", "Digest realm=\"carrier\", nonce=\"abc123\", qop=\"auth\", algorithm=MD5");
+    let out = lab.send(T2, &String::from_utf8(challenge.to_bytes()).expect("utf8"));
+    let again = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE with credentials").1.clone();
+    assert_eq!(again.get("Call-ID"), first.get("Call-ID"), "same dialog attempt");
+    assert_eq!(again.cseq(), Some((2, "INVITE")));
+    assert_eq!(again.body, first.body);
+    let c = parse_credentials(again.get("Proxy-Authorization").expect("credentials")).expect("digest");
+    let ha1 = hex::encode(Md5::digest(b"trunkuser:carrier:trunk-secret"));
+    assert_eq!(c.uri, "sip:0800@192.0.2.20:5060");
+    assert_eq!(c.response, expected_response(Algorithm::Md5, &ha1, "INVITE", &c));
+    // Challenged again: the credentials are wrong; the caller gets the refusal.
+    let mut again_challenge = again.response(407, "Proxy Authentication Required");
+    again_challenge.set("To", format!("{};tag=t3", again.get("To").expect("to")));
+    again_challenge.push("Proxy-Authenticate", "Digest realm=\"carrier\", nonce=\"def\", algorithm=MD5");
+    let out = lab.send(T2, &String::from_utf8(again_challenge.to_bytes()).expect("utf8"));
+    assert!(!out.iter().any(|(_, m)| method(m) == "INVITE"), "no second try");
+    assert!(
+        out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 503),
+        "the caller sees no route, not a challenge"
+    );
 }

@@ -99,9 +99,7 @@ impl NonceIssuer {
         self.nonces.check(nonce, now_secs, realm.as_bytes())
     }
 
-    /// `WWW-Authenticate` values: MD5 first, then SHA-256. RFC 8760 lets the
-    /// server order them by preference; MD5 leads because deployed clients
-    /// (sipp among them) take the first challenge even when they cannot do it.
+    /// `WWW-Authenticate` values for `algorithms`, in that order.
     /// `binding` ties the nonce to what it is for (realm and client address); `realm` is
     /// its part before the first `|`.
     /// One challenge per algorithm, most preferred first (RFC 8760 §2.4).
@@ -116,6 +114,52 @@ impl NonceIssuer {
             })
             .collect()
     }
+}
+
+/// The box as a digest client (towards a trunk): the Authorization or
+/// Proxy-Authorization value answering `challenge` (a WWW-/Proxy-Authenticate
+/// value) for `method` on `uri`. `None` when the challenge is not a Digest
+/// challenge the box can answer (unknown algorithm, qop without `auth`).
+pub fn client_authorization(
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    username: &str,
+    password: &str,
+    cnonce: &str,
+) -> Option<String> {
+    let offered = parse_credentials(challenge)?;
+    let algorithm = algorithm_of(&offered)?;
+    let qop = match &offered.qop {
+        None => None,
+        Some(list) if list.split(',').any(|q| q.trim().eq_ignore_ascii_case("auth")) => Some("auth".to_string()),
+        Some(_) => return None,
+    };
+    let credentials = Credentials {
+        username: username.to_string(),
+        realm: offered.realm.clone(),
+        nonce: offered.nonce.clone(),
+        uri: uri.to_string(),
+        qop: qop.clone(),
+        nc: qop.as_ref().map(|_| "00000001".to_string()),
+        cnonce: qop.as_ref().map(|_| cnonce.to_string()),
+        ..Credentials::default()
+    };
+    let ha1 = algorithm.hash(&format!("{username}:{}:{password}", offered.realm));
+    let response = expected_response(algorithm, &ha1, method, &credentials);
+    let mut value = format!(
+        "Digest username=\"{username}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}",
+        offered.realm,
+        offered.nonce,
+        algorithm.name()
+    );
+    if qop.is_some() {
+        value.push_str(&format!(", qop=auth, nc=00000001, cnonce=\"{cnonce}\""));
+    }
+    if let Some(opaque) = &offered.opaque {
+        value.push_str(&format!(", opaque=\"{opaque}\""));
+    }
+    Some(value)
 }
 
 /// The algorithm credentials name (MD5 when absent).
@@ -171,5 +215,30 @@ mod tests {
     fn not_digest_is_none() {
         assert_eq!(parse_credentials("Basic abc"), None);
         assert_eq!(parse_credentials("Dig"), None);
+    }
+
+    #[test]
+    fn rfc2617_client_example() {
+        // RFC 2617 §3.5 (HTTP, but the computation is the same): Mufasa and "Circle Of Life".
+        let challenge = "Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", \
+nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"";
+        let value = client_authorization(challenge, "GET", "/dir/index.html", "Mufasa", "Circle Of Life", "0a4f113b")
+            .expect("answerable");
+        assert!(value.contains("response=\"6629fae49393a05397450978507c4ef1\""), "{value}");
+        assert!(
+            value.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"") && value.contains("qop=auth, nc=00000001")
+        );
+        assert_eq!(
+            client_authorization(
+                "Digest realm=\"r\", nonce=\"n\", algorithm=AKAv1-MD5",
+                "INVITE",
+                "sip:x",
+                "u",
+                "p",
+                "c"
+            ),
+            None
+        );
+        assert_eq!(client_authorization("Basic realm=\"r\"", "INVITE", "sip:x", "u", "p", "c"), None);
     }
 }
