@@ -235,3 +235,18 @@ test("the box registers at a trunk with digest and shows it registered", async (
     assert.match((await api.get("/calls")).text, /<td>registered<\/td>/);
   } finally { await box.stop(); }
 });
+
+test("a TCP trunk: the box connects to it and the call goes over that connection", async () => {
+  const trunkPort = await freePort();
+  const box = await startBox({ provision: provision(
+    [{ name: "tcp-carrier", host: "127.0.0.1", port: trunkPort, transport: "tcp", keepalive_seconds: 0 }],
+    [{ prefix: "9", strip: 1, trunk: "tcp-carrier" }]) });
+  try {
+    const callee = sipp(box, `uas-${trunkPort}`, ["-sf", variant(box.dataDir, "uas.xml", ["caller_bye"]), "-t", "t1",
+      "-p", String(trunkPort), "-mp", String(await freePort()), "-rtp_echo"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", "95550004", ["caller_bye"]);
+    assert.equal(await callee, 0, "the TCP trunk got the call, ACK and BYE over its connection");
+    assert.equal(await caller, 0);
+  } finally { await box.stop(); }
+});

@@ -201,6 +201,8 @@ struct Call {
     /// Credentials of the current target, and whether they were already sent.
     b_credentials: Option<(String, String)>,
     b_authenticated: bool,
+    /// Leg B's 2xx carried an offer (late offer): its ACK waits for the caller's answer.
+    b_ack_waits_for_answer: bool,
     /// When the current attempt gives up if nothing at all came back.
     attempt_deadline: Option<Instant>,
     targets: VecDeque<Target>,
@@ -640,6 +642,7 @@ impl B2bua {
                 b_request: None,
                 b_credentials: None,
                 b_authenticated: false,
+                b_ack_waits_for_answer: false,
                 attempt_deadline: None,
                 targets: targets.into(),
                 destination: String::new(),
@@ -1039,6 +1042,7 @@ impl B2bua {
                 Err(e) => tracing::info!("{}", format!("call {id}: bad SDP in {code}: {e}")),
             },
             (CallState::Setup, 200..=299) => {
+                call.b_ack_waits_for_answer = call.offer.is_none() && !response.body.is_empty();
                 self.ack_b(id);
                 let body = match self.relay_body(id, Side::B, &response) {
                     Ok(body) => body,
@@ -1108,11 +1112,19 @@ impl B2bua {
         }
     }
 
+    /// ACKs leg B's 2xx; with a late offer (INVITE without SDP) the ACK must
+    /// carry the caller's answer, so it waits for the caller's ACK.
     fn ack_b(&mut self, id: u64) {
         let Some(call) = self.calls.get(&id) else { return };
-        let Some(b) = &call.b else { return };
-        let flow = b.flow;
-        if let Some(ack) = self.dialog_request(id, Side::B, "ACK", None) {
+        if call.b_ack_waits_for_answer {
+            return;
+        }
+        self.send_ack_b(id, None);
+    }
+
+    fn send_ack_b(&mut self, id: u64, body: Option<Vec<u8>>) {
+        let Some(flow) = self.calls.get(&id).and_then(|c| c.b.as_ref()).map(|b| b.flow) else { return };
+        if let Some(ack) = self.dialog_request(id, Side::B, "ACK", body) {
             self.sip.send_raw(flow, &ack);
         }
     }
@@ -1260,10 +1272,18 @@ impl B2bua {
     /// (An ACK carrying the answer to a late offer is not relayed yet.)
     fn on_ack(&mut self, request: &Message) {
         let call_id = request.get("Call-ID").unwrap_or("");
-        let Some(&(id, _)) = self.dialogs.get(call_id) else { return };
+        let Some(&(id, side)) = self.dialogs.get(call_id) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         for key in std::mem::take(&mut call.awaiting_ack) {
             self.sip.ack_2xx(&key);
+        }
+        // Late offer: the caller's ACK carries the answer leg B waits for.
+        if side == Side::A && std::mem::take(&mut call.b_ack_waits_for_answer) {
+            let body = self.relay_body(id, Side::A, request).unwrap_or_else(|e| {
+                tracing::info!(call = id, error = %e, "bad SDP answer in the caller's ACK");
+                None
+            });
+            self.send_ack_b(id, body);
         }
     }
 

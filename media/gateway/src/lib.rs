@@ -15,7 +15,7 @@ use branchgate_config::{SipConfig, SipTransport, Snapshot};
 use branchgate_sip::server::RegistrationInfo;
 use branchgate_sip::{Flow, Server, ServerConfig, Transport, UserKeys};
 pub use branchgate_streams::CertificateSource;
-use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop, tls_acceptor};
+use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop, spawn_connect, tls_acceptor};
 use rand::RngCore;
 use relay::MediaRelay;
 use std::collections::HashMap;
@@ -242,6 +242,8 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "SIP over TLS unavailable: no usable certificate"),
         }
         let mut streams: HashMap<Flow, mpsc::Sender<Vec<u8>>> = HashMap::new();
+        // Messages waiting for an outgoing connection to open.
+        let mut connecting: HashMap<(Transport, SocketAddr), Vec<Vec<u8>>> = HashMap::new();
         tracing::info!(udp = %addr, tcp = %tcp_addr, tls = %tls_addr, domain = %sip.domain, "SIP listening");
         let server = Server::new(server_config(&sip), secret, Instant::now());
         let mut b2bua = B2bua::new(server, call_config(&snapshot.config).await, rand::random(), Instant::now());
@@ -251,7 +253,7 @@ pub async fn run(
         {
             let mut state = monitor.lock();
             state.hangups = Some(hangup_tx);
-            state.websocket = Some(stream_tx);
+            state.websocket = Some(stream_tx.clone());
         }
         let mut buf = vec![0u8; 65536];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -265,9 +267,21 @@ pub async fn run(
                     b2bua.handle_input(Instant::now(), flow, &buf[..len]);
                 }
                 Some(event) = stream_rx.recv() => match event {
-                    StreamEvent::Opened { connection, writer } => { streams.insert(flow_of(connection), writer); }
+                    StreamEvent::Opened { connection, writer } => {
+                        let flow = flow_of(connection);
+                        // What waited for this outgoing connection goes now.
+                        for data in connecting.remove(&(flow.transport, flow.remote)).unwrap_or_default() {
+                            let _ = writer.try_send(data);
+                        }
+                        streams.insert(flow, writer);
+                    }
                     StreamEvent::Frame { connection, data } => b2bua.handle_input(Instant::now(), flow_of(connection), &data),
                     StreamEvent::Closed { connection } => { streams.remove(&flow_of(connection)); }
+                    StreamEvent::ConnectFailed { remote } => {
+                        // The transaction layer times the requests out (and the B2BUA fails over).
+                        tracing::info!(%remote, "SIP connection failed");
+                        connecting.remove(&(Transport::Tcp, remote));
+                    }
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)) => b2bua.handle_timeout(Instant::now()),
                 Some(call) = timeouts_rx.recv() => b2bua.handle_media_timeout(Instant::now(), call),
@@ -310,12 +324,38 @@ pub async fn run(
                             tracing::debug!(to = %output.flow.remote, error = %e, "SIP message not sent");
                         }
                     }
-                    _ => match streams.get(&output.flow) {
-                        Some(writer) => {
-                            let _ = writer.try_send(output.data);
+                    transport => {
+                        // The exact connection, else any to that peer over that transport (RFC 5923
+                        // reuse), else — the box as a client, to a trunk over TCP — a new one.
+                        let writer = streams.get(&output.flow).or_else(|| {
+                            streams
+                                .iter()
+                                .find(|(f, _)| f.transport == transport && f.remote == output.flow.remote)
+                                .map(|(_, w)| w)
+                        });
+                        match (writer, transport) {
+                            (Some(writer), _) => {
+                                let _ = writer.try_send(output.data);
+                            }
+                            (None, Transport::Tcp) => {
+                                let queue = connecting.entry((transport, output.flow.remote)).or_default();
+                                if queue.is_empty() {
+                                    spawn_connect(output.flow.remote, branchgate_sip::frame_len, stream_tx.clone());
+                                }
+                                // Retransmissions while connecting need not pile up.
+                                if queue.len() < 32 {
+                                    queue.push(output.data);
+                                }
+                            }
+                            (None, Transport::Tls) => tracing::warn!(
+                                to = %output.flow.remote,
+                                "outgoing SIP over TLS (a TLS trunk) is not supported yet; message dropped"
+                            ),
+                            (None, _) => {
+                                tracing::debug!(to = %output.flow.remote, "SIP connection gone; message dropped")
+                            }
                         }
-                        None => tracing::debug!(to = %output.flow.remote, "SIP connection gone; message dropped"),
-                    },
+                    }
                 }
             }
         };

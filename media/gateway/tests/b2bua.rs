@@ -344,3 +344,48 @@ fn a_trunk_407_is_answered_once_with_the_trunk_credentials() {
         "the caller sees no route, not a challenge"
     );
 }
+
+#[test]
+fn late_offer_the_callers_ack_carries_the_answer_to_the_callee() {
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    // The caller's INVITE has no SDP: the callee will offer in its 200.
+    lab.calls += 1;
+    let no_sdp = |auth: &str| {
+        let text = invite("0800", auth);
+        let head = text.split("Content-Type").next().expect("head").to_string();
+        format!("{head}Content-Length: 0\r\n\r\n")
+    };
+    let first = lab.send(CALLER, &no_sdp("").replace("caller1", "late1"));
+    let challenge =
+        first.iter().find(|(_, m)| code(m) == 407).expect("407").1.get("Proxy-Authenticate").expect("c").to_string();
+    let nonce = parse_credentials(&challenge).expect("digest").nonce;
+    let uri = format!("sip:0800@{DOMAIN}");
+    let c = parse_credentials(&format!(
+        "Digest username=\"1001\", uri=\"{uri}\", nonce=\"{nonce}\", qop=auth, nc=00000001, cnonce=\"c\""
+    ))
+    .expect("credentials");
+    let response = expected_response(Algorithm::Md5, &ha1(), "INVITE", &c);
+    let auth = format!(
+        "Proxy-Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+    );
+    let out = lab.send(CALLER, &no_sdp(&auth).replace("caller2", "late2"));
+    let invite_b = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").1;
+    assert!(invite_b.body.is_empty(), "no offer to pass on");
+    let out = lab.send(T2, &answer(&invite_b, 200, "t2", ANSWER));
+    assert!(!out.iter().any(|(_, m)| method(m) == "ACK"), "the ACK waits for the caller's answer");
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 with the offer").1.clone();
+    assert!(String::from_utf8_lossy(&ok.body).contains("c=IN IP4 203.0.113.1"), "the offer is anchored");
+    let ack = format!(
+        "ACK sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKlateack\r\nFrom: {}\r\nTo: {}\r\n\
+Call-ID: alice-call@10.1.1.5\r\nCSeq: 2 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        ok.get("From").expect("from"),
+        ok.get("To").expect("to"),
+        OFFER.len()
+    );
+    let out = lab.send(CALLER, &ack);
+    let ack_b = out.iter().find(|(to, m)| *to == addr(T2) && method(m) == "ACK").expect("ACK to the callee").1.clone();
+    let body = String::from_utf8_lossy(&ack_b.body).into_owned();
+    assert!(body.contains("c=IN IP4 203.0.113.1") && !body.contains("10.1.1.5"), "the answer, anchored: {body}");
+    assert_eq!(ack_b.cseq(), invite_b.cseq().map(|(n, _)| (n, "ACK")));
+}

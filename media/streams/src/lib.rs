@@ -62,6 +62,37 @@ pub enum StreamEvent {
     Closed {
         connection: Connection,
     },
+    /// An outgoing connection ([`spawn_connect`]) could not be made.
+    ConnectFailed {
+        remote: SocketAddr,
+    },
+}
+
+/// How long an outgoing connection may take to be established.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a TCP connection to `remote` (the box as the client: SIP to a trunk);
+/// once open it reports and behaves like an accepted one.
+pub fn spawn_connect(remote: SocketAddr, framer: Framer, events: mpsc::Sender<StreamEvent>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(remote)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection failed");
+                let _ = events.send(StreamEvent::ConnectFailed { remote }).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "connection timed out");
+                let _ = events.send(StreamEvent::ConnectFailed { remote }).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else { return };
+        let connection = Connection { local, remote, tls: false, websocket: false };
+        serve(stream, connection, framer, events).await;
+    })
 }
 
 /// Accepts connections on `listener` until the task is aborted; with `tls`,

@@ -293,6 +293,7 @@ async fn serve(
                     streams.remove(&tuple_of(connection));
                     server.connection_closed(tuple_of(connection));
                 }
+                StreamEvent::ConnectFailed { .. } => {} // TURN makes no outgoing connections
             },
             Some(mut packet) = peer_rx.recv() => {
                 let result = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
