@@ -84,19 +84,30 @@ pub use branchgate_nonce::NonceState;
 #[derive(Clone, Debug)]
 pub struct NonceIssuer {
     nonces: branchgate_nonce::Nonces,
+    /// Makes every nonce unique (two challenges in the same second differ), so
+    /// that the replay check on `nc` per nonce cannot confuse two clients.
+    issued: std::cell::Cell<u64>,
 }
 
 impl NonceIssuer {
     pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
-        NonceIssuer { nonces: branchgate_nonce::Nonces::new(secret, lifetime_secs, '.') }
+        NonceIssuer { nonces: branchgate_nonce::Nonces::new(secret, lifetime_secs, '.'), issued: Default::default() }
     }
 
-    pub fn issue(&self, now_secs: u64, realm: &str) -> String {
-        self.nonces.issue(now_secs, realm.as_bytes())
+    /// `<serial>.<expiry>.<tag>`: the serial is covered by the tag.
+    pub fn issue(&self, now_secs: u64, binding: &str) -> String {
+        let serial = self.issued.get().wrapping_add(1);
+        self.issued.set(serial);
+        let inner = self.nonces.issue(now_secs, format!("{binding}#{serial:x}").as_bytes());
+        format!("{serial:x}.{inner}")
     }
 
-    pub fn check(&self, nonce: &str, now_secs: u64, realm: &str) -> NonceState {
-        self.nonces.check(nonce, now_secs, realm.as_bytes())
+    pub fn check(&self, nonce: &str, now_secs: u64, binding: &str) -> NonceState {
+        let Some((serial, inner)) = nonce.split_once('.') else { return NonceState::Invalid };
+        if serial.is_empty() || serial.len() > 16 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return NonceState::Invalid;
+        }
+        self.nonces.check(inner, now_secs, format!("{binding}#{serial}").as_bytes())
     }
 
     /// `WWW-Authenticate` values for `algorithms`, in that order.

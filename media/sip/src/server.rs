@@ -4,7 +4,7 @@
 //! to the transaction user — the B2BUA — as [`Incoming`] events.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::digest::{Algorithm, NonceIssuer, NonceState, algorithm_of, expected_response, parse_credentials};
@@ -85,6 +85,8 @@ pub struct Binding {
     pub expires: Instant,
     pub flow: Flow,
     pub call_id: String,
+    /// CSeq of the REGISTER that made it (RFC 3261 §10.3 step 7: older ones are refused).
+    pub cseq: u32,
 }
 
 /// A registration as the admin UI lists it.
@@ -113,6 +115,9 @@ pub enum Incoming {
     NoAck { key: ServerKey },
 }
 
+/// How long a digest nonce is valid.
+const NONCE_LIFETIME: Duration = Duration::from_secs(300);
+
 /// Contacts one user may register.
 const MAX_CONTACTS: usize = 10;
 
@@ -126,7 +131,22 @@ pub struct Server {
     out: VecDeque<Output>,
     incoming: VecDeque<Incoming>,
     pub auth_failures: u64,
+    /// Failed digest checks in the current window per (client IP, username) and per
+    /// client IP (`None`): a phone with a wrong password behind an office NAT blocks
+    /// only itself, a guesser trying many names blocks its address.
+    failures: HashMap<(IpAddr, Option<String>), (u32, Instant)>,
+    /// Highest `nc` seen per nonce (replay protection within a nonce's lifetime).
+    nonce_counts: HashMap<String, (u32, Instant)>,
 }
+
+/// Failed digest checks for one username from one IP within [`FAILURE_WINDOW`] after
+/// which that username is refused from there without checking (password guessing);
+/// [`MAX_FAILURES_PER_ADDRESS`] for all usernames together.
+pub const MAX_FAILURES: u32 = 20;
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 200;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Nonces remembered for replay checks (beyond it the oldest are forgotten; they expire anyway).
+const MAX_TRACKED_NONCES: usize = 50_000;
 
 /// The URI inside a name-addr (`"Bob" <sip:bob@host>;tag=1` → `sip:bob@host`) or a bare addr-spec.
 pub fn uri_of(value: &str) -> &str {
@@ -147,13 +167,15 @@ impl Server {
     pub fn new(config: ServerConfig, nonce_secret: [u8; 32], now: Instant) -> Self {
         Server {
             config,
-            nonces: NonceIssuer::new(nonce_secret, 300),
+            nonces: NonceIssuer::new(nonce_secret, NONCE_LIFETIME.as_secs()),
             start: now,
             bindings: HashMap::new(),
             transactions: Transactions::new(),
             out: VecDeque::new(),
             incoming: VecDeque::new(),
             auth_failures: 0,
+            failures: HashMap::new(),
+            nonce_counts: HashMap::new(),
         }
     }
 
@@ -235,6 +257,8 @@ impl Server {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.transactions.handle_timeout(now);
+        self.nonce_counts.retain(|_, (_, at)| now.saturating_duration_since(*at) < NONCE_LIFETIME);
+        self.failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
         for list in self.bindings.values_mut() {
             list.retain(|b| b.expires > now);
         }
@@ -419,6 +443,18 @@ impl Server {
             self.challenge(now, key, flow, request, proxy, false);
             return None;
         };
+        let ip = flow.remote.ip();
+        let blocked = |key: &(IpAddr, Option<String>), limit: u32| {
+            self.failures
+                .get(key)
+                .is_some_and(|(count, since)| *count >= limit && now.saturating_duration_since(*since) < FAILURE_WINDOW)
+        };
+        if blocked(&(ip, Some(c.username.clone())), MAX_FAILURES) || blocked(&(ip, None), MAX_FAILURES_PER_ADDRESS) {
+            // Guessing from here: refused without looking at the credentials.
+            let response = request.response(403, "Forbidden");
+            self.answer(now, key, with_warning(response, "too many failed authentications; try later"));
+            return None;
+        }
         match self.nonces.check(&c.nonce, self.now_secs(now), &nonce_binding(&self.config.domain, flow)) {
             NonceState::Valid => {}
             NonceState::Stale => {
@@ -446,9 +482,31 @@ impl Server {
             };
         if !verified {
             self.auth_failures += 1;
+            for key in [(ip, Some(c.username.clone())), (ip, None)] {
+                let entry = self.failures.entry(key).or_insert((0, now));
+                if now.saturating_duration_since(entry.1) >= FAILURE_WINDOW {
+                    *entry = (0, now);
+                }
+                entry.0 += 1;
+            }
             let response = request.response(403, "Forbidden");
             self.answer(now, key, response);
             return None;
+        }
+        // The same nonce may be used again only with a higher nc (RFC 7616 §3.4): a captured
+        // request replayed within the nonce's lifetime is challenged afresh.
+        let nc = c.nc.as_deref().and_then(|n| u32::from_str_radix(n, 16).ok()).unwrap_or(0);
+        if let Some((seen, _)) = self.nonce_counts.get(&c.nonce)
+            && nc <= *seen
+        {
+            self.challenge(now, key, flow, request, proxy, true);
+            return None;
+        }
+        if self.nonce_counts.len() >= MAX_TRACKED_NONCES {
+            self.nonce_counts.retain(|_, (_, at)| now.saturating_duration_since(*at) < NONCE_LIFETIME);
+        }
+        if self.nonce_counts.len() < MAX_TRACKED_NONCES {
+            self.nonce_counts.insert(c.nonce.clone(), (nc, now));
         }
         Some(c.username)
     }
@@ -467,6 +525,16 @@ impl Server {
             request.get("Expires").and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(self.config.max_expires);
         let contacts = request.get_all("Contact");
         let call_id = request.get("Call-ID").unwrap_or("").to_string();
+        let cseq = request.cseq().map(|(n, _)| n).unwrap_or(0);
+        // RFC 3261 §10.3 step 7: a REGISTER older than the one that made a binding is refused.
+        let stale = self
+            .bindings
+            .get(&username)
+            .is_some_and(|list| list.iter().any(|b| b.call_id == call_id && b.cseq >= cseq));
+        if stale {
+            let response = with_warning(request.response(500, "Server Internal Error"), "out-of-order REGISTER");
+            return self.answer(now, key, response);
+        }
         if contacts.iter().any(|c| c.trim() == "*") {
             if contacts.len() != 1 || default_expires != 0 {
                 let response = request.response(400, "Bad Request");
@@ -500,6 +568,7 @@ impl Server {
                         expires: now + Duration::from_secs(u64::from(expires)),
                         flow,
                         call_id: call_id.clone(),
+                        cseq,
                     });
                 }
             }
@@ -547,15 +616,17 @@ fn stamp_via(request: &mut Message, flow: Flow) {
         if i > 0 {
             stamped.push(';');
         }
-        if part.trim().eq_ignore_ascii_case("rport") {
+        let name = part.split('=').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("rport") {
             stamped.push_str(&format!("rport={}", flow.remote.port()));
+        } else if name.eq_ignore_ascii_case("received") && i > 0 {
+            // A client's own `received` is not believed: ours replaces it below.
+            stamped.pop();
         } else {
             stamped.push_str(part);
         }
     }
-    if param(top, "received").is_none() {
-        stamped.push_str(&format!(";received={}", flow.remote.ip()));
-    }
+    stamped.push_str(&format!(";received={}", flow.remote.ip()));
     let rest: Vec<&str> = values.iter().skip(1).copied().collect();
     request.headers[index].value = if rest.is_empty() { stamped } else { format!("{stamped}, {}", rest.join(", ")) };
 }

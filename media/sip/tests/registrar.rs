@@ -73,6 +73,12 @@ Contact: {contact}\r\nExpires: {expires}\r\nMax-Forwards: 70\r\n{auth}Content-Le
 
     /// Registers with digest after the challenge.
     fn register_authenticated(&mut self, user: &str, password: &str, contact: &str, expires: u32) -> Message {
+        let header = self.credentials(user, password, contact, expires);
+        self.register(user, contact, expires, Some(header)).1
+    }
+
+    /// Gets a challenge and computes the Authorization value answering it.
+    fn credentials(&mut self, user: &str, password: &str, contact: &str, expires: u32) -> String {
         let (_, challenge) = self.register(user, contact, expires, None);
         assert_eq!(code(&challenge), 401);
         let www: Vec<&str> = challenge.lines("WWW-Authenticate").collect();
@@ -93,10 +99,9 @@ Contact: {contact}\r\nExpires: {expires}\r\nMax-Forwards: 70\r\n{auth}Content-Le
         };
         let ha1 = keys(user, password).md5;
         let response = expected_response(Algorithm::Md5, &ha1, "REGISTER", &c);
-        let header = format!(
+        format!(
             "Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"sip:{DOMAIN}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc\""
-        );
-        self.register(user, contact, expires, Some(header)).1
+        )
     }
 }
 
@@ -194,4 +199,55 @@ fn sha256_is_offered_first_when_configured() {
     let www: Vec<&str> = challenge.lines("WWW-Authenticate").collect();
     assert_eq!(www.len(), 2);
     assert!(www[0].contains("algorithm=SHA-256") && www[1].contains("algorithm=MD5"), "RFC 8760 §2.4 order");
+}
+
+#[test]
+fn a_replayed_authorization_is_challenged_again() {
+    let mut h = Harness::new();
+    let header = h.credentials("1001", "pw", "<sip:1001@10.0.0.5>", 300);
+    assert_eq!(code(&h.register("1001", "<sip:1001@10.0.0.5>", 300, Some(header.clone())).1), 200);
+    // The same credentials (same nonce and nc) in a new request: a replay.
+    let (_, replayed) = h.register("1001", "<sip:1001@10.0.0.5>", 300, Some(header));
+    assert_eq!(code(&replayed), 401);
+    assert!(replayed.get("WWW-Authenticate").is_some_and(|w| w.contains("stale=true")));
+}
+
+#[test]
+fn guessing_passwords_gets_the_address_refused_for_a_while() {
+    let mut h = Harness::new();
+    for _ in 0..branchgate_sip::server::MAX_FAILURES {
+        assert_eq!(code(&h.register_authenticated("1001", "guess", "<sip:1001@10.0.0.5>", 300)), 403);
+    }
+    let refused = h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.5>", 300);
+    assert_eq!(code(&refused), 403, "even the right password, while blocked");
+    assert!(refused.get("Warning").is_some_and(|w| w.contains("too many")));
+    // Another user behind the same address is not locked out by it.
+    let mut config = ServerConfig::new(DOMAIN);
+    config.users.insert("1001".into(), keys("1001", "pw"));
+    config.users.insert("1002".into(), keys("1002", "pw2"));
+    h.server.set_config(config);
+    assert_eq!(code(&h.register_authenticated("1002", "pw2", "<sip:1002@10.0.0.5>", 300)), 200);
+    h.now += branchgate_sip::server::FAILURE_WINDOW;
+    h.server.handle_timeout(h.now);
+    assert_eq!(code(&h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.5>", 300)), 200);
+}
+
+#[test]
+fn an_older_register_of_the_same_call_id_is_refused_and_received_is_ours() {
+    let mut h = Harness::new();
+    assert_eq!(code(&h.register_authenticated("1001", "pw", "<sip:1001@10.0.0.5>", 300)), 200);
+    let header = h.credentials("1001", "pw", "<sip:1001@10.0.0.5>", 300);
+    // Same Call-ID, a CSeq lower than the binding's (2), in a new transaction.
+    let late = format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKold;rport\r\n\
+From: <sip:1001@{DOMAIN}>;tag=a1\r\nTo: <sip:1001@{DOMAIN}>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:1001@10.0.0.5>\r\nExpires: 300\r\nAuthorization: {header}\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(code(&h.send(&late).remove(0)), 500);
+    // A client-supplied received is replaced by the real source.
+    let text = "OPTIONS sip:branch.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;received=6.6.6.6;branch=z9hG4bKrcv\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:branch.example>\r\nCall-ID: rcv\r\nCSeq: 1 OPTIONS\r\n\r\n";
+    let ok = h.send(text).remove(0);
+    let via = ok.get("Via").expect("via");
+    assert!(via.contains("received=192.0.2.7") && !via.contains("6.6.6.6"), "{via}");
 }
