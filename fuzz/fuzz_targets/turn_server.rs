@@ -33,9 +33,19 @@ fuzz_target!(|data: &[u8]| {
                 let _ = branchgate_turn::frame_len(chunk);
             }
         }
+        // A peer connecting to a TCP relay (RFC 6062), now and then.
+        if let Some(b) = chunk.first()
+            && b % 8 == 6
+        {
+            let _ = server.peer_connection(t, 40000 + u16::from(*b % 4), "127.0.0.1:7000".parse().expect("addr"));
+        }
         while let Some(output) = server.poll_output() {
-            if let Output::BindRelay { port, .. } = output {
-                server.relay_bound(t, port, Ok(SocketAddr::new("127.0.0.1".parse().expect("ip"), port)));
+            match output {
+                Output::BindRelay { port, .. } => {
+                    server.relay_bound(t, port, Ok(SocketAddr::new("127.0.0.1".parse().expect("ip"), port)))
+                }
+                Output::ConnectPeer { connection, .. } => server.peer_connect_result(t, connection, i % 3 != 0),
+                _ => {}
             }
         }
         server.handle_timeout(t);

@@ -86,6 +86,17 @@ test("turnutils_uclient over TCP and over TLS (the box's certificate), losing no
   } finally { await box.stop(); }
 });
 
+test("turnutils_uclient -T: RFC 6062 TCP relays (Connect and ConnectionAttempt between clients), losing nothing", async () => {
+  const box = await turnBox();
+  try {
+    // -T implies TCP to the server, client-to-client and no channels; half of the data
+    // connections come from Connect, half from peers connecting to a relay (ConnectionAttempt).
+    const r = await uclient(box, ["-T", "-u", "test", "-w", "secret", "-n", "100", "-m", "4", "-l", "120", "-z", "5"]);
+    assert.equal(r.lost, 0, r.output.slice(-800));
+    assert.ok(r.sent >= 400 && r.received === r.sent, `sent ${r.sent}, received ${r.received}: ${r.output.slice(-400)}`);
+  } finally { await box.stop(); }
+});
+
 test("REST credentials (coturn use-auth-secret) work; wrong passwords do not", async () => {
   const box = await turnBox({ auth_secret: "rest-api-secret" });
   try {

@@ -68,7 +68,8 @@ pub async fn sip_websocket(
 
 async fn serve(mut socket: WebSocket, connection: Connection, events: mpsc::Sender<StreamEvent>) {
     let (writer, mut outgoing) = mpsc::channel::<Vec<u8>>(256);
-    if events.send(StreamEvent::Opened { connection, writer }).await.is_err() {
+    let raw = branchgate_streams::RawSwitch::default();
+    if events.send(StreamEvent::Opened { connection, writer, raw }).await.is_err() {
         return;
     }
     loop {
@@ -85,6 +86,9 @@ async fn serve(mut socket: WebSocket, connection: Connection, events: mpsc::Send
                 }
             }
             Some(data) = outgoing.recv() => {
+                if data.is_empty() {
+                    break; // the gateway closes the connection
+                }
                 // SIP is text; a body that is not UTF-8 goes as a binary message (RFC 7118 §5.1).
                 let message = match String::from_utf8(data) {
                     Ok(text) => Message::Text(text.into()),

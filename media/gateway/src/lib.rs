@@ -267,7 +267,7 @@ pub async fn run(
                     b2bua.handle_input(Instant::now(), flow, &buf[..len]);
                 }
                 Some(event) = stream_rx.recv() => match event {
-                    StreamEvent::Opened { connection, writer } => {
+                    StreamEvent::Opened { connection, writer, .. } => {
                         let flow = flow_of(connection);
                         // What waited for this outgoing connection goes now.
                         for data in connecting.remove(&(flow.transport, flow.remote)).unwrap_or_default() {

@@ -49,10 +49,13 @@ pub fn tls_acceptor(source: &CertificateSource) -> Result<tokio_rustls::TlsAccep
 
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// A new connection; what is sent on `writer` goes out on it.
+    /// A new connection; what is sent on `writer` goes out on it (an empty
+    /// message closes it). Setting `raw` stops the framing: from then on every
+    /// read is handed on as it comes (a TURN data connection, RFC 6062).
     Opened {
         connection: Connection,
         writer: mpsc::Sender<Vec<u8>>,
+        raw: RawSwitch,
     },
     /// One whole message.
     Frame {
@@ -67,6 +70,9 @@ pub enum StreamEvent {
         remote: SocketAddr,
     },
 }
+
+/// Turns a connection's framing off (see [`StreamEvent::Opened`]).
+pub type RawSwitch = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 /// How long an outgoing connection may take to be established.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,26 +148,44 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    if events.send(StreamEvent::Opened { connection, writer: tx }).await.is_err() {
+    let raw = RawSwitch::default();
+    if events.send(StreamEvent::Opened { connection, writer: tx, raw: raw.clone() }).await.is_err() {
         return;
     }
+    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
     let write_task = tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
-            if writer.write_all(&data).await.is_err() {
-                return;
+            // An empty message is the driver closing the connection.
+            if data.is_empty() || writer.write_all(&data).await.is_err() {
+                break;
             }
         }
+        let _ = writer.shutdown().await;
+        let _ = closed_tx.send(());
     });
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     'read: loop {
         // A connection silent for longer than any keep-alive interval is dead (RFC 5626 uses ~2 min).
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut chunk)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut chunk)) => read,
+            _ = &mut closed_rx => break,
+        };
+        let n = match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {
+            if raw.load(std::sync::atomic::Ordering::Acquire) {
+                if !buf.is_empty() {
+                    let data = std::mem::take(&mut buf);
+                    if events.send(StreamEvent::Frame { connection, data }).await.is_err() {
+                        break 'read;
+                    }
+                }
+                break;
+            }
             match framer(&buf) {
                 Ok(Some(0)) => break 'read,
                 Ok(Some(len)) => {

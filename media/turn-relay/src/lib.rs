@@ -3,8 +3,10 @@
 //!
 //! Today: UDP, TCP and TLS listeners (TLS with the box's certificate), one
 //! UDP socket per relay with a task feeding the main loop, a task per TCP/TLS
-//! connection. Batched IO (recvmmsg/sendmmsg, GSO), per-core SO_REUSEPORT
-//! listeners, pooled buffers and RFC 6062 TCP relays come next.
+//! connection, RFC 6062 TCP relays ([`tcp`]). Batched IO (recvmmsg/sendmmsg,
+//! GSO), per-core SO_REUSEPORT listeners and pooled buffers come next.
+
+mod tcp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -273,6 +275,8 @@ async fn serve(
     let mut relays: HashMap<u16, Relay> = HashMap::new();
     let mut streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerPacket>(1024);
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<tcp::TcpEvent>(1024);
+    let mut tcp_relays = tcp::TcpRelays::new(tcp_tx);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let restart = loop {
@@ -284,17 +288,29 @@ async fn serve(
                 forward(result, udp, &streams, &relays);
             }
             Some(event) = stream_rx.recv() => match event {
-                StreamEvent::Opened { connection, writer } => { streams.insert(tuple_of(connection), writer); }
+                StreamEvent::Opened { connection, writer, raw } => {
+                    streams.insert(tuple_of(connection), writer);
+                    tcp_relays.opened(tuple_of(connection), raw);
+                }
                 StreamEvent::Frame { connection, data } => {
-                    let result = server.handle_client_packet(Instant::now(), tuple_of(connection), &data);
-                    forward(result, udp, &streams, &relays);
+                    let tuple = tuple_of(connection);
+                    match tcp_relays.joined(&tuple) {
+                        // A data connection (RFC 6062): bytes for its peer.
+                        Some(peer) => if !tcp_relays.to_peer(peer, data) { server.peer_closed(peer) },
+                        None => {
+                            let result = server.handle_client_packet(Instant::now(), tuple, &data);
+                            forward(result, udp, &streams, &relays);
+                        }
+                    }
                 }
                 StreamEvent::Closed { connection } => {
                     streams.remove(&tuple_of(connection));
+                    tcp_relays.closed(&tuple_of(connection));
                     server.connection_closed(tuple_of(connection));
                 }
                 StreamEvent::ConnectFailed { .. } => {} // TURN makes no outgoing connections
             },
+            Some(event) = tcp_rx.recv() => tcp::handle_event(&mut server, &mut tcp_relays, &streams, event),
             Some(mut packet) = peer_rx.recv() => {
                 let result = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
                 forward(result, udp, &streams, &relays);
@@ -316,7 +332,7 @@ async fn serve(
                 if changed.is_err() || *shutdown.borrow() { break false; }
             }
         }
-        drain(&mut server, udp, &streams, &mut relays, &peer_tx).await;
+        drain(&mut server, udp, &streams, &mut relays, &mut tcp_relays, &peer_tx).await;
     };
     for (_, relay) in relays.drain() {
         relay.reader.abort();
@@ -330,6 +346,7 @@ async fn drain(
     udp: &UdpSocket,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     relays: &mut HashMap<u16, Relay>,
+    tcp_relays: &mut tcp::TcpRelays,
     peer_tx: &mpsc::Sender<PeerPacket>,
 ) {
     while let Some(output) = server.poll_output() {
@@ -347,7 +364,7 @@ async fn drain(
                     }
                 }
             },
-            Output::BindRelay { ip, port } => match open_relay(ip, port, peer_tx.clone()) {
+            Output::BindRelay { ip, port, tcp: false } => match open_relay(ip, port, peer_tx.clone()) {
                 Ok((relay, bound)) => {
                     relays.insert(port, relay);
                     server.relay_bound(Instant::now(), port, Ok(bound));
@@ -357,9 +374,27 @@ async fn drain(
                     server.relay_bound(Instant::now(), port, Err(()));
                 }
             },
+            Output::BindRelay { ip, port, tcp: true } => match tcp_relays.listen(ip, port) {
+                Ok(bound) => server.relay_bound(Instant::now(), port, Ok(bound)),
+                Err(e) => {
+                    tracing::debug!(%ip, port, error = %e, "TCP relay port unavailable");
+                    server.relay_bound(Instant::now(), port, Err(()));
+                }
+            },
             Output::CloseRelay { port } => {
                 if let Some(relay) = relays.remove(&port) {
                     relay.reader.abort();
+                }
+                tcp_relays.close_listener(port);
+            }
+            Output::ConnectPeer { connection, from, peer } => tcp_relays.connect(connection, from, peer),
+            Output::JoinData { connection, data } => tcp_relays.join(connection, data),
+            Output::ClosePeer { connection } => {
+                if let Some(data) = tcp_relays.close_peer(connection)
+                    && let Some(writer) = streams.get(&data)
+                {
+                    // An empty message closes the client's data connection.
+                    let _ = writer.try_send(Vec::new());
                 }
             }
         }

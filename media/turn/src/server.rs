@@ -31,6 +31,11 @@ const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// own tools among them) still use up to 0x7FFF, which ChannelData framing allows.
 const CHANNELS: RangeInclusive<u16> = 0x4000..=0x7FFF;
 const UDP: u8 = 17;
+const TCP: u8 = 6;
+/// A peer connection waits this long for its client's ConnectionBind (RFC 6062 §5.2, §5.3).
+const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Peer connections one TCP allocation may have at once.
+const MAX_PEER_CONNECTIONS: usize = 64;
 /// Failed authentications from one address within [`AUTH_FAILURE_WINDOW`]
 /// after which its requests are dropped unanswered until the window ends.
 pub const AUTH_FAILURE_LIMIT: u32 = 20;
@@ -140,10 +145,37 @@ const NONCE_COOKIE: &str = "obMatJos2AAAD";
 pub enum Output {
     /// Send `data` to the client of `tuple` (for TCP/TLS: on its connection).
     Reply { tuple: FiveTuple, data: Vec<u8> },
-    /// Open a relay socket on `ip:port` and report with [`Server::relay_bound`].
-    BindRelay { ip: IpAddr, port: u16 },
+    /// Open a relay socket on `ip:port` and report with [`Server::relay_bound`]: UDP, or
+    /// with `tcp` a listener accepting peers ([`Server::peer_connection`], RFC 6062).
+    BindRelay { ip: IpAddr, port: u16, tcp: bool },
     /// The allocation on this relay port is gone: close its socket.
     CloseRelay { port: u16 },
+    /// Connect to `peer` over TCP from the relay's address and report with
+    /// [`Server::peer_connect_result`] (RFC 6062 Connect).
+    ConnectPeer { connection: u32, from: IpAddr, peer: SocketAddr },
+    /// From now on the client connection `data` carries the raw bytes of peer connection
+    /// `connection`, both ways (RFC 6062 ConnectionBind succeeded; its answer precedes this).
+    JoinData { connection: u32, data: FiveTuple },
+    /// Close peer connection `connection` (and its client data connection, if joined).
+    ClosePeer { connection: u32 },
+}
+
+/// A TCP connection between a relay and a peer (RFC 6062).
+#[derive(Debug)]
+struct PeerConnection {
+    allocation: u32,
+    peer: SocketAddr,
+    state: PeerState,
+}
+
+#[derive(Debug)]
+enum PeerState {
+    /// The driver connects on the client's Connect; its answer waits.
+    Connecting { tid: [u8; 12], fingerprint: bool },
+    /// Connected; the client's ConnectionBind must come by this time.
+    AwaitingBind { until: Instant },
+    /// Joined with this client data connection.
+    Bound { data: FiveTuple },
 }
 
 /// What to do with a data packet, right now.
@@ -210,6 +242,8 @@ struct Allocation {
     request_had_fingerprint: bool,
     lifetime: Duration,
     bind_attempts: u8,
+    /// A TCP relay (RFC 6062): peers are reached over TCP connections.
+    tcp: bool,
     /// RESERVATION-TOKEN for the odd port kept for a later allocation (EVEN-PORT R bit).
     reservation_token: Option<[u8; 8]>,
     to_peer: Counter,
@@ -272,6 +306,9 @@ pub struct Server {
     out: VecDeque<Output>,
     /// Reused for building responses.
     scratch: Vec<u8>,
+    /// RFC 6062 peer connections by CONNECTION-ID, and the counter that makes the IDs.
+    connections: HashMap<u32, PeerConnection>,
+    connection_counter: u64,
     pub stats: Stats,
 }
 
@@ -306,6 +343,8 @@ impl Server {
             users_by_hash: HashMap::new(),
             out: VecDeque::new(),
             scratch: Vec::with_capacity(256),
+            connections: HashMap::new(),
+            connection_counter: 0,
             stats: Stats::default(),
         };
         server.index_user_hashes();
@@ -337,7 +376,11 @@ impl Server {
 
     /// The next time [`Server::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.allocations.values().map(|a| a.expires).min()
+        let binds = self.connections.values().filter_map(|c| match c.state {
+            PeerState::AwaitingBind { until } => Some(until),
+            _ => None,
+        });
+        self.allocations.values().map(|a| a.expires).chain(binds).min()
     }
 
     pub fn allocation_count(&self) -> usize {
@@ -364,6 +407,22 @@ impl Server {
         if let Some(id) = self.by_tuple.get(&tuple).copied() {
             self.remove(id);
         }
+        // A client data connection (RFC 6062) takes its peer connection with it.
+        let joined: Vec<u32> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| matches!(c.state, PeerState::Bound { data } if data == tuple))
+            .map(|(id, _)| *id)
+            .collect();
+        for connection in joined {
+            self.close_peer(connection);
+        }
+    }
+
+    fn close_peer(&mut self, connection: u32) {
+        if self.connections.remove(&connection).is_some() {
+            self.out.push_back(Output::ClosePeer { connection });
+        }
     }
 
     /// Expires allocations, permissions and channels.
@@ -373,6 +432,15 @@ impl Server {
             self.remove(id);
         }
         self.reservations.retain(|_, (_, expires)| *expires > now);
+        let unbound: Vec<u32> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| matches!(c.state, PeerState::AwaitingBind { until } if until <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for connection in unbound {
+            self.close_peer(connection);
+        }
         self.auth_failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < AUTH_FAILURE_WINDOW);
         for allocation in self.allocations.values_mut() {
             allocation.permissions.retain(|(_, expires)| *expires > now);
@@ -386,6 +454,15 @@ impl Server {
             self.by_port.remove(&allocation.relay_port);
             if allocation.relay.is_some() {
                 self.out.push_back(Output::CloseRelay { port: allocation.relay_port });
+            }
+            let peers: Vec<u32> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| c.allocation == id)
+                .map(|(connection, _)| *connection)
+                .collect();
+            for connection in peers {
+                self.close_peer(connection);
             }
         }
     }
@@ -564,7 +641,8 @@ impl Server {
                     Some(next) if allocation.bind_attempts < 8 => {
                         allocation.relay_port = next;
                         self.by_port.insert(next, id);
-                        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port: next });
+                        let tcp = allocation.tcp;
+                        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port: next, tcp });
                     }
                     _ => {
                         let (tuple, tid, key) = (allocation.tuple, allocation.transaction_id, allocation.key);
@@ -761,8 +839,15 @@ impl Server {
             self.reply(tuple);
             return;
         }
-        if !matches!(msg.method, method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND)
-        {
+        if !matches!(
+            msg.method,
+            method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND
+        ) {
             self.error(tuple, msg.method, tid, 400, None, &[]);
             return;
         }
@@ -778,6 +863,8 @@ impl Server {
             method::ALLOCATE => self.allocate(now, tuple, msg, credentials),
             method::REFRESH => self.refresh(now, tuple, msg, credentials),
             method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, credentials),
+            method::CONNECT => self.connect(tuple, msg, credentials),
+            method::CONNECTION_BIND => self.connection_bind(now, tuple, msg, credentials),
             _ => self.channel_bind(now, tuple, msg, credentials),
         }
     }
@@ -845,13 +932,20 @@ impl Server {
             }
             return;
         }
-        match msg.get(attr::REQUESTED_TRANSPORT).map(|a| a.value) {
+        let tcp = match msg.get(attr::REQUESTED_TRANSPORT).and_then(|a| a.value.first().copied()) {
             None => return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]),
-            Some(value) if value.first() != Some(&UDP) => {
-                return self.error(tuple, method::ALLOCATE, tid, 442, Some(&key), &[]);
+            Some(UDP) => false,
+            // RFC 6062 §5.1: a TCP relay only over a TCP/TLS control connection,
+            // without EVEN-PORT or RESERVATION-TOKEN.
+            Some(TCP) if !tuple.transport.is_stream() => {
+                return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]);
             }
-            Some(_) => {}
-        }
+            Some(TCP) if msg.has(attr::EVEN_PORT) || msg.has(attr::RESERVATION_TOKEN) => {
+                return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]);
+            }
+            Some(TCP) => true,
+            Some(_) => return self.error(tuple, method::ALLOCATE, tid, 442, Some(&key), &[]),
+        };
         // DONT-FRAGMENT is honoured by the relay sockets (Linux sets DF on UDP
         // under path-MTU discovery, its default).
         let even_port = msg.get(attr::EVEN_PORT).map(|a| a.value.first().is_some_and(|b| b & 0x80 != 0));
@@ -921,6 +1015,7 @@ impl Server {
                 request_had_fingerprint: msg.has(attr::FINGERPRINT),
                 lifetime,
                 bind_attempts: 0,
+                tcp,
                 reservation_token,
                 to_peer: Counter::default(),
                 to_client: Counter::default(),
@@ -928,7 +1023,7 @@ impl Server {
         );
         self.by_tuple.insert(tuple, id);
         self.by_port.insert(port, id);
-        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port });
+        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port, tcp });
     }
 
     fn owned_allocation(
@@ -1029,6 +1124,10 @@ impl Server {
         let Some(allocation) = self.allocations.get_mut(&id) else {
             return;
         };
+        if allocation.tcp {
+            // No channels on TCP allocations (RFC 6062 §5.1).
+            return self.error(tuple, method::CHANNEL_BIND, tid, 400, Some(&credentials.key), &[]);
+        }
         // A channel is bound to one peer and a peer to one channel (RFC 8656 §11.2).
         let conflict = allocation.channels.iter().any(|c| (c.number == number) != (c.peer == peer));
         if conflict {
@@ -1041,6 +1140,128 @@ impl Server {
         install_permission(allocation, canonical(peer.ip()), now);
         let fingerprint = msg.has(attr::FINGERPRINT);
         self.success(tuple, method::CHANNEL_BIND, tid, &credentials.key, fingerprint, |_| {});
+    }
+}
+
+impl Server {
+    fn new_connection_id(&mut self) -> u32 {
+        // Unguessable: a ConnectionBind names it (and must also authenticate).
+        loop {
+            self.connection_counter += 1;
+            let token = self.nonces.token(b"connection", self.connection_counter);
+            let id = u32::from_be_bytes([token[0], token[1], token[2], token[3]]);
+            if id != 0 && !self.connections.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// RFC 6062 §5.2: connect the TCP relay to a peer the client has a permission for.
+    fn connect(&mut self, tuple: FiveTuple, msg: &Message<'_>, credentials: Credentials) {
+        let tid = msg.transaction_id();
+        let key = credentials.key;
+        let Some(&id) = self.by_tuple.get(&tuple) else {
+            return self.error(tuple, method::CONNECT, tid, 437, Some(&key), &[]);
+        };
+        let Some(allocation) = self.allocations.get(&id) else { return };
+        if allocation.username != credentials.username {
+            return self.error(tuple, method::CONNECT, tid, 441, Some(&key), &[]);
+        }
+        let Some(peer) = xor_peer(msg).filter(|_| allocation.tcp) else {
+            return self.error(tuple, method::CONNECT, tid, 400, Some(&key), &[]);
+        };
+        let permitted = allocation.permissions.iter().any(|(ip, _)| *ip == canonical(peer.ip()));
+        let relay_ip = allocation.relay.map(|_| self.config.relay_ip);
+        if let Err(code) = self.check_peer(id, peer) {
+            return self.error(tuple, method::CONNECT, tid, code, Some(&key), &[]);
+        }
+        if !permitted {
+            self.stats.denied_peers += 1;
+            return self.error(tuple, method::CONNECT, tid, 403, Some(&key), &[]);
+        }
+        let ours: Vec<&PeerConnection> = self.connections.values().filter(|c| c.allocation == id).collect();
+        if ours.iter().any(|c| c.peer == peer) {
+            return self.error(tuple, method::CONNECT, tid, 446, Some(&key), &[]);
+        }
+        if ours.len() >= MAX_PEER_CONNECTIONS {
+            return self.error(tuple, method::CONNECT, tid, 508, Some(&key), &[]);
+        }
+        let Some(from) = relay_ip else { return };
+        let connection = self.new_connection_id();
+        let state = PeerState::Connecting { tid, fingerprint: msg.has(attr::FINGERPRINT) };
+        self.connections.insert(connection, PeerConnection { allocation: id, peer, state });
+        self.out.push_back(Output::ConnectPeer { connection, from, peer });
+    }
+
+    /// The driver's answer to [`Output::ConnectPeer`]: the Connect's answer goes out.
+    pub fn peer_connect_result(&mut self, now: Instant, connection: u32, connected: bool) {
+        let Some(c) = self.connections.get_mut(&connection) else { return };
+        let PeerState::Connecting { tid, fingerprint } = c.state else { return };
+        let Some((tuple, key)) = self.allocations.get(&c.allocation).map(|a| (a.tuple, a.key)) else {
+            self.close_peer(connection);
+            return;
+        };
+        if connected {
+            c.state = PeerState::AwaitingBind { until: now + CONNECTION_BIND_TIMEOUT };
+            self.success(tuple, method::CONNECT, tid, &key, fingerprint, |w| {
+                w.attr(attr::CONNECTION_ID, &connection.to_be_bytes());
+            });
+        } else {
+            self.connections.remove(&connection);
+            self.error(tuple, method::CONNECT, tid, 447, Some(&key), &[]);
+        }
+    }
+
+    /// RFC 6062 §5.3: a peer connected to a TCP relay. `Some(id)` keeps the
+    /// connection (the client is told with a ConnectionAttempt); `None` closes it.
+    pub fn peer_connection(&mut self, now: Instant, relay_port: u16, peer: SocketAddr) -> Option<u32> {
+        let id = *self.by_port.get(&relay_port)?;
+        let allocation = self.allocations.get(&id).filter(|a| a.tcp && a.expires > now)?;
+        let permitted = allocation.permissions.iter().any(|(ip, _)| *ip == canonical(peer.ip()));
+        let count = self.connections.values().filter(|c| c.allocation == id).count();
+        if !permitted || count >= MAX_PEER_CONNECTIONS {
+            self.stats.denied_peers += 1;
+            return None;
+        }
+        let tuple = allocation.tuple;
+        let connection = self.new_connection_id();
+        let state = PeerState::AwaitingBind { until: now + CONNECTION_BIND_TIMEOUT };
+        self.connections.insert(connection, PeerConnection { allocation: id, peer, state });
+        self.connection_counter += 1;
+        let tid = data_indication_id(self.connection_counter | 1 << 63);
+        self.scratch.clear();
+        let mut w = Writer::new(&mut self.scratch, Class::Indication, method::CONNECTION_ATTEMPT, tid);
+        w.attr(attr::CONNECTION_ID, &connection.to_be_bytes()).xor_address(attr::XOR_PEER_ADDRESS, peer);
+        w.fingerprint();
+        self.reply(tuple);
+        Some(connection)
+    }
+
+    /// The peer side of a connection closed (or failed): the client's side goes too.
+    pub fn peer_closed(&mut self, connection: u32) {
+        self.close_peer(connection);
+    }
+
+    /// RFC 6062 §5.4: a new client connection binds itself to a peer connection.
+    fn connection_bind(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, credentials: Credentials) {
+        let tid = msg.transaction_id();
+        let key = credentials.key;
+        let id = msg.get(attr::CONNECTION_ID).and_then(|a| <[u8; 4]>::try_from(a.value).ok()).map(u32::from_be_bytes);
+        let bindable = id.and_then(|id| self.connections.get(&id).map(|c| (id, c))).filter(|(_, c)| {
+            matches!(c.state, PeerState::AwaitingBind { until } if until > now)
+                && self.allocations.get(&c.allocation).is_some_and(|a| a.username == credentials.username)
+        });
+        // Only a fresh connection (no allocation of its own) can become a data connection.
+        let Some((connection, _)) =
+            bindable.filter(|_| tuple.transport.is_stream() && !self.by_tuple.contains_key(&tuple))
+        else {
+            return self.error(tuple, method::CONNECTION_BIND, tid, 400, Some(&key), &[]);
+        };
+        if let Some(c) = self.connections.get_mut(&connection) {
+            c.state = PeerState::Bound { data: tuple };
+        }
+        self.success(tuple, method::CONNECTION_BIND, tid, &key, msg.has(attr::FINGERPRINT), |_| {});
+        self.out.push_back(Output::JoinData { connection, data: tuple });
     }
 }
 

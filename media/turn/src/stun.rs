@@ -45,6 +45,8 @@ pub mod attr {
     pub const FINGERPRINT: u16 = 0x8028;
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
+    /// RFC 6062 §6.2.1.
+    pub const CONNECTION_ID: u16 = 0x002A;
 
     /// Comprehension-required attributes lie in 0x0000-0x7FFF (RFC 8489 §14).
     pub fn comprehension_required(kind: u16) -> bool {
@@ -76,6 +78,7 @@ pub mod attr {
                 | USERHASH
                 | XOR_MAPPED_ADDRESS
                 | RESERVATION_TOKEN
+                | CONNECTION_ID
         )
     }
 }
@@ -89,6 +92,10 @@ pub mod method {
     pub const DATA: u16 = 0x007;
     pub const CREATE_PERMISSION: u16 = 0x008;
     pub const CHANNEL_BIND: u16 = 0x009;
+    /// RFC 6062 TCP allocations.
+    pub const CONNECT: u16 = 0x00A;
+    pub const CONNECTION_BIND: u16 = 0x00B;
+    pub const CONNECTION_ATTEMPT: u16 = 0x00C;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -464,6 +471,8 @@ pub fn reason(code: u16) -> &'static str {
         440 => "Address Family not Supported",
         441 => "Wrong Credentials",
         442 => "Unsupported Transport Protocol",
+        446 => "Connection Already Exists",
+        447 => "Connection Timeout or Failure",
         443 => "Peer Address Family Mismatch",
         486 => "Allocation Quota Reached",
         500 => "Server Error",

@@ -278,9 +278,13 @@ fn bad_credentials_stale_nonces_and_quotas() {
     });
     assert_eq!(Harness::error_code(&reply), Some(401));
     h.username = "test".into();
-    // TCP relaying is not offered over this allocation type.
+    // A TCP relay over UDP is a bad request (RFC 6062 §5.1); an unknown transport is 442.
     let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(400));
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
     });
     assert_eq!(Harness::error_code(&reply), Some(442));
     // The nonce goes stale after its lifetime: 438 with a new one.
@@ -357,9 +361,12 @@ fn a_taken_relay_port_is_replaced() {
     let (_, outputs) = h.request(CLIENT, method::ALLOCATE, true, |w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     });
-    assert_eq!(outputs, vec![Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50000 }]);
+    assert_eq!(outputs, vec![Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50000, tcp: false }]);
     h.server.relay_bound(h.now, 50000, Err(()));
-    assert_eq!(h.server.poll_output(), Some(Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50001 }));
+    assert_eq!(
+        h.server.poll_output(),
+        Some(Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50001, tcp: false })
+    );
     h.server.relay_bound(h.now, 50001, Ok(addr("127.0.0.1:50001")));
     let Some(Output::Reply { data, .. }) = h.server.poll_output() else { panic!("no answer") };
     let m = Message::parse(&data).expect("parse");
@@ -556,4 +563,129 @@ fn permissions_per_allocation_are_capped() {
         }
     });
     assert_eq!(Harness::error_code(&reply), None);
+}
+
+/// A request from `tuple` (authenticated with the harness's credentials) and everything it caused.
+fn request_on(
+    h: &mut Harness,
+    tuple: FiveTuple,
+    method: u16,
+    fill: impl Fn(&mut Writer<'_>),
+) -> (Option<Vec<u8>>, Vec<Output>) {
+    let tid = h.next_tid();
+    let mut buf = Vec::new();
+    {
+        let mut w = Writer::new(&mut buf, Class::Request, method, tid);
+        fill(&mut w);
+        w.attr(attr::USERNAME, h.username.as_bytes())
+            .attr(attr::REALM, REALM.as_bytes())
+            .attr(attr::NONCE, h.nonce.as_bytes())
+            .integrity(&h.key);
+        w.fingerprint();
+    }
+    assert_eq!(h.server.handle_client_packet(h.now, tuple, &buf), Forward::None);
+    let mut reply = None;
+    let mut others = Vec::new();
+    while let Some(output) = h.server.poll_output() {
+        match output {
+            Output::Reply { data, tuple: to } if to == tuple && reply.is_none() => reply = Some(data),
+            other => others.push(other),
+        }
+    }
+    (reply, others)
+}
+
+#[test]
+fn rfc6062_tcp_allocations_connect_bind_and_accept() {
+    let mut config = allowing_loopback();
+    config.policy.allowed.push("127.0.0.2/32".parse().expect("net"));
+    let mut h = Harness::new(config);
+    h.learn_nonce();
+    let tcp_tuple =
+        |client: &str| FiveTuple { client: addr(client), listener: addr(LISTENER), transport: Transport::Tcp };
+    let control = tcp_tuple(CLIENT);
+    // A TCP relay needs a TCP (or TLS) control connection.
+    let (reply, _) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(Harness::error_code(&reply), Some(400));
+    let (reply, outputs) = request_on(&mut h, control, method::ALLOCATE, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert!(reply.is_none());
+    let Some(Output::BindRelay { port, tcp: true, .. }) = outputs.first().cloned() else {
+        panic!("a TCP relay listener, got {outputs:?}");
+    };
+    h.server.relay_bound(h.now, port, Ok(SocketAddr::new("127.0.0.1".parse().expect("ip"), port)));
+    let Some(Output::Reply { data, .. }) = h.server.poll_output() else { panic!("allocate answer") };
+    assert_eq!(Message::parse(&data).expect("parse").class, Class::Success);
+
+    // No channels on a TCP allocation; no Connect without a permission.
+    let peer = addr(PEER);
+    let (reply, _) = request_on(&mut h, control, method::CHANNEL_BIND, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    assert_eq!(Harness::error_code(&reply.expect("reply")), Some(400));
+    let (reply, _) = request_on(&mut h, control, method::CONNECT, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    assert_eq!(Harness::error_code(&reply.expect("reply")), Some(403));
+    let (reply, _) = request_on(&mut h, control, method::CREATE_PERMISSION, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    assert!(Harness::error_code(&reply.expect("reply")).is_none());
+
+    // Connect: the driver connects, then the answer carries the CONNECTION-ID.
+    let (reply, outputs) = request_on(&mut h, control, method::CONNECT, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    assert!(reply.is_none(), "the answer waits for the connection");
+    let Some(Output::ConnectPeer { connection, peer: to, .. }) = outputs.first().cloned() else {
+        panic!("ConnectPeer, got {outputs:?}");
+    };
+    assert_eq!(to, peer);
+    let (reply, _) = request_on(&mut h, control, method::CONNECT, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    assert_eq!(Harness::error_code(&reply.expect("reply")), Some(446), "one connection per peer");
+    h.server.peer_connect_result(h.now, connection, true);
+    let Some(Output::Reply { data, tuple }) = h.server.poll_output() else { panic!("connect answer") };
+    assert_eq!(tuple, control);
+    let m = Message::parse(&data).expect("parse");
+    assert!(m.integrity_ok(&h.key));
+    assert_eq!(m.get(attr::CONNECTION_ID).map(|a| a.value.to_vec()), Some(connection.to_be_bytes().to_vec()));
+
+    // ConnectionBind on a new connection joins it to the peer connection.
+    let data_tuple = tcp_tuple("192.0.2.50:40001");
+    let (reply, _) = request_on(&mut h, data_tuple, method::CONNECTION_BIND, |w| {
+        w.attr(attr::CONNECTION_ID, &(connection ^ 1).to_be_bytes());
+    });
+    assert_eq!(Harness::error_code(&reply.expect("reply")), Some(400), "unknown CONNECTION-ID");
+    let (reply, outputs) = request_on(&mut h, data_tuple, method::CONNECTION_BIND, |w| {
+        w.attr(attr::CONNECTION_ID, &connection.to_be_bytes());
+    });
+    assert_eq!(Message::parse(&reply.expect("reply")).expect("parse").class, Class::Success);
+    assert_eq!(outputs, vec![Output::JoinData { connection, data: data_tuple }]);
+
+    // A peer connecting to the relay: only with a permission; the client hears a ConnectionAttempt.
+    assert_eq!(h.server.peer_connection(h.now, port, addr("127.0.0.3:6000")), None, "no permission");
+    let (_, _) = request_on(&mut h, control, method::CREATE_PERMISSION, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr("127.0.0.2:1"));
+    });
+    let incoming = h.server.peer_connection(h.now, port, addr("127.0.0.2:6000")).expect("accepted");
+    let Some(Output::Reply { data, tuple }) = h.server.poll_output() else { panic!("ConnectionAttempt") };
+    assert_eq!(tuple, control);
+    let m = Message::parse(&data).expect("parse");
+    assert_eq!((m.class, m.method), (Class::Indication, method::CONNECTION_ATTEMPT));
+    assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Some(Ok(addr("127.0.0.2:6000"))));
+    // Never bound: closed after 30 s.
+    h.now += Duration::from_secs(31);
+    h.server.handle_timeout(h.now);
+    let closed: Vec<Output> = std::iter::from_fn(|| h.server.poll_output()).collect();
+    assert!(closed.contains(&Output::ClosePeer { connection: incoming }));
+    assert!(!closed.contains(&Output::ClosePeer { connection }), "the bound one stays");
+    // The control connection goes: the allocation and its peer connections with it.
+    h.server.connection_closed(control);
+    let closed: Vec<Output> = std::iter::from_fn(|| h.server.poll_output()).collect();
+    assert!(closed.contains(&Output::ClosePeer { connection }) && closed.contains(&Output::CloseRelay { port }));
 }
