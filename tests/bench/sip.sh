@@ -11,7 +11,13 @@ CALLS=${CALLS:-2000}
 RATE=${RATE:-200}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; pkill -f "kamailio -f $work" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  pkill -f "kamailio -f $work" 2>/dev/null || true
+  pkill -f "sipp -sf $ROOT/tests/sipp/bench_uas.xml -i 127.0.0.1 -p ${uas_port:-x}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  [[ -n ${KEEP:-} ]] || rm -rf "$work"
+}
 trap cleanup EXIT
 
 port() { echo $((10000 + RANDOM % 9000)); }
@@ -19,7 +25,7 @@ hz=$(getconf CLK_TCK)
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 
 uas_port=$(port)
-sipp -sn uas -i 127.0.0.1 -p "$uas_port" -nostdin -bg >/dev/null 2>&1 || true
+(cd "$work" && sipp -sf "$ROOT/tests/sipp/bench_uas.xml" -i 127.0.0.1 -p "$uas_port" -nostdin -bg >/dev/null 2>&1) || true
 sleep 0.5
 
 # One load run against SIP at $1 (CPU of pids $2...): prints "ms/call succeeded".
@@ -29,10 +35,10 @@ measure() {
   before=$(cpu_ticks "$@")
   out=$(cd "$work" && sipp "127.0.0.1:$sip_port" -sf "$ROOT/tests/sipp/bench_uac.xml" -i 127.0.0.1 -p "$(port)" \
         -s 1001 -au 1001 -ap bench-secret-1 -key domain branch.example -key number 95551234 \
-        -r "$RATE" -m "$CALLS" -l 500 -timeout 120s -nostdin -trace_stat -stf "$work/stat.csv" 2>&1 || true)
+        -r "$RATE" -m "$CALLS" -l 500 -timeout 120s -nostdin -trace_stat -stf "$work/stat.csv" -trace_err -error_file "$work/err.log" ${TRACE:+-trace_msg} 2>&1 || true)
   after=$(cpu_ticks "$@")
   ok=$(tail -1 "$work/stat.csv" | awk -F';' '{print $16}')
-  rm -f "$work/stat.csv"
+  mv "$work/stat.csv" "$work/stat-$(date +%s%N).csv" 2>/dev/null || true
   echo "$(echo "($after - $before) * 1000 / $hz / $CALLS" | bc -l) ${ok:-0}"
 }
 
@@ -55,12 +61,14 @@ loadmodule "siputils.so"
 request_route {
   if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
   if (has_totag()) {
-    if (loose_route() || is_method("ACK")) { t_relay(); exit; }
+    if (loose_route()) { t_relay(); exit; }
+    # An ACK of a (stateless) 407 or of an answered transaction.
+    if (is_method("ACK")) { if (t_check_trans()) t_relay(); exit; }
     sl_send_reply("404", "Not here"); exit;
   }
   if (is_method("CANCEL")) { if (t_check_trans()) t_relay(); exit; }
   if (t_check_trans()) { t_relay(); exit; }
-  if (is_method("INVITE") && !pv_proxy_authenticate("branch.example", "bench-secret-1", "1")) {
+  if (is_method("INVITE") && !pv_proxy_authenticate("branch.example", "bench-secret-1", "0")) {
     proxy_challenge("branch.example", "1"); exit;
   }
   consume_credentials();

@@ -328,8 +328,8 @@ impl Server {
             Err(e) => return self.bad_request(flow, bytes, &e),
         };
         if let Err(e) = request.check_mandatory() {
-            // Answered with what there is (RFC 4475 §3.3.1), if the Via says where to.
-            if request.get("Via").is_some() {
+            // Answered with what there is (RFC 4475 §3.3.1), if the Via says where to (never an ACK).
+            if request.get("Via").is_some() && request.method() != Some("ACK") {
                 let response = with_warning(request.response(400, "Bad Request"), &e.to_string());
                 self.send(flow, &response);
             }
@@ -383,7 +383,11 @@ impl Server {
         let first = text.trim_start_matches(['\r', '\n']).lines().next().unwrap_or("").trim_end();
         // Only what looks like a request gets an answer (never a response, RFC 4475 §3.1.2.19).
         let version = first.rsplit(' ').next().unwrap_or("");
-        if first.starts_with("SIP/") || !version.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("SIP/")) {
+        // Nor an ACK, even a broken one (RFC 3261 §17.2: ACKs are never answered).
+        if first.starts_with("SIP/")
+            || first.starts_with("ACK ")
+            || !version.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("SIP/"))
+        {
             return;
         }
         let (code, reason) = match error {

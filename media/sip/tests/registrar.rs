@@ -251,3 +251,14 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:branch.example>\r\nCall-ID: rcv\r\nCSeq: 1 OPT
     let via = ok.get("Via").expect("via");
     assert!(via.contains("received=192.0.2.7") && !via.contains("6.6.6.6"), "{via}");
 }
+
+#[test]
+fn an_ack_is_never_answered_even_when_broken() {
+    let mut h = Harness::new();
+    for text in [
+        "ACK  SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKa1\r\nCSeq: 1 ACK\r\n\r\n",
+        "ACK sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKa2\r\nCSeq: 1 ACK\r\n\r\n",
+    ] {
+        assert!(h.send(text).is_empty(), "{text}");
+    }
+}
