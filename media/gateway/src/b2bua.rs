@@ -211,6 +211,10 @@ struct Call {
     streams: Vec<StreamPorts>,
     caller: String,
     callee: String,
+    /// The caller is a trunk (it may reach the box's users only).
+    from_trunk: bool,
+    /// A 3xx was followed already (once per call).
+    redirected: bool,
     started: Instant,
     answered: Option<Instant>,
     last_status: u16,
@@ -650,6 +654,8 @@ impl B2bua {
                 streams: Vec::new(),
                 caller,
                 callee: number,
+                from_trunk: from_trunk.is_some(),
+                redirected: false,
                 started: now,
                 answered: None,
                 last_status: 0,
@@ -1066,7 +1072,12 @@ impl B2bua {
                 if fails_over(code) {
                     return self.attempt_failed(now, id, code);
                 }
-                // A 3xx names addresses the caller must not learn or be sent to: refuse it.
+                // A 3xx names addresses the caller must not learn or be sent to: the box
+                // follows it itself, once, by routing the number it names like a dialled one
+                // (with the caller's own rights); otherwise the caller gets 480.
+                if code < 400 && self.follow_redirect(now, id, &response) {
+                    return;
+                }
                 let (code, reason) =
                     if code < 400 { (480, "Temporarily Unavailable") } else { (code, reason.as_str()) };
                 self.answer_a(now, id, code, reason, None);
@@ -1074,6 +1085,24 @@ impl B2bua {
             }
             _ => {}
         }
+    }
+
+    /// Routes the number a 3xx's Contact names, once per call; `false` when it cannot.
+    fn follow_redirect(&mut self, now: Instant, id: u64, response: &Message) -> bool {
+        let Some(call) = self.calls.get(&id) else { return false };
+        if call.redirected {
+            return false;
+        }
+        let number = response.get("Contact").map(uri_of).and_then(user_of).map(str::to_string);
+        let Some(number) = number.filter(|n| !n.is_empty()) else { return false };
+        let Ok(targets) = self.route(now, &number, call.from_trunk) else { return false };
+        let Some(call) = self.calls.get_mut(&id) else { return false };
+        tracing::info!(call = id, to = %number, "following a redirect");
+        call.redirected = true;
+        call.targets = targets.into();
+        call.b_invite = None;
+        self.try_next_target(now, id);
+        true
     }
 
     fn attempt_failed(&mut self, now: Instant, id: u64, code: u16) {

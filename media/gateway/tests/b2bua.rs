@@ -389,3 +389,22 @@ Call-ID: alice-call@10.1.1.5\r\nCSeq: 2 ACK\r\nContent-Type: application/sdp\r\n
     assert!(body.contains("c=IN IP4 203.0.113.1") && !body.contains("10.1.1.5"), "the answer, anchored: {body}");
     assert_eq!(ack_b.cseq(), invite_b.cseq().map(|(n, _)| (n, "ACK")));
 }
+
+#[test]
+fn a_redirect_is_followed_once_through_the_boxs_own_routing() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1), trunk("second", T2, 2)], routes());
+    let out = lab.call("95551234");
+    let invite = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE").1;
+    let mut moved = invite.response(302, "Moved Temporarily");
+    moved.set("To", format!("{};tag=r1", invite.get("To").expect("to")));
+    moved.push("Contact", "<sip:0777@198.51.100.99:5060>");
+    let out = lab.send(T1, &String::from_utf8(moved.to_bytes()).expect("utf8"));
+    let (to, again) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the new number").clone();
+    assert_eq!(to, addr(T2), "routed by the box's routes (prefix 0), never to the address in the Contact");
+    assert!(matches!(&again.start, StartLine::Request { uri, .. } if uri.starts_with("sip:0777@192.0.2.20")));
+    let mut moved_again = again.response(302, "Moved Temporarily");
+    moved_again.set("To", format!("{};tag=r2", again.get("To").expect("to")));
+    moved_again.push("Contact", "<sip:0888@198.51.100.99>");
+    let out = lab.send(T2, &String::from_utf8(moved_again.to_bytes()).expect("utf8"));
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 480), "only one redirect is followed");
+}
