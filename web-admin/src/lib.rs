@@ -216,6 +216,24 @@ impl AppState {
         );
         metric("branchgate_sip_calls", "Calls in progress.", "gauge", gauge(self.sip.calls().len() as u64));
         metric(
+            "branchgate_sip_calls_total",
+            "Calls ended since start, by cause.",
+            "counter",
+            self.sip
+                .calls_ended()
+                .into_iter()
+                .map(|(cause, count)| {
+                    (format!("{{cause=\"{}\"}}", cause.replace(['"', '\\', '\n'], "_")), count.to_string())
+                })
+                .collect(),
+        );
+        metric(
+            "branchgate_sip_auth_failures_total",
+            "Failed SIP digest checks since start.",
+            "counter",
+            gauge(self.sip.auth_failures()),
+        );
+        metric(
             "branchgate_sip_trunk_up",
             "Trunk answers OPTIONS keepalives (1) or not (0).",
             "gauge",

@@ -141,6 +141,9 @@ struct MonitorState {
     hangups: Option<mpsc::UnboundedSender<u64>>,
     /// Where SIP-over-WebSocket connections (served by the admin listener) report.
     websocket: Option<mpsc::Sender<StreamEvent>>,
+    /// Ended calls by cause, and failed digest checks, since the daemon started.
+    calls_ended: std::collections::BTreeMap<String, u64>,
+    auth_failures: u64,
 }
 
 /// Live registrations, calls and trunk states for the admin UI, refreshed
@@ -169,6 +172,16 @@ impl SipMonitor {
     /// accepted elsewhere; `None` while SIP is not running.
     pub fn websocket_events(&self) -> Option<mpsc::Sender<StreamEvent>> {
         self.lock().websocket.clone()
+    }
+
+    /// Calls ended since start, by cause (`caller-bye`, `cancelled`, `rejected`...).
+    pub fn calls_ended(&self) -> Vec<(String, u64)> {
+        self.lock().calls_ended.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Failed SIP digest checks since start.
+    pub fn auth_failures(&self) -> u64 {
+        self.lock().auth_failures
     }
 
     /// Whether the SIP service runs (it publishes its channels while it does).
@@ -314,7 +327,10 @@ pub async fn run(
                     }
                     Action::Peer { call, index, side, destination } => relay.peer(call, index, side, destination),
                     Action::Close { call } => relay.close(call),
-                    Action::Record(record) => write_record(&cdr_path, &record),
+                    Action::Record(record) => {
+                        *monitor.lock().calls_ended.entry(record.cause.clone()).or_default() += 1;
+                        write_record(&cdr_path, &record);
+                    }
                 }
             }
             while let Some(output) = b2bua.poll_output() {
@@ -363,7 +379,12 @@ pub async fn run(
             task.abort();
         }
         relay.close_all();
-        *monitor.lock() = MonitorState::default();
+        {
+            // Counters live as long as the daemon; the rest goes with the service.
+            let mut state = monitor.lock();
+            let (ended, failures) = (std::mem::take(&mut state.calls_ended), state.auth_failures);
+            *state = MonitorState { calls_ended: ended, auth_failures: failures, ..MonitorState::default() };
+        }
         if !restart {
             return Ok(());
         }
@@ -408,6 +429,7 @@ fn publish(monitor: &SipMonitor, b2bua: &B2bua, relay: &MediaRelay, now: Instant
         .collect();
     let mut state = monitor.lock();
     state.registrations = b2bua.sip().registrations(now);
+    state.auth_failures = b2bua.sip().auth_failures;
     state.calls = calls;
     state.trunks = trunks;
 }
