@@ -825,6 +825,52 @@ pub fn cdr_to_csv(jsonl: &str) -> String {
     out
 }
 
+/// Where the kernel lists V4L2 devices.
+const VIDEO4LINUX: &str = "/sys/class/video4linux";
+
+/// The box's cameras (real V4L2 devices, or the simulated one where there is none).
+pub async fn cameras(State(_state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let list: Vec<Value> = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX))
+        .into_iter()
+        .map(|c| {
+            json!({ "id": c.id, "name": c.name, "simulated": c.simulated, "device": c.device,
+                    "width": c.width, "height": c.height })
+        })
+        .collect();
+    Json(Value::Array(list)).into_response()
+}
+
+/// A JPEG snapshot of a camera.
+pub async fn camera_snapshot(
+    State(_state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    let cameras = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX));
+    let Some(camera) = cameras.iter().find(|c| c.id == id) else {
+        return json_error(StatusCode::NOT_FOUND, &format!("no camera {id}"));
+    };
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    match branchgate_hal::camera::snapshot_jpeg(camera, unix_ms) {
+        Ok(jpeg) => {
+            ([(CONTENT_TYPE, "image/jpeg"), (axum::http::header::CACHE_CONTROL, "no-store")], jpeg).into_response()
+        }
+        Err(e @ branchgate_hal::camera::CameraError::CaptureUnavailable(_)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod cdr_tests {
     #[test]

@@ -347,6 +347,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sip/calls", get(api::sip_calls))
         .route("/sip/calls/{id}", axum::routing::delete(api::hang_up_call))
         .route("/sip/cdr.csv", get(api::cdr_csv))
+        .route("/cameras", get(api::cameras))
+        .route("/cameras/{id}/snapshot.jpg", get(api::camera_snapshot))
         .route("/openapi.json", get(openapi_json))
         .fallback(api::fallback);
     Router::new()

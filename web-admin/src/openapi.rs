@@ -100,6 +100,9 @@ pub fn document() -> Value {
                 "delete": op("Hang up a call (BYE to both legs, or 480 to the caller before answer)", "installer",
                     json!({"204": {"description": "Hung up"}, "404": {"description": "No such call"}, "503": {"description": "SIP not running"}})) },
             "/api/v1/sip/cdr.csv": { "get": op("Call detail records as CSV (call, start, answer, end, duration_seconds, caller, callee, destination, status, cause)", "viewer", ok("text/csv")) },
+            "/api/v1/cameras": { "get": op("The cameras: an array of {id, name, simulated, device, width, height}; a simulated one where the box has none", "viewer", ok("[camera]")) },
+            "/api/v1/cameras/{id}/snapshot.jpg": { "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": op("A JPEG snapshot", "viewer", json!({"200": {"description": "image/jpeg"}, "404": {"description": "No such camera"}, "503": {"description": "Capture not available for that camera yet"}})) },
             "/api/v1/openapi.json": { "get": op("This document", "nothing", ok("OpenAPI 3.1")) }
         }
     })

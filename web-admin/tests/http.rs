@@ -165,6 +165,8 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, Role, bool)> {
         (M::DELETE, "/api/v1/sip/calls/7", None, Role::Installer, false),
         (M::GET, "/api/v1/sip/cdr.csv", None, Role::Viewer, false),
         (M::GET, "/calls", None, Role::Viewer, true),
+        (M::GET, "/api/v1/cameras", None, Role::Viewer, false),
+        (M::GET, "/api/v1/cameras/sim0/snapshot.jpg", None, Role::Viewer, false),
         (M::POST, "/calls/7/hangup", None, Role::Installer, true),
         (M::GET, "/backup", None, Role::Admin, true),
         (M::GET, "/backup/download", None, Role::Admin, true),

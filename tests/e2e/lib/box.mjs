@@ -103,14 +103,16 @@ export class Api {
           ...headers,
         },
       }, (res) => {
-        let data = "";
-        res.on("data", (d) => { data += d; });
+        const chunks = [];
+        res.on("data", (d) => { chunks.push(d); });
         res.on("end", () => {
+          const bytes = Buffer.concat(chunks);
+          const data = bytes.toString();
           const set = res.headers["set-cookie"];
           if (set) { for (const c of set) { if (c.startsWith("__Host-branchgate=")) this.cookie = c.split(";")[0]; } }
           let json = null;
           try { json = JSON.parse(data); } catch { /* not JSON */ }
-          resolve({ status: res.statusCode, headers: res.headers, text: data, json });
+          resolve({ status: res.statusCode, headers: res.headers, text: data, json, bytes });
         });
       });
       req.on("error", reject);
