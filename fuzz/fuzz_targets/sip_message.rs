@@ -39,7 +39,7 @@ fn b2bua(now: Instant) -> B2bua {
         register: false,
     });
     calls.routes.push(RouteRule { prefix: "9".into(), strip: 1, trunk: "pstn".into() });
-    let mut b2bua = B2bua::new(Server::new(config, [7; 32], now), calls, 1, now);
+    let mut b2bua = B2bua::new(Server::new(config, [7; 32], now), calls, [1; 32], now);
     let register = |auth: &str| {
         format!(
             "REGISTER sip:fuzz.example SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK{}\r\nFrom: <sip:2001@fuzz.example>;tag=a\r\n\

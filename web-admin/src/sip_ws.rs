@@ -19,6 +19,11 @@ use crate::api::json_error;
 
 /// Largest SIP message accepted over WebSocket (as on TCP).
 const MAX_MESSAGE: usize = 64 * 1024;
+/// SIP-over-WebSocket connections at once (before any digest: keep them bounded).
+const MAX_CONNECTIONS: usize = 1000;
+/// A connection silent this long is closed (browsers' SIP stacks send keep-alives).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Whether a browser page from `origin` may connect, per `sip.ws_allowed_origins`
 /// (empty: any origin, digest authenticates; web apps on other origins are expected).
@@ -57,6 +62,9 @@ pub async fn sip_websocket(
     let Some(events) = state.sip.websocket_events() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "the SIP service is not running");
     };
+    if CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CONNECTIONS {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many SIP-over-WebSocket connections");
+    }
     let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.network.admin_https_port);
     let connection = Connection { local, remote: peer, tls: true, websocket: true };
     upgrade
@@ -66,7 +74,13 @@ pub async fn sip_websocket(
         .into_response()
 }
 
-async fn serve(mut socket: WebSocket, connection: Connection, events: mpsc::Sender<StreamEvent>) {
+async fn serve(socket: WebSocket, connection: Connection, events: mpsc::Sender<StreamEvent>) {
+    CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pipe(socket, connection, events).await;
+    CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn pipe(mut socket: WebSocket, connection: Connection, events: mpsc::Sender<StreamEvent>) {
     let (writer, mut outgoing) = mpsc::channel::<Vec<u8>>(256);
     let raw = branchgate_streams::RawSwitch::default();
     if events.send(StreamEvent::Opened { connection, writer, raw }).await.is_err() {
@@ -74,7 +88,8 @@ async fn serve(mut socket: WebSocket, connection: Connection, events: mpsc::Send
     }
     loop {
         tokio::select! {
-            received = socket.recv() => {
+            received = tokio::time::timeout(IDLE_TIMEOUT, socket.recv()) => {
+                let Ok(received) = received else { break };
                 let data = match received {
                     Some(Ok(Message::Text(text))) => text.as_str().as_bytes().to_vec(),
                     Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),

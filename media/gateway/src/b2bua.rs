@@ -101,8 +101,10 @@ pub struct StreamPorts {
 pub enum Action {
     /// Open relay sockets (RTP on the even port, RTCP on the next) for a new stream.
     OpenStream { call: u64, index: usize, ports: StreamPorts },
-    /// Where one side announced it receives a stream (until its media arrives and latches).
-    Peer { call: u64, index: usize, side: Side, destination: Option<SocketAddr> },
+    /// Where one side announced it receives a stream (until its media arrives and latches),
+    /// and where that side's SIP comes from (media may come from and go to only there,
+    /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]).
+    Peer { call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr },
     /// Close every relay of the call.
     Close { call: u64 },
     /// The call's record, once it ended.
@@ -177,6 +179,8 @@ struct Relay {
     request: Message,
     /// The side the relayed request went to (the answer comes from there).
     to: Side,
+    /// Its final answer went back already (a retransmitted 2xx is only ACKed again).
+    answered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +227,12 @@ struct Call {
     /// An INVITE server transaction (A's or a re-INVITE's) whose 2xx waits for an ACK.
     awaiting_ack: Vec<ServerKey>,
 }
+
+/// Calls the box carries at once, and per user (a stolen password cannot take them all).
+const MAX_CALLS: usize = 2000;
+const MAX_CALLS_PER_USER: usize = 16;
+/// Media streams (m-lines) per call: each takes two relay port pairs.
+const MAX_STREAMS: usize = 8;
 
 /// Headers passed from one leg to the other; everything else is rebuilt or dropped.
 const PASSED_HEADERS: &[&str] = &["Subject", "Priority", "Alert-Info", "Accept-Language", "Date"];
@@ -284,6 +294,13 @@ impl PortPool {
         PortPool { first, last, next: first, used: HashSet::new() }
     }
 
+    /// Starts handing out ports at a random place (ports in order are easy to guess).
+    fn shuffle(&mut self, random: &mut rand::rngs::StdRng) {
+        use rand::Rng;
+        let pairs = (self.last.saturating_sub(self.first) / 2).max(1);
+        self.next = self.first + 2 * random.gen_range(0..pairs);
+    }
+
     /// An even port whose next port is free too (RTP + RTCP).
     fn allocate(&mut self) -> Option<u16> {
         let count = usize::from(self.last.saturating_sub(self.first) / 2);
@@ -315,12 +332,17 @@ pub struct B2bua {
     trunks: HashMap<String, TrunkHealth>,
     ports: PortPool,
     actions: VecDeque<Action>,
-    random: u64,
+    /// Tags, branches, Call-IDs and relay ports come from here: unpredictable
+    /// (ChaCha seeded by the driver), so nobody off the path can forge answers or media.
+    random: rand::rngs::StdRng,
 }
 
 impl B2bua {
-    pub fn new(sip: Server, config: CallConfig, seed: u64, now: Instant) -> Self {
-        let ports = PortPool::new(config.rtp_ports);
+    pub fn new(sip: Server, config: CallConfig, seed: [u8; 32], now: Instant) -> Self {
+        use rand::SeedableRng;
+        let mut random = rand::rngs::StdRng::from_seed(seed);
+        let mut ports = PortPool::new(config.rtp_ports);
+        ports.shuffle(&mut random);
         let mut b2bua = B2bua {
             sip,
             config: CallConfig::new(""),
@@ -331,7 +353,7 @@ impl B2bua {
             trunks: HashMap::new(),
             ports,
             actions: VecDeque::new(),
-            random: seed | 1,
+            random,
         };
         b2bua.set_config(config, now);
         b2bua
@@ -342,6 +364,7 @@ impl B2bua {
         if config.rtp_ports != self.config.rtp_ports {
             let used = std::mem::take(&mut self.ports.used);
             self.ports = PortPool::new(config.rtp_ports);
+            self.ports.shuffle(&mut self.random);
             self.ports.used = used;
         }
         self.trunks.retain(|name, _| config.trunks.iter().any(|t| &t.name == name));
@@ -436,11 +459,8 @@ impl B2bua {
     }
 
     fn token(&mut self) -> String {
-        // xorshift64*: tags and branches need to be unique, not secret.
-        self.random ^= self.random >> 12;
-        self.random ^= self.random << 25;
-        self.random ^= self.random >> 27;
-        format!("{:016x}", self.random.wrapping_mul(0x2545_F491_4F6C_DD1D))
+        use rand::RngCore;
+        format!("{:016x}", self.random.next_u64())
     }
 
     /// The box's address as seen from `remote`.
@@ -615,6 +635,19 @@ impl B2bua {
                 return self.sip.respond(now, &key, response);
             }
         };
+        // A Call-ID already in a call here is a merged or looped request (RFC 3261 §8.2.2.2).
+        if self.dialogs.contains_key(request.get("Call-ID").unwrap_or("")) {
+            return self.reply(now, &key, &request, 482, "Loop Detected");
+        }
+        // Bounded resources: calls in all, calls per user, relay streams per call.
+        let per_caller = self.calls.values().filter(|c| c.caller == caller && !c.from_trunk).count();
+        if self.calls.len() >= MAX_CALLS || (from_trunk.is_none() && per_caller >= MAX_CALLS_PER_USER) {
+            return self.reply(now, &key, &request, 503, "Service Unavailable");
+        }
+        if offer.as_ref().is_some_and(|o| o.media.len() > MAX_STREAMS) {
+            let response = with_warning(request.response(488, "Not Acceptable Here"), "too many media streams");
+            return self.sip.respond(now, &key, response);
+        }
         let targets = match self.route(now, &number, from_trunk.is_some()) {
             Ok(targets) => targets,
             Err((code, reason)) => return self.reply(now, &key, &request, code, reason),
@@ -953,6 +986,9 @@ impl B2bua {
     /// streams, and returns the SDP as the other side must see it.
     fn anchor(&mut self, id: u64, from: Side, mut sdp: SessionDescription) -> Option<SessionDescription> {
         let count = sdp.media.len();
+        if count > MAX_STREAMS {
+            return None;
+        }
         let have = self.calls.get(&id)?.streams.len();
         for index in have..count {
             let a_port = self.ports.allocate()?;
@@ -964,9 +1000,10 @@ impl B2bua {
             self.calls.get_mut(&id)?.streams.push(ports);
             self.actions.push_back(Action::OpenStream { call: id, index, ports });
         }
+        let signalling = leg(self.calls.get(&id)?, from)?.flow.remote.ip();
         for index in 0..count {
             let destination = sdp.media_destination(index);
-            self.actions.push_back(Action::Peer { call: id, index, side: from, destination });
+            self.actions.push_back(Action::Peer { call: id, index, side: from, destination, signalling });
         }
         let call = self.calls.get(&id)?;
         let to = from.other();
@@ -1005,10 +1042,12 @@ impl B2bua {
         let Some(&id) = self.sent.get(key) else { return };
         let StartLine::Response { code, ref reason } = response.start else { return };
         let reason = reason.clone();
-        let Some(call) = self.calls.get_mut(&id) else { return };
-        if code >= 200 {
+        // A 2xx to an INVITE may come again (lost ACK): keep its key until the call goes.
+        let invite_2xx = (200..300).contains(&code) && response.cseq().map(|(_, m)| m) == Some("INVITE");
+        if code >= 200 && !invite_2xx {
             self.sent.remove(key);
         }
+        let Some(call) = self.calls.get_mut(&id) else { return };
         if call.relays.contains_key(key) {
             return self.relay_response(now, id, key, code, &reason, &response);
         }
@@ -1040,9 +1079,9 @@ impl B2bua {
             (CallState::Cancelled, 200..=299) => {
                 self.ack_b(id);
                 self.send_in_dialog(now, id, Side::B, "BYE", None);
-                self.forget(id);
+                self.forget(now, id);
             }
-            (CallState::Cancelled, _) if code >= 200 => self.forget(id),
+            (CallState::Cancelled, _) if code >= 200 => self.forget(now, id),
             (CallState::Setup, 101..=199) => match self.relay_body(id, Side::B, &response) {
                 Ok(body) => self.answer_a(now, id, code, &reason, body),
                 Err(e) => tracing::info!("{}", format!("call {id}: bad SDP in {code}: {e}")),
@@ -1137,6 +1176,10 @@ impl B2bua {
             return self.reply(now, &relay.origin, &relay.request, 408, "Request Timeout");
         }
         if call.b_invite.as_ref() == Some(key) {
+            if call.state == CallState::Cancelled {
+                // Leg B never answered its CANCEL: nothing more will come.
+                return self.forget(now, id);
+            }
             self.attempt_failed(now, id, 408);
         }
     }
@@ -1230,10 +1273,19 @@ impl B2bua {
             let cause = if side == Side::A { "caller-bye" } else { "callee-bye" };
             return self.end(now, id, 200, cause);
         }
-        let body = match self.relay_body(id, side, &request) {
+        // SDP is anchored; DTMF bodies (SIP INFO) pass as they are; nothing else passes.
+        let kind = request.get("Content-Type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let passes_as_is = matches!(kind.as_deref(), Some("application/dtmf-relay" | "application/dtmf"));
+        let body = if passes_as_is { Ok(Some(request.body.clone())) } else { self.relay_body(id, side, &request) };
+        let body = match body {
             Ok(body) => body,
             Err(reason) => {
-                let response = with_warning(request.response(488, "Not Acceptable Here"), &reason);
+                let (code, text) = if kind.is_some_and(|k| k != "application/sdp") {
+                    (415, "Unsupported Media Type")
+                } else {
+                    (488, "Not Acceptable Here")
+                };
+                let response = with_warning(request.response(code, text), &reason);
                 return self.sip.respond(now, &key, response);
             }
         };
@@ -1247,7 +1299,7 @@ impl B2bua {
         let sent = self.sip.send_request(now, flow, relayed);
         self.sent.insert(sent.clone(), id);
         if let Some(call) = self.calls.get_mut(&id) {
-            call.relays.insert(sent, Relay { origin: key, request, to: side.other() });
+            call.relays.insert(sent, Relay { origin: key, request, to: side.other(), answered: false });
         }
     }
 
@@ -1257,12 +1309,18 @@ impl B2bua {
             return;
         }
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let relay = if code >= 200 {
-            call.relays.remove(key)
-        } else {
-            call.relays.get(key).map(|r| Relay { origin: r.origin.clone(), request: r.request.clone(), to: r.to })
-        };
-        let Some(Relay { origin, request, to: from }) = relay else { return };
+        let Some(relay) = call.relays.get_mut(key) else { return };
+        let (origin, request, from, already) = (relay.origin.clone(), relay.request.clone(), relay.to, relay.answered);
+        if code >= 200 {
+            relay.answered = true;
+        }
+        if already {
+            // A retransmitted 2xx of a relayed re-INVITE: its ACK was lost; send it again.
+            if (200..300).contains(&code) && request.method() == Some("INVITE") {
+                self.ack_relayed(id, from, response);
+            }
+            return;
+        }
         let Some(asker) = leg(call, from.other()) else { return };
         let (contact, tag) = (contact_of(asker), asker.local_tag.clone());
         let body = self.relay_body(id, from, response).unwrap_or(None);
@@ -1282,19 +1340,24 @@ impl B2bua {
         if invite && (200..300).contains(&code) {
             // The far side of a re-INVITE gets its ACK from the box at once;
             // the asker's ACK then only stops the 2xx retransmissions.
-            if let Some(flow) = self.calls.get(&id).and_then(|c| leg(c, from)).map(|l| l.flow)
-                && let Some(mut ack) = self.dialog_request(id, from, "ACK", None)
-            {
-                if let Some((number, _)) = response.cseq() {
-                    ack.set("CSeq", format!("{number} ACK"));
-                }
-                self.sip.send_raw(flow, &ack);
-            }
+            self.ack_relayed(id, from, response);
             if let Some(call) = self.calls.get_mut(&id) {
                 call.awaiting_ack.push(origin.clone());
             }
         }
         self.sip.respond(now, &origin, answer);
+    }
+
+    /// The ACK of a relayed re-INVITE's 2xx, on the side that answered.
+    fn ack_relayed(&mut self, id: u64, side: Side, response: &Message) {
+        if let Some(flow) = self.calls.get(&id).and_then(|c| leg(c, side)).map(|l| l.flow)
+            && let Some(mut ack) = self.dialog_request(id, side, "ACK", None)
+        {
+            if let Some((number, _)) = response.cseq() {
+                ack.set("CSeq", format!("{number} ACK"));
+            }
+            self.sip.send_raw(flow, &ack);
+        }
     }
 
     /// The ACK of a 2xx the box sent on either leg: stop retransmitting it.
@@ -1341,12 +1404,24 @@ impl B2bua {
         };
         self.actions.push_back(Action::Record(record));
         if call.state != CallState::Cancelled {
-            self.forget(id);
+            self.forget(now, id);
         }
     }
 
-    fn forget(&mut self, id: u64) {
+    fn forget(&mut self, now: Instant, id: u64) {
         let Some(call) = self.calls.remove(&id) else { return };
+        self.sent.retain(|_, call| *call != id);
+        // Requests still waiting for the other side's answer get one now.
+        let now_pending: Vec<&Relay> = call.relays.values().filter(|r| !r.answered).collect();
+        for relay in now_pending {
+            let (code, reason) = if relay.request.method() == Some("INVITE") {
+                (487, "Request Terminated")
+            } else {
+                (481, "Call/Transaction Does Not Exist")
+            };
+            let response = relay.request.response(code, reason);
+            self.sip.respond(now, &relay.origin, response);
+        }
         self.dialogs.remove(&call.a.call_id);
         if let Some(b) = &call.b {
             self.dialogs.remove(&b.call_id);
@@ -1505,7 +1580,7 @@ impl B2bua {
                     .find_map(|c| param(c, "expires").and_then(|e| e.parse::<u64>().ok()))
                     .or_else(|| response.get("Expires").and_then(|e| e.trim().parse().ok()))
                     .unwrap_or(u64::from(TRUNK_REGISTER_EXPIRES))
-                    .max(10);
+                    .clamp(10, 86_400);
                 registration.registered_until = Some(now + Duration::from_secs(granted));
                 registration.next_at = now + Duration::from_secs(granted * 4 / 5);
                 tracing::info!(trunk = %name, expires = granted, "registered at the trunk");

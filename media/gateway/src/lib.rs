@@ -259,7 +259,8 @@ pub async fn run(
         let mut connecting: HashMap<(Transport, SocketAddr), Vec<Vec<u8>>> = HashMap::new();
         tracing::info!(udp = %addr, tcp = %tcp_addr, tls = %tls_addr, domain = %sip.domain, "SIP listening");
         let server = Server::new(server_config(&sip), secret, Instant::now());
-        let mut b2bua = B2bua::new(server, call_config(&snapshot.config).await, rand::random(), Instant::now());
+        let mut b2bua =
+            B2bua::new(server, call_config(&snapshot.config).await, rand::random::<[u8; 32]>(), Instant::now());
         let (timeouts_tx, mut timeouts_rx) = mpsc::unbounded_channel();
         let mut relay = MediaRelay::new(timeouts_tx);
         let (hangup_tx, mut hangup_rx) = mpsc::unbounded_channel();
@@ -325,7 +326,9 @@ pub async fn run(
                             tracing::warn!(call, error = %e, "media relay ports unavailable");
                         }
                     }
-                    Action::Peer { call, index, side, destination } => relay.peer(call, index, side, destination),
+                    Action::Peer { call, index, side, destination, signalling } => {
+                        relay.peer(call, index, side, destination, signalling)
+                    }
                     Action::Close { call } => relay.close(call),
                     Action::Record(record) => {
                         *monitor.lock().calls_ended.entry(record.cause.clone()).or_default() += 1;

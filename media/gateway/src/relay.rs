@@ -19,16 +19,40 @@ use crate::b2bua::{Side, StreamPorts};
 /// A stream with no packet either way for this long is dead.
 pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Packets relayed per direction of one call (for the calls table and metrics).
-#[derive(Debug, Default)]
+/// Packets relayed per direction of one call (for the calls table and metrics),
+/// and when the call last carried any media (RTP or RTCP, on any stream).
+#[derive(Debug)]
 pub struct Counters {
     pub a_to_b: AtomicU64,
     pub b_to_a: AtomicU64,
+    epoch: Instant,
+    last_activity_ms: AtomicU64,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            a_to_b: AtomicU64::new(0),
+            b_to_a: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_activity_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// No media on any stream of the call for [`MEDIA_TIMEOUT`].
+    fn idle(&self) -> bool {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last) >= MEDIA_TIMEOUT
+    }
 }
 
 #[derive(Debug)]
 enum Control {
-    Peer { side: Side, destination: Option<SocketAddr> },
+    Peer { side: Side, destination: Option<SocketAddr>, signalling: IpAddr },
 }
 
 #[derive(Debug)]
@@ -65,7 +89,7 @@ impl MediaRelay {
         let entry = self
             .calls
             .entry(call)
-            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::default()) });
+            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(relay_stream(sockets, control_rx, entry.counters.clone(), self.timeouts.clone(), call));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
@@ -74,9 +98,9 @@ impl MediaRelay {
         Ok(())
     }
 
-    pub fn peer(&mut self, call: u64, index: usize, side: Side, destination: Option<SocketAddr>) {
+    pub fn peer(&mut self, call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr) {
         if let Some((control, _)) = self.calls.get(&call).and_then(|c| c.streams.get(&index)) {
-            let _ = control.send(Control::Peer { side, destination });
+            let _ = control.send(Control::Peer { side, destination, signalling });
         }
     }
 
@@ -113,7 +137,7 @@ async fn relay_stream(
     let (mut a_latch, mut a_rtcp_latch) = (Latch::new(None), Latch::new(None));
     let (mut b_latch, mut b_rtcp_latch) = (Latch::new(None), Latch::new(None));
     let (mut buf_a, mut buf_b, mut buf_ac, mut buf_bc) = ([0u8; 2048], [0u8; 2048], [0u8; 1500], [0u8; 1500]);
-    let mut last_packet = Instant::now();
+    let mut reported = false;
     let mut check = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
@@ -121,7 +145,7 @@ async fn relay_stream(
                 let Ok((len, source)) = received else { continue };
                 let now = Instant::now();
                 if a_latch.accept(now, source) && let Some(to) = b_latch.destination() {
-                    last_packet = now;
+                    counters.touch();
                     counters.a_to_b.fetch_add(1, Ordering::Relaxed);
                     let _ = b_rtp.send_to(&buf_a[..len], to).await;
                 }
@@ -130,7 +154,7 @@ async fn relay_stream(
                 let Ok((len, source)) = received else { continue };
                 let now = Instant::now();
                 if b_latch.accept(now, source) && let Some(to) = a_latch.destination() {
-                    last_packet = now;
+                    counters.touch();
                     counters.b_to_a.fetch_add(1, Ordering::Relaxed);
                     let _ = a_rtp.send_to(&buf_b[..len], to).await;
                 }
@@ -138,30 +162,33 @@ async fn relay_stream(
             received = a_rtcp.recv_from(&mut buf_ac) => {
                 let Ok((len, source)) = received else { continue };
                 if a_rtcp_latch.accept(Instant::now(), source) && let Some(to) = rtcp_destination(&b_rtcp_latch, &b_latch) {
+                    counters.touch();
                     let _ = b_rtcp.send_to(&buf_ac[..len], to).await;
                 }
             }
             received = b_rtcp.recv_from(&mut buf_bc) => {
                 let Ok((len, source)) = received else { continue };
                 if b_rtcp_latch.accept(Instant::now(), source) && let Some(to) = rtcp_destination(&a_rtcp_latch, &a_latch) {
+                    counters.touch();
                     let _ = a_rtcp.send_to(&buf_bc[..len], to).await;
                 }
             }
             command = control.recv() => match command {
-                Some(Control::Peer { side: Side::A, destination }) => {
-                    a_latch.signal(destination);
-                    a_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))));
+                Some(Control::Peer { side: Side::A, destination, signalling }) => {
+                    a_latch.signal(destination, signalling);
+                    a_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
-                Some(Control::Peer { side: Side::B, destination }) => {
-                    b_latch.signal(destination);
-                    b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))));
+                Some(Control::Peer { side: Side::B, destination, signalling }) => {
+                    b_latch.signal(destination, signalling);
+                    b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
                 None => return,
             },
             _ = check.tick() => {
-                if last_packet.elapsed() >= MEDIA_TIMEOUT {
+                // The call's liveness, not this stream's: a declined or held stream is quiet.
+                if counters.idle() && !reported {
                     let _ = timeouts.send(call);
-                    last_packet = Instant::now();
+                    reported = true;
                 }
             }
         }

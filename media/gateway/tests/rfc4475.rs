@@ -31,7 +31,7 @@ fn answers(bytes: &[u8]) -> Vec<u16> {
     };
     let now = Instant::now();
     let server = Server::new(ServerConfig::new("example.com"), [3; 32], now);
-    let mut b2bua = B2bua::new(server, CallConfig::new("example.com"), 7, now);
+    let mut b2bua = B2bua::new(server, CallConfig::new("example.com"), [7; 32], now);
     b2bua.handle_input(now, flow, bytes);
     std::iter::from_fn(|| b2bua.poll_output())
         .filter_map(|o| Message::parse(&o.data).ok())

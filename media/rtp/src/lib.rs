@@ -2,7 +2,7 @@
 //! RTCP and to count streams (RFC 3550, RFC 5761), and the symmetric-RTP
 //! latch that finds a phone's real address behind NAT (RFC 4961 practice).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The fixed RTP header fields the relay looks at.
@@ -55,6 +55,21 @@ pub struct Latch {
     signalled: Option<SocketAddr>,
     latched: Option<SocketAddr>,
     last_heard: Option<Instant>,
+    /// Addresses media of this side may come from and be sent to: the side's
+    /// signalling address, and the SDP address when it is that one or a private
+    /// one (a phone on the LAN). Nobody else can latch, and the box never sends
+    /// media to an address a caller merely wrote into its SDP (RTP bleed, reflection).
+    allowed: Vec<IpAddr>,
+}
+
+/// A private, loopback or link-local address (where a LAN phone's SDP points).
+fn local_scope(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// Silence after which a new source may take over a latched stream.
@@ -62,19 +77,34 @@ pub const RELATCH_AFTER: Duration = Duration::from_secs(2);
 
 impl Latch {
     pub fn new(signalled: Option<SocketAddr>) -> Self {
-        Latch { signalled, latched: None, last_heard: None }
+        Latch { signalled, latched: None, last_heard: None, allowed: Vec::new() }
     }
 
-    /// New SDP from this side (re-INVITE): a new address starts over.
-    pub fn signal(&mut self, signalled: Option<SocketAddr>) {
+    /// New SDP from this side (the offer, or a re-INVITE) and where its SIP comes from:
+    /// a new address starts over.
+    pub fn signal(&mut self, signalled: Option<SocketAddr>, signalling: IpAddr) {
         if signalled.is_some() && signalled != self.signalled {
             self.latched = None;
         }
         self.signalled = signalled;
+        self.allowed = vec![signalling];
+        if let Some(sdp) = signalled
+            && sdp.ip() != signalling
+            && local_scope(sdp.ip())
+        {
+            self.allowed.push(sdp.ip());
+        }
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(&ip)
     }
 
     /// A packet arrived from `source`; `false` means drop it.
     pub fn accept(&mut self, now: Instant, source: SocketAddr) -> bool {
+        if !self.allowed(source.ip()) {
+            return false;
+        }
         let silent = self.last_heard.is_none_or(|t| now.saturating_duration_since(t) >= RELATCH_AFTER);
         match self.latched {
             Some(latched) if latched == source => {}
@@ -87,7 +117,7 @@ impl Latch {
 
     /// Where to send packets for this side.
     pub fn destination(&self) -> Option<SocketAddr> {
-        self.latched.or(self.signalled)
+        self.latched.or(self.signalled.filter(|s| self.allowed(s.ip())))
     }
 
     pub fn last_heard(&self) -> Option<Instant> {
@@ -129,7 +159,24 @@ mod tests {
         assert!(latch.accept(t0 + Duration::from_secs(3), addr("198.51.100.7:62000")));
         assert_eq!(latch.destination(), Some(addr("198.51.100.7:62000")));
         // A re-INVITE to a new address forgets the latch.
-        latch.signal(Some(addr("10.0.0.6:4002")));
+        latch.signal(Some(addr("10.0.0.6:4002")), "10.0.0.6".parse().expect("ip"));
         assert_eq!(latch.destination(), Some(addr("10.0.0.6:4002")));
+    }
+
+    #[test]
+    fn only_the_sides_own_addresses_latch_or_receive() {
+        let t0 = Instant::now();
+        let mut latch = Latch::new(None);
+        // A phone behind NAT: SIP from its public address, SDP with its LAN address.
+        latch.signal(Some(addr("192.168.1.20:4000")), "198.51.100.7".parse().expect("ip"));
+        assert_eq!(latch.destination(), Some(addr("192.168.1.20:4000")), "a LAN address is fine to try");
+        assert!(!latch.accept(t0, addr("203.0.113.66:5000")), "a stranger cannot latch");
+        assert!(latch.accept(t0, addr("198.51.100.7:61000")));
+        // A caller pointing the media at a public victim gets nothing sent there.
+        let mut latch = Latch::new(None);
+        latch.signal(Some(addr("203.0.113.99:9")), "198.51.100.7".parse().expect("ip"));
+        assert_eq!(latch.destination(), None, "no media to an address only the SDP names");
+        assert!(latch.accept(t0, addr("198.51.100.7:4000")));
+        assert_eq!(latch.destination(), Some(addr("198.51.100.7:4000")));
     }
 }

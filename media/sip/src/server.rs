@@ -321,7 +321,7 @@ impl Server {
             Ok(m) if matches!(m.start, StartLine::Request { .. }) => m,
             Ok(response) => {
                 if response.check_mandatory().is_ok() {
-                    self.transactions.receive_response(now, response);
+                    self.transactions.receive_response(now, flow, response);
                 }
                 return;
             }

@@ -20,6 +20,9 @@ pub const T2: Duration = Duration::from_secs(4);
 pub const T4: Duration = Duration::from_secs(5);
 /// Timers B, F, H, J, L, M: 64·T1.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
+/// How long an INVITE may ring (after a provisional answer) before the box
+/// gives up on it and sends a CANCEL (Timer C's role, RFC 3261 §16.6).
+pub const RING_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A client transaction: the branch and method of the request the box sent
 /// (a CANCEL shares its INVITE's branch, RFC 3261 §17.1.3).
@@ -83,6 +86,8 @@ struct Client {
     deadline: Instant,
     ack: Option<Vec<u8>>,
     cancel_wanted: bool,
+    /// The transaction sent its own CANCEL when it rang too long.
+    cancel_sent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +178,7 @@ impl Transactions {
                 deadline: now + TRANSACTION_TIMEOUT,
                 ack: None,
                 cancel_wanted: false,
+                cancel_sent: false,
             },
         );
         key
@@ -202,16 +208,30 @@ impl Transactions {
     }
 
     /// A response from the network. Responses matching no transaction are dropped
-    /// (RFC 3261 §17.1.3; the B2BUA is not a proxy).
-    pub fn receive_response(&mut self, now: Instant, response: Message) {
+    /// (RFC 3261 §17.1.3; the B2BUA is not a proxy), and so are responses from
+    /// anywhere but where the request went (nobody else may answer for the callee).
+    pub fn receive_response(&mut self, now: Instant, from: Flow, response: Message) {
         let StartLine::Response { code, .. } = response.start else { return };
         let method = response.cseq().map(|(_, m)| m.to_string()).unwrap_or_default();
         let Some(branch) = top_branch(&response).map(|b| client_key(b, &method)) else { return };
         let Some(client) = self.clients.get_mut(&branch) else { return };
+        // Over UDP the peer's IP must match (a phone may answer from another port than the
+        // one it listens on); on a connection the connection itself.
+        let same_peer = match client.flow.transport {
+            Transport::Udp => from.remote.ip() == client.flow.remote.ip(),
+            _ => from.remote == client.flow.remote,
+        };
+        if !same_peer || from.transport != client.flow.transport {
+            return;
+        }
         let invite = method == "INVITE";
         let reliable = reliable(&client.flow);
         match (client.state, code) {
             (ClientState::Trying | ClientState::Proceeding, 100..=199) => {
+                if invite && client.state == ClientState::Trying {
+                    // Timer B stops once the callee answers; ringing has its own limit.
+                    client.deadline = now + RING_TIMEOUT;
+                }
                 client.state = ClientState::Proceeding;
                 if invite {
                     client.retransmit_at = None;
@@ -386,15 +406,24 @@ impl Transactions {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();
+        let mut cancels = Vec::new();
         for (key, client) in &mut self.clients {
+            let invite = client.request.method() == Some("INVITE");
             if client.retransmit_at.is_some_and(|at| at <= now) {
                 self.transmit.push_back(Output { flow: client.flow, data: client.bytes.clone() });
-                let invite = client.request.method() == Some("INVITE");
                 client.interval = if invite { client.interval * 2 } else { (client.interval * 2).min(T2) };
                 client.retransmit_at = Some(now + client.interval);
             }
             if client.deadline <= now {
-                if matches!(client.state, ClientState::Trying | ClientState::Proceeding) {
+                if invite && client.state == ClientState::Proceeding && !client.cancel_sent {
+                    // Rang too long: CANCEL it, and wait for its 487 (to ACK) a while longer.
+                    self.events.push_back(Event::Timeout { key: key.clone() });
+                    client.cancel_sent = true;
+                    client.deadline = now + TRANSACTION_TIMEOUT;
+                    cancels.push((client.flow, cancel_of(&client.request)));
+                    continue;
+                }
+                if matches!(client.state, ClientState::Trying | ClientState::Proceeding) && !client.cancel_sent {
                     self.events.push_back(Event::Timeout { key: key.clone() });
                 }
                 expired.push(key.clone());
@@ -402,6 +431,9 @@ impl Transactions {
         }
         for key in expired {
             self.clients.remove(&key);
+        }
+        for (flow, cancel) in cancels {
+            self.send_request(now, flow, cancel);
         }
         let mut expired = Vec::new();
         for (key, server) in &mut self.servers {
@@ -524,18 +556,18 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:1@y>\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\nMax
         let req = request("INVITE", "z9hG4bKc");
         let key = tx.send_request(t0, flow(Transport::Udp), req.clone());
         sent(&mut tx);
-        tx.receive_response(t0, response(&req, 100));
+        tx.receive_response(t0, flow(Transport::Udp), response(&req, 100));
         assert!(tx.poll_event().is_none(), "100 Trying is not for the user");
         tx.handle_timeout(t0 + Duration::from_secs(2));
         assert!(sent(&mut tx).is_empty(), "no retransmission after a provisional");
-        tx.receive_response(t0, response(&req, 486));
+        tx.receive_response(t0, flow(Transport::Udp), response(&req, 486));
         let acks = sent(&mut tx);
         assert_eq!(acks.len(), 1);
         assert!(acks[0].starts_with("ACK sip:1@127.0.0.1:5090 SIP/2.0"));
         assert!(acks[0].contains("branch=z9hG4bKc") && acks[0].contains("tag=far") && acks[0].contains("CSeq: 1 ACK"));
         assert!(matches!(tx.poll_event(), Some(Event::Response { key: k, .. }) if k == key));
         // A retransmitted 486 is ACKed again and not shown to the user.
-        tx.receive_response(t0, response(&req, 486));
+        tx.receive_response(t0, flow(Transport::Udp), response(&req, 486));
         assert_eq!(sent(&mut tx).len(), 1);
         assert!(tx.poll_event().is_none());
         // Timer D ends the transaction.
@@ -550,8 +582,8 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:1@y>\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\nMax
         let req = request("INVITE", "z9hG4bKd");
         tx.send_request(t0, flow(Transport::Udp), req.clone());
         sent(&mut tx);
-        tx.receive_response(t0, response(&req, 200));
-        tx.receive_response(t0, response(&req, 200));
+        tx.receive_response(t0, flow(Transport::Udp), response(&req, 200));
+        tx.receive_response(t0, flow(Transport::Udp), response(&req, 200));
         assert_eq!(std::iter::from_fn(|| tx.poll_event()).count(), 2);
         assert!(sent(&mut tx).is_empty(), "the layer never ACKs a 2xx itself");
     }
@@ -594,7 +626,7 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:1@y>\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\nMax
         sent(&mut tx);
         assert_eq!(tx.cancel(t0, &key), None);
         assert!(sent(&mut tx).is_empty());
-        tx.receive_response(t0, response(&req, 180));
+        tx.receive_response(t0, flow(Transport::Udp), response(&req, 180));
         let out = sent(&mut tx);
         assert_eq!(out.len(), 1);
         assert!(out[0].starts_with("CANCEL sip:1@127.0.0.1:5090") && out[0].contains("branch=z9hG4bKg"));
@@ -665,5 +697,66 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:1@y>\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\nMax
         assert!(sent(&mut tx)[0].starts_with("SIP/2.0 200"));
         tx.handle_timeout(t0 + TRANSACTION_TIMEOUT);
         assert_eq!(tx.receive_request(t0, f, &req), Received::New(key));
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    fn flow(port: u16) -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            local: "127.0.0.1:5060".parse().expect("addr"),
+            remote: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn invite() -> Message {
+        let text = "INVITE sip:1@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKr\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:1@y>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\r\n";
+        Message::parse(text.as_bytes()).expect("request")
+    }
+
+    fn answer(req: &Message, code: u16) -> Message {
+        let mut r = req.response(code, "X");
+        r.set("To", "<sip:1@y>;tag=far");
+        r
+    }
+
+    #[test]
+    fn ringing_outlives_timer_b_and_ends_with_a_cancel() {
+        let t0 = Instant::now();
+        let mut tx = Transactions::new();
+        let req = invite();
+        let key = tx.send_request(t0, flow(5090), req.clone());
+        tx.receive_response(t0, flow(5090), answer(&req, 180));
+        while tx.poll_event().is_some() {}
+        while tx.poll_transmit().is_some() {}
+        tx.handle_timeout(t0 + TRANSACTION_TIMEOUT + Duration::from_secs(1));
+        assert!(tx.poll_event().is_none(), "a ringing call does not time out at 32 s");
+        tx.handle_timeout(t0 + RING_TIMEOUT);
+        assert_eq!(tx.poll_event(), Some(Event::Timeout { key }));
+        let sent: Vec<String> =
+            std::iter::from_fn(|| tx.poll_transmit()).map(|o| String::from_utf8_lossy(&o.data).into_owned()).collect();
+        assert!(sent.iter().any(|m| m.starts_with("CANCEL ")), "{sent:?}");
+        // The 487 that follows is ACKed.
+        tx.receive_response(t0 + RING_TIMEOUT, flow(5090), answer(&req, 487));
+        let sent: Vec<String> =
+            std::iter::from_fn(|| tx.poll_transmit()).map(|o| String::from_utf8_lossy(&o.data).into_owned()).collect();
+        assert!(sent.iter().any(|m| m.starts_with("ACK ")));
+    }
+
+    #[test]
+    fn responses_from_elsewhere_are_ignored() {
+        let t0 = Instant::now();
+        let mut tx = Transactions::new();
+        let req = invite();
+        tx.send_request(t0, flow(5090), req.clone());
+        let elsewhere = Flow { remote: "192.0.2.66:5090".parse().expect("addr"), ..flow(5090) };
+        tx.receive_response(t0, elsewhere, answer(&req, 200));
+        assert!(tx.poll_event().is_none(), "a forged 200 from another address");
+        tx.receive_response(t0, flow(5090), answer(&req, 200));
+        assert!(tx.poll_event().is_some());
     }
 }

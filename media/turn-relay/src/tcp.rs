@@ -223,11 +223,12 @@ pub fn handle_event(
             }
         }
         TcpEvent::Connected { connection, stream } => {
-            let connected = stream.is_some();
-            if let Some(stream) = stream {
+            // Kept only if the server still wants it (the allocation may be gone by now).
+            if server.peer_connect_result(now, connection, stream.is_some())
+                && let Some(stream) = stream
+            {
                 tcp.add_peer(connection, stream);
             }
-            server.peer_connect_result(now, connection, connected);
         }
         TcpEvent::Data { connection, data } => {
             let sent = tcp.data_of(connection).and_then(|t| streams.get(&t)).is_some_and(|w| w.try_send(data).is_ok());

@@ -1194,12 +1194,13 @@ impl Server {
     }
 
     /// The driver's answer to [`Output::ConnectPeer`]: the Connect's answer goes out.
-    pub fn peer_connect_result(&mut self, now: Instant, connection: u32, connected: bool) {
-        let Some(c) = self.connections.get_mut(&connection) else { return };
-        let PeerState::Connecting { tid, fingerprint } = c.state else { return };
+    /// `false`: the connection is no longer wanted (its allocation went): close it.
+    pub fn peer_connect_result(&mut self, now: Instant, connection: u32, connected: bool) -> bool {
+        let Some(c) = self.connections.get_mut(&connection) else { return false };
+        let PeerState::Connecting { tid, fingerprint } = c.state else { return false };
         let Some((tuple, key)) = self.allocations.get(&c.allocation).map(|a| (a.tuple, a.key)) else {
-            self.close_peer(connection);
-            return;
+            self.connections.remove(&connection);
+            return false;
         };
         if connected {
             c.state = PeerState::AwaitingBind { until: now + CONNECTION_BIND_TIMEOUT };
@@ -1210,6 +1211,7 @@ impl Server {
             self.connections.remove(&connection);
             self.error(tuple, method::CONNECT, tid, 447, Some(&key), &[]);
         }
+        connected
     }
 
     /// RFC 6062 §5.3: a peer connected to a TCP relay. `Some(id)` keeps the
