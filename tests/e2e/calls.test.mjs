@@ -193,6 +193,7 @@ test("a dead first trunk: the call fails over to the next one, and OPTIONS keepa
     const metrics = await api.get("/metrics");
     assert.match(metrics.text, /branchgate_sip_trunk_up\{trunk="dead"\} 0/);
     assert.match(metrics.text, /branchgate_sip_calls_total\{cause="caller-bye"\} 1/);
+    assert.match(metrics.text, /branchgate_sip_calls_started_total 1/);
     const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
     assert.match(lines[1], /"live","200","caller-bye"$/);
   } finally { await box.stop(); }

@@ -228,6 +228,12 @@ impl AppState {
                 .collect(),
         );
         metric(
+            "branchgate_sip_calls_started_total",
+            "Calls set up since start (rate() of it is the calls per second).",
+            "counter",
+            gauge(self.sip.calls_started()),
+        );
+        metric(
             "branchgate_sip_auth_failures_total",
             "Failed SIP digest checks since start.",
             "counter",

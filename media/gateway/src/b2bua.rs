@@ -335,6 +335,8 @@ pub struct B2bua {
     /// Tags, branches, Call-IDs and relay ports come from here: unpredictable
     /// (ChaCha seeded by the driver), so nobody off the path can forge answers or media.
     random: rand::rngs::StdRng,
+    /// Calls set up since start (Prometheus derives calls per second from it).
+    pub calls_started: u64,
 }
 
 impl B2bua {
@@ -354,6 +356,7 @@ impl B2bua {
             ports,
             actions: VecDeque::new(),
             random,
+            calls_started: 0,
         };
         b2bua.set_config(config, now);
         b2bua
@@ -654,6 +657,7 @@ impl B2bua {
         };
         let id = self.next_call;
         self.next_call += 1;
+        self.calls_started += 1;
         let local_ip = self.local_ip_toward(flow.remote.ip());
         let a = Leg {
             flow,

@@ -144,6 +144,7 @@ struct MonitorState {
     /// Ended calls by cause, and failed digest checks, since the daemon started.
     calls_ended: std::collections::BTreeMap<String, u64>,
     auth_failures: u64,
+    calls_started: u64,
 }
 
 /// Live registrations, calls and trunk states for the admin UI, refreshed
@@ -177,6 +178,11 @@ impl SipMonitor {
     /// Calls ended since start, by cause (`caller-bye`, `cancelled`, `rejected`...).
     pub fn calls_ended(&self) -> Vec<(String, u64)> {
         self.lock().calls_ended.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Calls set up since start (their rate is the CPS).
+    pub fn calls_started(&self) -> u64 {
+        self.lock().calls_started
     }
 
     /// Failed SIP digest checks since start.
@@ -385,8 +391,14 @@ pub async fn run(
         {
             // Counters live as long as the daemon; the rest goes with the service.
             let mut state = monitor.lock();
-            let (ended, failures) = (std::mem::take(&mut state.calls_ended), state.auth_failures);
-            *state = MonitorState { calls_ended: ended, auth_failures: failures, ..MonitorState::default() };
+            let (ended, failures, started) =
+                (std::mem::take(&mut state.calls_ended), state.auth_failures, state.calls_started);
+            *state = MonitorState {
+                calls_ended: ended,
+                auth_failures: failures,
+                calls_started: started,
+                ..MonitorState::default()
+            };
         }
         if !restart {
             return Ok(());
@@ -433,6 +445,7 @@ fn publish(monitor: &SipMonitor, b2bua: &B2bua, relay: &MediaRelay, now: Instant
     let mut state = monitor.lock();
     state.registrations = b2bua.sip().registrations(now);
     state.auth_failures = b2bua.sip().auth_failures;
+    state.calls_started = b2bua.calls_started;
     state.calls = calls;
     state.trunks = trunks;
 }

@@ -124,6 +124,8 @@ pub struct Transactions {
 /// not grow memory without bound (beyond it requests are still answered, but
 /// their retransmissions are treated as new).
 pub const MAX_SERVER_TRANSACTIONS: usize = 20_000;
+/// Part of [`MAX_SERVER_TRANSACTIONS`] only INVITEs may use.
+pub const INVITE_RESERVE: usize = 5_000;
 
 /// The top Via's branch parameter.
 pub fn top_branch(message: &Message) -> Option<&str> {
@@ -321,7 +323,10 @@ impl Transactions {
         if method == "ACK" {
             return Received::AckOf2xx;
         }
-        if self.servers.len() < MAX_SERVER_TRANSACTIONS {
+        // Room is kept for INVITEs: a flood of OPTIONS or REGISTERs (distinct branches,
+        // 32 s each) must not leave calls without the transaction their answers need.
+        let limit = if method == "INVITE" { MAX_SERVER_TRANSACTIONS } else { MAX_SERVER_TRANSACTIONS - INVITE_RESERVE };
+        if self.servers.len() < limit {
             self.servers.insert(
                 key.clone(),
                 Server {
@@ -745,6 +750,23 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:1@y>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nMax-F
         let sent: Vec<String> =
             std::iter::from_fn(|| tx.poll_transmit()).map(|o| String::from_utf8_lossy(&o.data).into_owned()).collect();
         assert!(sent.iter().any(|m| m.starts_with("ACK ")));
+    }
+
+    #[test]
+    fn a_flood_of_other_requests_leaves_room_for_invites() {
+        let t0 = Instant::now();
+        let mut tx = Transactions::new();
+        for i in 0..MAX_SERVER_TRANSACTIONS {
+            let text = format!(
+                "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKf{i}\r\nFrom: <sip:a@x>;tag=1\r\n\
+To: <sip:x>\r\nCall-ID: f{i}\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            );
+            let options = Message::parse(text.as_bytes()).expect("options");
+            tx.receive_request(t0, flow(5090), &options);
+        }
+        assert_eq!(tx.len().1, MAX_SERVER_TRANSACTIONS - INVITE_RESERVE);
+        let Received::New(key) = tx.receive_request(t0, flow(5090), &invite()) else { panic!("new") };
+        assert!(tx.is_pending(&key), "the INVITE still has its transaction");
     }
 
     #[test]

@@ -40,6 +40,9 @@ const MAX_PEER_CONNECTIONS: usize = 64;
 /// after which its requests are dropped unanswered until the window ends.
 pub const AUTH_FAILURE_LIMIT: u32 = 20;
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Challenges answered per client address within [`CHALLENGE_WINDOW`] over UDP.
+pub const CHALLENGE_LIMIT: u32 = 200;
+pub const CHALLENGE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -303,6 +306,10 @@ pub struct Server {
     users_by_hash: HashMap<[u8; 32], String>,
     /// Failed authentications per client address: count and start of the window.
     auth_failures: HashMap<IpAddr, (u32, Instant)>,
+    /// Challenges (401/438) sent per client address in the current window: an
+    /// unauthenticated request earns a larger answer, so a spoofed source must not
+    /// turn the server into an amplifier aimed at it.
+    challenges: HashMap<IpAddr, (u32, Instant)>,
     out: VecDeque<Output>,
     /// Reused for building responses.
     scratch: Vec<u8>,
@@ -340,6 +347,7 @@ impl Server {
             reservations: HashMap::new(),
             reservation_counter: 0,
             auth_failures: HashMap::new(),
+            challenges: HashMap::new(),
             users_by_hash: HashMap::new(),
             out: VecDeque::new(),
             scratch: Vec::with_capacity(256),
@@ -442,6 +450,7 @@ impl Server {
             self.close_peer(connection);
         }
         self.auth_failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < AUTH_FAILURE_WINDOW);
+        self.challenges.retain(|_, (_, since)| now.saturating_duration_since(*since) < CHALLENGE_WINDOW);
         for allocation in self.allocations.values_mut() {
             allocation.permissions.retain(|(_, expires)| *expires > now);
             allocation.channels.retain(|c| c.expires > now);
@@ -713,6 +722,18 @@ impl Server {
     }
 
     fn challenge(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, code: u16) {
+        // Over UDP (where sources can be spoofed) a few challenges per second per address.
+        if tuple.transport == Transport::Udp {
+            let entry = self.challenges.entry(canonical(tuple.client.ip())).or_insert((0, now));
+            if now.saturating_duration_since(entry.1) >= CHALLENGE_WINDOW {
+                *entry = (0, now);
+            }
+            entry.0 += 1;
+            if entry.0 > CHALLENGE_LIMIT {
+                self.stats.dropped += 1;
+                return;
+            }
+        }
         let nonce = format!("{NONCE_COOKIE}{}", self.nonces.issue(self.now_secs(now), &ip_bytes(tuple.client.ip())));
         let realm = self.config.realm.clone();
         self.error(

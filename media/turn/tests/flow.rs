@@ -689,3 +689,19 @@ fn rfc6062_tcp_allocations_connect_bind_and_accept() {
     let closed: Vec<Output> = std::iter::from_fn(|| h.server.poll_output()).collect();
     assert!(closed.contains(&Output::ClosePeer { connection }) && closed.contains(&Output::CloseRelay { port }));
 }
+
+#[test]
+fn challenges_to_one_address_are_rate_limited() {
+    let mut h = Harness::new(config());
+    let mut answered = 0;
+    for _ in 0..(branchgate_turn::server::CHALLENGE_LIMIT + 20) {
+        let (reply, _) = h.request(CLIENT, method::ALLOCATE, false, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        answered += usize::from(!reply.is_empty());
+    }
+    assert_eq!(answered, branchgate_turn::server::CHALLENGE_LIMIT as usize, "no amplifier for a spoofed source");
+    h.now += branchgate_turn::server::CHALLENGE_WINDOW;
+    h.server.handle_timeout(h.now);
+    h.learn_nonce();
+}
