@@ -479,12 +479,77 @@ async fn setup_submit(
 pub struct FieldView {
     pub name: String,
     pub label: String,
+    /// `text`, `number`, `checkbox`, `select`, `secret`, `json`; `lines` for a list of
+    /// values (one per line); `table` for a list of records (a row each, plus a blank one to add).
     pub kind: &'static str,
     pub value: String,
     pub checked: bool,
     pub options: Vec<String>,
     pub error: Option<String>,
     pub optional: bool,
+    pub columns: Vec<ColumnView>,
+    pub rows: Vec<Vec<CellView>>,
+}
+
+/// A column of a `table` field: one key of the records.
+#[derive(Clone, Debug)]
+pub struct ColumnView {
+    pub name: String,
+    pub label: String,
+    /// `text`, `number`, `checkbox`, `select` or `secret`.
+    pub kind: &'static str,
+    pub options: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CellView {
+    pub value: String,
+    pub checked: bool,
+}
+
+/// The columns of a list of records, from the example record.
+fn columns_of(path: &str, sample: &Map<String, Value>) -> Vec<ColumnView> {
+    sample
+        .iter()
+        .map(|(name, value)| {
+            let column_path = format!("{path}.{name}");
+            let kind = if name == "password" {
+                "secret"
+            } else if choices(&column_path).is_some() {
+                "select"
+            } else {
+                match value {
+                    Value::Bool(_) => "checkbox",
+                    Value::Number(_) => "number",
+                    _ => "text",
+                }
+            };
+            ColumnView {
+                name: name.clone(),
+                label: humanize(name),
+                kind,
+                options: choices(&column_path).map(|c| c.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The cells of one record (an empty record gives the blank row).
+fn cells_of(columns: &[ColumnView], record: Option<&Map<String, Value>>) -> Vec<CellView> {
+    columns
+        .iter()
+        .map(|c| {
+            let value = record.and_then(|r| r.get(&c.name)).cloned().unwrap_or(Value::Null);
+            CellView {
+                checked: value.as_bool().unwrap_or(false),
+                value: match (&value, c.kind) {
+                    (Value::Null, _) | (_, "secret") => String::new(),
+                    (Value::String(s), _) => s.clone(),
+                    (v, _) => v.to_string(),
+                },
+            }
+        })
+        .collect()
 }
 
 /// Fields with their own pages, or that the installer does not set by hand.
@@ -502,6 +567,7 @@ const SECRET_FIELDS: &[&str] = &["turn.auth_secret"];
 fn choices(path: &str) -> Option<&'static [&'static str]> {
     match path {
         "network.mode" => Some(&["dhcp", "static"]),
+        "sip.trunks.transport" => Some(&["udp", "tcp", "tls"]),
         _ => None,
     }
 }
@@ -520,6 +586,10 @@ fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
         }
         let value = current.get(name).cloned().unwrap_or(Value::Null);
         let optional = defaults.get(name).is_some_and(Value::is_null);
+        let record = match sample {
+            Value::Array(items) => items.first().and_then(Value::as_object),
+            _ => None,
+        };
         let kind = if SECRET_FIELDS.contains(&path.as_str()) {
             "secret"
         } else if choices(&path).is_some() {
@@ -528,15 +598,34 @@ fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
             match sample {
                 Value::Bool(_) => "checkbox",
                 Value::Number(_) => "number",
+                Value::Array(_) if record.is_some() => "table",
+                Value::Array(items) if items.iter().all(|i| i.is_string() || i.is_number()) => "lines",
                 Value::Array(_) | Value::Object(_) => "json",
                 _ => "text",
             }
+        };
+        let (columns, rows) = match record {
+            Some(record) if kind == "table" => {
+                let columns = columns_of(&path, record);
+                let mut rows: Vec<Vec<CellView>> = value
+                    .as_array()
+                    .map(|items| items.iter().map(|i| cells_of(&columns, i.as_object())).collect())
+                    .unwrap_or_default();
+                rows.push(cells_of(&columns, None));
+                (columns, rows)
+            }
+            _ => (Vec::new(), Vec::new()),
         };
         let text = match (&value, kind) {
             (Value::Null, _) => String::new(),
             (Value::String(s), "secret") if s == REDACTED => String::new(),
             (Value::String(s), _) => s.clone(),
             (v, "json") => serde_json::to_string_pretty(v).unwrap_or_default(),
+            (Value::Array(items), "lines") => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                .collect::<Vec<_>>()
+                .join("\n"),
             (v, _) => v.to_string(),
         };
         fields.push(FieldView {
@@ -548,9 +637,57 @@ fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
             options: choices(&path).map(|c| c.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
             error: None,
             optional,
+            columns,
+            rows,
         });
     }
     fields
+}
+
+/// The records of a `table` field from the form (`{field}.{row}.{column}`); blank rows
+/// and rows marked for removal are left out; an empty password keeps the stored one.
+fn table_from_form(field: &FieldView, form: &HashMap<String, String>) -> Result<Value, String> {
+    let prefix = format!("{}.", field.name);
+    let rows = form
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
+        .min(1000);
+    let mut records = Vec::new();
+    for row in 0..rows {
+        let get = |column: &str| form.get(&format!("{}.{row}.{column}", field.name)).map(|v| v.trim().to_string());
+        if get("remove").is_some() {
+            continue;
+        }
+        // Checkboxes and selects always have a value: a row is blank when nothing was typed.
+        let blank = field
+            .columns
+            .iter()
+            .all(|c| matches!(c.kind, "checkbox" | "select") || get(&c.name).unwrap_or_default().is_empty());
+        if blank {
+            continue;
+        }
+        let mut record = Map::new();
+        for c in &field.columns {
+            let input = get(&c.name).unwrap_or_default();
+            let value = match c.kind {
+                "checkbox" => Value::Bool(get(&c.name).is_some()),
+                "number" => match input.parse::<i64>() {
+                    Ok(n) => Value::from(n),
+                    Err(_) if input.is_empty() => continue,
+                    Err(_) => return Err(format!("row {}: {} must be a whole number", row + 1, c.label)),
+                },
+                "secret" if input.is_empty() => Value::String(REDACTED.to_string()),
+                // Left out: the schema's default (none, or empty for validation to name).
+                _ if input.is_empty() => continue,
+                _ => Value::String(input),
+            };
+            record.insert(c.name.clone(), value);
+        }
+        records.push(Value::Object(record));
+    }
+    Ok(Value::Array(records))
 }
 
 #[derive(Template)]
@@ -617,6 +754,16 @@ fn form_to_patch(
                     continue;
                 }
             },
+            "lines" => Value::Array(
+                input.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| Value::String(l.to_string())).collect(),
+            ),
+            "table" => match table_from_form(field, form) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.insert(field.name.clone(), format!("{e}."));
+                    continue;
+                }
+            },
             // An empty secret input keeps the stored secret.
             "secret" if input.is_empty() => continue,
             _ if input.is_empty() && field.optional => Value::Null,
@@ -650,6 +797,14 @@ async fn settings_submit(
     for field in &mut page.fields {
         if let Some(input) = form.get(&field.name) {
             field.value = input.clone();
+        }
+        if field.kind == "table"
+            && let Some(Value::Array(records)) = patch.get(&field.name)
+        {
+            let mut rows: Vec<Vec<CellView>> =
+                records.iter().map(|r| cells_of(&field.columns, r.as_object())).collect();
+            rows.push(cells_of(&field.columns, None));
+            field.rows = rows;
         }
         if field.kind == "checkbox" {
             field.checked = form.contains_key(&field.name);

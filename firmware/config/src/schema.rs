@@ -398,6 +398,7 @@ impl Config {
             ..SipTrunk::default()
         });
         config.sip.routes.push(SipRoute { prefix: "9".into(), strip: 1, trunk: "pstn".into() });
+        config.turn.users.push(TurnUser { username: "app".into(), password: HashedSecret::new("turnsecret") });
         config.turn.auth_secret = Some(PlainSecret::new("restsecret"));
         config.turn.external_ip = "203.0.113.10".parse().ok();
         config.turn.relay_ip = "192.168.1.10".parse().ok();
