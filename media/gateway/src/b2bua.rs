@@ -207,6 +207,9 @@ struct Call {
     b_authenticated: bool,
     /// Leg B's 2xx carried an offer (late offer): its ACK waits for the caller's answer.
     b_ack_waits_for_answer: bool,
+    /// A relayed offerless re-INVITE was answered with an offer by this side: its ACK
+    /// waits for the asker's answer (the 2xx kept for the ACK's CSeq).
+    relay_ack_waits: Option<(Side, Message)>,
     /// When the current attempt gives up if nothing at all came back.
     attempt_deadline: Option<Instant>,
     targets: VecDeque<Target>,
@@ -684,6 +687,7 @@ impl B2bua {
                 b_credentials: None,
                 b_authenticated: false,
                 b_ack_waits_for_answer: false,
+                relay_ack_waits: None,
                 attempt_deadline: None,
                 targets: targets.into(),
                 destination: String::new(),
@@ -1319,9 +1323,11 @@ impl B2bua {
             relay.answered = true;
         }
         if already {
-            // A retransmitted 2xx of a relayed re-INVITE: its ACK was lost; send it again.
-            if (200..300).contains(&code) && request.method() == Some("INVITE") {
-                self.ack_relayed(id, from, response);
+            // A retransmitted 2xx of a relayed re-INVITE: its ACK was lost; send it again
+            // (unless it still waits for the asker's answer).
+            let waiting = call.relay_ack_waits.as_ref().is_some_and(|(side, _)| *side == from);
+            if (200..300).contains(&code) && request.method() == Some("INVITE") && !waiting {
+                self.ack_relayed(id, from, response, None);
             }
             return;
         }
@@ -1342,9 +1348,16 @@ impl B2bua {
         }
         let invite = request.method() == Some("INVITE");
         if invite && (200..300).contains(&code) {
-            // The far side of a re-INVITE gets its ACK from the box at once;
-            // the asker's ACK then only stops the 2xx retransmissions.
-            self.ack_relayed(id, from, response);
+            // The far side of a re-INVITE gets its ACK from the box at once and the asker's
+            // ACK only stops the 2xx retransmissions — unless the re-INVITE had no offer: then
+            // the 2xx carries one and the ACK must carry the asker's answer, so it waits.
+            if request.body.is_empty() && !response.body.is_empty() {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.relay_ack_waits = Some((from, response.clone()));
+                }
+            } else {
+                self.ack_relayed(id, from, response, None);
+            }
             if let Some(call) = self.calls.get_mut(&id) {
                 call.awaiting_ack.push(origin.clone());
             }
@@ -1353,9 +1366,9 @@ impl B2bua {
     }
 
     /// The ACK of a relayed re-INVITE's 2xx, on the side that answered.
-    fn ack_relayed(&mut self, id: u64, side: Side, response: &Message) {
+    fn ack_relayed(&mut self, id: u64, side: Side, response: &Message, body: Option<Vec<u8>>) {
         if let Some(flow) = self.calls.get(&id).and_then(|c| leg(c, side)).map(|l| l.flow)
-            && let Some(mut ack) = self.dialog_request(id, side, "ACK", None)
+            && let Some(mut ack) = self.dialog_request(id, side, "ACK", body)
         {
             if let Some((number, _)) = response.cseq() {
                 ack.set("CSeq", format!("{number} ACK"));
@@ -1379,7 +1392,15 @@ impl B2bua {
                 tracing::info!(call = id, error = %e, "bad SDP answer in the caller's ACK");
                 None
             });
-            self.send_ack_b(id, body);
+            return self.send_ack_b(id, body);
+        }
+        // An offerless re-INVITE: the asker's ACK carries the answer the other side waits for.
+        if let Some((answered_by, response)) = call.relay_ack_waits.take_if(|(by, _)| *by != side) {
+            let body = self.relay_body(id, side, request).unwrap_or_else(|e| {
+                tracing::info!(call = id, error = %e, "bad SDP answer in an ACK");
+                None
+            });
+            self.ack_relayed(id, answered_by, &response, body);
         }
     }
 

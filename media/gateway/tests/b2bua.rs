@@ -405,3 +405,39 @@ fn a_redirect_is_followed_once_through_the_boxs_own_routing() {
     let out = lab.send(T2, &String::from_utf8(moved_again.to_bytes()).expect("utf8"));
     assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 480), "only one redirect is followed");
 }
+
+#[test]
+fn an_offerless_reinvite_gets_the_askers_answer_in_the_ack() {
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    let out = lab.call("0800");
+    let invite = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE").1;
+    let out = lab.send(T2, &answer(&invite, 200, "t2", ANSWER));
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("answered").1.clone();
+    // The caller asks for a new offer: a re-INVITE without SDP in its dialog.
+    let reinvite = format!(
+        "INVITE sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKre1\r\nFrom: {}\r\nTo: {}\r\n\
+Call-ID: alice-call@10.1.1.5\r\nCSeq: 3 INVITE\r\nContact: <sip:1001@10.1.1.5:5062>\r\nContent-Length: 0\r\n\r\n",
+        ok.get("From").expect("from"),
+        ok.get("To").expect("to")
+    );
+    let out = lab.send(CALLER, &reinvite);
+    let relayed = out.into_iter().find(|(to, m)| *to == addr(T2) && method(m) == "INVITE").expect("relayed").1;
+    assert!(relayed.body.is_empty());
+    let out = lab.send(T2, &answer(&relayed, 200, "t2", ANSWER));
+    assert!(!out.iter().any(|(to, m)| *to == addr(T2) && method(m) == "ACK"), "the ACK waits for the caller's answer");
+    let offer = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("the offer").1.clone();
+    assert!(String::from_utf8_lossy(&offer.body).contains("c=IN IP4 203.0.113.1"));
+    let ack = format!(
+        "ACK sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKre2\r\nFrom: {}\r\nTo: {}\r\n\
+Call-ID: alice-call@10.1.1.5\r\nCSeq: 3 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        ok.get("From").expect("from"),
+        ok.get("To").expect("to"),
+        OFFER.len()
+    );
+    let out = lab.send(CALLER, &ack);
+    let ack_b =
+        out.iter().find(|(to, m)| *to == addr(T2) && method(m) == "ACK").expect("ACK with the answer").1.clone();
+    let body = String::from_utf8_lossy(&ack_b.body).into_owned();
+    assert!(body.contains("c=IN IP4 203.0.113.1") && !body.contains("10.1.1.5"), "{body}");
+    assert_eq!(ack_b.cseq(), relayed.cseq().map(|(n, _)| (n, "ACK")));
+}
