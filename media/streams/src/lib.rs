@@ -13,6 +13,10 @@ use tokio::task::JoinHandle;
 
 /// Connections silent this long are closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Connections one listener keeps at once, and from one client IP (an office
+/// NAT holds many phones; one host opening thousands is an attack).
+pub const MAX_CONNECTIONS: usize = 10_000;
+pub const MAX_CONNECTIONS_PER_IP: usize = 500;
 
 /// Splits the start of a buffer into one message: `Ok(Some(len))`, `Ok(None)` for
 /// "not enough bytes yet", `Err(())` for a stream that is not this protocol.
@@ -113,6 +117,8 @@ pub fn spawn_accept_loop(
         let Ok(local) = listener.local_addr() else {
             return;
         };
+        let open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+            Default::default();
         loop {
             let (stream, remote) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -123,10 +129,21 @@ pub fn spawn_accept_loop(
                     continue;
                 }
             };
+            {
+                let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                let total: usize = open.values().sum();
+                let from_ip = open.get(&remote.ip()).copied().unwrap_or(0);
+                if total >= MAX_CONNECTIONS || from_ip >= MAX_CONNECTIONS_PER_IP {
+                    tracing::debug!(%remote, "connection refused: too many open");
+                    continue; // dropping the stream closes it
+                }
+                *open.entry(remote.ip()).or_default() += 1;
+            }
             let _ = stream.set_nodelay(true);
             let connection = Connection { local, remote, tls: tls.is_some(), websocket: false };
             let events = events.clone();
             let tls = tls.clone();
+            let open = open.clone();
             tokio::spawn(async move {
                 match tls {
                     None => serve(stream, connection, framer, events).await,
@@ -135,6 +152,13 @@ pub fn spawn_accept_loop(
                             Ok(Ok(stream)) => serve(stream, connection, framer, events).await,
                             _ => tracing::debug!(%remote, "TLS handshake failed"),
                         }
+                    }
+                }
+                let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(count) = open.get_mut(&remote.ip()) {
+                    *count -= 1;
+                    if *count == 0 {
+                        open.remove(&remote.ip());
                     }
                 }
             });
@@ -202,4 +226,39 @@ where
     }
     write_task.abort();
     let _ = events.send(StreamEvent::Closed { connection }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any_frame(buf: &[u8]) -> Result<Option<usize>, ()> {
+        Ok((!buf.is_empty()).then_some(buf.len()))
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_open_more_than_its_share() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = mpsc::channel(MAX_CONNECTIONS_PER_IP * 2);
+        let accept = spawn_accept_loop(listener, None, any_frame, tx);
+        let mut clients = Vec::new();
+        for _ in 0..=MAX_CONNECTIONS_PER_IP {
+            clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut opened = 0;
+        while let Ok(Some(StreamEvent::Opened { .. })) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+        {
+            opened += 1;
+        }
+        assert_eq!(opened, MAX_CONNECTIONS_PER_IP);
+        // The one too many was closed at once.
+        let mut last = clients.pop().expect("client");
+        let mut byte = [0u8; 1];
+        let read =
+            tokio::time::timeout(Duration::from_secs(2), last.read(&mut byte)).await.expect("closed, not hanging");
+        assert!(matches!(read, Ok(0) | Err(_)));
+        accept.abort();
+    }
 }

@@ -409,10 +409,16 @@ fn open_relay(ip: IpAddr, port: u16, peer_tx: mpsc::Sender<PeerPacket>) -> std::
     let reader_socket = socket.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM];
-            let Ok((len, peer)) = reader_socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]).await else {
+            // One byte more than relayed: a datagram that fills it was cut short, and a
+            // truncated datagram must not reach the client as if whole: it is dropped.
+            let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM + 1 + TAILROOM];
+            let Ok((len, peer)) = reader_socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM + 1]).await else {
                 return;
             };
+            if len > MAX_DATAGRAM {
+                tracing::debug!(%peer, "peer datagram larger than {MAX_DATAGRAM} bytes dropped");
+                continue;
+            }
             if peer_tx.send(PeerPacket { port, peer, buf, len }).await.is_err() {
                 return;
             }
