@@ -5,6 +5,7 @@ import { mkdtempSync, writeFileSync, readFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import net from "node:net";
+import dgram from "node:dgram";
 
 export const BIN = process.env.BRANCHGATE_BIN || new URL("../../../target/debug/branchgate", import.meta.url).pathname;
 export const ARTIFACTS = new URL("../../artifacts/", import.meta.url).pathname;
@@ -18,14 +19,27 @@ mkdirSync(ARTIFACTS, { recursive: true });
 export async function freePort() {
   for (;;) {
     const port = 10000 + Math.floor(Math.random() * 10000);
-    const free = await new Promise((resolve) => {
+    // Free for TCP and for UDP: the box's SIP and TURN ports are both, and a UDP-only
+    // peer (turnutils_peer) on the same number would be one of the box's own ports.
+    const tcpFree = await new Promise((resolve) => {
       const server = net.createServer();
       server.once("error", () => resolve(false));
       server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
     });
-    if (free) return port;
+    const udpFree = tcpFree && await new Promise((resolve) => {
+      const socket = dgram.createSocket("udp4");
+      socket.once("error", () => { socket.close(); resolve(false); });
+      socket.bind(port, "127.0.0.1", () => socket.close(() => resolve(true)));
+    });
+    if (udpFree && !handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
   }
 }
+
+/** Ports this test process handed out already (a port is free until its user binds it). */
+const handedOut = new Set();
 
 /**
  * Starts the box. `provision` is merged into a provisioning document that
