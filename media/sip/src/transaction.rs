@@ -116,6 +116,9 @@ struct Server {
 pub struct Transactions {
     clients: HashMap<ClientKey, Client>,
     servers: HashMap<ServerKey, Server>,
+    /// INVITE server transactions that sent a non-2xx final answer, by (sender, Call-ID,
+    /// CSeq number, To tag): the RFC 2543 way to find the ACK's transaction, without a scan.
+    by_dialog: HashMap<(std::net::SocketAddr, String, u32, String), ServerKey>,
     transmit: VecDeque<Output>,
     events: VecDeque<Event>,
 }
@@ -290,18 +293,13 @@ impl Transactions {
             // RFC 3261 §17.2.3 falls back to RFC 2543 matching for peers whose ACK of a
             // non-2xx answer does not reuse the INVITE's branch.
             let identity = (
-                request.get("Call-ID").unwrap_or(""),
-                request.cseq().map(|(n, _)| n),
-                request.get("To").and_then(|t| param(t, "tag")),
+                flow.remote,
+                request.get("Call-ID").unwrap_or("").to_string(),
+                request.cseq().map(|(n, _)| n).unwrap_or(0),
+                request.get("To").and_then(|t| param(t, "tag")).unwrap_or("").to_string(),
             );
-            if let Some(found) = self.servers.iter().find(|(k, s)| {
-                k.remote == flow.remote
-                    && s.state == ServerState::Completed
-                    && s.dialog.as_ref().is_some_and(|(call_id, cseq, tag)| {
-                        (call_id.as_str(), Some(*cseq), Some(tag.as_str())) == identity
-                    })
-            }) {
-                key = found.0.clone();
+            if let Some(found) = self.by_dialog.get(&identity) {
+                key = found.clone();
             }
         }
         if let Some(server) = self.servers.get_mut(&key) {
@@ -382,11 +380,14 @@ impl Transactions {
                 server.deadline = Some(now + TRANSACTION_TIMEOUT); // Timer L
             }
             (true, _) => {
-                server.dialog = Some((
+                let identity = (
+                    key.remote,
                     response.get("Call-ID").unwrap_or("").to_string(),
                     response.cseq().map(|(n, _)| n).unwrap_or(0),
                     response.get("To").and_then(|t| param(t, "tag")).unwrap_or("").to_string(),
-                ));
+                );
+                server.dialog = Some((identity.1.clone(), identity.2, identity.3.clone()));
+                self.by_dialog.insert(identity, key.clone());
                 server.state = ServerState::Completed;
                 server.retransmit_at = (!reliable).then(|| now + T1); // Timer G
                 server.interval = T1;
@@ -457,7 +458,11 @@ impl Transactions {
             }
         }
         for key in expired {
-            self.servers.remove(&key);
+            if let Some(server) = self.servers.remove(&key)
+                && let Some((call_id, cseq, tag)) = server.dialog
+            {
+                self.by_dialog.remove(&(key.remote, call_id, cseq, tag));
+            }
         }
     }
 }
