@@ -47,12 +47,12 @@ async function uac(box, file, number, keep = []) {
     "-key", "domain", "branch.example", "-key", "user", CALLER.user, "-key", "number", number]);
 }
 
-function provision(trunks, routes) {
+function provision(trunks, routes, media = {}) {
   const base = 20000 + 100 * Math.floor(Math.random() * 99);
   return {
     admin: { password: "installer-secret-1" },
     sip: { domain: "branch.example", users: [CALLER, CALLEE].map((u) => ({ username: u.user, password: u.password })), trunks, routes },
-    media: { rtp_port_min: base, rtp_port_max: base + 99 },
+    media: { rtp_port_min: base, rtp_port_max: base + 99, ...media },
   };
 }
 
@@ -250,5 +250,26 @@ test("a TCP trunk: the box connects to it and the call goes over that connection
     const caller = uac(box, "call_uac.xml", "95550004", ["caller_bye"]);
     assert.equal(await callee, 0, "the TCP trunk got the call, ACK and BYE over its connection");
     assert.equal(await caller, 0);
+  } finally { await box.stop(); }
+});
+
+test("a call whose media stops is hung up after media.timeout_seconds (BYE to both sides)", async () => {
+  const trunkPort = await freePort();
+  const box = await startBox({ provision: provision(
+    [{ name: "pstn", host: "127.0.0.1", port: trunkPort, transport: "udp", keepalive_seconds: 0 }],
+    [{ prefix: "9", strip: 1, trunk: "pstn" }], { timeout_seconds: 5 }) });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    // The caller plays ~4.7 s of G.711 and then goes quiet; both sides wait for a BYE.
+    const callee = uas(box, "uas.xml", trunkPort, ["caller_bye"]);
+    await new Promise((r) => setTimeout(r, 300));
+    const started = Date.now();
+    const caller = uac(box, "call_uac.xml", "95550005", ["callee_bye"]);
+    assert.equal(await callee, 0, "callee got the box's BYE");
+    assert.equal(await caller, 0, "caller got the box's BYE");
+    assert.ok(Date.now() - started < 30000);
+    const lines = (await api.get("/api/v1/sip/cdr.csv")).text.trim().split("\r\n");
+    assert.match(lines[1], /"media-timeout"$/);
   } finally { await box.stop(); }
 });

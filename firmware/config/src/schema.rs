@@ -322,6 +322,8 @@ pub struct MediaConfig {
     pub rtp_port_max: u16,
     /// Codec preference order, most preferred first.
     pub codecs: Vec<String>,
+    /// An answered call with no media (RTP or RTCP) either way for this long is hung up.
+    pub timeout_seconds: u32,
 }
 
 /// Codec names the media engine knows.
@@ -333,6 +335,7 @@ impl Default for MediaConfig {
             rtp_port_min: 20000,
             rtp_port_max: 29999,
             codecs: vec!["opus".into(), "G722".into(), "PCMU".into(), "PCMA".into()],
+            timeout_seconds: 60,
         }
     }
 }

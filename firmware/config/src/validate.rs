@@ -322,6 +322,7 @@ impl Config {
             "the range needs room for at least two RTP/RTCP pairs",
         );
         r.check(!m.codecs.is_empty(), "media.codecs", "list at least one codec");
+        r.check((5..=86_400).contains(&m.timeout_seconds), "media.timeout_seconds", "between 5 seconds and a day");
         let mut seen = HashSet::new();
         for (i, codec) in m.codecs.iter().enumerate() {
             r.check(

@@ -268,7 +268,8 @@ pub async fn run(
         let mut b2bua =
             B2bua::new(server, call_config(&snapshot.config).await, rand::random::<[u8; 32]>(), Instant::now());
         let (timeouts_tx, mut timeouts_rx) = mpsc::unbounded_channel();
-        let mut relay = MediaRelay::new(timeouts_tx);
+        let media_timeout = |c: &branchgate_config::Config| Duration::from_secs(u64::from(c.media.timeout_seconds));
+        let mut relay = MediaRelay::new(timeouts_tx, media_timeout(&snapshot.config));
         let (hangup_tx, mut hangup_rx) = mpsc::unbounded_channel();
         {
             let mut state = monitor.lock();
@@ -320,6 +321,7 @@ pub async fn run(
                         || certificate_changed { break true; }
                     b2bua.sip_mut().set_config(server_config(new));
                     b2bua.set_config(call_config(&snapshot.config).await, Instant::now());
+                    relay.set_timeout(media_timeout(&snapshot.config));
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() { break false; }

@@ -16,9 +16,6 @@ use tokio::task::JoinHandle;
 
 use crate::b2bua::{Side, StreamPorts};
 
-/// A stream with no packet either way for this long is dead.
-pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Packets relayed per direction of one call (for the calls table and metrics),
 /// and when the call last carried any media (RTP or RTCP, on any stream).
 #[derive(Debug)]
@@ -43,10 +40,10 @@ impl Counters {
         self.last_activity_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// No media on any stream of the call for [`MEDIA_TIMEOUT`].
-    fn idle(&self) -> bool {
+    /// No media on any stream of the call for `timeout` (`media.timeout_seconds`).
+    fn idle(&self, timeout: Duration) -> bool {
         let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last) >= MEDIA_TIMEOUT
+        self.epoch.elapsed().saturating_sub(last) >= timeout
     }
 }
 
@@ -67,11 +64,18 @@ pub struct MediaRelay {
     calls: HashMap<u64, CallMedia>,
     /// Calls whose media went silent, for the B2BUA.
     timeouts: mpsc::UnboundedSender<u64>,
+    /// How long a call may go without media.
+    timeout: Duration,
 }
 
 impl MediaRelay {
-    pub fn new(timeouts: mpsc::UnboundedSender<u64>) -> Self {
-        MediaRelay { calls: HashMap::new(), timeouts }
+    pub fn new(timeouts: mpsc::UnboundedSender<u64>, timeout: Duration) -> Self {
+        MediaRelay { calls: HashMap::new(), timeouts, timeout }
+    }
+
+    /// A new media timeout for calls set up from now on.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     pub fn counters(&self, call: u64) -> Option<Arc<Counters>> {
@@ -91,7 +95,14 @@ impl MediaRelay {
             .entry(call)
             .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(relay_stream(sockets, control_rx, entry.counters.clone(), self.timeouts.clone(), call));
+        let task = tokio::spawn(relay_stream(
+            sockets,
+            control_rx,
+            entry.counters.clone(),
+            self.timeouts.clone(),
+            call,
+            self.timeout,
+        ));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
             old.abort();
         }
@@ -131,6 +142,7 @@ async fn relay_stream(
     counters: Arc<Counters>,
     timeouts: mpsc::UnboundedSender<u64>,
     call: u64,
+    timeout: Duration,
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
     // Latches of where each side is, for RTP and RTCP.
@@ -138,7 +150,7 @@ async fn relay_stream(
     let (mut b_latch, mut b_rtcp_latch) = (Latch::new(None), Latch::new(None));
     let (mut buf_a, mut buf_b, mut buf_ac, mut buf_bc) = ([0u8; 2048], [0u8; 2048], [0u8; 1500], [0u8; 1500]);
     let mut reported = false;
-    let mut check = tokio::time::interval(Duration::from_secs(5));
+    let mut check = tokio::time::interval((timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
     loop {
         tokio::select! {
             received = a_rtp.recv_from(&mut buf_a) => {
@@ -186,7 +198,7 @@ async fn relay_stream(
             },
             _ = check.tick() => {
                 // The call's liveness, not this stream's: a declined or held stream is quiet.
-                if counters.idle() && !reported {
+                if counters.idle(timeout) && !reported {
                     let _ = timeouts.send(call);
                     reported = true;
                 }
