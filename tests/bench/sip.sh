@@ -20,9 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { echo $((10000 + RANDOM % 9000)); }
-hz=$(getconf CLK_TCK)
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 
 uas_port=$(port)
 (cd "$work" && sipp -sf "$ROOT/tests/sipp/bench_uas.xml" -i 127.0.0.1 -p "$uas_port" -nostdin -bg >/dev/null 2>&1) || true
@@ -93,11 +92,7 @@ start_branchgate() {
          "trunks": [{"name": "uas", "host": "127.0.0.1", "port": $uas_port, "keepalive_seconds": 0}],
          "routes": [{"prefix": "9", "strip": 1, "trunk": "uas"}]}}
 JSON
-  rm -rf "$work/data"
-  RUST_LOG=warn "$BIN" run --data-dir "$work/data" --provision "$work/provision.json" >"$work/bg.log" 2>&1 &
-  bg_pid=$!
-  until grep -q "admin UI ready" "$work/bg.log"; do sleep 0.1; done
-  sleep 0.5
+  start_box
 }
 
 declare -a kam_results bg_results
@@ -112,8 +107,6 @@ for round in $(seq 1 "$ROUNDS"); do
   kill "$bg_pid"; wait "$bg_pid" 2>/dev/null || true
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-column() { local i=$1; shift; printf '%s\n' "$@" | awk -v i="$i" '{print $i}' | median; }
 k_cpu=$(column 1 "${kam_results[@]}"); b_cpu=$(column 1 "${bg_results[@]}")
 k_ok=$(column 2 "${kam_results[@]}"); b_ok=$(column 2 "${bg_results[@]}")
 

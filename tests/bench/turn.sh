@@ -11,12 +11,11 @@ work=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port() { echo $((10000 + RANDOM % 9000)); }
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 peer_port=$(port)
 turnutils_peer -L 127.0.0.1 -p "$peer_port" >/dev/null 2>&1 &
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
 
 # One load run against the server on $1 (pid $2): prints "µs/datagram loss% rtt_ms datagrams".
 measure() {
@@ -54,11 +53,7 @@ start_branchgate() {
           "relay_port_min": 50000, "relay_port_max": 60000, "realm": "example.org", "user_quota": 10000, "total_quota": 10000,
           "users": [{"username": "test", "password": "secret"}], "allowed_peers": ["127.0.0.1/32"]}}
 JSON
-  rm -rf "$work/data"
-  RUST_LOG=warn "$BIN" run --data-dir "$work/data" --provision "$work/provision.json" >"$work/bg.log" 2>&1 &
-  bg_pid=$!
-  until grep -q "admin UI ready" "$work/bg.log"; do sleep 0.1; done
-  sleep 0.5
+  start_box
 }
 
 declare -a coturn_results branchgate_results
@@ -71,8 +66,6 @@ for round in $(seq 1 "$ROUNDS"); do
   kill "$bg_pid"; wait "$bg_pid" 2>/dev/null || true
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-column() { local i=$1; shift; printf '%s\n' "$@" | awk -v i="$i" '{print $i}' | median; }
 c_cpu=$(column 1 "${coturn_results[@]}"); b_cpu=$(column 1 "${branchgate_results[@]}")
 c_loss=$(column 2 "${coturn_results[@]}"); b_loss=$(column 2 "${branchgate_results[@]}")
 c_rtt=$(column 3 "${coturn_results[@]}"); b_rtt=$(column 3 "${branchgate_results[@]}")

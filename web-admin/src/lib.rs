@@ -222,9 +222,7 @@ impl AppState {
             self.sip
                 .calls_ended()
                 .into_iter()
-                .map(|(cause, count)| {
-                    (format!("{{cause=\"{}\"}}", cause.replace(['"', '\\', '\n'], "_")), count.to_string())
-                })
+                .map(|(cause, count)| (label("cause", &cause), count.to_string()))
                 .collect(),
         );
         metric(
@@ -243,13 +241,7 @@ impl AppState {
             "branchgate_sip_trunk_up",
             "Trunk answers OPTIONS keepalives (1) or not (0).",
             "gauge",
-            self.sip
-                .trunks()
-                .iter()
-                .map(|t| {
-                    (format!("{{trunk=\"{}\"}}", t.name.replace(['"', '\\', '\n'], "_")), u8::from(t.up).to_string())
-                })
-                .collect(),
+            self.sip.trunks().iter().map(|t| (label("trunk", &t.name), u8::from(t.up).to_string())).collect(),
         );
         metric(
             "branchgate_process_resident_memory_bytes",
@@ -277,6 +269,12 @@ async fn openapi_json() -> Response {
 }
 
 /// `/metrics`: an admin session, or HTTP Basic credentials of any login (for Prometheus).
+/// A Prometheus label set of one label; characters the exposition format would need
+/// escaped are replaced (values come from the configuration and the network).
+fn label(name: &str, value: &str) -> String {
+    format!("{{{name}=\"{}\"}}", value.replace(['"', '\\', '\n'], "_"))
+}
+
 async fn metrics(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Response {
     let peer = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     // The Basic credentials are checked (argon2) only when there is no session.

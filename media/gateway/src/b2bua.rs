@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use branchgate_sdp::SessionDescription;
 use branchgate_sip::message::param;
-use branchgate_sip::server::{Binding, uri_of, user_of};
+use branchgate_sip::server::{Binding, uri_of, user_of, with_warning};
 use branchgate_sip::transaction::{ClientKey, ServerKey};
 use branchgate_sip::{Flow, Incoming, Message, Output, Server, StartLine, Transport};
 
@@ -614,10 +614,7 @@ impl B2bua {
             response.push("Accept", "application/sdp");
             return self.sip.respond(now, &key, response);
         }
-        let sdp_body = request.body.is_empty()
-            || request
-                .get("Content-Type")
-                .is_some_and(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp"));
+        let sdp_body = request.body.is_empty() || media_type(&request).as_deref() == Some("application/sdp");
         if !sdp_body {
             let mut response = request.response(415, "Unsupported Media Type");
             response.push("Accept", "application/sdp");
@@ -1282,7 +1279,7 @@ impl B2bua {
             return self.end(now, id, 200, cause);
         }
         // SDP is anchored; DTMF bodies (SIP INFO) pass as they are; nothing else passes.
-        let kind = request.get("Content-Type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let kind = media_type(&request);
         let passes_as_is = matches!(kind.as_deref(), Some("application/dtmf-relay" | "application/dtmf"));
         let body = if passes_as_is { Ok(Some(request.body.clone())) } else { self.relay_body(id, side, &request) };
         let body = match body {
@@ -1734,9 +1731,9 @@ fn contact_of(leg: &Leg) -> String {
     format!("<sip:{}{transport}>", host_port(SocketAddr::new(leg.local_ip, leg.flow.local.port())))
 }
 
-fn with_warning(mut response: Message, reason: &str) -> Message {
-    response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
-    response
+/// The media type of a message's body (`Content-Type` without parameters, lower case).
+fn media_type(message: &Message) -> Option<String> {
+    message.get("Content-Type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
 /// The SDP body of a message, if it has one.
@@ -1744,9 +1741,7 @@ fn sdp_of(message: &Message) -> Result<Option<SessionDescription>, String> {
     if message.body.is_empty() {
         return Ok(None);
     }
-    let sdp_type = message
-        .get("Content-Type")
-        .is_none_or(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp"));
+    let sdp_type = media_type(message).is_none_or(|t| t == "application/sdp");
     if !sdp_type {
         return Err("only application/sdp bodies are relayed".into());
     }

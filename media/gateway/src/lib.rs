@@ -55,15 +55,6 @@ pub fn server_config(sip: &SipConfig) -> ServerConfig {
     config
 }
 
-/// The box's address towards the outside when nothing is configured: the
-/// first non-loopback IPv4 address, else loopback (a box without a network).
-pub fn primary_ip() -> IpAddr {
-    if_addrs::get_if_addrs()
-        .ok()
-        .and_then(|list| list.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback()))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
 /// The B2BUA's configuration from the box's; trunk hosts that are names are
 /// resolved here (a trunk that does not resolve is left out, and said so).
 pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
@@ -104,7 +95,7 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
         .map(|r| RouteRule { prefix: r.prefix.clone(), strip: r.strip as usize, trunk: r.trunk.clone() })
         .collect();
     call.emergency_numbers = sip.emergency_numbers.clone();
-    call.advertise_ip = primary_ip();
+    call.advertise_ip = branchgate_streams::primary_ip();
     call.sip_port = sip.udp_port;
     call.rtp_ports = (config.media.rtp_port_min, config.media.rtp_port_max);
     call

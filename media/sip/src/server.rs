@@ -593,7 +593,8 @@ impl Server {
 /// Methods the box answers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
 
-fn with_warning(mut response: Message, reason: &str) -> Message {
+/// The response with a `Warning: 399` saying why (RFC 3261 §20.43).
+pub fn with_warning(mut response: Message, reason: &str) -> Message {
     response.push("Warning", format!("399 branchgate \"{}\"", reason.replace('"', "'")));
     response
 }

@@ -75,6 +75,16 @@ pub enum StreamEvent {
     },
 }
 
+/// The box's address towards the outside when nothing is configured (TURN relays,
+/// SIP and SDP towards peers): the first non-loopback IPv4 address, else loopback
+/// (a box without a network).
+pub fn primary_ip() -> std::net::IpAddr {
+    if_addrs::get_if_addrs()
+        .ok()
+        .and_then(|list| list.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback()))
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
 /// Turns a connection's framing off (see [`StreamEvent::Opened`]).
 pub type RawSwitch = std::sync::Arc<std::sync::atomic::AtomicBool>;
 

@@ -33,15 +33,6 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
 }
 
-/// The address relays bind to when `turn.relay_ip` is not set: the first
-/// non-loopback IPv4 address, else loopback (a box without a network).
-fn default_relay_ip() -> IpAddr {
-    if_addrs::get_if_addrs()
-        .ok()
-        .and_then(|list| list.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback()))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
 /// The box's interface addresses and its public mapping.
 fn own_addresses(external: Option<IpAddr>) -> Vec<IpAddr> {
     let mut list: Vec<IpAddr> =
@@ -70,7 +61,8 @@ pub fn own_ports(config: &branchgate_config::Config) -> Vec<u16> {
 /// The sans-IO server's configuration from the box's.
 pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
     let turn = &box_config.turn;
-    let relay_ip = turn.relay_ip.unwrap_or_else(default_relay_ip);
+    // Relays bind to `turn.relay_ip`, else the box's primary address.
+    let relay_ip = turn.relay_ip.unwrap_or_else(branchgate_streams::primary_ip);
     let mut config = ServerConfig::new(turn.realm.clone(), relay_ip);
     config.users = turn
         .users
