@@ -19,6 +19,9 @@ use branchgate_sip::message::param;
 use branchgate_sip::server::{Binding, uri_of, user_of, with_warning};
 use branchgate_sip::transaction::{ClientKey, ServerKey};
 use branchgate_sip::{Flow, Incoming, Message, Output, Server, StartLine, Transport};
+use branchgate_webrtc::WebRtcLeg;
+
+use crate::webrtc::{self, PayloadMap};
 
 /// A trunk as the core uses it (its host already resolved by the driver).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,11 +99,27 @@ pub struct StreamPorts {
     pub b_port: u16,
 }
 
+/// A browser's media session built by the core, handed over to the relay
+/// that runs it (it has no meaningful equality: compared by identity).
+#[derive(Debug)]
+pub struct LegHandoff(pub Box<WebRtcLeg>);
+
+impl PartialEq for LegHandoff {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(&*self.0, &*other.0)
+    }
+}
+
+impl Eq for LegHandoff {}
+
 /// What the driver does besides sending SIP.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Open relay sockets (RTP on the even port, RTCP on the next) for a new stream.
     OpenStream { call: u64, index: usize, ports: StreamPorts },
+    /// Open a stream whose `side` is a browser: the box's WebRTC session on
+    /// that side's port, plain RTP/RTCP on the other side's ports.
+    OpenWebRtc { call: u64, index: usize, ports: StreamPorts, side: Side, leg: LegHandoff, payloads: PayloadMap },
     /// Where one side announced it receives a stream (until its media arrives and latches),
     /// and where that side's SIP comes from (media may come from and go to only there,
     /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]).
@@ -229,6 +248,17 @@ struct Call {
     relays: HashMap<ClientKey, Relay>,
     /// An INVITE server transaction (A's or a re-INVITE's) whose 2xx waits for an ACK.
     awaiting_ack: Vec<ServerKey>,
+    browser: Option<BrowserMedia>,
+}
+
+/// A call with a browser on one side: its media ends on the box.
+#[derive(Debug)]
+struct BrowserMedia {
+    side: Side,
+    /// The browser's offer, answered once the SIP side has chosen a codec.
+    offer: SessionDescription,
+    /// The answer the browser got (again in a 2xx after an 18x with SDP).
+    answer: Option<Vec<u8>>,
 }
 
 /// Calls the box carries at once, and per user (a stolen password cannot take them all).
@@ -638,6 +668,18 @@ impl B2bua {
                 return self.sip.respond(now, &key, response);
             }
         };
+        // A browser's offer is terminated here; the SIP side is offered plain RTP.
+        let browser = offer.as_ref().filter(|o| webrtc::is_browser_offer(o)).cloned();
+        let offer = match &browser {
+            Some(browser) => match webrtc::sip_offer(browser) {
+                Ok(plain) => Some(plain),
+                Err(reason) => {
+                    let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
+                    return self.sip.respond(now, &key, response);
+                }
+            },
+            None => offer,
+        };
         // A Call-ID already in a call here is a merged or looped request (RFC 3261 §8.2.2.2).
         if self.dialogs.contains_key(request.get("Call-ID").unwrap_or("")) {
             return self.reply(now, &key, &request, 482, "Loop Detected");
@@ -699,6 +741,7 @@ impl B2bua {
                 last_status: 0,
                 relays: HashMap::new(),
                 awaiting_ack: Vec::new(),
+                browser: browser.map(|offer| BrowserMedia { side: Side::A, offer, answer: None }),
             },
         );
         if let Some(offer) = offer {
@@ -994,7 +1037,10 @@ impl B2bua {
         if count > MAX_STREAMS {
             return None;
         }
-        let have = self.calls.get(&id)?.streams.len();
+        let call = self.calls.get(&id)?;
+        let have = call.streams.len();
+        // A browser's side has no relay of its own: its WebRTC session opens with the stream.
+        let browser_side = call.browser.as_ref().map(|b| b.side);
         for index in have..count {
             let a_port = self.ports.allocate()?;
             let Some(b_port) = self.ports.allocate() else {
@@ -1003,10 +1049,12 @@ impl B2bua {
             };
             let ports = StreamPorts { a_port, b_port };
             self.calls.get_mut(&id)?.streams.push(ports);
-            self.actions.push_back(Action::OpenStream { call: id, index, ports });
+            if browser_side.is_none() {
+                self.actions.push_back(Action::OpenStream { call: id, index, ports });
+            }
         }
         let signalling = leg(self.calls.get(&id)?, from)?.flow.remote.ip();
-        for index in 0..count {
+        for index in (0..count).filter(|_| browser_side != Some(from)) {
             let destination = sdp.media_destination(index);
             self.actions.push_back(Action::Peer { call: id, index, side: from, destination, signalling });
         }
@@ -1025,10 +1073,48 @@ impl B2bua {
     fn relay_body(&mut self, id: u64, from: Side, message: &Message) -> Result<Option<Vec<u8>>, String> {
         match sdp_of(message)? {
             None => Ok(None),
+            Some(_) if self.calls.get(&id).is_some_and(|c| c.browser.is_some()) => {
+                Err("renegotiating a call with a WebRTC side is not supported yet".to_string())
+            }
             Some(sdp) => {
                 self.anchor(id, from, sdp).map(|s| Some(s.to_bytes())).ok_or_else(|| "no media ports left".to_string())
             }
         }
+    }
+
+    /// Leg B's SDP in an answer to the caller's INVITE, as the caller must see
+    /// it: anchored, or for a browser the box's WebRTC answer (built once, when
+    /// the SIP side first names its codec).
+    fn setup_body(&mut self, now: Instant, id: u64, response: &Message) -> Result<Option<Vec<u8>>, String> {
+        let Some(browser) = self.calls.get(&id).and_then(|c| c.browser.as_ref()) else {
+            return self.relay_body(id, Side::B, response);
+        };
+        let Some(sdp) = sdp_of(response)? else { return Ok(None) };
+        if let Some(answer) = browser.answer.clone() {
+            self.anchor(id, Side::B, sdp).ok_or("no media ports left")?;
+            return Ok(Some(answer));
+        }
+        let (codecs, payloads) = webrtc::browser_codecs(&browser.offer, &sdp)?;
+        let offer = browser.offer.to_string();
+        let call = self.calls.get(&id).ok_or("call gone")?;
+        let ports = *call.streams.first().ok_or("no media stream")?;
+        let local = SocketAddr::new(call.a.local_ip, ports.a_port);
+        let (leg, answer) = WebRtcLeg::answer(now, &offer, local, &codecs).map_err(|e| e.to_string())?;
+        // The relay must exist before leg B's address is given to it.
+        self.actions.push_back(Action::OpenWebRtc {
+            call: id,
+            index: 0,
+            ports,
+            side: Side::A,
+            leg: LegHandoff(Box::new(leg)),
+            payloads,
+        });
+        self.anchor(id, Side::B, sdp).ok_or("no media ports left")?;
+        let answer = answer.into_bytes();
+        if let Some(browser) = self.calls.get_mut(&id).and_then(|c| c.browser.as_mut()) {
+            browser.answer = Some(answer.clone());
+        }
+        Ok(Some(answer))
     }
 
     /// The trunk whose keepalive this transaction is.
@@ -1087,14 +1173,14 @@ impl B2bua {
                 self.forget(now, id);
             }
             (CallState::Cancelled, _) if code >= 200 => self.forget(now, id),
-            (CallState::Setup, 101..=199) => match self.relay_body(id, Side::B, &response) {
+            (CallState::Setup, 101..=199) => match self.setup_body(now, id, &response) {
                 Ok(body) => self.answer_a(now, id, code, &reason, body),
                 Err(e) => tracing::info!("{}", format!("call {id}: bad SDP in {code}: {e}")),
             },
             (CallState::Setup, 200..=299) => {
                 call.b_ack_waits_for_answer = call.offer.is_none() && !response.body.is_empty();
                 self.ack_b(id);
-                let body = match self.relay_body(id, Side::B, &response) {
+                let body = match self.setup_body(now, id, &response) {
                     Ok(body) => body,
                     Err(e) => {
                         tracing::info!("{}", format!("call {id}: bad SDP in 2xx: {e}"));

@@ -4,6 +4,7 @@
 
 pub mod b2bua;
 pub mod relay;
+pub mod webrtc;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -322,6 +323,11 @@ pub async fn run(
                 match action {
                     Action::OpenStream { call, index, ports } => {
                         if let Err(e) = relay.open(call, index, ports).await {
+                            tracing::warn!(call, error = %e, "media relay ports unavailable");
+                        }
+                    }
+                    Action::OpenWebRtc { call, index, ports, side, leg, payloads } => {
+                        if let Err(e) = relay.open_webrtc(call, index, ports, side, leg.0, payloads).await {
                             tracing::warn!(call, error = %e, "media relay ports unavailable");
                         }
                     }

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use branchgate_rtp::Latch;
+use branchgate_rtp::{Latch, RtpHeader, build_rtp, is_rtcp, parse_rtp, rtp_payload};
+use branchgate_webrtc::{LegState, Rtp, WebRtcLeg};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::b2bua::{Side, StreamPorts};
+use crate::webrtc::PayloadMap;
 
 /// Packets relayed per direction of one call (for the calls table and metrics),
 /// and when the call last carried any media (RTP or RTCP, on any stream).
@@ -103,6 +105,48 @@ impl MediaRelay {
             call,
             self.timeout,
         ));
+        if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// A stream whose `side` is a browser: `leg` (the box's WebRTC session)
+    /// runs on that side's port; the other side gets plain RTP and RTCP.
+    pub async fn open_webrtc(
+        &mut self,
+        call: u64,
+        index: usize,
+        ports: StreamPorts,
+        side: Side,
+        leg: Box<WebRtcLeg>,
+        payloads: PayloadMap,
+    ) -> std::io::Result<()> {
+        let bind = |port: u16| UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        let (browser_port, sip_port) = match side {
+            Side::A => (ports.a_port, ports.b_port),
+            Side::B => (ports.b_port, ports.a_port),
+        };
+        let sockets = BrowserSockets {
+            browser: bind(browser_port).await?,
+            sip_rtp: bind(sip_port).await?,
+            sip_rtcp: bind(sip_port + 1).await?,
+        };
+        let entry = self
+            .calls
+            .entry(call)
+            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let stream = BrowserStream {
+            leg,
+            payloads,
+            browser_side: side,
+            counters: entry.counters.clone(),
+            timeouts: self.timeouts.clone(),
+            call,
+            timeout: self.timeout,
+        };
+        let task = tokio::spawn(relay_browser_stream(sockets, stream, control_rx));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
             old.abort();
         }
@@ -200,6 +244,124 @@ async fn relay_stream(
                 // The call's liveness, not this stream's: a declined or held stream is quiet.
                 if counters.idle(timeout) && !reported {
                     let _ = timeouts.send(call);
+                    reported = true;
+                }
+            }
+        }
+    }
+}
+
+struct BrowserSockets {
+    browser: UdpSocket,
+    sip_rtp: UdpSocket,
+    sip_rtcp: UdpSocket,
+}
+
+struct BrowserStream {
+    leg: Box<WebRtcLeg>,
+    payloads: PayloadMap,
+    browser_side: Side,
+    counters: Arc<Counters>,
+    timeouts: mpsc::UnboundedSender<u64>,
+    call: u64,
+    timeout: Duration,
+}
+
+impl BrowserStream {
+    /// Counts one packet from the browser (`true`) or to it.
+    fn count(&self, from_browser: bool) {
+        self.counters.touch();
+        let a_to_b = from_browser == (self.browser_side == Side::A);
+        let counter = if a_to_b { &self.counters.a_to_b } else { &self.counters.b_to_a };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One browser stream: the WebRTC session on one socket, the SIP side's
+/// plain RTP on two. RTP crosses with its payload type renumbered and the
+/// box's own SSRC towards the SIP side; RTCP does not cross (each leg gets
+/// the box's own reports from its end).
+async fn relay_browser_stream(
+    sockets: BrowserSockets,
+    mut stream: BrowserStream,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let BrowserSockets { browser, sip_rtp, sip_rtcp } = sockets;
+    let (mut sip_latch, mut sip_rtcp_latch) = (Latch::new(None), Latch::new(None));
+    let sip_ssrc: u32 = rand::random();
+    let (mut buf_browser, mut buf_sip, mut buf_rtcp) = ([0u8; 2048], [0u8; 2048], [0u8; 1500]);
+    let mut packet = Vec::with_capacity(1500);
+    let mut reported = false;
+    let mut check = tokio::time::interval((stream.timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
+    loop {
+        while let Some((to, data)) = stream.leg.poll_transmit() {
+            let _ = browser.send_to(&data, to).await;
+        }
+        while let Some(rtp) = stream.leg.poll_rtp() {
+            let (Some(payload_type), Some(to)) = (stream.payloads.to_sip(rtp.payload_type), sip_latch.destination())
+            else {
+                continue;
+            };
+            let header = RtpHeader {
+                payload_type,
+                marker: rtp.marker,
+                sequence: rtp.sequence,
+                timestamp: rtp.timestamp,
+                ssrc: sip_ssrc,
+            };
+            build_rtp(&header, &rtp.payload, &mut packet);
+            stream.count(true);
+            let _ = sip_rtp.send_to(&packet, to).await;
+        }
+        if matches!(stream.leg.state(), LegState::Failed | LegState::Closed) && !reported {
+            // The browser is gone (ICE consent lost or DTLS failed): the call has no media.
+            let _ = stream.timeouts.send(stream.call);
+            reported = true;
+        }
+        let wake = stream.leg.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            received = browser.recv_from(&mut buf_browser) => {
+                let Ok((len, source)) = received else { continue };
+                stream.leg.handle_datagram(Instant::now(), source, &buf_browser[..len]);
+            }
+            received = sip_rtp.recv_from(&mut buf_sip) => {
+                let Ok((len, source)) = received else { continue };
+                let data = &buf_sip[..len];
+                if !sip_latch.accept(Instant::now(), source) || is_rtcp(data) {
+                    continue;
+                }
+                let (Ok(header), Ok(payload)) = (parse_rtp(data), rtp_payload(data)) else { continue };
+                let Some(payload_type) = stream.payloads.to_browser(header.payload_type) else { continue };
+                let rtp = Rtp {
+                    payload_type,
+                    sequence: header.sequence,
+                    timestamp: header.timestamp,
+                    marker: header.marker,
+                    payload: bytes::Bytes::copy_from_slice(payload),
+                };
+                stream.count(false);
+                if let Err(e) = stream.leg.send_rtp(Instant::now(), rtp) {
+                    tracing::debug!(call = stream.call, error = %e, "RTP not sent to the browser");
+                }
+            }
+            received = sip_rtcp.recv_from(&mut buf_rtcp) => {
+                let Ok((_, source)) = received else { continue };
+                if sip_rtcp_latch.accept(Instant::now(), source) {
+                    stream.counters.touch();
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => stream.leg.handle_timeout(Instant::now()),
+            command = control.recv() => match command {
+                Some(Control::Peer { side, destination, signalling }) if side != stream.browser_side => {
+                    sip_latch.signal(destination, signalling);
+                    sip_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+                }
+                Some(Control::Peer { .. }) => {}
+                None => return,
+            },
+            _ = check.tick() => {
+                if stream.counters.idle(stream.timeout) && !reported {
+                    let _ = stream.timeouts.send(stream.call);
                     reported = true;
                 }
             }

@@ -40,6 +40,35 @@ pub fn parse_rtp(packet: &[u8]) -> Result<RtpHeader, RtpError> {
     })
 }
 
+/// The payload of an RTP packet: after the CSRC list and header extension,
+/// before any padding (RFC 3550 §5.1, §5.3.1).
+pub fn rtp_payload(packet: &[u8]) -> Result<&[u8], RtpError> {
+    parse_rtp(packet)?;
+    let csrc_count = usize::from(packet[0] & 0x0f);
+    let mut start = 12 + 4 * csrc_count;
+    if packet[0] & 0x10 != 0 {
+        let words = packet.get(start + 2..start + 4).ok_or(RtpError::Short)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let mut end = packet.len();
+    if packet[0] & 0x20 != 0 {
+        let padding = usize::from(*packet.last().ok_or(RtpError::Short)?);
+        end = end.checked_sub(padding).ok_or(RtpError::Short)?;
+    }
+    packet.get(start..end).ok_or(RtpError::Short)
+}
+
+/// An RTP packet with a fixed 12-byte header (no CSRCs, no extension).
+pub fn build_rtp(header: &RtpHeader, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(0x80);
+    out.push((header.payload_type & 0x7f) | if header.marker { 0x80 } else { 0 });
+    out.extend_from_slice(&header.sequence.to_be_bytes());
+    out.extend_from_slice(&header.timestamp.to_be_bytes());
+    out.extend_from_slice(&header.ssrc.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
 /// RTCP when RTP and RTCP share a port: packet types 192–223 (RFC 5761 §4).
 pub fn is_rtcp(packet: &[u8]) -> bool {
     packet.len() >= 8 && packet[0] >> 6 == 2 && (192..=223).contains(&packet[1])
@@ -131,6 +160,27 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("addr")
+    }
+
+    #[test]
+    fn payload_skips_csrcs_extension_and_padding() {
+        let header = RtpHeader { payload_type: 0, marker: false, sequence: 7, timestamp: 160, ssrc: 9 };
+        let mut plain = Vec::new();
+        build_rtp(&header, b"voice", &mut plain);
+        assert_eq!(parse_rtp(&plain), Ok(header));
+        assert_eq!(rtp_payload(&plain), Ok(&b"voice"[..]));
+        // X and P bits, one CSRC, a one-word extension, two bytes of padding.
+        let mut packet = vec![0xb1, 0, 0, 7, 0, 0, 0, 160, 0, 0, 0, 9, 1, 2, 3, 4, 0xbe, 0xde, 0, 1, 9, 9, 9, 9];
+        packet.extend_from_slice(b"voice");
+        packet.extend_from_slice(&[0, 2]);
+        assert_eq!(rtp_payload(&packet), Ok(&b"voice"[..]));
+        // Lengths that point past the end are refused, not sliced.
+        packet[19] = 200;
+        assert_eq!(rtp_payload(&packet), Err(RtpError::Short));
+        let mut padded = plain.clone();
+        padded[0] |= 0x20;
+        *padded.last_mut().expect("byte") = 250;
+        assert_eq!(rtp_payload(&padded), Err(RtpError::Short));
     }
 
     #[test]

@@ -54,6 +54,48 @@ pub struct SessionDescription {
     pub media: Vec<Media>,
 }
 
+/// An RTP payload format: `a=rtpmap:<pt> <name>/<rate>[/<channels>]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RtpMap {
+    pub payload_type: u8,
+    pub name: String,
+    pub clock_rate: u32,
+    pub channels: u16,
+}
+
+impl RtpMap {
+    fn parse(payload_type: u8, encoding: &str) -> Option<RtpMap> {
+        let mut parts = encoding.split('/');
+        let name = parts.next()?.to_string();
+        let clock_rate = parts.next()?.parse().ok()?;
+        let channels = match parts.next() {
+            Some(c) => c.parse().ok()?,
+            None => 1,
+        };
+        Some(RtpMap { payload_type, name, clock_rate, channels })
+    }
+
+    /// RFC 3551 §6's static audio payload types that phones still send without `a=rtpmap`.
+    fn static_format(payload_type: u8) -> Option<RtpMap> {
+        let (name, clock_rate) = match payload_type {
+            0 => ("PCMU", 8000),
+            3 => ("GSM", 8000),
+            4 => ("G723", 8000),
+            8 => ("PCMA", 8000),
+            9 => ("G722", 8000),
+            13 => ("CN", 8000),
+            18 => ("G729", 8000),
+            _ => return None,
+        };
+        Some(RtpMap { payload_type, name: name.to_string(), clock_rate, channels: 1 })
+    }
+
+    /// Same encoding (names are case-insensitive, RFC 4855 §3).
+    pub fn same_encoding(&self, other: &RtpMap) -> bool {
+        self.name.eq_ignore_ascii_case(&other.name) && self.clock_rate == other.clock_rate
+    }
+}
+
 /// Stream direction (RFC 3264 §5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -128,6 +170,40 @@ impl Media {
     /// Attribute values `a=name:value` (or `a=name` with an empty value).
     pub fn attributes<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         attributes(&self.lines, name)
+    }
+
+    /// DTLS-SRTP media (WebRTC's `UDP/TLS/RTP/SAVPF`, RFC 5764 §8), which the
+    /// box terminates instead of relaying.
+    pub fn is_dtls_srtp(&self) -> bool {
+        let protocol = self.protocol.to_ascii_uppercase();
+        protocol.starts_with("UDP/TLS/") || protocol.contains("DTLS")
+    }
+
+    /// The payload formats in the `m=` line's order, named by `a=rtpmap` or
+    /// RFC 3551's static table; formats neither names are left out.
+    pub fn rtp_maps(&self) -> Vec<RtpMap> {
+        self.formats
+            .iter()
+            .filter_map(|f| f.parse::<u8>().ok())
+            .filter_map(|pt| {
+                let declared = self.attributes("rtpmap").find_map(|v| {
+                    let (number, encoding) = v.split_once(' ')?;
+                    (number.trim().parse::<u8>().ok()? == pt).then_some(encoding.trim())
+                });
+                match declared {
+                    Some(encoding) => RtpMap::parse(pt, encoding),
+                    None => RtpMap::static_format(pt),
+                }
+            })
+            .collect()
+    }
+
+    /// The `a=fmtp` parameters of payload type `pt`.
+    pub fn fmtp(&self, pt: u8) -> Option<&str> {
+        self.attributes("fmtp").find_map(|v| {
+            let (number, parameters) = v.split_once(' ')?;
+            (number.trim().parse::<u8>().ok()? == pt).then_some(parameters.trim())
+        })
     }
 
     pub fn direction(&self) -> Option<Direction> {
@@ -306,6 +382,29 @@ a=rtpmap:32 MPV/90000\r\n";
     /// RFC 4317 §2.1 (hold), with IP addresses.
     const HOLD: &str = "v=0\r\no=bob 2808844564 2808844565 IN IP4 192.0.2.2\r\ns=\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
 m=audio 49172 RTP/AVP 0\r\na=sendonly\r\na=rtpmap:0 PCMU/8000\r\n";
+
+    #[test]
+    fn payload_formats_from_rtpmap_and_the_static_table() {
+        let sdp = SessionDescription::parse(OFFER.as_bytes()).expect("parse");
+        let names: Vec<(u8, String, u32)> =
+            sdp.media[0].rtp_maps().into_iter().map(|m| (m.payload_type, m.name, m.clock_rate)).collect();
+        assert_eq!(names, [(0, "PCMU".into(), 8000), (8, "PCMA".into(), 8000), (97, "iLBC".into(), 8000)]);
+        // Without a=rtpmap, static types still have names (RFC 3551 §6).
+        let bare = SessionDescription::parse(b"v=0\r\nm=audio 4000 RTP/AVP 18 8 96\r\n").expect("parse");
+        let names: Vec<String> = bare.media[0].rtp_maps().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["G729", "PCMA"]);
+        assert!(!bare.media[0].is_dtls_srtp());
+        let webrtc = SessionDescription::parse(
+            b"v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:126 telephone-event/8000\r\n",
+        )
+        .expect("parse");
+        let media = &webrtc.media[0];
+        assert!(media.is_dtls_srtp());
+        assert_eq!(media.rtp_maps()[0].channels, 2);
+        assert_eq!(media.fmtp(111), Some("minptime=10;useinbandfec=1"));
+        assert_eq!(media.fmtp(126), None);
+    }
 
     #[test]
     fn rfc3264_offer_round_trips_byte_for_byte() {

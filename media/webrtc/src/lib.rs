@@ -1,0 +1,331 @@
+//! The box's end of a WebRTC media session, sans-IO: one audio stream over
+//! one UDP port (ICE-lite, DTLS-SRTP, RTCP-mux, BUNDLE), built on webrtc-rs's
+//! `rtc` peer connection. The driver owns the socket and the clock: it feeds
+//! datagrams to [`WebRtcLeg::handle_datagram`], sends what
+//! [`WebRtcLeg::poll_transmit`] gives, and calls [`WebRtcLeg::handle_timeout`]
+//! at [`WebRtcLeg::poll_timeout`]. Decrypted RTP comes out of
+//! [`WebRtcLeg::poll_rtp`]; RTP to send goes into [`WebRtcLeg::send_rtp`].
+//!
+//! The box is ICE-lite (RFC 8445 §2.5): it has one address per call that the
+//! browser must reach anyway (directly or through a TURN relay), so it only
+//! answers checks; the browser's full agent picks the pair, and media goes
+//! only to the address the browser proved with a check (consent, RFC 7675).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use branchgate_sdp::SessionDescription;
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebRtcError {
+    #[error("WebRTC session: {0}")]
+    Session(String),
+    #[error("no audio codec in common")]
+    NoCommonCodec,
+}
+
+fn session_error(e: impl std::fmt::Display) -> WebRtcError {
+    WebRtcError::Session(e.to_string())
+}
+
+/// An audio codec as both legs of a call name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AudioCodec {
+    /// Encoding name as in `a=rtpmap` (`PCMU`, `PCMA`, `G722`, `opus`, `telephone-event`).
+    pub name: String,
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    pub channels: u16,
+    /// `a=fmtp` parameters, empty when none.
+    pub fmtp: String,
+}
+
+impl AudioCodec {
+    fn parameters(&self) -> RTCRtpCodecParameters {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: format!("audio/{}", self.name),
+                clock_rate: self.clock_rate,
+                channels: self.channels,
+                sdp_fmtp_line: self.fmtp.clone(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: self.payload_type,
+        }
+    }
+}
+
+/// One RTP packet's fields that cross between legs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rtp {
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload: Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegState {
+    Connecting,
+    Connected,
+    /// ICE or DTLS failed, or consent was lost: the call's media is gone.
+    Failed,
+    Closed,
+}
+
+/// The box's end of one browser's audio session.
+pub struct WebRtcLeg {
+    connection: RTCPeerConnection,
+    local: SocketAddr,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    state: LegState,
+}
+
+impl std::fmt::Debug for WebRtcLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcLeg").field("local", &self.local).field("state", &self.state).finish()
+    }
+}
+
+impl WebRtcLeg {
+    /// Answers a browser's offer: the box receives and sends `codecs` (the
+    /// first is the voice codec; `telephone-event` may follow) on `local`,
+    /// the address and port the browser must reach. Returns the answer SDP.
+    pub fn answer(
+        now: Instant,
+        offer: &str,
+        local: SocketAddr,
+        codecs: &[AudioCodec],
+    ) -> Result<(WebRtcLeg, String), WebRtcError> {
+        let voice = codecs.first().ok_or(WebRtcError::NoCommonCodec)?;
+        let mut media = MediaEngine::default();
+        for codec in codecs {
+            media.register_codec(codec.parameters(), RtpCodecKind::Audio).map_err(session_error)?;
+        }
+        let registry = configure_rtcp_reports(Registry::new());
+        let settings = SettingEngineBuilder::new().with_lite(true).build();
+        let mut connection = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(session_error)?;
+        let offer = RTCSessionDescription::offer(only_formats(offer, codecs)?).map_err(session_error)?;
+        connection.set_remote_description(now, offer).map_err(session_error)?;
+        let ssrc: u32 = rand::thread_rng().r#gen();
+        let token = || format!("{:016x}", rand::thread_rng().r#gen::<u64>());
+        let track = MediaStreamTrack::new(
+            token(),
+            token(),
+            "branchgate".to_string(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                codec: voice.parameters().rtp_codec,
+                ..Default::default()
+            }],
+        );
+        let sender = connection.add_track(track).map_err(session_error)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_string(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(session_error)?;
+        let init = RTCIceCandidate::from(&candidate).to_json().map_err(session_error)?;
+        connection.add_local_candidate(init).map_err(session_error)?;
+        let answer = connection.create_answer(None).map_err(session_error)?;
+        let sdp = answer.sdp.clone();
+        connection.set_local_description(now, answer).map_err(session_error)?;
+        let mut leg = WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting };
+        leg.drain_events();
+        Ok((leg, sdp))
+    }
+
+    pub fn state(&self) -> LegState {
+        self.state
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A datagram that arrived on the leg's port (STUN, DTLS, SRTP or SRTCP).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let message = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        // A bad or unexpected datagram is dropped; the session goes on.
+        let _ = self.connection.handle_read(message);
+        self.drain_events();
+    }
+
+    /// The next datagram to send, and where.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.connection.poll_write().map(|m| (m.transport.peer_addr, m.message))
+    }
+
+    /// The next decrypted RTP packet from the browser.
+    pub fn poll_rtp(&mut self) -> Option<Rtp> {
+        while let Some(TaggedRTCMessage { message, .. }) = self.connection.poll_read() {
+            if let RTCMessage::RtpPacket(_, packet) = message {
+                return Some(Rtp {
+                    payload_type: packet.header.payload_type,
+                    sequence: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    payload: packet.payload,
+                });
+            }
+        }
+        None
+    }
+
+    /// Sends one RTP packet to the browser (encrypted; dropped until connected).
+    pub fn send_rtp(&mut self, now: Instant, rtp: Rtp) -> Result<(), WebRtcError> {
+        if self.state != LegState::Connected {
+            return Ok(());
+        }
+        let mut packet = rtc::rtp::Packet::default();
+        packet.header.version = 2;
+        packet.header.payload_type = rtp.payload_type;
+        packet.header.sequence_number = rtp.sequence;
+        packet.header.timestamp = rtp.timestamp;
+        packet.header.marker = rtp.marker;
+        packet.header.ssrc = self.ssrc;
+        packet.payload = rtp.payload;
+        let mut sender = self.connection.rtp_sender(self.sender).ok_or(WebRtcError::NoCommonCodec)?;
+        sender.write_rtp(now, packet).map_err(session_error)
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.connection.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let _ = self.connection.handle_timeout(now);
+        self.drain_events();
+    }
+
+    pub fn close(&mut self) {
+        let _ = self.connection.close();
+        self.state = LegState::Closed;
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.connection.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                self.state = match state {
+                    RTCPeerConnectionState::Connected => LegState::Connected,
+                    RTCPeerConnectionState::Failed => LegState::Failed,
+                    RTCPeerConnectionState::Closed => LegState::Closed,
+                    _ => self.state,
+                };
+            }
+        }
+    }
+}
+
+/// The offer with its audio sections narrowed to `codecs`' payload types.
+/// The peer connection's codec matching ignores clock rates for some codecs
+/// (it pairs `telephone-event/8000` with an offered `telephone-event/48000`),
+/// so it only sees what the box will really send and receive.
+fn only_formats(offer: &str, codecs: &[AudioCodec]) -> Result<String, WebRtcError> {
+    let mut sdp = SessionDescription::parse(offer.as_bytes()).map_err(session_error)?;
+    let keep: Vec<String> = codecs.iter().map(|c| c.payload_type.to_string()).collect();
+    for media in sdp.media.iter_mut().filter(|m| m.kind == "audio") {
+        media.formats.retain(|f| keep.contains(f));
+        media.lines.retain(|line| {
+            let Some((name, value)) = line.value.split_once(':') else { return true };
+            let format = value.split_whitespace().next().unwrap_or("");
+            line.kind != 'a'
+                || !matches!(name, "rtpmap" | "fmtp" | "rtcp-fb")
+                || format == "*"
+                || keep.iter().any(|k| k == format)
+        });
+    }
+    Ok(sdp.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROMIUM_OFFER: &str = include_str!("../tests/chromium-offer.sdp");
+
+    fn pcmu() -> Vec<AudioCodec> {
+        vec![
+            AudioCodec { name: "PCMU".into(), payload_type: 0, clock_rate: 8000, channels: 1, fmtp: String::new() },
+            AudioCodec {
+                name: "telephone-event".into(),
+                payload_type: 126,
+                clock_rate: 8000,
+                channels: 1,
+                fmtp: "0-16".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn answers_a_chromium_offer_with_the_chosen_codec_only() {
+        let local: SocketAddr = "192.0.2.1:20000".parse().expect("addr");
+        let (leg, answer) = WebRtcLeg::answer(Instant::now(), CHROMIUM_OFFER, local, &pcmu()).expect("answer");
+        assert_eq!(leg.state(), LegState::Connecting);
+        let m_line = answer.lines().find(|l| l.starts_with("m=audio")).expect("m=audio");
+        assert!(m_line.contains("UDP/TLS/RTP/SAVPF"), "{m_line}");
+        let formats: Vec<&str> = m_line.split_whitespace().skip(3).collect();
+        assert_eq!(formats, ["0", "126"], "{answer}");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+        assert!(answer.contains("a=fingerprint:sha-256 "), "{answer}");
+        assert!(answer.contains("a=rtcp-mux"), "{answer}");
+        assert!(answer.contains("192.0.2.1 20000 typ host"), "{answer}");
+        assert!(!answer.contains("setup:actpass"), "{answer}");
+    }
+
+    #[test]
+    fn refuses_an_offer_that_is_not_sdp() {
+        let local: SocketAddr = "192.0.2.1:20000".parse().expect("addr");
+        assert!(WebRtcLeg::answer(Instant::now(), "hello", local, &pcmu()).is_err());
+        assert!(matches!(
+            WebRtcLeg::answer(Instant::now(), CHROMIUM_OFFER, local, &[]),
+            Err(WebRtcError::NoCommonCodec)
+        ));
+    }
+}

@@ -1,0 +1,94 @@
+// baresip (Debian `baresip-core`) as a real SIP phone on loopback: registers
+// with the box over UDP, answers calls by itself, sends a sine tone and
+// writes what it hears to a WAV file.
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, readdirSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "./box.mjs";
+
+/**
+ * Starts baresip registered as `user` at the box. Returns {heard(), stop(), output}.
+ * `codecs` is baresip's audio codec list for the account (e.g. "PCMU,PCMA").
+ */
+export async function startBaresip({ box, user, password, domain, codecs = "PCMU,PCMA", tone = 1000 }) {
+  const home = mkdtempSync(join(tmpdir(), "baresip-"));
+  mkdirSync(join(home, ".baresip"));
+  const sipPort = await freePort();
+  const rtpStart = await freePort();
+  writeFileSync(join(home, ".baresip", "config"), [
+    "poll_method epoll",
+    `sip_listen 127.0.0.1:${sipPort}`,
+    // No player (user-space ALSA devices are not paced in real time): the sndfile
+    // filter records what baresip decodes, as the RTP arrives.
+    "audio_player none,none",
+    `snd_path ${home}`,
+    `audio_source ausine,${tone}`,
+    // ausine produces 48 kHz stereo only; baresip resamples to the codec's rate.
+    "ausrc_srate 48000",
+    "ausrc_channels 2",
+    "audio_alert aufile,/dev/null",
+    `rtp_ports ${rtpStart}-${rtpStart + 10}`,
+    "module_path /usr/lib/baresip/modules",
+    "module g711.so",
+    "module g722.so",
+    "module ausine.so",
+    "module aufile.so",
+    "module sndfile.so",
+    "module account.so",
+    "module_app menu.so",
+    "",
+  ].join("\n"));
+  writeFileSync(join(home, ".baresip", "accounts"),
+    `<sip:${user}@${domain}>;outbound="sip:127.0.0.1:${box.sipPort}";auth_pass=${password};` +
+    `answermode=auto;audio_codecs=${codecs};regint=60\n`);
+  const child = spawn("baresip", [...(process.env.BARESIP_TRACE ? ["-s"] : []), "-f", join(home, ".baresip")], { env: { ...process.env, HOME: home }, stdio: ["pipe", "pipe", "pipe"] });
+  const phone = { home, output: "", child };
+  /** The WAV file of what baresip decoded in its last call (sndfile names it by date). */
+  phone.heard = () => readdirSync(home).filter((f) => f.endsWith("-dec.wav")).sort().map((f) => join(home, f)).pop();
+  child.stdout.on("data", (d) => { phone.output += d; });
+  child.stderr.on("data", (d) => { phone.output += d; });
+  for (let i = 0; i < 100 && !/200 OK|registered/i.test(phone.output); i++) await new Promise((r) => setTimeout(r, 100));
+  phone.stop = () => new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once("exit", resolve);
+    child.kill("SIGTERM");
+    setTimeout(() => child.kill("SIGKILL"), 2000);
+  });
+  return phone;
+}
+
+/** Reads a 16-bit PCM WAV file: {sampleRate, samples (Int16Array)}, or null when absent. */
+export function readWav(path) {
+  if (!path || !existsSync(path)) return null;
+  const data = readFileSync(path);
+  if (data.length < 44) return null;
+  const sampleRate = data.readUInt32LE(24);
+  // Find the "data" chunk (baresip writes a plain 44-byte header).
+  let offset = 12;
+  while (offset + 8 <= data.length) {
+    const id = data.toString("ascii", offset, offset + 4);
+    const size = data.readUInt32LE(offset + 4);
+    if (id === "data") {
+      const end = Math.min(data.length, offset + 8 + (size || data.length));
+      const bytes = data.subarray(offset + 8, end - ((end - offset - 8) % 2));
+      return { sampleRate, samples: new Int16Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+    }
+    offset += 8 + size;
+  }
+  return null;
+}
+
+/** Goertzel power ratio of `frequency` in `samples` against the total energy (0..1). */
+export function toneShare(samples, sampleRate, frequency) {
+  if (!samples || samples.length === 0) return 0;
+  const k = 2 * Math.cos((2 * Math.PI * frequency) / sampleRate);
+  let s1 = 0, s2 = 0, energy = 0;
+  for (const x of samples) {
+    const s0 = x + k * s1 - s2;
+    s2 = s1; s1 = s0;
+    energy += x * x;
+  }
+  const power = s1 * s1 + s2 * s2 - k * s1 * s2;
+  return energy === 0 ? 0 : (2 * power) / (samples.length * energy);
+}
