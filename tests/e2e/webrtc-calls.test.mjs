@@ -210,3 +210,21 @@ test("a browser (JsSIP over WSS) calls a SIP phone (baresip over UDP): G.711 pas
     await cleanup();
   }
 });
+
+test("a SIP phone (baresip over UDP) calls a browser registered over WSS: the box offers WebRTC, audio both ways", async (t) => {
+  const { api, page, phone, cleanup } = await lab(t);
+  try {
+    const answered = page.evaluate(async () => {
+      await softphone.answer();
+      return softphone.measure();
+    });
+    phone.dial(`sip:1001@${DOMAIN}`);
+    const result = await answered;
+    // Stopping baresip after the measurement hangs the call up from its side (the caller).
+    await checkAudioBothWays(result, phone, "audio/PCMU");
+    const csv = new TextDecoder().decode((await api.get("/api/v1/sip/cdr.csv")).bytes);
+    assert.match(csv, /"1002","1001","1001","200","caller-bye"/);
+  } finally {
+    await cleanup();
+  }
+});

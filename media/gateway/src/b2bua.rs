@@ -255,10 +255,12 @@ struct Call {
 #[derive(Debug)]
 struct BrowserMedia {
     side: Side,
-    /// The browser's offer, answered once the SIP side has chosen a codec.
+    /// The caller's offer as it came (a browser's, or the SIP caller's for a browser callee).
     offer: SessionDescription,
-    /// The answer the browser got (again in a 2xx after an 18x with SDP).
+    /// The answer the caller got (again in a 2xx after an 18x with SDP).
     answer: Option<Vec<u8>>,
+    /// For a browser callee: the box's session that offered, until the browser answers.
+    offering: Option<Box<WebRtcLeg>>,
 }
 
 /// Calls the box carries at once, and per user (a stolen password cannot take them all).
@@ -697,6 +699,34 @@ impl B2bua {
             Ok(targets) => targets,
             Err((code, reason)) => return self.reply(now, &key, &request, code, reason),
         };
+        // A callee registered over WebSocket is a browser: the box terminates its WebRTC.
+        let to_browser =
+            matches!(targets.first(), Some(Target::User { binding, .. }) if binding.flow.transport == Transport::Ws);
+        let browser_media = match (browser, to_browser, &offer) {
+            (Some(_), true, _) => {
+                let response = with_warning(
+                    request.response(488, "Not Acceptable Here"),
+                    "browser-to-browser calls are not supported yet",
+                );
+                return self.sip.respond(now, &key, response);
+            }
+            (Some(offer), false, _) => Some(BrowserMedia { side: Side::A, offer, answer: None, offering: None }),
+            (None, true, Some(offer)) => {
+                if let Err(reason) = webrtc::browser_offer_codecs(offer) {
+                    let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
+                    return self.sip.respond(now, &key, response);
+                }
+                Some(BrowserMedia { side: Side::B, offer: offer.clone(), answer: None, offering: None })
+            }
+            (None, true, None) => {
+                let response = with_warning(
+                    request.response(488, "Not Acceptable Here"),
+                    "calls without an offer cannot reach a browser yet",
+                );
+                return self.sip.respond(now, &key, response);
+            }
+            (None, false, _) => None,
+        };
         let id = self.next_call;
         self.next_call += 1;
         self.calls_started += 1;
@@ -741,7 +771,7 @@ impl B2bua {
                 last_status: 0,
                 relays: HashMap::new(),
                 awaiting_ack: Vec::new(),
-                browser: browser.map(|offer| BrowserMedia { side: Side::A, offer, answer: None }),
+                browser: browser_media,
             },
         );
         if let Some(offer) = offer {
@@ -873,14 +903,26 @@ impl B2bua {
             }
         }
         let offer = call.offer.clone();
+        let browser_callee = call.browser.as_ref().is_some_and(|b| b.side == Side::B);
         call.b = Some(leg);
         self.dialogs.insert(call_id, (id, Side::B));
-        let body = offer.map(|mut sdp| {
-            let ports: Vec<u16> =
-                self.calls.get(&id).map(|c| c.streams.iter().map(|s| s.b_port).collect()).unwrap_or_default();
-            sdp.anchor(local_ip, &ports);
-            sdp.to_bytes()
-        });
+        let body = if browser_callee {
+            match self.offer_browser(now, id, local_ip) {
+                Ok(body) => Some(body),
+                Err(reason) => {
+                    tracing::info!(call = id, reason, "no WebRTC offer for the browser");
+                    self.answer_a(now, id, 488, "Not Acceptable Here", None);
+                    return self.end(now, id, 488, "no-common-codec");
+                }
+            }
+        } else {
+            offer.map(|mut sdp| {
+                let ports: Vec<u16> =
+                    self.calls.get(&id).map(|c| c.streams.iter().map(|s| s.b_port).collect()).unwrap_or_default();
+                sdp.anchor(local_ip, &ports);
+                sdp.to_bytes()
+            })
+        };
         let Some(mut request) = self.dialog_request(id, Side::B, "INVITE", body) else { return };
         request.set("Max-Forwards", max_forwards.to_string());
         for (name, value) in passed {
@@ -1082,6 +1124,49 @@ impl B2bua {
         }
     }
 
+    /// The box's WebRTC offer to a browser callee, on the stream's B port.
+    fn offer_browser(&mut self, now: Instant, id: u64, local_ip: IpAddr) -> Result<Vec<u8>, &'static str> {
+        let call = self.calls.get_mut(&id).ok_or("call gone")?;
+        let ports = *call.streams.first().ok_or("no media stream")?;
+        let browser = call.browser.as_mut().ok_or("no browser")?;
+        let codecs = webrtc::browser_offer_codecs(&browser.offer)?;
+        let (leg, offer) = WebRtcLeg::offer(now, SocketAddr::new(local_ip, ports.b_port), &codecs)
+            .map_err(|_| "the WebRTC session could not be set up")?;
+        browser.offering = Some(Box::new(leg));
+        Ok(offer.into_bytes())
+    }
+
+    /// A browser callee's answer: the box's session takes it and goes to the
+    /// relay; the SIP caller is answered with the codec the browser chose.
+    fn browser_answered(&mut self, now: Instant, id: u64, sdp: SessionDescription) -> Result<Option<Vec<u8>>, String> {
+        let call = self.calls.get_mut(&id).ok_or("call gone")?;
+        let ports = *call.streams.first().ok_or("no media stream")?;
+        let a_ip = call.a.local_ip;
+        let signalling = call.a.flow.remote.ip();
+        let browser = call.browser.as_mut().ok_or("no browser")?;
+        if let Some(answer) = browser.answer.clone() {
+            return Ok(Some(answer));
+        }
+        let (mut answer, payloads) = webrtc::sip_answer(&browser.offer, &sdp)?;
+        let mut leg = browser.offering.take().ok_or("no WebRTC offer was made")?;
+        leg.accept_answer(now, &sdp.to_string()).map_err(|e| e.to_string())?;
+        let destination = browser.offer.media_destination(0);
+        answer.anchor(a_ip, &[ports.a_port]);
+        let answer = answer.to_bytes();
+        browser.answer = Some(answer.clone());
+        self.actions.push_back(Action::OpenWebRtc {
+            call: id,
+            index: 0,
+            ports,
+            side: Side::B,
+            leg: LegHandoff(leg),
+            payloads,
+        });
+        // The caller's address, given again now that the relay exists.
+        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, destination, signalling });
+        Ok(Some(answer))
+    }
+
     /// Leg B's SDP in an answer to the caller's INVITE, as the caller must see
     /// it: anchored, or for a browser the box's WebRTC answer (built once, when
     /// the SIP side first names its codec).
@@ -1090,6 +1175,9 @@ impl B2bua {
             return self.relay_body(id, Side::B, response);
         };
         let Some(sdp) = sdp_of(response)? else { return Ok(None) };
+        if browser.side == Side::B {
+            return self.browser_answered(now, id, sdp);
+        }
         if let Some(answer) = browser.answer.clone() {
             self.anchor(id, Side::B, sdp).ok_or("no media ports left")?;
             return Ok(Some(answer));

@@ -42,6 +42,8 @@ struct Lab {
     b2bua: B2bua,
     now: Instant,
     calls: u32,
+    /// The SDP the caller's INVITEs carry.
+    offer: String,
 }
 
 impl Lab {
@@ -54,7 +56,12 @@ impl Lab {
         calls.routes = routes;
         calls.emergency_numbers = vec!["112".into()];
         calls.advertise_ip = "203.0.113.1".parse().expect("ip");
-        Lab { b2bua: B2bua::new(Server::new(config, [1; 32], now), calls, [42; 32], now), now, calls: 0 }
+        Lab {
+            b2bua: B2bua::new(Server::new(config, [1; 32], now), calls, [42; 32], now),
+            now,
+            calls: 0,
+            offer: OFFER.to_string(),
+        }
     }
 
     /// Feeds a message and returns what the box sent, as (destination, message).
@@ -78,7 +85,10 @@ impl Lab {
     /// The caller's INVITE to `number`, authenticated after the 407 challenge.
     fn call(&mut self, number: &str) -> Vec<(SocketAddr, Message)> {
         self.calls += 1;
-        let first = self.send(CALLER, &invite(number, "").replace("caller1", &format!("caller1-{}", self.calls)));
+        let first = self.send(
+            CALLER,
+            &invite_with(number, "", &self.offer.clone()).replace("caller1", &format!("caller1-{}", self.calls)),
+        );
         let challenge = first
             .iter()
             .find(|(_, m)| code(m) == 407)
@@ -92,12 +102,13 @@ impl Lab {
         ))
         .expect("credentials");
         let response = expected_response(Algorithm::Md5, &ha1(), "INVITE", &c);
-        let second = invite(
+        let second = invite_with(
             number,
             &format!(
                 "Proxy-Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
 response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
             ),
+            &self.offer.clone(),
         );
         self.send(CALLER, &second.replace("caller2", &format!("caller2-{}", self.calls)))
     }
@@ -111,14 +122,18 @@ const OFFER: &str =
     "v=0\r\no=alice 1 1 IN IP4 10.1.1.5\r\ns=-\r\nc=IN IP4 10.1.1.5\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
 fn invite(number: &str, auth: &str) -> String {
+    invite_with(number, auth, OFFER)
+}
+
+fn invite_with(number: &str, auth: &str, offer: &str) -> String {
     let branch = if auth.is_empty() { "z9hG4bKcaller1" } else { "z9hG4bKcaller2" };
     format!(
         "INVITE sip:{number}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch={branch}\r\n\
 From: \"Alice\" <sip:1001@{DOMAIN}>;tag=alicetag\r\nTo: <sip:{number}@{DOMAIN}>\r\nCall-ID: alice-call@10.1.1.5\r\n\
 CSeq: {} INVITE\r\nContact: <sip:1001@10.1.1.5:5062>\r\nMax-Forwards: 70\r\nX-Internal: secret-pbx-7\r\n{auth}\
-Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
         if auth.is_empty() { 1 } else { 2 },
-        OFFER.len()
+        offer.len()
     )
 }
 
@@ -440,4 +455,57 @@ Call-ID: alice-call@10.1.1.5\r\nCSeq: 3 ACK\r\nContent-Type: application/sdp\r\n
     let body = String::from_utf8_lossy(&ack_b.body).into_owned();
     assert!(body.contains("c=IN IP4 203.0.113.1") && !body.contains("10.1.1.5"), "{body}");
     assert_eq!(ack_b.cseq(), relayed.cseq().map(|(n, _)| (n, "ACK")));
+}
+
+/// Chromium's offer as JsSIP sends it (ICE, DTLS-SRTP, Opus first).
+const CHROMIUM_OFFER: &str = include_str!("../../webrtc/tests/chromium-offer.sdp");
+
+#[test]
+fn a_browsers_offer_is_terminated_on_the_box_and_the_trunk_sees_plain_rtp() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    lab.offer = CHROMIUM_OFFER.to_string();
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").clone();
+    let offer = String::from_utf8_lossy(&invite.body).into_owned();
+    // Plain RTP with the passthrough codecs only: no ICE, no DTLS, no Opus, nothing of the browser's.
+    assert!(offer.contains("m=audio ") && offer.contains(" RTP/AVP 9 0 8 126\r\n"), "{offer}");
+    for leak in ["SAVPF", "fingerprint", "ice-ufrag", "candidate", "opus", "192.0.2.10 46243", "3735928559"] {
+        assert!(!offer.contains(leak), "{leak} in the trunk's offer\n{offer}");
+    }
+    assert!(offer.contains("c=IN IP4 203.0.113.1"));
+    assert!(!lab.actions().iter().any(|a| matches!(a, Action::OpenStream { .. })), "no plain relay for the browser");
+
+    let answer_sdp =
+        "v=0\r\no=bob 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
+    let out = lab.send(T1, &answer(&invite, 200, "t1", answer_sdp));
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser").1.clone();
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("UDP/TLS/RTP/SAVPF 8\r\n") || body.contains("UDP/TLS/RTP/SAVPF 8 "), "{body}");
+    assert!(body.contains("a=ice-lite") && body.contains("a=fingerprint:sha-256"), "{body}");
+    assert!(!body.contains("192.0.2.99"), "the trunk's address is hidden\n{body}");
+    let actions = lab.actions();
+    let (ports, payloads) = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::OpenWebRtc { ports, side: Side::A, payloads, .. } => Some((*ports, *payloads)),
+            _ => None,
+        })
+        .expect("the browser's session goes to the relay");
+    assert!(body.contains(&format!("203.0.113.1 {} typ host", ports.a_port)), "{body}");
+    assert_eq!((payloads.voice.sip, payloads.voice.browser), (8, 8));
+    // The trunk's address reaches the relay after the session (whose relay must exist first).
+    let open = actions.iter().position(|a| matches!(a, Action::OpenWebRtc { .. })).expect("open");
+    let peer = actions.iter().position(|a| matches!(a, Action::Peer { side: Side::B, .. })).expect("peer");
+    assert!(open < peer);
+}
+
+#[test]
+fn a_browser_offer_with_nothing_to_pass_through_is_refused_with_488() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    lab.offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+a=rtpmap:111 opus/48000/2\r\n"
+        .to_string();
+    let out = lab.call("95551234");
+    let refused = out.iter().find(|(_, m)| code(m) == 488).expect("488");
+    assert!(refused.1.get("Warning").is_some_and(|w| w.contains("G.711")), "{:?}", refused.1.get("Warning"));
 }

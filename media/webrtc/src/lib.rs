@@ -120,56 +120,40 @@ impl WebRtcLeg {
         local: SocketAddr,
         codecs: &[AudioCodec],
     ) -> Result<(WebRtcLeg, String), WebRtcError> {
-        let voice = codecs.first().ok_or(WebRtcError::NoCommonCodec)?;
-        let mut media = MediaEngine::default();
-        for codec in codecs {
-            media.register_codec(codec.parameters(), RtpCodecKind::Audio).map_err(session_error)?;
-        }
-        let registry = configure_rtcp_reports(Registry::new());
-        let settings = SettingEngineBuilder::new().with_lite(true).build();
-        let mut connection = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(settings)
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .build(now)
-            .map_err(session_error)?;
+        let mut connection = connection(now, codecs)?;
         let offer = RTCSessionDescription::offer(only_formats(offer, codecs)?).map_err(session_error)?;
         connection.set_remote_description(now, offer).map_err(session_error)?;
-        let ssrc: u32 = rand::thread_rng().r#gen();
-        let token = || format!("{:016x}", rand::thread_rng().r#gen::<u64>());
-        let track = MediaStreamTrack::new(
-            token(),
-            token(),
-            "branchgate".to_string(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-                codec: voice.parameters().rtp_codec,
-                ..Default::default()
-            }],
-        );
-        let sender = connection.add_track(track).map_err(session_error)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_string(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(session_error)?;
-        let init = RTCIceCandidate::from(&candidate).to_json().map_err(session_error)?;
-        connection.add_local_candidate(init).map_err(session_error)?;
+        let (sender, ssrc) = add_audio_track(&mut connection, codecs)?;
+        add_host_candidate(&mut connection, local)?;
         let answer = connection.create_answer(None).map_err(session_error)?;
         let sdp = answer.sdp.clone();
         connection.set_local_description(now, answer).map_err(session_error)?;
         let mut leg = WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting };
         leg.drain_events();
         Ok((leg, sdp))
+    }
+
+    /// Offers a browser `codecs` (in preference order; `telephone-event`
+    /// may be among them) on `local`. Returns the offer SDP; the browser's
+    /// answer goes to [`WebRtcLeg::accept_answer`].
+    pub fn offer(now: Instant, local: SocketAddr, codecs: &[AudioCodec]) -> Result<(WebRtcLeg, String), WebRtcError> {
+        let mut connection = connection(now, codecs)?;
+        let (sender, ssrc) = add_audio_track(&mut connection, codecs)?;
+        add_host_candidate(&mut connection, local)?;
+        let offer = connection.create_offer(None).map_err(session_error)?;
+        let sdp = offer.sdp.clone();
+        connection.set_local_description(now, offer).map_err(session_error)?;
+        let mut leg = WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting };
+        leg.drain_events();
+        Ok((leg, sdp))
+    }
+
+    /// The browser's answer to [`WebRtcLeg::offer`].
+    pub fn accept_answer(&mut self, now: Instant, answer: &str) -> Result<(), WebRtcError> {
+        let answer = RTCSessionDescription::answer(answer.to_string()).map_err(session_error)?;
+        self.connection.set_remote_description(now, answer).map_err(session_error)?;
+        self.drain_events();
+        Ok(())
     }
 
     pub fn state(&self) -> LegState {
@@ -261,6 +245,67 @@ impl WebRtcLeg {
             }
         }
     }
+}
+
+/// A peer connection that speaks `codecs` only, ICE-lite, with RTCP reports.
+fn connection(now: Instant, codecs: &[AudioCodec]) -> Result<RTCPeerConnection, WebRtcError> {
+    if codecs.is_empty() {
+        return Err(WebRtcError::NoCommonCodec);
+    }
+    let mut media = MediaEngine::default();
+    for codec in codecs {
+        media.register_codec(codec.parameters(), RtpCodecKind::Audio).map_err(session_error)?;
+    }
+    let registry = configure_rtcp_reports(Registry::new());
+    let settings = SettingEngineBuilder::new().with_lite(true).build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(session_error)
+}
+
+/// The box's audio track (sending the first of `codecs`), with a random SSRC.
+fn add_audio_track(
+    connection: &mut RTCPeerConnection,
+    codecs: &[AudioCodec],
+) -> Result<(RTCRtpSenderId, u32), WebRtcError> {
+    let voice = codecs.first().ok_or(WebRtcError::NoCommonCodec)?;
+    let ssrc: u32 = rand::thread_rng().r#gen();
+    let token = || format!("{:016x}", rand::thread_rng().r#gen::<u64>());
+    let track = MediaStreamTrack::new(
+        token(),
+        token(),
+        "branchgate".to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec: voice.parameters().rtp_codec,
+            ..Default::default()
+        }],
+    );
+    let sender = connection.add_track(track).map_err(session_error)?;
+    Ok((sender, ssrc))
+}
+
+/// The box's one ICE candidate: the relay port on the address the browser must reach.
+fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> Result<(), WebRtcError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_string(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(session_error)?;
+    let init = RTCIceCandidate::from(&candidate).to_json().map_err(session_error)?;
+    connection.add_local_candidate(init).map_err(session_error)
 }
 
 /// The offer with its audio sections narrowed to `codecs`' payload types.

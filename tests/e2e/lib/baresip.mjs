@@ -36,6 +36,8 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
     "module aufile.so",
     "module sndfile.so",
     "module account.so",
+    // Commands (e.g. "/dial <uri>") come on stdin.
+    "module stdio.so",
     "module_app menu.so",
     "",
   ].join("\n"));
@@ -49,6 +51,8 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
   child.stdout.on("data", (d) => { phone.output += d; });
   child.stderr.on("data", (d) => { phone.output += d; });
   for (let i = 0; i < 100 && !/200 OK|registered/i.test(phone.output); i++) await new Promise((r) => setTimeout(r, 100));
+  /** Calls `uri` (baresip's menu command on its stdin). */
+  phone.dial = (uri) => child.stdin.write(`/dial ${uri}\n`);
   phone.stop = () => new Promise((resolve) => {
     if (child.exitCode !== null) return resolve();
     child.once("exit", resolve);
