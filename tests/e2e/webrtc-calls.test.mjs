@@ -41,7 +41,19 @@ const DOMAIN = "branch.example";
 
 /** Runs in the page: a JsSIP softphone with helpers the tests call. */
 const SOFTPHONE = `
+// Keeps only Opus and telephone events in an SDP's audio section: a browser
+// app that speaks Opus alone, so the box must transcode.
+function onlyOpus(sdp) {
+  const lines = sdp.split("\\r\\n");
+  const keep = lines.map((l) => /^a=rtpmap:(\\d+) (opus|telephone-event)\\//i.exec(l)?.[1]).filter(Boolean);
+  return lines
+    .filter((l) => { const pt = /^a=(?:rtpmap|fmtp|rtcp-fb):(\\d+)/.exec(l)?.[1]; return !pt || keep.includes(pt); })
+    .map((l) => (l.startsWith("m=audio") ? l.split(" ").slice(0, 3).concat(keep).join(" ") : l))
+    .join("\\r\\n");
+}
 window.softphone = {
+  opusOnly: false,
+  munge(e) { if (e.originator === "local" && softphone.opusOnly) e.sdp = onlyOpus(e.sdp); },
   async register(wss, user, password, domain) {
     this.ua = new JsSIP.UA({ sockets: [new JsSIP.WebSocketInterface(wss)], uri: "sip:" + user + "@" + domain, password, register: true });
     this.incoming = new Promise((resolve) => this.ua.on("newRTCSession", (e) => { if (e.originator === "remote") resolve(e.session); }));
@@ -52,19 +64,20 @@ window.softphone = {
     });
   },
   async call(target) {
-    this.session = this.ua.call(target, { mediaConstraints: { audio: true, video: false } });
+    this.session = this.ua.call(target, { mediaConstraints: { audio: true, video: false }, eventHandlers: { sdp: this.munge } });
     await this.confirmed(this.session);
   },
   async answer() {
     const session = await Promise.race([this.incoming, new Promise((_, reject) => setTimeout(() => reject(new Error("no incoming call in 15 s")), 15000))]);
     this.session = session;
+    session.on("sdp", this.munge);
     session.answer({ mediaConstraints: { audio: true, video: false } });
     await this.confirmed(session);
   },
   confirmed(session) {
     return new Promise((resolve, reject) => {
       session.on("confirmed", resolve);
-      session.on("failed", (e) => reject(new Error("call failed: " + e.cause + " " + (e.message?.status_code ?? ""))));
+      session.on("failed", (e) => reject(new Error("call failed: " + e.cause + " " + (e.message?.status_code ?? "") + " " + (e.message?.getHeader?.("Warning") ?? ""))));
       setTimeout(() => reject(new Error("call not confirmed in 15 s")), 15000);
     });
   },
@@ -224,6 +237,37 @@ test("a SIP phone (baresip over UDP) calls a browser registered over WSS: the bo
     await checkAudioBothWays(result, phone, "audio/PCMU");
     const csv = new TextDecoder().decode((await api.get("/api/v1/sip/cdr.csv")).bytes);
     assert.match(csv, /"1002","1001","1001","200","caller-bye"/);
+  } finally {
+    await cleanup();
+  }
+});
+
+test("a browser that speaks only Opus calls a SIP phone: the box transcodes Opus <-> PCMU, audio both ways", async (t) => {
+  const { page, phone, cleanup } = await lab(t);
+  try {
+    const result = await page.evaluate(async (domain) => {
+      softphone.opusOnly = true;
+      await softphone.call(`sip:1002@${domain}`);
+      const measured = await softphone.measure();
+      await softphone.hangUp();
+      return measured;
+    }, DOMAIN);
+    await checkAudioBothWays(result, phone, "audio/opus");
+  } finally {
+    await cleanup();
+  }
+});
+
+test("a SIP phone calls a browser that answers with Opus only: the box transcodes, audio both ways", async (t) => {
+  const { page, phone, cleanup } = await lab(t);
+  try {
+    const answered = page.evaluate(async () => {
+      softphone.opusOnly = true;
+      await softphone.answer();
+      return softphone.measure();
+    });
+    phone.dial(`sip:1001@${DOMAIN}`);
+    await checkAudioBothWays(await answered, phone, "audio/opus");
   } finally {
     await cleanup();
   }

@@ -21,7 +21,7 @@ use branchgate_sip::transaction::{ClientKey, ServerKey};
 use branchgate_sip::{Flow, Incoming, Message, Output, Server, StartLine, Transport};
 use branchgate_webrtc::WebRtcLeg;
 
-use crate::webrtc::{self, PayloadMap};
+use crate::webrtc::{self, CodecPreferences, PayloadMap};
 
 /// A trunk as the core uses it (its host already resolved by the driver).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +60,8 @@ pub struct CallConfig {
     /// Without any answer from a callee (or a trunk's keepalive) in this time
     /// the next target is tried (the trunk is marked down).
     pub failover_after: Duration,
+    /// `media.codecs`: codec order for offers, and which codecs may be used.
+    pub codecs: Vec<String>,
 }
 
 impl CallConfig {
@@ -73,6 +75,7 @@ impl CallConfig {
             sip_port: 5060,
             rtp_ports: (20000, 29999),
             failover_after: Duration::from_secs(4),
+            codecs: ["opus", "G722", "PCMU", "PCMA"].map(String::from).to_vec(),
         }
     }
 }
@@ -673,7 +676,7 @@ impl B2bua {
         // A browser's offer is terminated here; the SIP side is offered plain RTP.
         let browser = offer.as_ref().filter(|o| webrtc::is_browser_offer(o)).cloned();
         let offer = match &browser {
-            Some(browser) => match webrtc::sip_offer(browser) {
+            Some(browser) => match webrtc::sip_offer(browser, CodecPreferences(&self.config.codecs)) {
                 Ok(plain) => Some(plain),
                 Err(reason) => {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
@@ -712,7 +715,7 @@ impl B2bua {
             }
             (Some(offer), false, _) => Some(BrowserMedia { side: Side::A, offer, answer: None, offering: None }),
             (None, true, Some(offer)) => {
-                if let Err(reason) = webrtc::browser_offer_codecs(offer) {
+                if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.config.codecs)) {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
                     return self.sip.respond(now, &key, response);
                 }
@@ -1129,7 +1132,7 @@ impl B2bua {
         let call = self.calls.get_mut(&id).ok_or("call gone")?;
         let ports = *call.streams.first().ok_or("no media stream")?;
         let browser = call.browser.as_mut().ok_or("no browser")?;
-        let codecs = webrtc::browser_offer_codecs(&browser.offer)?;
+        let codecs = webrtc::browser_offer_codecs(&browser.offer, CodecPreferences(&self.config.codecs))?;
         let (leg, offer) = WebRtcLeg::offer(now, SocketAddr::new(local_ip, ports.b_port), &codecs)
             .map_err(|_| "the WebRTC session could not be set up")?;
         browser.offering = Some(Box::new(leg));

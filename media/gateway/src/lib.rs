@@ -61,6 +61,7 @@ pub fn server_config(sip: &SipConfig) -> ServerConfig {
 pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
     let sip = &config.sip;
     let mut call = CallConfig::new(sip.domain.clone());
+    call.codecs = config.media.codecs.clone();
     for trunk in &sip.trunks {
         let transport = match trunk.transport {
             SipTransport::Udp => Transport::Udp,

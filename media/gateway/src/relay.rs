@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use branchgate_rtp::{Latch, RtpHeader, build_rtp, is_rtcp, parse_rtp, rtp_payload};
+use branchgate_dsp::{Frame, Transcoder};
+use branchgate_rtp::{
+    Latch, RtpHeader, build_rtp, event_duration, is_rtcp, parse_rtp, rtp_payload, set_event_duration,
+};
 use branchgate_webrtc::{LegState, Rtp, WebRtcLeg};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -136,10 +139,19 @@ impl MediaRelay {
             .calls
             .entry(call)
             .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
+        let (to_sip, to_browser) = match payloads.transcode {
+            Some(t) => (
+                Some(Transcoder::new(t.browser, t.sip, PTIME_MS).map_err(std::io::Error::other)?),
+                Some(Transcoder::new(t.sip, t.browser, PTIME_MS).map_err(std::io::Error::other)?),
+            ),
+            None => (None, None),
+        };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let stream = BrowserStream {
             leg,
             payloads,
+            to_sip: Crossing::new(to_sip),
+            to_browser: Crossing::new(to_browser),
             browser_side: side,
             counters: entry.counters.clone(),
             timeouts: self.timeouts.clone(),
@@ -257,9 +269,88 @@ struct BrowserSockets {
     sip_rtcp: UdpSocket,
 }
 
+/// Packetisation of transcoded voice, both ways (what `a=ptime` says the box sends).
+const PTIME_MS: u32 = 20;
+
+/// What a packet crossing between the legs carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Payload {
+    Voice,
+    /// An RFC 4733 telephone event.
+    Event,
+    /// Voice already in the other leg's codec on a transcoded call.
+    Direct,
+}
+
+/// What crosses one way between a browser and a SIP leg: packets as they
+/// are with the payload type renumbered, or, on a transcoded call, voice
+/// re-encoded and telephone events moved to the other leg's clock, under
+/// the box's own sequence numbers.
+struct Crossing {
+    transcoder: Option<Transcoder>,
+    sequence: u16,
+    frames: Vec<Frame>,
+}
+
+impl Crossing {
+    fn new(transcoder: Option<Transcoder>) -> Crossing {
+        Crossing { transcoder, sequence: rand::random(), frames: Vec::new() }
+    }
+
+    fn next_sequence(&mut self) -> u16 {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.sequence
+    }
+
+    /// `rtp` for the other leg, where it is `payload_type`; what to send is
+    /// appended to `out`.
+    fn cross(&mut self, rtp: Rtp, payload_type: u8, kind: Payload, out: &mut Vec<Rtp>) {
+        let Some(transcoder) = self.transcoder.as_mut() else {
+            out.push(Rtp { payload_type, ..rtp });
+            return;
+        };
+        if kind == Payload::Direct {
+            // Already the other leg's codec: only the sequence is the box's.
+            let sequence = self.next_sequence();
+            out.push(Rtp { payload_type, sequence, ..rtp });
+            return;
+        }
+        if kind == Payload::Event {
+            let timeline = transcoder.timeline();
+            let timestamp = timeline.map(rtp.timestamp);
+            let mut payload = rtp.payload.to_vec();
+            if let Some(duration) = event_duration(&payload) {
+                set_event_duration(&mut payload, timeline.scale(u32::from(duration)) as u16);
+            }
+            let sequence = self.next_sequence();
+            out.push(Rtp { payload_type, sequence, timestamp, marker: rtp.marker, payload: payload.into() });
+            return;
+        }
+        self.frames.clear();
+        if let Err(e) = transcoder.push(rtp.sequence, rtp.timestamp, &rtp.payload, &mut self.frames) {
+            tracing::debug!(error = %e, "undecodable voice packet dropped");
+            return;
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        for frame in frames.drain(..) {
+            let sequence = self.next_sequence();
+            out.push(Rtp {
+                payload_type,
+                sequence,
+                timestamp: frame.timestamp,
+                marker: frame.marker,
+                payload: frame.payload.into(),
+            });
+        }
+        self.frames = frames;
+    }
+}
+
 struct BrowserStream {
     leg: Box<WebRtcLeg>,
     payloads: PayloadMap,
+    to_sip: Crossing,
+    to_browser: Crossing,
     browser_side: Side,
     counters: Arc<Counters>,
     timeouts: mpsc::UnboundedSender<u64>,
@@ -291,6 +382,7 @@ async fn relay_browser_stream(
     let sip_ssrc: u32 = rand::random();
     let (mut buf_browser, mut buf_sip, mut buf_rtcp) = ([0u8; 2048], [0u8; 2048], [0u8; 1500]);
     let mut packet = Vec::with_capacity(1500);
+    let mut crossing: Vec<Rtp> = Vec::with_capacity(4);
     let mut reported = false;
     let mut check = tokio::time::interval((stream.timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
     loop {
@@ -302,16 +394,26 @@ async fn relay_browser_stream(
             else {
                 continue;
             };
-            let header = RtpHeader {
-                payload_type,
-                marker: rtp.marker,
-                sequence: rtp.sequence,
-                timestamp: rtp.timestamp,
-                ssrc: sip_ssrc,
+            let kind = if stream.payloads.dtmf.is_some_and(|d| d.browser == rtp.payload_type) {
+                Payload::Event
+            } else if stream.payloads.transcodes_from_browser(rtp.payload_type) {
+                Payload::Voice
+            } else {
+                Payload::Direct
             };
-            build_rtp(&header, &rtp.payload, &mut packet);
             stream.count(true);
-            let _ = sip_rtp.send_to(&packet, to).await;
+            stream.to_sip.cross(rtp, payload_type, kind, &mut crossing);
+            for rtp in crossing.drain(..) {
+                let header = RtpHeader {
+                    payload_type: rtp.payload_type,
+                    marker: rtp.marker,
+                    sequence: rtp.sequence,
+                    timestamp: rtp.timestamp,
+                    ssrc: sip_ssrc,
+                };
+                build_rtp(&header, &rtp.payload, &mut packet);
+                let _ = sip_rtp.send_to(&packet, to).await;
+            }
         }
         if matches!(stream.leg.state(), LegState::Failed | LegState::Closed) && !reported {
             // The browser is gone (ICE consent lost or DTLS failed): the call has no media.
@@ -333,15 +435,19 @@ async fn relay_browser_stream(
                 let (Ok(header), Ok(payload)) = (parse_rtp(data), rtp_payload(data)) else { continue };
                 let Some(payload_type) = stream.payloads.to_browser(header.payload_type) else { continue };
                 let rtp = Rtp {
-                    payload_type,
+                    payload_type: header.payload_type,
                     sequence: header.sequence,
                     timestamp: header.timestamp,
                     marker: header.marker,
                     payload: bytes::Bytes::copy_from_slice(payload),
                 };
+                let event = stream.payloads.dtmf.is_some_and(|d| d.sip == header.payload_type);
                 stream.count(false);
-                if let Err(e) = stream.leg.send_rtp(Instant::now(), rtp) {
-                    tracing::debug!(call = stream.call, error = %e, "RTP not sent to the browser");
+                stream.to_browser.cross(rtp, payload_type, if event { Payload::Event } else { Payload::Voice }, &mut crossing);
+                for rtp in crossing.drain(..) {
+                    if let Err(e) = stream.leg.send_rtp(Instant::now(), rtp) {
+                        tracing::debug!(call = stream.call, error = %e, "RTP not sent to the browser");
+                    }
                 }
             }
             received = sip_rtcp.recv_from(&mut buf_rtcp) => {

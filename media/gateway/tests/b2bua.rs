@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use branchgate_dsp::Codec;
 use branchgate_gateway::b2bua::{Action, B2bua, CallConfig, RouteRule, Side, TrunkTarget};
+use branchgate_gateway::webrtc::Transcode;
 use branchgate_sip::digest::{Algorithm, expected_response, parse_credentials};
 use branchgate_sip::{Flow, Message, Server, ServerConfig, StartLine, Transport, UserKeys};
 use md5::{Digest, Md5};
@@ -500,12 +502,39 @@ fn a_browsers_offer_is_terminated_on_the_box_and_the_trunk_sees_plain_rtp() {
 }
 
 #[test]
-fn a_browser_offer_with_nothing_to_pass_through_is_refused_with_488() {
+fn a_browser_that_speaks_only_opus_is_transcoded_to_the_trunks_g711() {
     let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
-    lab.offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
-a=rtpmap:111 opus/48000/2\r\n"
+    // Chromium's offer with Opus alone (what `setCodecPreferences([opus])` makes).
+    lab.offer = CHROMIUM_OFFER.replace("SAVPF 111 63 9 0 8 13 110 126", "SAVPF 111 110 126");
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").clone();
+    let offer = String::from_utf8_lossy(&invite.body).into_owned();
+    assert!(offer.contains(" RTP/AVP 0 8 126\r\n") && !offer.contains("opus"), "{offer}");
+    let answer_sdp =
+        "v=0\r\no=bob 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    let out = lab.send(T1, &answer(&invite, 200, "t1", answer_sdp));
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser").1.clone();
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("UDP/TLS/RTP/SAVPF 111") && body.contains("a=rtpmap:111 opus/48000/2"), "{body}");
+    let payloads = lab
+        .actions()
+        .iter()
+        .find_map(|a| match a {
+            Action::OpenWebRtc { payloads, .. } => Some(*payloads),
+            _ => None,
+        })
+        .expect("the browser's session goes to the relay");
+    assert_eq!((payloads.voice.sip, payloads.voice.browser), (0, 111));
+    assert_eq!(payloads.transcode, Some(Transcode { browser: Codec::Opus, sip: Codec::Pcmu }));
+}
+
+#[test]
+fn a_browser_offer_with_nothing_to_pass_through_or_transcode_is_refused_with_488() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    lab.offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 103\r\n\
+a=rtpmap:103 ISAC/16000\r\n"
         .to_string();
     let out = lab.call("95551234");
     let refused = out.iter().find(|(_, m)| code(m) == 488).expect("488");
-    assert!(refused.1.get("Warning").is_some_and(|w| w.contains("G.711")), "{:?}", refused.1.get("Warning"));
+    assert!(refused.1.get("Warning").is_some_and(|w| w.contains("transcode")), "{:?}", refused.1.get("Warning"));
 }

@@ -69,6 +69,20 @@ pub fn build_rtp(header: &RtpHeader, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// The duration of an RFC 4733 telephone event (§2.3: bytes 2–3 of each
+/// 4-byte event block, in the stream's timestamp units).
+pub fn event_duration(payload: &[u8]) -> Option<u16> {
+    (payload.len() >= 4).then(|| u16::from_be_bytes([payload[2], payload[3]]))
+}
+
+/// Rewrites a telephone event's duration, as it must be when the event
+/// crosses to a leg with another RTP clock (8 kHz G.711, 48 kHz Opus).
+pub fn set_event_duration(payload: &mut [u8], duration: u16) {
+    if payload.len() >= 4 {
+        payload[2..4].copy_from_slice(&duration.to_be_bytes());
+    }
+}
+
 /// RTCP when RTP and RTCP share a port: packet types 192–223 (RFC 5761 §4).
 pub fn is_rtcp(packet: &[u8]) -> bool {
     packet.len() >= 8 && packet[0] >> 6 == 2 && (192..=223).contains(&packet[1])
@@ -156,6 +170,16 @@ impl Latch {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn telephone_event_durations() {
+        // RFC 4733 §2.3: event 5, end bit, volume 10, duration 800.
+        let mut event = [5u8, 0x8a, 0x03, 0x20];
+        assert_eq!(event_duration(&event), Some(800));
+        set_event_duration(&mut event, 4800);
+        assert_eq!(event, [5, 0x8a, 0x12, 0xc0]);
+        assert_eq!(event_duration(&event[..3]), None);
+    }
+
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {

@@ -287,6 +287,10 @@ fn add_audio_track(
         }],
     );
     let sender = connection.add_track(track).map_err(session_error)?;
+    // `add_track` narrows the transceiver to the track's one codec; an offer
+    // must list all of them (a browser callee may pick Opus over G.711).
+    let mut transceiver = connection.rtp_transceiver(sender.into()).ok_or(WebRtcError::NoCommonCodec)?;
+    transceiver.set_codec_preferences(codecs.iter().map(AudioCodec::parameters).collect()).map_err(session_error)?;
     Ok((sender, ssrc))
 }
 
@@ -372,5 +376,26 @@ mod tests {
             WebRtcLeg::answer(Instant::now(), CHROMIUM_OFFER, local, &[]),
             Err(WebRtcError::NoCommonCodec)
         ));
+    }
+
+    #[test]
+    fn an_offer_lists_every_codec_in_order() {
+        let local: SocketAddr = "192.0.2.1:20000".parse().expect("addr");
+        let mut codecs = pcmu();
+        codecs.insert(
+            1,
+            AudioCodec {
+                name: "opus".into(),
+                payload_type: 111,
+                clock_rate: 48000,
+                channels: 2,
+                fmtp: "minptime=10;useinbandfec=1".into(),
+            },
+        );
+        let (_, offer) = WebRtcLeg::offer(Instant::now(), local, &codecs).expect("offer");
+        let m_line = offer.lines().find(|l| l.starts_with("m=audio")).expect("m=audio");
+        let formats: Vec<&str> = m_line.split_whitespace().skip(3).collect();
+        assert_eq!(formats, ["0", "111", "126"], "{offer}");
+        assert!(offer.contains("a=rtpmap:111 opus/48000/2"), "{offer}");
     }
 }
