@@ -47,6 +47,8 @@ pub struct Agent {
 impl Agent {
     /// Verifies the bundle (blocking: reads it whole once) and checks it may be installed here.
     pub fn accept(&self, bundle_path: &Path, allow_downgrade: bool) -> Result<Manifest, AcceptError> {
+        // Tell the uploader that a file is no bundle even on a box without a keyring.
+        bundle::check_trailer(bundle_path)?;
         let keyring = Keyring::load(&self.keyring)?;
         let manifest = bundle::verify(bundle_path, &keyring)?;
         bundle::check_policy(&manifest, &self.compatible, &self.running_version, allow_downgrade)?;

@@ -219,6 +219,18 @@ pub fn verify_with_progress(
     Ok(manifest)
 }
 
+/// Reads the trailer of the file at `path`: is it shaped like a bundle at all?
+pub fn check_trailer(path: &Path) -> Result<Trailer, BundleError> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut last8 = [0u8; 8];
+    if file_len >= 8 {
+        file.read_exact_at(&mut last8, file_len - 8).map_err(io_error(path))?;
+    }
+    Trailer::parse(file_len, last8)
+}
+
 /// Reads and checks the signature only (what `rauc info` does); the payload is not read.
 pub fn verify_signature(
     file: &File,
