@@ -141,6 +141,10 @@ impl Trailer {
             )));
         }
         let layout = Layout::new(data_size / BLOCK);
+        if layout.levels.is_empty() {
+            // One data block has no tree (the root hash is the block's own): RAUC refuses it.
+            return Err(BundleError::NotABundle("a one-block payload has no hash tree".into()));
+        }
         if layout.tree_bytes() != verity_size {
             return Err(BundleError::NotABundle(format!(
                 "a {data_size}-byte payload has a {}-byte hash tree, the manifest says {verity_size}",
@@ -460,6 +464,9 @@ mod tests {
         let (data, layout) = trailer.payload(BLOCK).expect("two data blocks and one hash block");
         assert_eq!((data, layout.data_blocks), (2 * BLOCK, 2));
         assert!(trailer.payload(2 * BLOCK).is_err(), "one data block has no tree");
+        // Found by the bundle_trailer fuzz target: one data block and an empty tree.
+        let one_block = Trailer::parse(BLOCK + 8 + 1000, 1000u64.to_be_bytes()).expect("fits");
+        assert!(matches!(one_block.payload(0), Err(BundleError::NotABundle(_))));
         assert!(trailer.payload(4 * BLOCK).is_err(), "tree larger than the payload");
         assert!(trailer.payload(100).is_err(), "not a block multiple");
     }
