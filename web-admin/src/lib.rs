@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod firmware;
 pub mod logs;
 mod openapi;
 mod pages;
@@ -73,6 +74,9 @@ pub struct AppState {
     pub turn: branchgate_turn_relay::TurnMonitor,
     /// The SIP service's live registrations.
     pub sip: branchgate_gateway::SipMonitor,
+    /// Firmware updates: slots, keyring, `compatible`, the install in progress. By default
+    /// the simulated slots in `DATA_DIR/firmware` and the keyring `DATA_DIR/firmware/keyring.pem`.
+    pub firmware: branchgate_update::Agent,
     cpu: Arc<Mutex<CpuSampler>>,
 }
 
@@ -85,10 +89,20 @@ impl AppState {
             services,
             logs,
             started: Instant::now(),
-            data_dir,
             metrics: Arc::default(),
             turn: Default::default(),
             sip: Default::default(),
+            firmware: branchgate_update::Agent {
+                backend: Arc::new(branchgate_update::SimulatedSlots::new(
+                    firmware::firmware_dir(&data_dir),
+                    env!("CARGO_PKG_VERSION"),
+                )),
+                keyring: firmware::firmware_dir(&data_dir).join("keyring.pem"),
+                compatible: branchgate_update::DEFAULT_COMPATIBLE.to_string(),
+                running_version: env!("CARGO_PKG_VERSION").to_string(),
+                tracker: Default::default(),
+            },
+            data_dir,
             cpu: Arc::default(),
         }
     }
@@ -353,6 +367,14 @@ pub fn router(state: AppState) -> Router {
         .route("/sip/cdr.csv", get(api::cdr_csv))
         .route("/cameras", get(api::cameras))
         .route("/cameras/{id}/snapshot.jpg", get(api::camera_snapshot))
+        .route("/firmware", get(firmware::get_firmware))
+        .route(
+            "/firmware/bundle",
+            // Streamed to a file with its own cap (firmware::MAX_BUNDLE_BYTES).
+            post(firmware::post_bundle).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/firmware/install", get(firmware::get_install))
+        .route("/system/reboot", post(firmware::post_reboot))
         .route("/openapi.json", get(openapi_json))
         .fallback(api::fallback);
     Router::new()

@@ -12,6 +12,14 @@ fn with_body(mut operation: Value, schema: Value) -> Value {
 }
 
 pub fn document() -> Value {
+    let mut doc = document_without_firmware();
+    if let (Some(paths), Value::Object(firmware)) = (doc["paths"].as_object_mut(), firmware_paths()) {
+        paths.extend(firmware);
+    }
+    doc
+}
+
+fn document_without_firmware() -> Value {
     let ok = |d: &str| json!({ "200": { "description": d } });
     let change = json!({
         "200": { "description": "Applied: {revision, changed, pending_confirm}" },
@@ -105,5 +113,36 @@ pub fn document() -> Value {
                 "get": op("A JPEG snapshot", "viewer", json!({"200": {"description": "image/jpeg"}, "404": {"description": "No such camera"}, "503": {"description": "Capture not available for that camera yet"}})) },
             "/api/v1/openapi.json": { "get": op("This document", "nothing", ok("OpenAPI 3.1")) }
         }
+    })
+}
+
+/// The firmware paths (a separate `json!`: one macro for the whole document hits the recursion limit).
+fn firmware_paths() -> Value {
+    let ok = |d: &str| json!({ "200": { "description": d } });
+    json!({
+            "/api/v1/firmware": { "get": op("Firmware slots and what the box accepts: {backend, compatible, running_version, booted, pending_reboot, \
+    slots: [{name, version, state, booted, good}], install}", "viewer", ok("The slot table")) },
+            "/api/v1/firmware/bundle": { "post": {
+                "summary": "Upload a signed RAUC verity bundle as the raw body (streamed to the data directory, at most 1 GiB). \
+    It is verified (signature against the vendor keyring DATA_DIR/firmware/keyring.pem, payload against the signed verity root hash), \
+    checked (`compatible`, no downgrade unless update.allow_downgrade or `force`), then installed into the inactive slot in the background",
+                "description": "Needs: installer (`force=true`: admin).",
+                "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                "responses": {
+                    "202": { "description": "Accepted; installing: {version, compatible, build, bytes, progress}" },
+                    "400": { "description": "Not a bundle (truncated or another file): {error, reason: not_a_bundle}" },
+                    "401": { "description": "Not logged in" },
+                    "403": { "description": "Role too low, initial password unchanged, or foreign Origin" },
+                    "409": { "description": "Another bundle is being received or installed" },
+                    "413": { "description": "Larger than 1 GiB" },
+                    "422": { "description": "Refused: {error, reason} with reason bad_signature, untrusted, tampered, manifest, unsupported, incompatible or downgrade" },
+                    "503": { "description": "No keyring on the box" }
+                } } },
+            "/api/v1/firmware/install": { "get": op("The install in progress or the last one: {state: idle|receiving|verifying|installing|done|failed, \
+    progress: 0-100, version, slot, last_error}", "viewer", ok("Install status")) },
+            "/api/v1/system/reboot": { "post": op("Reboot into the slot installed last. On the simulated backend (no RAUC) the request is \
+    recorded as pending_reboot and the daemon keeps running", "admin",
+                json!({"202": {"description": "Rebooting (or recorded): {slot, simulated}"}, "409": {"description": "Nothing installed, or an install is running"}})) }
     })
 }

@@ -166,6 +166,12 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, Role, bool)> {
         (M::GET, "/api/v1/sip/cdr.csv", None, Role::Viewer, false),
         (M::GET, "/calls", None, Role::Viewer, true),
         (M::GET, "/api/v1/cameras", None, Role::Viewer, false),
+        (M::GET, "/api/v1/firmware", None, Role::Viewer, false),
+        (M::GET, "/api/v1/firmware/install", None, Role::Viewer, false),
+        // Not a bundle: 400 (checked before the keyring, which this harness has none of).
+        (M::POST, "/api/v1/firmware/bundle", Some(json!({"not": "a bundle"})), Role::Installer, false),
+        // Nothing installed: 409.
+        (M::POST, "/api/v1/system/reboot", None, Role::Admin, false),
         (M::GET, "/api/v1/cameras/sim0/snapshot.jpg", None, Role::Viewer, false),
         (M::POST, "/calls/7/hangup", None, Role::Installer, true),
         (M::GET, "/backup", None, Role::Admin, true),
@@ -426,4 +432,32 @@ async fn a_risky_change_waits_for_confirmation() {
     let reply = h.call(Method::POST, "/api/v1/config/confirm", Some(&cookie), None).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(h.call(Method::POST, "/api/v1/config/confirm", Some(&cookie), None).await.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn firmware_uploads_are_capped_before_reading() {
+    let h = harness();
+    let cookie = h.login("inst", INSTALLER_PW).await;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/firmware/bundle")
+        .header(header::HOST, HOST)
+        .header(header::COOKIE, cookie.as_str())
+        .header(header::CONTENT_LENGTH, (branchgate_web_admin::firmware::MAX_BUNDLE_BYTES + 1).to_string())
+        .body(Body::empty())
+        .expect("request");
+    let mut request = request;
+    request.extensions_mut().insert(ConnectInfo(peer(1)));
+    let reply = h.send(request).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.body);
+    assert_eq!(reply.json()["reason"], "too_large");
+    // Not a bundle: 400 with the reason, and the install status says why.
+    let reply = h.call(Method::POST, "/api/v1/firmware/bundle", Some(&cookie), Some(json!([1, 2, 3]))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(reply.json()["reason"], "not_a_bundle");
+    let status = h.call(Method::GET, "/api/v1/firmware/install", Some(&cookie), None).await.json();
+    assert_eq!(status["state"], "failed");
+    let slots = h.call(Method::GET, "/api/v1/firmware", Some(&cookie), None).await.json();
+    assert_eq!(slots["slots"][0]["booted"], true);
+    assert_eq!(slots["slots"][1]["name"], "B");
 }
