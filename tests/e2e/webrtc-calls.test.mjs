@@ -112,6 +112,11 @@ window.softphone = {
     second.dominantHz = Math.round((loudest * audio.sampleRate) / analyser.fftSize);
     return { first, second };
   },
+  // RFC 4733 events from the browser's RTCDTMFSender (JsSIP sends SIP INFO unless told otherwise).
+  async sendDtmf(tones) {
+    this.session.sendDTMF(tones, { transportType: "RFC2833", duration: 160, interToneGap: 100 });
+    await new Promise((r) => setTimeout(r, 400 + tones.length * 300));
+  },
   async hangUp() {
     this.session.terminate();
     await new Promise((r) => setTimeout(r, 500));
@@ -272,3 +277,25 @@ test("a SIP phone calls a browser that answers with Opus only: the box transcode
     await cleanup();
   }
 });
+
+for (const opusOnly of [false, true]) {
+  const how = opusOnly ? "an Opus-only browser (events moved from the 48 kHz clock to 8 kHz)" : "the browser";
+  test(`DTMF from ${how} reaches the SIP phone as RFC 4733 telephone events`, async (t) => {
+    const { page, phone, cleanup } = await lab(t);
+    try {
+      await page.evaluate(async ({ domain, opusOnly }) => {
+        softphone.opusOnly = opusOnly;
+        await softphone.call(`sip:1002@${domain}`);
+        await new Promise((r) => setTimeout(r, 1000));
+        await softphone.sendDtmf("159#");
+        await softphone.hangUp();
+      }, { domain: DOMAIN, opusOnly });
+      // baresip prints each RFC 4733 event it receives, start and end.
+      const received = [...phone.output.matchAll(/received event: '(.)' \(end=1\)/g)].map((m) => m[1]).join("");
+      console.log(`baresip received DTMF: ${received}`);
+      assert.equal(received, "159#", `baresip's output:\n${phone.output.slice(-2000)}`);
+    } finally {
+      await cleanup();
+    }
+  });
+}
