@@ -9,120 +9,12 @@ import http from "node:http";
 import { writeFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 import { startBox, freePort, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs";
-import { startBaresip, readWav, toneShare } from "./lib/baresip.mjs";
-
-const require = createRequire(import.meta.url);
-const esbuild = require("esbuild");
-
-/** JsSIP bundled for the browser (the npm package ships CommonJS only). */
-async function jssipBundle() {
-  const result = await esbuild.build({
-    entryPoints: [require.resolve("jssip")], bundle: true, format: "iife", globalName: "JsSIP", write: false, logLevel: "silent",
-  });
-  return result.outputFiles[0].text;
-}
-
-/** A 16-bit mono WAV file of a sine tone, for Chromium's fake microphone. */
-function toneWav(path, frequency, seconds = 10, rate = 48000) {
-  const samples = rate * seconds;
-  const data = Buffer.alloc(44 + samples * 2);
-  data.write("RIFF", 0); data.writeUInt32LE(36 + samples * 2, 4); data.write("WAVE", 8);
-  data.write("fmt ", 12); data.writeUInt32LE(16, 16); data.writeUInt16LE(1, 20); data.writeUInt16LE(1, 22);
-  data.writeUInt32LE(rate, 24); data.writeUInt32LE(rate * 2, 28); data.writeUInt16LE(2, 32); data.writeUInt16LE(16, 34);
-  data.write("data", 36); data.writeUInt32LE(samples * 2, 40);
-  for (let i = 0; i < samples; i++) data.writeInt16LE(Math.round(8000 * Math.sin((2 * Math.PI * frequency * i) / rate)), 44 + 2 * i);
-  writeFileSync(path, data);
-}
+import { startBaresip } from "./lib/baresip.mjs";
+import { jssipBundle, toneWav, softphonePage, checkAudioBothWays } from "./lib/softphone.mjs";
 
 const DOMAIN = "branch.example";
-
-/** Runs in the page: a JsSIP softphone with helpers the tests call. */
-const SOFTPHONE = `
-// Keeps only Opus and telephone events in an SDP's audio section: a browser
-// app that speaks Opus alone, so the box must transcode.
-function onlyOpus(sdp) {
-  const lines = sdp.split("\\r\\n");
-  const keep = lines.map((l) => /^a=rtpmap:(\\d+) (opus|telephone-event)\\//i.exec(l)?.[1]).filter(Boolean);
-  return lines
-    .filter((l) => { const pt = /^a=(?:rtpmap|fmtp|rtcp-fb):(\\d+)/.exec(l)?.[1]; return !pt || keep.includes(pt); })
-    .map((l) => (l.startsWith("m=audio") ? l.split(" ").slice(0, 3).concat(keep).join(" ") : l))
-    .join("\\r\\n");
-}
-window.softphone = {
-  opusOnly: false,
-  munge(e) { if (e.originator === "local" && softphone.opusOnly) e.sdp = onlyOpus(e.sdp); },
-  async register(wss, user, password, domain) {
-    this.ua = new JsSIP.UA({ sockets: [new JsSIP.WebSocketInterface(wss)], uri: "sip:" + user + "@" + domain, password, register: true });
-    this.incoming = new Promise((resolve) => this.ua.on("newRTCSession", (e) => { if (e.originator === "remote") resolve(e.session); }));
-    await new Promise((resolve, reject) => {
-      this.ua.on("registered", resolve);
-      this.ua.on("registrationFailed", (e) => reject(new Error("registration failed: " + e.cause)));
-      this.ua.start();
-    });
-  },
-  async call(target) {
-    this.session = this.ua.call(target, { mediaConstraints: { audio: true, video: false }, eventHandlers: { sdp: this.munge } });
-    await this.confirmed(this.session);
-  },
-  async answer() {
-    const session = await Promise.race([this.incoming, new Promise((_, reject) => setTimeout(() => reject(new Error("no incoming call in 15 s")), 15000))]);
-    this.session = session;
-    session.on("sdp", this.munge);
-    session.answer({ mediaConstraints: { audio: true, video: false } });
-    await this.confirmed(session);
-  },
-  confirmed(session) {
-    return new Promise((resolve, reject) => {
-      session.on("confirmed", resolve);
-      session.on("failed", (e) => reject(new Error("call failed: " + e.cause + " " + (e.message?.status_code ?? "") + " " + (e.message?.getHeader?.("Warning") ?? ""))));
-      setTimeout(() => reject(new Error("call not confirmed in 15 s")), 15000);
-    });
-  },
-  // Samples the call twice: RTP counters, audio energy, codec, and the loudest frequency heard.
-  async measure() {
-    const pc = this.session.connection;
-    const remote = new MediaStream(pc.getReceivers().map((r) => r.track));
-    document.getElementById("remote").srcObject = remote;
-    // Chromium feeds WebAudio from a remote stream only while a media element plays it too.
-    const audio = new AudioContext();
-    const analyser = audio.createAnalyser();
-    analyser.fftSize = 4096;
-    audio.createMediaStreamSource(remote).connect(analyser);
-    const sample = async () => {
-      const stats = await pc.getStats();
-      const out = {};
-      stats.forEach((s) => {
-        if (s.type === "inbound-rtp" && s.kind === "audio") { out.packetsReceived = s.packetsReceived; out.energy = s.totalAudioEnergy; out.codecId = s.codecId; }
-        if (s.type === "outbound-rtp" && s.kind === "audio") out.packetsSent = s.packetsSent;
-      });
-      if (out.codecId) out.codec = stats.get(out.codecId)?.mimeType;
-      out.pair = [...stats.values()].some((s) => s.type === "candidate-pair" && s.nominated && s.state === "succeeded");
-      return out;
-    };
-    await new Promise((r) => setTimeout(r, 1500));
-    const first = await sample();
-    await new Promise((r) => setTimeout(r, 3000));
-    const second = await sample();
-    const bins = new Float32Array(analyser.frequencyBinCount);
-    analyser.getFloatFrequencyData(bins);
-    const loudest = bins.reduce((best, v, i) => (v > bins[best] ? i : best), 0);
-    second.dominantHz = Math.round((loudest * audio.sampleRate) / analyser.fftSize);
-    return { first, second };
-  },
-  // RFC 4733 events from the browser's RTCDTMFSender (JsSIP sends SIP INFO unless told otherwise).
-  async sendDtmf(tones) {
-    this.session.sendDTMF(tones, { transportType: "RFC2833", duration: 160, interToneGap: 100 });
-    await new Promise((r) => setTimeout(r, 400 + tones.length * 300));
-  },
-  async hangUp() {
-    this.session.terminate();
-    await new Promise((r) => setTimeout(r, 500));
-  },
-};
-`;
 
 /**
  * A box with users 1001 (the browser) and 1002 (baresip), a page with JsSIP
@@ -147,7 +39,7 @@ async function lab(t) {
   const server = http.createServer((req, res) => {
     if (req.url === "/jssip.js") { res.writeHead(200, { "content-type": "text/javascript" }); return res.end(bundle); }
     res.writeHead(200, { "content-type": "text/html" });
-    res.end(`<!doctype html><title>softphone</title><script src="/jssip.js"></script><script>${SOFTPHONE}</script><audio id=remote autoplay></audio>`);
+    res.end(softphonePage());
   });
   await new Promise((r) => server.listen(pagePort, "127.0.0.1", r));
   const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: "PCMU" });
@@ -190,25 +82,6 @@ async function waitForRegistration(api, user) {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${user} did not register`);
-}
-
-/** What both ends heard: the browser's RTP statistics and spectrum, and baresip's recording. */
-async function checkAudioBothWays(result, phone, codec) {
-  console.log(JSON.stringify(result));
-  assert.ok(result.second.pair, "ICE selected a pair with the box");
-  assert.equal(result.second.codec, codec);
-  assert.ok(result.second.packetsReceived > result.first.packetsReceived + 50, "the browser keeps receiving RTP");
-  assert.ok(result.second.energy > result.first.energy, "what the browser receives is not silence");
-  assert.ok(result.second.packetsSent > result.first.packetsSent + 50, "the browser keeps sending RTP");
-  assert.ok(Math.abs(result.second.dominantHz - 1000) < 30, `the browser hears baresip's 1 kHz tone (loudest: ${result.second.dominantHz} Hz)`);
-  await phone.stop();
-  const heard = readWav(phone.heard());
-  assert.ok(heard && heard.samples.length > 8000, `baresip recorded the call (${heard?.samples.length ?? 0} samples)`);
-  // Skip the first half second (ringing, DTLS); the browser's 440 Hz tone dominates what baresip heard.
-  const voiced = heard.samples.subarray(Math.floor(heard.sampleRate / 2));
-  const share = toneShare(voiced, heard.sampleRate, 440);
-  console.log(`440 Hz share of what baresip heard: ${share.toFixed(2)}`);
-  assert.ok(share > 0.5, `440 Hz is ${(share * 100).toFixed(0)}% of what baresip heard`);
 }
 
 test("a browser (JsSIP over WSS) calls a SIP phone (baresip over UDP): G.711 passes through, audio both ways", async (t) => {

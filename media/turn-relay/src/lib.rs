@@ -80,6 +80,7 @@ pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
     config.max_allocations_per_user = turn.user_quota as usize;
     config.max_allocations = turn.total_quota as usize;
     config.policy.own_ports = own_ports(box_config);
+    config.policy.media_ports = Some((box_config.media.rtp_port_min, box_config.media.rtp_port_max));
     config
 }
 

@@ -88,6 +88,10 @@ pub struct PeerPolicy {
     /// The box's own service ports (admin UI, SIP, TURN, metrics): never reachable
     /// through the relay on the box itself, even where `allowed` opens the address.
     pub own_ports: Vec<u16>,
+    /// The box's media ports (`media.rtp_port_min..=max`), open on the box's own
+    /// non-loopback addresses: a browser behind a NAT reaches the box's calls
+    /// and camera viewers through the relay, which is why the box has one.
+    pub media_ports: Option<(u16, u16)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,7 +120,13 @@ impl PeerPolicy {
         if self.own_ports.contains(&peer.port()) && self.is_self(ip) {
             return Err(Denied::OwnService);
         }
-        // The box itself is reachable only where the operator named that exact host
+        if self.media_ports.is_some_and(|(first, last)| (first..=last).contains(&peer.port()))
+            && !ip.is_loopback()
+            && self.own_addresses.iter().any(|own| canonical(*own) == ip)
+        {
+            return Ok(());
+        }
+        // Otherwise the box itself is reachable only where the operator named that exact host
         // (a lab on loopback): a broad range like the LAN's /24 does not open it.
         if self.is_self(ip) {
             let exact = self.allowed.iter().any(|net| net.prefix_len() == net.max_prefix_len() && net.addr() == ip);
@@ -190,8 +200,7 @@ mod tests {
                 "0.0.0.0/0".parse().expect("net"),
                 "::/0".parse().expect("net"),
             ],
-            own_addresses: vec![],
-            own_ports: vec![],
+            ..PeerPolicy::default()
         };
         assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
         assert_eq!(policy.check(peer("::ffff:127.0.0.1")), Ok(()), "the same address in IPv6 form");
@@ -202,11 +211,35 @@ mod tests {
     }
 
     #[test]
+    fn the_boxs_media_ports_on_its_own_addresses_are_open_by_default() {
+        let policy = PeerPolicy {
+            own_addresses: vec!["203.0.113.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
+            own_ports: vec![8443, 5060],
+            media_ports: Some((20000, 29999)),
+            ..PeerPolicy::default()
+        };
+        for open in ["203.0.113.10:20000", "203.0.113.10:29999", "[::ffff:203.0.113.10]:24000"] {
+            assert_eq!(policy.check(open.parse().expect("addr")), Ok(()), "{open}");
+        }
+        // Other ports of the box, its services, and loopback stay closed.
+        for (closed, why) in [
+            ("203.0.113.10:19999", Denied::OwnAddress),
+            ("203.0.113.10:30000", Denied::OwnAddress),
+            ("203.0.113.10:5060", Denied::OwnService),
+            ("127.0.0.1:20000", Denied::OwnAddress),
+            ("[::1]:20000", Denied::OwnAddress),
+        ] {
+            assert_eq!(policy.check(closed.parse().expect("addr")), Err(why), "{closed}");
+        }
+    }
+
+    #[test]
     fn the_box_itself_is_refused() {
         let policy = PeerPolicy {
             allowed: vec!["127.0.0.1/32".parse().expect("net"), "203.0.113.0/24".parse().expect("net")],
             own_addresses: vec!["203.0.113.10".parse().expect("ip")],
             own_ports: vec![8443, 5060],
+            media_ports: None,
         };
         assert_eq!(policy.check(peer("8.8.4.4")), Ok(()));
         assert!(policy.check(peer("203.0.113.10")).is_err());
