@@ -37,6 +37,7 @@ fn b2bua(now: Instant) -> B2bua {
         keepalive: Some(Duration::from_secs(30)),
         credentials: None,
         register: false,
+        dtmf_info: false,
     });
     calls.routes.push(RouteRule { prefix: "9".into(), strip: 1, trunk: "pstn".into() });
     let mut b2bua = B2bua::new(Server::new(config, [7; 32], now), calls, [1; 32], now);

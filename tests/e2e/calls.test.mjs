@@ -3,14 +3,12 @@
 // with digest (407), the callee sits behind a trunk or is a registered user.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { startBox, freePort, Api } from "./lib/box.mjs";
+import { sipp, SCENARIOS } from "./lib/sipp.mjs";
 
-const run = promisify(execFile);
-const SCENARIOS = new URL("../sipp/", import.meta.url).pathname;
+
 const CALLER = { user: "1001", password: "pw-1001-secret" };
 const CALLEE = { user: "2001", password: "pw-2001-secret" };
 
@@ -23,18 +21,6 @@ function variant(dir, file, keep) {
   const path = join(dir, `${keep.join("-") || "plain"}-${file}`);
   writeFileSync(path, text);
   return path;
-}
-
-/** Runs sipp to the end; resolves with its exit code (0: every call succeeded). */
-function sipp(box, name, args) {
-  const all = [...args, "-m", "1", "-l", "1", "-i", "127.0.0.1", "-timeout", "40s", "-timeout_error", "-nostdin",
-    "-trace_err", "-trace_msg", "-error_file", join(box.dataDir, `sipp-${name}-errors.log`)];
-  return run("sipp", all, { timeout: 60000, cwd: box.dataDir }).then(() => 0, (e) => {
-    let log = "";
-    try { log = readFileSync(join(box.dataDir, `sipp-${name}-errors.log`), "utf8").slice(-3000); } catch { /* none */ }
-    console.log(`sipp ${name} exited ${e.code}: ${e.stderr?.slice(-1500) ?? ""}\n${log}`);
-    return e.code ?? 1;
-  });
 }
 
 async function uas(box, file, port, keep = []) {

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { startBox, freePort, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs";
 import { startBaresip } from "./lib/baresip.mjs";
+import { sipp, SCENARIOS } from "./lib/sipp.mjs";
 import { jssipBundle, toneWav, softphonePage, checkAudioBothWays } from "./lib/softphone.mjs";
 
 const DOMAIN = "branch.example";
@@ -20,7 +21,7 @@ const DOMAIN = "branch.example";
  * A box with users 1001 (the browser) and 1002 (baresip), a page with JsSIP
  * in headless Chromium sending a 440 Hz tone, and baresip sending 1 kHz.
  */
-async function lab(t) {
+async function lab(t, sip = {}) {
   const pagePort = await freePort();
   const origin = `http://127.0.0.1:${pagePort}`;
   const box = await startBox({
@@ -29,6 +30,7 @@ async function lab(t) {
       sip: {
         domain: DOMAIN, ws_allowed_origins: [origin],
         users: [{ username: "1001", password: "pw-1001-secret" }, { username: "1002", password: "pw-1002-secret" }],
+        ...sip,
       },
     },
   });
@@ -172,3 +174,38 @@ for (const opusOnly of [false, true]) {
     }
   });
 }
+
+test("DTMF the browser sends as SIP INFO (JsSIP's default) reaches the SIP phone as RFC 4733 telephone events", async (t) => {
+  const { page, phone, cleanup } = await lab(t);
+  try {
+    await page.evaluate(async (domain) => {
+      await softphone.call(`sip:1002@${domain}`);
+      await new Promise((r) => setTimeout(r, 1000));
+      await softphone.sendDtmf("159#", "INFO");
+      await softphone.hangUp();
+    }, DOMAIN);
+    const received = [...phone.output.matchAll(/received event: '(.)' \(end=1\)/g)].map((m) => m[1]).join("");
+    console.log(`baresip received DTMF: ${received}`);
+    assert.equal(received, "159#", `baresip's output:\n${phone.output.slice(-2000)}`);
+  } finally {
+    await cleanup();
+  }
+});
+
+test("a trunk configured for SIP INFO DTMF gets the browser's RFC 4733 keys as INFO application/dtmf-relay", async (t) => {
+  const trunkPort = await freePort();
+  const trunks = [{ name: "ivr", host: "127.0.0.1", port: trunkPort, transport: "udp", dtmf: "info", keepalive_seconds: 0 }];
+  const { page, box, cleanup } = await lab(t, { trunks, routes: [{ prefix: "8", strip: 1, trunk: "ivr" }] });
+  try {
+    const ivr = sipp(box, "ivr", ["-sf", SCENARIOS + "uas_info_dtmf.xml", "-p", String(trunkPort), "-mp", String(await freePort()), "-rtp_echo"]);
+    await page.evaluate(async (domain) => {
+      await softphone.call(`sip:8123@${domain}`);
+      await new Promise((r) => setTimeout(r, 1000));
+      await softphone.sendDtmf("159#", "RFC2833");
+      await softphone.hangUp();
+    }, DOMAIN);
+    assert.equal(await ivr, 0, "the trunk got 1, 5, 9, # as SIP INFO, then the BYE");
+  } finally {
+    await cleanup();
+  }
+});

@@ -568,6 +568,7 @@ fn choices(path: &str) -> Option<&'static [&'static str]> {
     match path {
         "network.mode" => Some(&["dhcp", "static"]),
         "sip.trunks.transport" => Some(&["udp", "tcp", "tls"]),
+        "sip.trunks.dtmf" => Some(&["rfc4733", "info"]),
         _ => None,
     }
 }

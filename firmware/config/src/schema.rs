@@ -218,6 +218,18 @@ pub struct SipUser {
     pub display_name: Option<String>,
 }
 
+/// How DTMF reaches a trunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DtmfMode {
+    /// RFC 4733 telephone events in the media; SIP INFO from the other side is converted.
+    #[default]
+    #[serde(rename = "rfc4733")]
+    Rfc4733,
+    /// SIP INFO (`application/dtmf-relay`); telephone events from the other side are converted.
+    #[serde(rename = "info")]
+    Info,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SipTrunk {
@@ -234,6 +246,8 @@ pub struct SipTrunk {
     pub priority: u32,
     /// Seconds between OPTIONS keepalives that mark the trunk up or down; 0 turns them off.
     pub keepalive_seconds: u32,
+    /// How DTMF from the other side of a call reaches this trunk.
+    pub dtmf: DtmfMode,
 }
 
 impl Default for SipTrunk {
@@ -248,6 +262,7 @@ impl Default for SipTrunk {
             password: None,
             priority: 10,
             keepalive_seconds: 30,
+            dtmf: DtmfMode::Rfc4733,
         }
     }
 }

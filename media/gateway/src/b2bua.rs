@@ -36,6 +36,8 @@ pub struct TrunkTarget {
     pub credentials: Option<(String, String)>,
     /// Register to the trunk with the credentials.
     pub register: bool,
+    /// DTMF reaches the trunk as SIP INFO (`sip.trunks[].dtmf = "info"`), not RFC 4733.
+    pub dtmf_info: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +89,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// Where a per-side array keeps this side.
+    fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
     fn other(self) -> Side {
         match self {
             Side::A => Side::B,
@@ -122,7 +132,20 @@ pub enum Action {
     OpenStream { call: u64, index: usize, ports: StreamPorts },
     /// Open a stream whose `side` is a browser: the box's WebRTC session on
     /// that side's port, plain RTP/RTCP on the other side's ports.
-    OpenWebRtc { call: u64, index: usize, ports: StreamPorts, side: Side, leg: LegHandoff, payloads: PayloadMap },
+    /// `dtmf_as_info`: the other side takes DTMF as SIP INFO, so the browser's
+    /// telephone events are reported ([`B2bua::handle_dtmf`]) instead of relayed.
+    OpenWebRtc {
+        call: u64,
+        index: usize,
+        ports: StreamPorts,
+        side: Side,
+        leg: LegHandoff,
+        payloads: PayloadMap,
+        dtmf_as_info: bool,
+    },
+    /// Send a DTMF key as RFC 4733 telephone events to `toward` on a stream
+    /// (converted from a SIP INFO the other side sent).
+    SendDtmf { call: u64, index: usize, toward: Side, event: u8, duration_ms: u32 },
     /// Where one side announced it receives a stream (until its media arrives and latches),
     /// and where that side's SIP comes from (media may come from and go to only there,
     /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]).
@@ -252,6 +275,8 @@ struct Call {
     /// An INVITE server transaction (A's or a re-INVITE's) whose 2xx waits for an ACK.
     awaiting_ack: Vec<ServerKey>,
     browser: Option<BrowserMedia>,
+    /// Per side (A, B): that side is a trunk taking DTMF as SIP INFO.
+    dtmf_info: [bool; 2],
 }
 
 /// A call with a browser on one side: its media ends on the box.
@@ -264,6 +289,8 @@ struct BrowserMedia {
     answer: Option<Vec<u8>>,
     /// For a browser callee: the box's session that offered, until the browser answers.
     offering: Option<Box<WebRtcLeg>>,
+    /// The payload map the relay got, once the session went to it.
+    payloads: Option<PayloadMap>,
 }
 
 /// Calls the box carries at once, and per user (a stolen password cannot take them all).
@@ -543,6 +570,33 @@ impl B2bua {
         }
     }
 
+    /// A DTMF key the relay took out of `from`'s telephone events because the
+    /// other side takes DTMF as SIP INFO (`sip.trunks[].dtmf = "info"`):
+    /// sent there as INFO `application/dtmf-relay` (its answer is the box's).
+    pub fn handle_dtmf(&mut self, now: Instant, call: u64, from: Side, event: u8, duration_ms: u32) {
+        let toward = from.other();
+        let Some(c) = self.calls.get(&call) else { return };
+        if c.state != CallState::Answered || !c.dtmf_info[toward.index()] {
+            return;
+        }
+        let Some(key) = branchgate_rtp::dtmf_key(event) else { return };
+        let Some(flow) = leg(c, toward).filter(|l| l.remote_tag.is_some()).map(|l| l.flow) else { return };
+        let Some(mut info) = self.dialog_request(call, toward, "INFO", None) else { return };
+        info.push("Content-Type", "application/dtmf-relay");
+        info.body = format!("Signal={key}\r\nDuration={duration_ms}\r\n").into_bytes();
+        let sent = self.sip.send_request(now, flow, info);
+        self.sent.insert(sent, call);
+    }
+
+    /// Whether DTMF can reach `toward` as RFC 4733 events the box sends: the
+    /// SIP side of a browser stream that negotiated them, not an INFO trunk.
+    /// (Plain SIP-to-SIP streams are relayed untouched, so INFO passes there.)
+    fn takes_dtmf_in_media(&self, call: u64, toward: Side) -> bool {
+        let Some(c) = self.calls.get(&call) else { return false };
+        let browser = c.browser.as_ref().filter(|b| b.side != toward);
+        !c.dtmf_info[toward.index()] && browser.and_then(|b| b.payloads).is_some_and(|p| p.dtmf.is_some())
+    }
+
     /// Hangs up a call from the admin UI; `false` when there is no such call.
     pub fn hang_up(&mut self, now: Instant, call: u64) -> bool {
         let Some(state) = self.calls.get(&call).map(|c| c.state) else { return false };
@@ -713,13 +767,15 @@ impl B2bua {
                 );
                 return self.sip.respond(now, &key, response);
             }
-            (Some(offer), false, _) => Some(BrowserMedia { side: Side::A, offer, answer: None, offering: None }),
+            (Some(offer), false, _) => {
+                Some(BrowserMedia { side: Side::A, offer, answer: None, offering: None, payloads: None })
+            }
             (None, true, Some(offer)) => {
                 if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.config.codecs)) {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
                     return self.sip.respond(now, &key, response);
                 }
-                Some(BrowserMedia { side: Side::B, offer: offer.clone(), answer: None, offering: None })
+                Some(BrowserMedia { side: Side::B, offer: offer.clone(), answer: None, offering: None, payloads: None })
             }
             (None, true, None) => {
                 let response = with_warning(
@@ -775,6 +831,7 @@ impl B2bua {
                 relays: HashMap::new(),
                 awaiting_ack: Vec::new(),
                 browser: browser_media,
+                dtmf_info: [from_trunk.as_ref().is_some_and(|t| t.dtmf_info), false],
             },
         );
         if let Some(offer) = offer {
@@ -876,6 +933,7 @@ impl B2bua {
         let local_tag = self.token();
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.destination = target.name();
+        call.dtmf_info[Side::B.index()] = matches!(&target, Target::Trunk { trunk, .. } if trunk.dtmf_info);
         let display = call
             .a_request
             .get("From")
@@ -1146,11 +1204,13 @@ impl B2bua {
         let ports = *call.streams.first().ok_or("no media stream")?;
         let a_ip = call.a.local_ip;
         let signalling = call.a.flow.remote.ip();
+        let dtmf_as_info = call.dtmf_info[Side::A.index()];
         let browser = call.browser.as_mut().ok_or("no browser")?;
         if let Some(answer) = browser.answer.clone() {
             return Ok(Some(answer));
         }
         let (mut answer, payloads) = webrtc::sip_answer(&browser.offer, &sdp)?;
+        browser.payloads = Some(payloads);
         let mut leg = browser.offering.take().ok_or("no WebRTC offer was made")?;
         leg.accept_answer(now, &sdp.to_string()).map_err(|e| e.to_string())?;
         let destination = browser.offer.media_destination(0);
@@ -1164,6 +1224,7 @@ impl B2bua {
             side: Side::B,
             leg: LegHandoff(leg),
             payloads,
+            dtmf_as_info,
         });
         // The caller's address, given again now that the relay exists.
         self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, destination, signalling });
@@ -1187,9 +1248,13 @@ impl B2bua {
         }
         let (codecs, payloads) = webrtc::browser_codecs(&browser.offer, &sdp)?;
         let offer = browser.offer.to_string();
-        let call = self.calls.get(&id).ok_or("call gone")?;
+        let call = self.calls.get_mut(&id).ok_or("call gone")?;
         let ports = *call.streams.first().ok_or("no media stream")?;
         let local = SocketAddr::new(call.a.local_ip, ports.a_port);
+        let dtmf_as_info = call.dtmf_info[Side::B.index()];
+        if let Some(browser) = call.browser.as_mut() {
+            browser.payloads = Some(payloads);
+        }
         let (leg, answer) = WebRtcLeg::answer(now, &offer, local, &codecs).map_err(|e| e.to_string())?;
         // The relay must exist before leg B's address is given to it.
         self.actions.push_back(Action::OpenWebRtc {
@@ -1199,6 +1264,7 @@ impl B2bua {
             side: Side::A,
             leg: LegHandoff(Box::new(leg)),
             payloads,
+            dtmf_as_info,
         });
         self.anchor(id, Side::B, sdp).ok_or("no media ports left")?;
         let answer = answer.into_bytes();
@@ -1235,7 +1301,8 @@ impl B2bua {
         }
         if call.b_invite.as_ref() != Some(key) {
             // A late answer to an abandoned attempt: a 2xx must still be ACKed and hung up.
-            if (200..300).contains(&code) {
+            // (Answers to the box's own in-dialog requests — INFO, BYE — end here too.)
+            if invite_2xx {
                 self.ack_and_bye_stray(now, key, &response);
             }
             return;
@@ -1454,6 +1521,15 @@ impl B2bua {
             self.send_in_dialog(now, id, side.other(), "BYE", None);
             let cause = if side == Side::A { "caller-bye" } else { "callee-bye" };
             return self.end(now, id, 200, cause);
+        }
+        // A key sent as SIP INFO goes on as RFC 4733 events where the other side takes them.
+        if method == "INFO"
+            && let Some((event, duration_ms)) = dtmf_of_info(&request)
+            && self.takes_dtmf_in_media(id, side.other())
+        {
+            self.reply(now, &key, &request, 200, "OK");
+            let toward = side.other();
+            return self.actions.push_back(Action::SendDtmf { call: id, index: 0, toward, event, duration_ms });
         }
         // SDP is anchored; DTMF bodies (SIP INFO) pass as they are; nothing else passes.
         let kind = media_type(&request);
@@ -1909,6 +1985,28 @@ fn contact_of(leg: &Leg) -> String {
 }
 
 /// The media type of a message's body (`Content-Type` without parameters, lower case).
+/// The key and duration (ms) of a DTMF SIP INFO: `application/dtmf-relay`
+/// (`Signal=5` / `Duration=160` lines) or `application/dtmf` (the key alone).
+fn dtmf_of_info(request: &Message) -> Option<(u8, u32)> {
+    let body = std::str::from_utf8(&request.body).ok()?;
+    let (mut key, mut duration) = (None, 160);
+    match media_type(request).as_deref() {
+        Some("application/dtmf-relay") => {
+            for line in body.lines() {
+                let Some((name, value)) = line.split_once('=') else { continue };
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "signal" => key = value.trim().chars().next(),
+                    "duration" => duration = value.trim().parse().unwrap_or(160),
+                    _ => {}
+                }
+            }
+        }
+        Some("application/dtmf") => key = body.trim().chars().next(),
+        _ => return None,
+    }
+    Some((branchgate_rtp::dtmf_event(key?)?, duration))
+}
+
 fn media_type(message: &Message) -> Option<String> {
     message.get("Content-Type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }

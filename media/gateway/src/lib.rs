@@ -18,7 +18,7 @@ use branchgate_sip::{Flow, Server, ServerConfig, Transport, UserKeys};
 pub use branchgate_streams::CertificateSource;
 use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop, spawn_connect, tls_acceptor};
 use rand::RngCore;
-use relay::MediaRelay;
+use relay::{BrowserLeg, MediaEvent, MediaRelay};
 use std::collections::HashMap;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -85,6 +85,7 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
                     _ => None,
                 },
                 register: trunk.register,
+                dtmf_info: trunk.dtmf == branchgate_config::DtmfMode::Info,
             }),
             None => {
                 tracing::warn!(trunk = %trunk.name, host = %trunk.host, "trunk host does not resolve; trunk unused")
@@ -260,9 +261,9 @@ pub async fn run(
         let server = Server::new(server_config(&sip), secret, Instant::now());
         let mut b2bua =
             B2bua::new(server, call_config(&snapshot.config).await, rand::random::<[u8; 32]>(), Instant::now());
-        let (timeouts_tx, mut timeouts_rx) = mpsc::unbounded_channel();
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let media_timeout = |c: &branchgate_config::Config| Duration::from_secs(u64::from(c.media.timeout_seconds));
-        let mut relay = MediaRelay::new(timeouts_tx, media_timeout(&snapshot.config));
+        let mut relay = MediaRelay::new(events_tx, media_timeout(&snapshot.config));
         let (hangup_tx, mut hangup_rx) = mpsc::unbounded_channel();
         {
             let mut state = monitor.lock();
@@ -298,7 +299,12 @@ pub async fn run(
                     }
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)) => b2bua.handle_timeout(Instant::now()),
-                Some(call) = timeouts_rx.recv() => b2bua.handle_media_timeout(Instant::now(), call),
+                Some(event) = events_rx.recv() => match event {
+                    MediaEvent::Timeout(call) => b2bua.handle_media_timeout(Instant::now(), call),
+                    MediaEvent::Dtmf { call, from, event, duration_ms } => {
+                        b2bua.handle_dtmf(Instant::now(), call, from, event, duration_ms)
+                    }
+                },
                 Some(call) = hangup_rx.recv() => { b2bua.hang_up(Instant::now(), call); }
                 _ = tick.tick() => {
                     let now = Instant::now();
@@ -327,13 +333,17 @@ pub async fn run(
                             tracing::warn!(call, error = %e, "media relay ports unavailable");
                         }
                     }
-                    Action::OpenWebRtc { call, index, ports, side, leg, payloads } => {
-                        if let Err(e) = relay.open_webrtc(call, index, ports, side, leg.0, payloads).await {
+                    Action::OpenWebRtc { call, index, ports, side, leg, payloads, dtmf_as_info } => {
+                        let browser = BrowserLeg { side, leg: leg.0, payloads, dtmf_as_info };
+                        if let Err(e) = relay.open_webrtc(call, index, ports, browser).await {
                             tracing::warn!(call, error = %e, "media relay ports unavailable");
                         }
                     }
                     Action::Peer { call, index, side, destination, signalling } => {
                         relay.peer(call, index, side, destination, signalling)
+                    }
+                    Action::SendDtmf { call, index, toward, event, duration_ms } => {
+                        relay.send_dtmf(call, index, toward, event, duration_ms)
                     }
                     Action::Close { call } => relay.close(call),
                     Action::Record(record) => {

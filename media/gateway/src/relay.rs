@@ -3,7 +3,7 @@
 //! sends to the box's A-facing port goes out of the B-facing port to where
 //! side B really is (latched, see [`branchgate_rtp::Latch`]), and back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use branchgate_dsp::{Frame, Transcoder};
 use branchgate_rtp::{
-    Latch, RtpHeader, build_rtp, event_duration, is_rtcp, parse_rtp, rtp_payload, set_event_duration,
+    Latch, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload, telephone_event_packets,
 };
 use branchgate_webrtc::{LegState, Rtp, WebRtcLeg};
 use tokio::net::UdpSocket;
@@ -54,7 +54,36 @@ impl Counters {
 
 #[derive(Debug)]
 enum Control {
-    Peer { side: Side, destination: Option<SocketAddr>, signalling: IpAddr },
+    Peer {
+        side: Side,
+        destination: Option<SocketAddr>,
+        signalling: IpAddr,
+    },
+    /// A DTMF key to send to `toward` as RFC 4733 events.
+    Dtmf {
+        toward: Side,
+        event: u8,
+        duration_ms: u32,
+    },
+}
+
+/// What the relays tell the B2BUA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The call's media went silent (`media.timeout_seconds`) or its browser is gone.
+    Timeout(u64),
+    /// A key from `from`'s telephone events, for a side that takes DTMF as SIP INFO.
+    Dtmf { call: u64, from: Side, event: u8, duration_ms: u32 },
+}
+
+/// A browser's end of a stream as the B2BUA hands it over.
+pub struct BrowserLeg {
+    /// Which side of the call the browser is.
+    pub side: Side,
+    pub leg: Box<WebRtcLeg>,
+    pub payloads: PayloadMap,
+    /// The other side takes DTMF as SIP INFO: report the browser's events instead of relaying them.
+    pub dtmf_as_info: bool,
 }
 
 #[derive(Debug)]
@@ -67,15 +96,15 @@ struct CallMedia {
 #[derive(Debug)]
 pub struct MediaRelay {
     calls: HashMap<u64, CallMedia>,
-    /// Calls whose media went silent, for the B2BUA.
-    timeouts: mpsc::UnboundedSender<u64>,
+    /// What the relays report to the B2BUA (silent calls, DTMF for INFO trunks).
+    events: mpsc::UnboundedSender<MediaEvent>,
     /// How long a call may go without media.
     timeout: Duration,
 }
 
 impl MediaRelay {
-    pub fn new(timeouts: mpsc::UnboundedSender<u64>, timeout: Duration) -> Self {
-        MediaRelay { calls: HashMap::new(), timeouts, timeout }
+    pub fn new(events: mpsc::UnboundedSender<MediaEvent>, timeout: Duration) -> Self {
+        MediaRelay { calls: HashMap::new(), events, timeout }
     }
 
     /// A new media timeout for calls set up from now on.
@@ -104,7 +133,7 @@ impl MediaRelay {
             sockets,
             control_rx,
             entry.counters.clone(),
-            self.timeouts.clone(),
+            self.events.clone(),
             call,
             self.timeout,
         ));
@@ -121,10 +150,9 @@ impl MediaRelay {
         call: u64,
         index: usize,
         ports: StreamPorts,
-        side: Side,
-        leg: Box<WebRtcLeg>,
-        payloads: PayloadMap,
+        browser: BrowserLeg,
     ) -> std::io::Result<()> {
+        let BrowserLeg { side, leg, payloads, dtmf_as_info } = browser;
         let bind = |port: u16| UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
         let (browser_port, sip_port) = match side {
             Side::A => (ports.a_port, ports.b_port),
@@ -152,9 +180,12 @@ impl MediaRelay {
             payloads,
             to_sip: Crossing::new(to_sip),
             to_browser: Crossing::new(to_browser),
+            dtmf_as_info,
+            last_event: None,
+            injected: VecDeque::new(),
             browser_side: side,
             counters: entry.counters.clone(),
-            timeouts: self.timeouts.clone(),
+            events: self.events.clone(),
             call,
             timeout: self.timeout,
         };
@@ -163,6 +194,13 @@ impl MediaRelay {
             old.abort();
         }
         Ok(())
+    }
+
+    /// Sends a DTMF key to `toward` on a browser stream as RFC 4733 events.
+    pub fn send_dtmf(&mut self, call: u64, index: usize, toward: Side, event: u8, duration_ms: u32) {
+        if let Some((control, _)) = self.calls.get(&call).and_then(|c| c.streams.get(&index)) {
+            let _ = control.send(Control::Dtmf { toward, event, duration_ms });
+        }
     }
 
     pub fn peer(&mut self, call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr) {
@@ -196,7 +234,7 @@ async fn relay_stream(
     sockets: [UdpSocket; 4],
     mut control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<Counters>,
-    timeouts: mpsc::UnboundedSender<u64>,
+    events: mpsc::UnboundedSender<MediaEvent>,
     call: u64,
     timeout: Duration,
 ) {
@@ -250,17 +288,35 @@ async fn relay_stream(
                     b_latch.signal(destination, signalling);
                     b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
+                // Plain streams pass the callers' own events; the B2BUA relays INFO there.
+                Some(Control::Dtmf { .. }) => {}
                 None => return,
             },
             _ = check.tick() => {
                 // The call's liveness, not this stream's: a declined or held stream is quiet.
                 if counters.idle(timeout) && !reported {
-                    let _ = timeouts.send(call);
+                    let _ = events.send(MediaEvent::Timeout(call));
                     reported = true;
                 }
             }
         }
     }
+}
+
+/// Silence between two keys the box sends back to back.
+const DTMF_GAP: Duration = Duration::from_millis(60);
+
+/// Sends one RTP packet to a plain SIP side under the box's SSRC.
+async fn send_plain(socket: &UdpSocket, packet: &mut Vec<u8>, ssrc: u32, rtp: &Rtp, to: SocketAddr) {
+    let header = RtpHeader {
+        payload_type: rtp.payload_type,
+        marker: rtp.marker,
+        sequence: rtp.sequence,
+        timestamp: rtp.timestamp,
+        ssrc,
+    };
+    build_rtp(&header, &rtp.payload, packet);
+    let _ = socket.send_to(packet, to).await;
 }
 
 struct BrowserSockets {
@@ -288,25 +344,69 @@ enum Payload {
 /// the box's own sequence numbers.
 struct Crossing {
     transcoder: Option<Transcoder>,
-    sequence: u16,
+    /// Added to the sequence numbers of packets passed through: the box's own
+    /// packets in between (DTMF it sends) shift the rest.
+    offset: u16,
+    /// The newest sequence number sent.
+    last_sequence: u16,
+    /// The timestamp of the newest voice sent (where the box's own events start).
+    last_timestamp: u32,
+    /// The timestamp every packet of the event the box is sending carries (RFC 4733 §2.5.1.2).
+    event_timestamp: u32,
     frames: Vec<Frame>,
 }
 
 impl Crossing {
     fn new(transcoder: Option<Transcoder>) -> Crossing {
-        Crossing { transcoder, sequence: rand::random(), frames: Vec::new() }
+        Crossing {
+            transcoder,
+            offset: rand::random(),
+            last_sequence: 0,
+            last_timestamp: 0,
+            event_timestamp: 0,
+            frames: Vec::new(),
+        }
     }
 
     fn next_sequence(&mut self) -> u16 {
-        self.sequence = self.sequence.wrapping_add(1);
-        self.sequence
+        self.last_sequence = self.last_sequence.wrapping_add(1);
+        self.last_sequence
+    }
+
+    /// A packet passed through keeps its place in the sequence (gaps and reordering show).
+    fn passed_sequence(&mut self, sequence: u16) -> u16 {
+        let shifted = sequence.wrapping_add(self.offset);
+        if (shifted.wrapping_sub(self.last_sequence) as i16) > 0 {
+            self.last_sequence = shifted;
+        }
+        shifted
+    }
+
+    /// One of the box's own packets (a DTMF event; `marker` on its first), between the ones passed.
+    fn own(&mut self, payload_type: u8, marker: bool, payload: &[u8]) -> Rtp {
+        if marker {
+            self.event_timestamp = self.last_timestamp;
+        }
+        self.offset = self.offset.wrapping_add(1);
+        let sequence = self.next_sequence();
+        Rtp {
+            payload_type,
+            sequence,
+            timestamp: self.event_timestamp,
+            marker,
+            payload: bytes::Bytes::copy_from_slice(payload),
+        }
     }
 
     /// `rtp` for the other leg, where it is `payload_type`; what to send is
     /// appended to `out`.
     fn cross(&mut self, rtp: Rtp, payload_type: u8, kind: Payload, out: &mut Vec<Rtp>) {
+        if kind != Payload::Event {
+            self.last_timestamp = rtp.timestamp;
+        }
         let Some(transcoder) = self.transcoder.as_mut() else {
-            out.push(Rtp { payload_type, ..rtp });
+            let sequence = self.passed_sequence(rtp.sequence);
+            out.push(Rtp { payload_type, sequence, ..rtp });
             return;
         };
         if kind == Payload::Direct {
@@ -319,8 +419,9 @@ impl Crossing {
             let timeline = transcoder.timeline();
             let timestamp = timeline.map(rtp.timestamp);
             let mut payload = rtp.payload.to_vec();
-            if let Some(duration) = event_duration(&payload) {
-                set_event_duration(&mut payload, timeline.scale(u32::from(duration)) as u16);
+            if let Some(mut event) = TelephoneEvent::parse(&payload) {
+                event.duration = timeline.scale(u32::from(event.duration)) as u16;
+                payload[..4].copy_from_slice(&event.to_bytes());
             }
             let sequence = self.next_sequence();
             out.push(Rtp { payload_type, sequence, timestamp, marker: rtp.marker, payload: payload.into() });
@@ -334,6 +435,7 @@ impl Crossing {
         let mut frames = std::mem::take(&mut self.frames);
         for frame in frames.drain(..) {
             let sequence = self.next_sequence();
+            self.last_timestamp = frame.timestamp;
             out.push(Rtp {
                 payload_type,
                 sequence,
@@ -353,12 +455,33 @@ struct BrowserStream {
     to_browser: Crossing,
     browser_side: Side,
     counters: Arc<Counters>,
-    timeouts: mpsc::UnboundedSender<u64>,
+    events: mpsc::UnboundedSender<MediaEvent>,
     call: u64,
     timeout: Duration,
+    /// The other side takes DTMF as SIP INFO: the browser's events are reported, not relayed.
+    dtmf_as_info: bool,
+    /// The timestamp of the browser's last event reported (its end is sent three times).
+    last_event: Option<u32>,
+    /// The box's own DTMF packets to the SIP side, with when each is due.
+    injected: VecDeque<(Instant, u8, bool, [u8; 4])>,
 }
 
 impl BrowserStream {
+    /// A browser's telephone event, reported once per key (at its end) for
+    /// the B2BUA to send as SIP INFO.
+    fn report_event(&mut self, rtp: &Rtp) {
+        let Some(event) = TelephoneEvent::parse(&rtp.payload) else { return };
+        if !event.end || self.last_event == Some(rtp.timestamp) {
+            return;
+        }
+        self.last_event = Some(rtp.timestamp);
+        // The browser's event clock is its voice codec's: 48 kHz with Opus, else 8 kHz.
+        let clock = if self.payloads.transcode.is_some() { 48_000 } else { 8_000 };
+        let duration_ms = u32::from(event.duration) * 1000 / clock;
+        let dtmf = MediaEvent::Dtmf { call: self.call, from: self.browser_side, event: event.event, duration_ms };
+        let _ = self.events.send(dtmf);
+    }
+
     /// Counts one packet from the browser (`true`) or to it.
     fn count(&self, from_browser: bool) {
         self.counters.touch();
@@ -402,25 +525,34 @@ async fn relay_browser_stream(
                 Payload::Direct
             };
             stream.count(true);
+            if kind == Payload::Event && stream.dtmf_as_info {
+                stream.report_event(&rtp);
+                continue;
+            }
             stream.to_sip.cross(rtp, payload_type, kind, &mut crossing);
             for rtp in crossing.drain(..) {
-                let header = RtpHeader {
-                    payload_type: rtp.payload_type,
-                    marker: rtp.marker,
-                    sequence: rtp.sequence,
-                    timestamp: rtp.timestamp,
-                    ssrc: sip_ssrc,
-                };
-                build_rtp(&header, &rtp.payload, &mut packet);
-                let _ = sip_rtp.send_to(&packet, to).await;
+                send_plain(&sip_rtp, &mut packet, sip_ssrc, &rtp, to).await;
+            }
+        }
+        // The box's own DTMF packets that are due (a SIP INFO from the browser, as RFC 4733).
+        let now = Instant::now();
+        while let Some(&(due, payload_type, marker, payload)) = stream.injected.front() {
+            if due > now {
+                break;
+            }
+            stream.injected.pop_front();
+            let rtp = stream.to_sip.own(payload_type, marker, &payload);
+            if let Some(to) = sip_latch.destination() {
+                send_plain(&sip_rtp, &mut packet, sip_ssrc, &rtp, to).await;
             }
         }
         if matches!(stream.leg.state(), LegState::Failed | LegState::Closed) && !reported {
             // The browser is gone (ICE consent lost or DTLS failed): the call has no media.
-            let _ = stream.timeouts.send(stream.call);
+            let _ = stream.events.send(MediaEvent::Timeout(stream.call));
             reported = true;
         }
         let wake = stream.leg.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let wake = stream.injected.front().map_or(wake, |(due, ..)| wake.min(*due));
         tokio::select! {
             received = browser.recv_from(&mut buf_browser) => {
                 let Ok((len, source)) = received else { continue };
@@ -463,11 +595,21 @@ async fn relay_browser_stream(
                     sip_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
                 Some(Control::Peer { .. }) => {}
+                Some(Control::Dtmf { toward, event, duration_ms }) if toward != stream.browser_side => {
+                    // The SIP side's telephone events are always 8 kHz (see `webrtc::is_dtmf`).
+                    if let Some(dtmf) = stream.payloads.dtmf {
+                        let start = stream.injected.back().map_or_else(Instant::now, |(due, ..)| *due + DTMF_GAP);
+                        for (after, marker, payload) in telephone_event_packets(event, duration_ms, 8000) {
+                            stream.injected.push_back((start + after, dtmf.sip, marker, payload));
+                        }
+                    }
+                }
+                Some(Control::Dtmf { .. }) => {}
                 None => return,
             },
             _ = check.tick() => {
                 if stream.counters.idle(stream.timeout) && !reported {
-                    let _ = stream.timeouts.send(stream.call);
+                    let _ = stream.events.send(MediaEvent::Timeout(stream.call));
                     reported = true;
                 }
             }

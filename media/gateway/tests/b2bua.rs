@@ -37,6 +37,7 @@ fn trunk(name: &str, at: &str, priority: u32) -> TrunkTarget {
         keepalive: None,
         credentials: None,
         register: false,
+        dtmf_info: false,
     }
 }
 
@@ -537,4 +538,84 @@ a=rtpmap:103 ISAC/16000\r\n"
     let out = lab.call("95551234");
     let refused = out.iter().find(|(_, m)| code(m) == 488).expect("488");
     assert!(refused.1.get("Warning").is_some_and(|w| w.contains("transcode")), "{:?}", refused.1.get("Warning"));
+}
+
+/// A browser's call to the trunk `first`, answered with PCMU and telephone events;
+/// returns the box's 200 to the browser and what went to the relay.
+fn answered_browser_call(dtmf_info: bool) -> (Lab, Message, Vec<Action>) {
+    let mut first = trunk("first", T1, 1);
+    first.dtmf_info = dtmf_info;
+    let mut lab = Lab::new(vec![first], routes());
+    lab.offer = CHROMIUM_OFFER.to_string();
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").clone();
+    let answer_sdp = "v=0\r\no=bob 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let out = lab.send(T1, &answer(&invite, 200, "t1", answer_sdp));
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser").1.clone();
+    let actions = lab.actions();
+    (lab, ok, actions)
+}
+
+/// An in-dialog request from the browser in the dialog its 200 set up.
+fn from_caller(ok: &Message, method: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "{method} sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bK{method}1\r\nFrom: {}\r\nTo: {}\r\n\
+Call-ID: {}\r\nCSeq: 5 {method}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        ok.get("From").expect("from"),
+        ok.get("To").expect("to"),
+        ok.get("Call-ID").expect("call-id"),
+        body.len()
+    )
+}
+
+#[test]
+fn a_browsers_sip_info_dtmf_goes_to_the_phone_as_rfc_4733() {
+    let (mut lab, ok, actions) = answered_browser_call(false);
+    assert!(actions.iter().any(|a| matches!(a, Action::OpenWebRtc { dtmf_as_info: false, .. })));
+    let info = from_caller(&ok, "INFO", "application/dtmf-relay", "Signal=#\r\nDuration=250\r\n");
+    let out = lab.send(CALLER, &info);
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 200), "the box answers the INFO itself");
+    assert!(!out.iter().any(|(to, _)| *to == addr(T1)), "nothing goes to the trunk as SIP");
+    let sent = lab.actions();
+    assert_eq!(sent, [Action::SendDtmf { call: 1, index: 0, toward: Side::B, event: 11, duration_ms: 250 }]);
+    // application/dtmf carries the key alone.
+    let second =
+        from_caller(&ok, "INFO", "application/dtmf", "7").replace("CSeq: 5", "CSeq: 6").replace("INFO1", "INFO2");
+    let out = lab.send(CALLER, &second);
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 200));
+    assert!(matches!(lab.actions()[..], [Action::SendDtmf { event: 7, duration_ms: 160, .. }]));
+}
+
+#[test]
+fn a_trunk_that_takes_sip_info_gets_the_browsers_telephone_events_as_info() {
+    let (mut lab, ok, actions) = answered_browser_call(true);
+    assert!(actions.iter().any(|a| matches!(a, Action::OpenWebRtc { dtmf_as_info: true, .. })));
+    // The relay reported key 5 from the browser's RFC 4733 events.
+    lab.b2bua.handle_dtmf(lab.now, 1, Side::A, 5, 180);
+    let out = lab.sent();
+    let (_, info) = out.iter().find(|(to, m)| *to == addr(T1) && method(m) == "INFO").expect("INFO to the trunk");
+    assert_eq!(info.get("Content-Type"), Some("application/dtmf-relay"));
+    assert_eq!(String::from_utf8_lossy(&info.body), "Signal=5\r\nDuration=180\r\n");
+    assert!(info.get("To").is_some_and(|t| t.contains("tag=t1")), "in the trunk's dialog");
+    // The trunk's 200 ends the INFO: nothing is sent back (no ACK, no BYE), the call goes on.
+    let info = info.clone();
+    let ok_text = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        info.get("Via").expect("via"),
+        info.get("From").expect("from"),
+        info.get("To").expect("to"),
+        info.get("Call-ID").expect("call-id"),
+        info.get("CSeq").expect("cseq")
+    );
+    assert!(lab.send(T1, &ok_text).is_empty(), "the INFO's 200 is the end of it");
+    assert_eq!(lab.b2bua.calls(lab.now).len(), 1);
+    // The browser's own INFO passes to such a trunk as it is.
+    let out = lab.send(CALLER, &from_caller(&ok, "INFO", "application/dtmf-relay", "Signal=9\r\nDuration=100\r\n"));
+    let relayed = out.iter().find(|(to, m)| *to == addr(T1) && method(m) == "INFO").expect("INFO relayed");
+    assert!(String::from_utf8_lossy(&relayed.1.body).contains("Signal=9"));
+    assert!(!lab.actions().iter().any(|a| matches!(a, Action::SendDtmf { .. })));
+    // A key that is not a DTMF key is not sent.
+    lab.b2bua.handle_dtmf(lab.now, 1, Side::A, 16, 100);
+    assert!(!lab.sent().iter().any(|(_, m)| method(m) == "INFO"));
 }

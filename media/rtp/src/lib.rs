@@ -69,18 +69,79 @@ pub fn build_rtp(header: &RtpHeader, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// The duration of an RFC 4733 telephone event (§2.3: bytes 2–3 of each
-/// 4-byte event block, in the stream's timestamp units).
-pub fn event_duration(payload: &[u8]) -> Option<u16> {
-    (payload.len() >= 4).then(|| u16::from_be_bytes([payload[2], payload[3]]))
+/// One RFC 4733 telephone event block (§2.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TelephoneEvent {
+    /// 0–9, 10 `*`, 11 `#`, 12–15 `A`–`D` (§3.2).
+    pub event: u8,
+    pub end: bool,
+    pub volume: u8,
+    /// In the stream's timestamp units.
+    pub duration: u16,
 }
 
-/// Rewrites a telephone event's duration, as it must be when the event
-/// crosses to a leg with another RTP clock (8 kHz G.711, 48 kHz Opus).
-pub fn set_event_duration(payload: &mut [u8], duration: u16) {
-    if payload.len() >= 4 {
-        payload[2..4].copy_from_slice(&duration.to_be_bytes());
+impl TelephoneEvent {
+    pub fn parse(payload: &[u8]) -> Option<TelephoneEvent> {
+        let block = payload.get(..4)?;
+        Some(TelephoneEvent {
+            event: block[0],
+            end: block[1] & 0x80 != 0,
+            volume: block[1] & 0x3f,
+            duration: u16::from_be_bytes([block[2], block[3]]),
+        })
     }
+
+    pub fn to_bytes(self) -> [u8; 4] {
+        let [high, low] = self.duration.to_be_bytes();
+        [self.event, if self.end { 0x80 } else { 0 } | (self.volume & 0x3f), high, low]
+    }
+}
+
+/// The DTMF key of an RFC 4733 event (§3.2), as SIP INFO names it.
+pub fn dtmf_key(event: u8) -> Option<char> {
+    match event {
+        0..=9 => char::from_digit(u32::from(event), 10),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some(char::from(b'A' + event - 12)),
+        _ => None,
+    }
+}
+
+/// The RFC 4733 event of a DTMF key (`0`–`9`, `*`, `#`, `A`–`D`, case-insensitive).
+pub fn dtmf_event(key: char) -> Option<u8> {
+    match key.to_ascii_uppercase() {
+        '0'..='9' => key.to_digit(10).map(|d| d as u8),
+        '*' => Some(10),
+        '#' => Some(11),
+        k @ 'A'..='D' => Some(k as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// The packets of one DTMF key sent as RFC 4733 events (§2.5.1): the first
+/// with the marker bit, updates every 50 ms with the duration so far, and
+/// the end packet three times (§2.5.1.4). Each entry: when to send it after
+/// the first, the marker bit, the payload; all share the event's timestamp.
+pub fn telephone_event_packets(
+    event: u8,
+    duration_ms: u32,
+    clock_rate: u32,
+) -> Vec<(std::time::Duration, bool, [u8; 4])> {
+    // RFC 4733 §2.5.2.3: an event longer than the 16-bit duration is split; keys are never that long.
+    let duration_ms = duration_ms.clamp(40, 5000);
+    let ticks = |ms: u32| (u64::from(ms) * u64::from(clock_rate) / 1000).min(u64::from(u16::MAX)) as u16;
+    let block = |end: bool, ms: u32| TelephoneEvent { event, end, volume: 10, duration: ticks(ms) }.to_bytes();
+    let mut packets = vec![(std::time::Duration::ZERO, true, block(false, 0))];
+    let mut at = 50;
+    while at < duration_ms {
+        packets.push((std::time::Duration::from_millis(u64::from(at)), false, block(false, at)));
+        at += 50;
+    }
+    for _ in 0..3 {
+        packets.push((std::time::Duration::from_millis(u64::from(duration_ms)), false, block(true, duration_ms)));
+    }
+    packets
 }
 
 /// RTCP when RTP and RTCP share a port: packet types 192–223 (RFC 5761 §4).
@@ -170,20 +231,36 @@ impl Latch {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn telephone_event_durations() {
-        // RFC 4733 §2.3: event 5, end bit, volume 10, duration 800.
-        let mut event = [5u8, 0x8a, 0x03, 0x20];
-        assert_eq!(event_duration(&event), Some(800));
-        set_event_duration(&mut event, 4800);
-        assert_eq!(event, [5, 0x8a, 0x12, 0xc0]);
-        assert_eq!(event_duration(&event[..3]), None);
-    }
-
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
-        s.parse().expect("addr")
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn dtmf_keys_and_events_follow_rfc_4733() {
+        for (key, event) in [('0', 0), ('9', 9), ('*', 10), ('#', 11), ('A', 12), ('d', 15)] {
+            assert_eq!(dtmf_event(key), Some(event), "{key}");
+            assert_eq!(dtmf_key(event), Some(key.to_ascii_uppercase()), "{event}");
+        }
+        assert_eq!(dtmf_event('x'), None);
+        assert_eq!(dtmf_key(16), None, "16 is flash, not a key");
+        let block = TelephoneEvent::parse(&[11, 0x8a, 0x03, 0x20]).expect("event");
+        assert_eq!(block, TelephoneEvent { event: 11, end: true, volume: 10, duration: 800 });
+        assert_eq!(block.to_bytes(), [11, 0x8a, 0x03, 0x20]);
+        assert_eq!(TelephoneEvent::parse(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn a_key_becomes_a_start_updates_and_three_ends() {
+        let packets = telephone_event_packets(5, 160, 8000);
+        let at: Vec<u64> = packets.iter().map(|(d, _, _)| d.as_millis() as u64).collect();
+        assert_eq!(at, [0, 50, 100, 150, 160, 160, 160]);
+        assert!(packets[0].1 && packets.iter().skip(1).all(|p| !p.1), "marker on the first only");
+        let events: Vec<TelephoneEvent> = packets.iter().filter_map(|p| TelephoneEvent::parse(&p.2)).collect();
+        assert_eq!(events.iter().filter(|e| e.end).count(), 3);
+        assert_eq!(events.last().map(|e| e.duration), Some(1280), "160 ms at 8 kHz");
+        assert!(events.windows(2).all(|w| w[0].duration <= w[1].duration));
     }
 
     #[test]

@@ -110,10 +110,16 @@ window.softphone = {
     second.dominantHz = Math.round((loudest * audio.sampleRate) / analyser.fftSize);
     return { first, second };
   },
-  // RFC 4733 events from the browser's RTCDTMFSender (JsSIP sends SIP INFO unless told otherwise).
-  async sendDtmf(tones) {
-    this.session.sendDTMF(tones, { transportType: "RFC2833", duration: 160, interToneGap: 100 });
-    await new Promise((r) => setTimeout(r, 400 + tones.length * 300));
+  // RFC 4733 events from the browser's RTCDTMFSender ("RFC2833"), or SIP INFO ("INFO", JsSIP's default).
+  async sendDtmf(tones, transportType = "RFC2833") {
+    // JsSIP reports each INFO it sends; RTCDTMFSender tones are only timed.
+    let count = 0;
+    const infos = new Promise((resolve) => this.session.on("newDTMF", (e) => { if (e.originator === "local" && ++count === tones.length) resolve(); }));
+    this.session.sendDTMF(tones, { transportType, duration: 160, interToneGap: 100 });
+    const timed = new Promise((r) => setTimeout(r, 400 + tones.length * 300));
+    await (transportType === "INFO" ? Promise.race([infos, new Promise((r) => setTimeout(r, 5000))]) : timed);
+    // The last key's end packets (the box sends a key's events over its duration).
+    await new Promise((r) => setTimeout(r, 600));
   },
   async hangUp() {
     this.session.terminate();
