@@ -13,9 +13,11 @@ import { startBox, freePort, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs
 /** Runs in the page: a minimal WHEP player and probes the test reads. */
 const PLAYER = `
 window.player = {
-  async start(url, token) {
+  async start(url, token, withAudio) {
     const pc = new RTCPeerConnection();
     this.pc = pc;
+    // Many players offer audio too; the box declines it (no microphone yet) and still answers video.
+    if (withAudio) pc.addTransceiver("audio", { direction: "recvonly" });
     pc.addTransceiver("video", { direction: "recvonly" });
     const video = document.getElementById("v");
     pc.ontrack = (e) => { video.srcObject = new MediaStream([e.track]); };
@@ -143,9 +145,10 @@ test("WHEP: Chromium views the simulated camera; two viewers share one encoder; 
       await assertMovingVideo(pages[0], "viewer 1");
     });
 
-    await t.test("a second viewer: both decode, one encoder", async () => {
-      const r = await pages[1].evaluate(({ url, token }) => player.start(url, token), { url: whepUrl, token });
+    await t.test("a second viewer (offering audio and video): both decode, one encoder", async () => {
+      const r = await pages[1].evaluate(({ url, token }) => player.start(url, token, true), { url: whepUrl, token });
       assert.equal(r.status, 201, r.answer);
+      assert.match(r.answer, /m=audio 0 /, "audio declined");
       await assertMovingVideo(pages[1], "viewer 2");
       await assertMovingVideo(pages[0], "viewer 1 still");
       assert.equal(await metric(api, "branchgate_camera_encoders_running"), 1, "one encode for two viewers");

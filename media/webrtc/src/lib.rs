@@ -226,11 +226,12 @@ impl WebRtcLeg {
         let offer = RTCSessionDescription::offer(offer).map_err(session_error)?;
         connection.set_remote_description(now, offer).map_err(session_error)?;
         let (sender, ssrc) = add_track(&mut connection, kind, parameters)?;
+        let mut candidates = Vec::with_capacity(locals.len());
         for local in locals {
-            add_host_candidate(&mut connection, *local)?;
+            candidates.push(add_host_candidate(&mut connection, *local)?);
         }
         let answer = connection.create_answer(None).map_err(session_error)?;
-        let sdp = answer.sdp.clone();
+        let sdp = candidates_in_first_accepted_section(&answer.sdp, &candidates)?;
         connection.set_local_description(now, answer).map_err(session_error)?;
         Ok((WebRtcLeg::new(connection, local, sender, ssrc), sdp))
     }
@@ -438,8 +439,46 @@ fn add_track(
     Ok((sender, ssrc))
 }
 
-/// The box's one ICE candidate: the relay port on the address the browser must reach.
-fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> Result<(), WebRtcError> {
+/// `rtc` writes the candidates into the first media section only, even when
+/// that section is declined (port 0: a WHEP player offering audio and video
+/// to a camera without audio), which leaves the answer with none the browser
+/// will use. They go into the first accepted section then (with BUNDLE, the
+/// one the transport belongs to).
+fn candidates_in_first_accepted_section(answer: &str, candidates: &[String]) -> Result<String, WebRtcError> {
+    let sdp = SessionDescription::parse(answer.as_bytes()).map_err(session_error)?;
+    let Some(index) = sdp.media.iter().position(|m| m.port != 0) else { return Ok(answer.to_string()) };
+    if sdp.media[index].lines.iter().any(|l| l.kind == 'a' && l.value.starts_with("candidate:")) {
+        return Ok(answer.to_string());
+    }
+    // Inserted in the text (not the model) right before the next section, so
+    // every other line stays exactly as `rtc` wrote it.
+    let mut out = String::with_capacity(answer.len() + candidates.len() * 80);
+    let mut section = None::<usize>;
+    let insert = |out: &mut String| {
+        for candidate in candidates {
+            out.push_str(&format!("a={candidate}\r\n"));
+        }
+        out.push_str("a=end-of-candidates\r\n");
+    };
+    for line in answer.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            if section == Some(index) {
+                insert(&mut out);
+            }
+            section = Some(section.map_or(0, |s| s + 1));
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if section == Some(index) {
+        insert(&mut out);
+    }
+    Ok(out)
+}
+
+/// One of the box's ICE candidates: the leg's port on an address the browser
+/// may reach. Returns its `candidate:` attribute value.
+fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> Result<String, WebRtcError> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_string(),
@@ -453,7 +492,9 @@ fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> 
     .new_candidate_host()
     .map_err(session_error)?;
     let init = RTCIceCandidate::from(&candidate).to_json().map_err(session_error)?;
-    connection.add_local_candidate(init).map_err(session_error)
+    let attribute = init.candidate.clone();
+    connection.add_local_candidate(init).map_err(session_error)?;
+    Ok(attribute)
 }
 
 /// The offer with its `kind` sections narrowed to the payload types `keep`.
@@ -510,6 +551,40 @@ mod tests {
         assert!(answer.contains("a=rtcp-mux"), "{answer}");
         assert!(answer.contains("192.0.2.1 20000 typ host"), "{answer}");
         assert!(!answer.contains("setup:actpass"), "{answer}");
+    }
+
+    /// Chromium 156's offer of a WHEP player: recvonly audio and video.
+    const CHROMIUM_WHEP_OFFER: &str = include_str!("../tests/chromium-whep-offer.sdp");
+
+    #[test]
+    fn picks_the_constrained_baseline_packetization_mode_1_h264_of_an_offer() {
+        let codec = VideoCodec::h264_in_offer(CHROMIUM_WHEP_OFFER).expect("h264");
+        assert_eq!(codec.payload_type, 108, "42e01f with packetization-mode=1");
+        let baseline_only = CHROMIUM_WHEP_OFFER.replace("profile-level-id=42e01f", "profile-level-id=640c1f");
+        assert_eq!(VideoCodec::h264_in_offer(&baseline_only).expect("h264").payload_type, 102, "42001f next");
+        let mode0_only = CHROMIUM_WHEP_OFFER.replace("packetization-mode=1", "packetization-mode=0");
+        assert!(matches!(VideoCodec::h264_in_offer(&mode0_only), Err(WebRtcError::NoVideo(_))));
+        assert!(matches!(VideoCodec::h264_in_offer(CHROMIUM_OFFER), Err(WebRtcError::NoVideo(_))), "audio only");
+    }
+
+    #[test]
+    fn answers_a_whep_offer_send_only_with_every_candidate() {
+        let codec = VideoCodec::h264_in_offer(CHROMIUM_WHEP_OFFER).expect("h264");
+        let locals: Vec<SocketAddr> =
+            vec!["192.0.2.1:20002".parse().expect("addr"), "127.0.0.1:20002".parse().expect("addr")];
+        let (leg, answer) =
+            WebRtcLeg::answer_video(Instant::now(), CHROMIUM_WHEP_OFFER, &locals, &codec).expect("answer");
+        assert_eq!(leg.state(), LegState::Connecting);
+        let video = answer.split("m=video").nth(1).expect("m=video");
+        let m_line = video.lines().next().expect("line");
+        assert_eq!(m_line.split_whitespace().skip(1).collect::<Vec<_>>(), ["UDP/TLS/RTP/SAVPF", "108"], "{answer}");
+        assert!(answer.contains("m=audio 0 "), "the audio the box does not send is declined: {answer}");
+        assert!(video.contains("a=sendonly"), "{answer}");
+        assert!(video.contains("a=rtcp-fb:108 nack pli"), "{answer}");
+        assert!(video.contains("profile-level-id=42e01f"), "{answer}");
+        assert!(answer.contains("192.0.2.1 20002 typ host"), "{answer}");
+        assert!(answer.contains("127.0.0.1 20002 typ host"), "{answer}");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
     }
 
     #[test]
