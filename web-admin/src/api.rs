@@ -829,15 +829,17 @@ pub fn cdr_to_csv(jsonl: &str) -> String {
 const VIDEO4LINUX: &str = "/sys/class/video4linux";
 
 /// The box's cameras (real V4L2 devices, or the simulated one where there is none).
-pub async fn cameras(State(_state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+pub async fn cameras(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
     let list: Vec<Value> = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX))
         .into_iter()
         .map(|c| {
+            let viewers = state.whep.hub.viewers(&c.id);
             json!({ "id": c.id, "name": c.name, "simulated": c.simulated, "device": c.device,
-                    "width": c.width, "height": c.height })
+                    "width": c.width, "height": c.height, "whep": format!("/whep/{}", c.id),
+                    "encoder_running": viewers > 0, "viewers": viewers })
         })
         .collect();
     Json(Value::Array(list)).into_response()

@@ -14,6 +14,7 @@ pub mod security;
 pub mod sip_ws;
 pub mod status;
 pub mod tls;
+pub mod whep;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,6 +78,10 @@ pub struct AppState {
     /// Firmware updates: slots, keyring, `compatible`, the install in progress. By default
     /// the simulated slots in `DATA_DIR/firmware` and the keyring `DATA_DIR/firmware/keyring.pem`.
     pub firmware: branchgate_update::Agent,
+    /// Camera pipelines and WHEP viewers.
+    pub whep: branchgate_capture::whep::Whep,
+    /// Signs and checks WHEP viewer tokens (`DATA_DIR/viewer-token.key`).
+    pub viewer_key: whep::ViewerKey,
     cpu: Arc<Mutex<CpuSampler>>,
 }
 
@@ -102,6 +107,8 @@ impl AppState {
                 running_version: env!("CARGO_PKG_VERSION").to_string(),
                 tracker: Default::default(),
             },
+            whep: Default::default(),
+            viewer_key: whep::ViewerKey::load_or_create(&data_dir),
             data_dir,
             cpu: Arc::default(),
         }
@@ -258,6 +265,13 @@ impl AppState {
             self.sip.trunks().iter().map(|t| (label("trunk", &t.name), u8::from(t.up).to_string())).collect(),
         );
         metric(
+            "branchgate_camera_encoders_running",
+            "Camera pipelines encoding now (one per watched camera, however many viewers).",
+            "gauge",
+            gauge(self.whep.hub.encoders_running() as u64),
+        );
+        metric("branchgate_whep_viewers", "WHEP viewer sessions now.", "gauge", gauge(self.whep.count() as u64));
+        metric(
             "branchgate_process_resident_memory_bytes",
             "Resident memory of the daemon.",
             "gauge",
@@ -367,6 +381,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sip/cdr.csv", get(api::cdr_csv))
         .route("/cameras", get(api::cameras))
         .route("/cameras/{id}/snapshot.jpg", get(api::camera_snapshot))
+        .route("/cameras/{id}/viewer-token", post(whep::post_viewer_token))
         .route("/firmware", get(firmware::get_firmware))
         .route(
             "/firmware/bundle",
@@ -381,6 +396,11 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
         .route("/sip", get(sip_ws::sip_websocket))
+        .route("/whep/{id}", post(whep::post_offer).options(whep::preflight))
+        .route(
+            "/whep/{id}/{session}",
+            axum::routing::delete(whep::delete_session).patch(whep::patch_session).options(whep::preflight),
+        )
         .route("/events", get(events))
         .merge(pages::routes())
         .layer(axum::middleware::from_fn(security::csrf_guard))

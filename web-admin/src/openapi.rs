@@ -13,8 +13,10 @@ fn with_body(mut operation: Value, schema: Value) -> Value {
 
 pub fn document() -> Value {
     let mut doc = document_without_firmware();
-    if let (Some(paths), Value::Object(firmware)) = (doc["paths"].as_object_mut(), firmware_paths()) {
-        paths.extend(firmware);
+    for extra in [firmware_paths(), whep_paths()] {
+        if let (Some(paths), Value::Object(extra)) = (doc["paths"].as_object_mut(), extra) {
+            paths.extend(extra);
+        }
     }
     doc
 }
@@ -108,7 +110,7 @@ fn document_without_firmware() -> Value {
                 "delete": op("Hang up a call (BYE to both legs, or 480 to the caller before answer)", "installer",
                     json!({"204": {"description": "Hung up"}, "404": {"description": "No such call"}, "503": {"description": "SIP not running"}})) },
             "/api/v1/sip/cdr.csv": { "get": op("Call detail records as CSV (call, start, answer, end, duration_seconds, caller, callee, destination, status, cause)", "viewer", ok("text/csv")) },
-            "/api/v1/cameras": { "get": op("The cameras: an array of {id, name, simulated, device, width, height}; a simulated one where the box has none", "viewer", ok("[camera]")) },
+            "/api/v1/cameras": { "get": op("The cameras: an array of {id, name, simulated, device, width, height, whep, encoder_running, viewers}; a simulated one where the box has none", "viewer", ok("[camera]")) },
             "/api/v1/cameras/{id}/snapshot.jpg": { "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "get": op("A JPEG snapshot", "viewer", json!({"200": {"description": "image/jpeg"}, "404": {"description": "No such camera"}, "503": {"description": "Capture not available for that camera yet"}})) },
             "/api/v1/openapi.json": { "get": op("This document", "nothing", ok("OpenAPI 3.1")) }
@@ -144,5 +146,53 @@ fn firmware_paths() -> Value {
             "/api/v1/system/reboot": { "post": op("Reboot into the slot installed last. On the simulated backend (no RAUC) the request is \
     recorded as pending_reboot and the daemon keeps running", "admin",
                 json!({"202": {"description": "Rebooting (or recorded): {slot, simulated}"}, "409": {"description": "Nothing installed, or an install is running"}})) }
+    })
+}
+
+/// WHEP (RFC 9725) and viewer tokens, a separate `json!` like the firmware paths.
+fn whep_paths() -> Value {
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let session = json!({"name": "session", "in": "path", "required": true, "schema": {"type": "string"}});
+    let auth =
+        "a viewer token (Authorization: Bearer, any origin) or the session cookie of a viewer (same origin only)";
+    json!({
+        "/whep/{id}": {
+            "parameters": [id.clone()],
+            "post": {
+                "summary": "WHEP: an SDP offer (recvonly H.264 video) in, the SDP answer out (ICE-lite, every candidate, no trickle)",
+                "description": format!("Needs: {auth}."),
+                "requestBody": { "required": true, "content": { "application/sdp": { "schema": { "type": "string" } } } },
+                "responses": {
+                    "201": { "description": "The answer (application/sdp); Location: /whep/{id}/{session}" },
+                    "400": { "description": "The offer is not usable SDP" },
+                    "401": { "description": "No or bad credentials (WWW-Authenticate: Bearer)" },
+                    "403": { "description": "Role too low, or the cookie from a foreign Origin" },
+                    "404": { "description": "No such camera" },
+                    "415": { "description": "Not Content-Type: application/sdp" },
+                    "422": { "description": "No video the box can send (H.264 packetization-mode=1, baseline)" },
+                    "503": { "description": "Too many viewers, no free media port, or the camera cannot stream" }
+                }
+            },
+            "options": { "summary": "CORS preflight for players on other origins", "responses": { "204": { "description": "CORS headers" } } }
+        },
+        "/whep/{id}/{session}": {
+            "parameters": [id.clone(), session],
+            "delete": {
+                "summary": "End a viewer session",
+                "description": format!("Needs: {auth}."),
+                "responses": { "204": { "description": "Ended" }, "401": { "description": "No or bad credentials" },
+                               "404": { "description": "No such session" } }
+            },
+            "patch": { "summary": "Trickle ICE / ICE restart: not supported", "responses": { "405": { "description": "Every candidate is in the answer" } } }
+        },
+        "/api/v1/cameras/{id}/viewer-token": {
+            "parameters": [id],
+            "post": with_body(
+                op("A viewer token for WHEP players: {token, camera, expires_at, whep_url}; HMAC-signed, bound to the camera", "viewer",
+                   json!({ "200": { "description": "{token, camera, expires_at, whep_url}" },
+                           "404": { "description": "No such camera" },
+                           "422": { "description": "ttl_seconds out of 1..=604800" } })),
+                json!({ "type": "object", "properties": { "ttl_seconds": { "type": "integer", "minimum": 1, "maximum": 604800, "default": 3600 } } })),
+        }
     })
 }

@@ -173,6 +173,10 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, Role, bool)> {
         // Nothing installed: 409.
         (M::POST, "/api/v1/system/reboot", None, Role::Admin, false),
         (M::GET, "/api/v1/cameras/sim0/snapshot.jpg", None, Role::Viewer, false),
+        (M::POST, "/api/v1/cameras/sim0/viewer-token", Some(json!({"ttl_seconds": 60})), Role::Viewer, false),
+        // A JSON body is not an offer: 415 once authorised.
+        (M::POST, "/whep/sim0", Some(json!({})), Role::Viewer, false),
+        (M::DELETE, "/whep/sim0/00000000000000000000000000000000", None, Role::Viewer, false),
         (M::POST, "/calls/7/hangup", None, Role::Installer, true),
         (M::GET, "/backup", None, Role::Admin, true),
         (M::GET, "/backup/download", None, Role::Admin, true),

@@ -1,5 +1,6 @@
-//! The box's end of a WebRTC media session, sans-IO: one audio stream over
-//! one UDP port (ICE-lite, DTLS-SRTP, RTCP-mux, BUNDLE), built on webrtc-rs's
+//! The box's end of a WebRTC media session, sans-IO: one audio stream (a
+//! call) or one send-only video stream (a WHEP camera viewer) over one UDP
+//! port (ICE-lite, DTLS-SRTP, RTCP-mux, BUNDLE), built on webrtc-rs's
 //! `rtc` peer connection. The driver owns the socket and the clock: it feeds
 //! datagrams to [`WebRtcLeg::handle_datagram`], sends what
 //! [`WebRtcLeg::poll_transmit`] gives, and calls [`WebRtcLeg::handle_timeout`]
@@ -32,7 +33,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -43,6 +44,8 @@ pub enum WebRtcError {
     Session(String),
     #[error("no audio codec in common")]
     NoCommonCodec,
+    #[error("the offer has no video section this box can send to ({0})")]
+    NoVideo(&'static str),
 }
 
 fn session_error(e: impl std::fmt::Display) -> WebRtcError {
@@ -76,6 +79,74 @@ impl AudioCodec {
     }
 }
 
+/// The video codec the box sends: H.264 as its encoder makes it (packetization
+/// mode 1; constrained baseline, which every WebRTC browser decodes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VideoCodec {
+    /// The offer's payload type for it (the answer must reuse it).
+    pub payload_type: u8,
+    /// `a=fmtp` as the box answers it.
+    pub fmtp: String,
+}
+
+/// The H.264 parameters the box's encoder produces.
+pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+impl VideoCodec {
+    /// The offer's H.264 payload type the box can send: packetization mode 1
+    /// and a constrained-baseline profile (`42e0..`, or baseline `4200..`, which
+    /// decodes constrained baseline too). Pure: unit-tested on browser offers.
+    pub fn h264_in_offer(offer: &str) -> Result<VideoCodec, WebRtcError> {
+        let sdp = SessionDescription::parse(offer.as_bytes()).map_err(session_error)?;
+        let video = sdp.media.iter().find(|m| m.kind == "video").ok_or(WebRtcError::NoVideo("no m=video"))?;
+        let attribute = |name: &str, format: &str| -> Option<String> {
+            video.lines.iter().filter(|l| l.kind == 'a').find_map(|l| {
+                let rest = l.value.strip_prefix(name)?.strip_prefix(':')?;
+                let (pt, value) = rest.split_once(' ')?;
+                (pt == format).then(|| value.trim().to_string())
+            })
+        };
+        let mut best: Option<(u8, u8)> = None;
+        for format in &video.formats {
+            let Ok(payload_type) = format.parse::<u8>() else { continue };
+            let is_h264 = attribute("rtpmap", format).is_some_and(|m| m.eq_ignore_ascii_case("H264/90000"));
+            let fmtp = attribute("fmtp", format).unwrap_or_default().to_ascii_lowercase();
+            let param = |key: &str| fmtp.split(';').find_map(|p| p.trim().strip_prefix(key)?.strip_prefix('='));
+            if !is_h264 || param("packetization-mode") != Some("1") {
+                continue;
+            }
+            let rank = match param("profile-level-id").map(|p| p.get(..4).unwrap_or("")) {
+                Some("42e0") => 2,
+                Some("4200") => 1,
+                _ => continue,
+            };
+            if best.is_none_or(|(_, r)| rank > r) {
+                best = Some((payload_type, rank));
+            }
+        }
+        let (payload_type, _) = best.ok_or(WebRtcError::NoVideo("no H264 with packetization-mode=1 in baseline"))?;
+        Ok(VideoCodec { payload_type, fmtp: H264_FMTP.to_string() })
+    }
+
+    fn parameters(&self) -> RTCRtpCodecParameters {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: "video/H264".to_string(),
+                clock_rate: 90000,
+                channels: 0,
+                sdp_fmtp_line: self.fmtp.clone(),
+                // No `nack`: the box keeps no retransmission buffer; a loss
+                // makes the browser ask for a keyframe (PLI) instead.
+                rtcp_feedback: vec![
+                    RTCPFeedback { typ: "nack".into(), parameter: "pli".into() },
+                    RTCPFeedback { typ: "ccm".into(), parameter: "fir".into() },
+                ],
+            },
+            payload_type: self.payload_type,
+        }
+    }
+}
+
 /// One RTP packet's fields that cross between legs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rtp {
@@ -102,6 +173,9 @@ pub struct WebRtcLeg {
     sender: RTCRtpSenderId,
     ssrc: u32,
     state: LegState,
+    /// The browser asked for a keyframe (PLI/FIR), or just connected and has
+    /// none yet; taken by [`WebRtcLeg::take_keyframe_request`].
+    keyframe_wanted: bool,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -120,32 +194,67 @@ impl WebRtcLeg {
         local: SocketAddr,
         codecs: &[AudioCodec],
     ) -> Result<(WebRtcLeg, String), WebRtcError> {
-        let mut connection = connection(now, codecs)?;
-        let offer = RTCSessionDescription::offer(only_formats(offer, codecs)?).map_err(session_error)?;
+        let parameters = audio_parameters(codecs)?;
+        let keep: Vec<u8> = codecs.iter().map(|c| c.payload_type).collect();
+        Self::answer_with(now, only_formats(offer, "audio", &keep)?, &[local], RtpCodecKind::Audio, &parameters)
+    }
+
+    /// Answers a WHEP viewer's offer: the box only sends `codec` (from
+    /// [`VideoCodec::h264_in_offer`]) and has one host candidate per address
+    /// in `locals` (all on the same port). Returns the answer SDP.
+    pub fn answer_video(
+        now: Instant,
+        offer: &str,
+        locals: &[SocketAddr],
+        codec: &VideoCodec,
+    ) -> Result<(WebRtcLeg, String), WebRtcError> {
+        let offer = only_formats(offer, "video", &[codec.payload_type])?;
+        Self::answer_with(now, offer, locals, RtpCodecKind::Video, &[codec.parameters()])
+    }
+
+    /// The answer to an offer already narrowed to `parameters`: the common
+    /// connection setup of calls and viewers.
+    fn answer_with(
+        now: Instant,
+        offer: String,
+        locals: &[SocketAddr],
+        kind: RtpCodecKind,
+        parameters: &[RTCRtpCodecParameters],
+    ) -> Result<(WebRtcLeg, String), WebRtcError> {
+        let local = *locals.first().ok_or_else(|| WebRtcError::Session("no local address".into()))?;
+        let mut connection = connection(now, kind, parameters)?;
+        let offer = RTCSessionDescription::offer(offer).map_err(session_error)?;
         connection.set_remote_description(now, offer).map_err(session_error)?;
-        let (sender, ssrc) = add_audio_track(&mut connection, codecs)?;
-        add_host_candidate(&mut connection, local)?;
+        let (sender, ssrc) = add_track(&mut connection, kind, parameters)?;
+        let mut candidates = Vec::with_capacity(locals.len());
+        for local in locals {
+            candidates.push(add_host_candidate(&mut connection, *local)?);
+        }
         let answer = connection.create_answer(None).map_err(session_error)?;
-        let sdp = answer.sdp.clone();
+        let sdp = candidates_in_first_accepted_section(&answer.sdp, &candidates)?;
         connection.set_local_description(now, answer).map_err(session_error)?;
-        let mut leg = WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting };
+        Ok((WebRtcLeg::new(connection, local, sender, ssrc), sdp))
+    }
+
+    fn new(connection: RTCPeerConnection, local: SocketAddr, sender: RTCRtpSenderId, ssrc: u32) -> WebRtcLeg {
+        let mut leg =
+            WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting, keyframe_wanted: false };
         leg.drain_events();
-        Ok((leg, sdp))
+        leg
     }
 
     /// Offers a browser `codecs` (in preference order; `telephone-event`
     /// may be among them) on `local`. Returns the offer SDP; the browser's
     /// answer goes to [`WebRtcLeg::accept_answer`].
     pub fn offer(now: Instant, local: SocketAddr, codecs: &[AudioCodec]) -> Result<(WebRtcLeg, String), WebRtcError> {
-        let mut connection = connection(now, codecs)?;
-        let (sender, ssrc) = add_audio_track(&mut connection, codecs)?;
+        let parameters = audio_parameters(codecs)?;
+        let mut connection = connection(now, RtpCodecKind::Audio, &parameters)?;
+        let (sender, ssrc) = add_track(&mut connection, RtpCodecKind::Audio, &parameters)?;
         add_host_candidate(&mut connection, local)?;
         let offer = connection.create_offer(None).map_err(session_error)?;
         let sdp = offer.sdp.clone();
         connection.set_local_description(now, offer).map_err(session_error)?;
-        let mut leg = WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting };
-        leg.drain_events();
-        Ok((leg, sdp))
+        Ok((WebRtcLeg::new(connection, local, sender, ssrc), sdp))
     }
 
     /// The browser's answer to [`WebRtcLeg::offer`].
@@ -166,10 +275,15 @@ impl WebRtcLeg {
 
     /// A datagram that arrived on the leg's port (STUN, DTLS, SRTP or SRTCP).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.handle_datagram_at(now, self.local, from, data);
+    }
+
+    /// A datagram that arrived at `local`, one of the leg's candidates.
+    pub fn handle_datagram_at(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
         let message = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local,
+                local_addr: local,
                 peer_addr: from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
@@ -186,9 +300,28 @@ impl WebRtcLeg {
         self.connection.poll_write().map(|m| (m.transport.peer_addr, m.message))
     }
 
-    /// The next decrypted RTP packet from the browser.
+    /// The next datagram to send: from which of the leg's candidates, to where.
+    pub fn poll_transmit_from(&mut self) -> Option<(SocketAddr, SocketAddr, BytesMut)> {
+        self.connection.poll_write().map(|m| (m.transport.local_addr, m.transport.peer_addr, m.message))
+    }
+
+    /// True once per keyframe request since the last call: the browser sent
+    /// a PLI or FIR, or the session has just connected (media sent before
+    /// DTLS completed was dropped, so the picture needs a fresh start).
+    pub fn take_keyframe_request(&mut self) -> bool {
+        std::mem::take(&mut self.keyframe_wanted)
+    }
+
+    /// The next decrypted RTP packet from the browser. RTCP read on the way
+    /// is handled here (keyframe requests are noted).
     pub fn poll_rtp(&mut self) -> Option<Rtp> {
         while let Some(TaggedRTCMessage { message, .. }) = self.connection.poll_read() {
+            if let RTCMessage::RtcpPacket(_, packets) = &message {
+                self.keyframe_wanted |= packets.iter().any(|p| {
+                    p.as_any().is::<rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                        || p.as_any().is::<rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
+                });
+            }
             if let RTCMessage::RtpPacket(_, packet) = message {
                 return Some(Rtp {
                     payload_type: packet.header.payload_type,
@@ -237,7 +370,10 @@ impl WebRtcLeg {
         while let Some(event) = self.connection.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 self.state = match state {
-                    RTCPeerConnectionState::Connected => LegState::Connected,
+                    RTCPeerConnectionState::Connected => {
+                        self.keyframe_wanted = true;
+                        LegState::Connected
+                    }
                     RTCPeerConnectionState::Failed => LegState::Failed,
                     RTCPeerConnectionState::Closed => LegState::Closed,
                     _ => self.state,
@@ -247,14 +383,22 @@ impl WebRtcLeg {
     }
 }
 
-/// A peer connection that speaks `codecs` only, ICE-lite, with RTCP reports.
-fn connection(now: Instant, codecs: &[AudioCodec]) -> Result<RTCPeerConnection, WebRtcError> {
+fn audio_parameters(codecs: &[AudioCodec]) -> Result<Vec<RTCRtpCodecParameters>, WebRtcError> {
     if codecs.is_empty() {
         return Err(WebRtcError::NoCommonCodec);
     }
+    Ok(codecs.iter().map(AudioCodec::parameters).collect())
+}
+
+/// A peer connection that speaks `codecs` (of one `kind`) only, ICE-lite, with RTCP reports.
+fn connection(
+    now: Instant,
+    kind: RtpCodecKind,
+    codecs: &[RTCRtpCodecParameters],
+) -> Result<RTCPeerConnection, WebRtcError> {
     let mut media = MediaEngine::default();
     for codec in codecs {
-        media.register_codec(codec.parameters(), RtpCodecKind::Audio).map_err(session_error)?;
+        media.register_codec(codec.clone(), kind).map_err(session_error)?;
     }
     let registry = configure_rtcp_reports(Registry::new());
     let settings = SettingEngineBuilder::new().with_lite(true).build();
@@ -267,22 +411,23 @@ fn connection(now: Instant, codecs: &[AudioCodec]) -> Result<RTCPeerConnection, 
         .map_err(session_error)
 }
 
-/// The box's audio track (sending the first of `codecs`), with a random SSRC.
-fn add_audio_track(
+/// The box's track (sending the first of `codecs`), with a random SSRC.
+fn add_track(
     connection: &mut RTCPeerConnection,
-    codecs: &[AudioCodec],
+    kind: RtpCodecKind,
+    codecs: &[RTCRtpCodecParameters],
 ) -> Result<(RTCRtpSenderId, u32), WebRtcError> {
-    let voice = codecs.first().ok_or(WebRtcError::NoCommonCodec)?;
+    let first = codecs.first().ok_or(WebRtcError::NoCommonCodec)?;
     let ssrc: u32 = rand::thread_rng().r#gen();
     let token = || format!("{:016x}", rand::thread_rng().r#gen::<u64>());
     let track = MediaStreamTrack::new(
         token(),
         token(),
         "branchgate".to_string(),
-        RtpCodecKind::Audio,
+        kind,
         vec![RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-            codec: voice.parameters().rtp_codec,
+            codec: first.rtp_codec.clone(),
             ..Default::default()
         }],
     );
@@ -290,12 +435,50 @@ fn add_audio_track(
     // `add_track` narrows the transceiver to the track's one codec; an offer
     // must list all of them (a browser callee may pick Opus over G.711).
     let mut transceiver = connection.rtp_transceiver(sender.into()).ok_or(WebRtcError::NoCommonCodec)?;
-    transceiver.set_codec_preferences(codecs.iter().map(AudioCodec::parameters).collect()).map_err(session_error)?;
+    transceiver.set_codec_preferences(codecs.to_vec()).map_err(session_error)?;
     Ok((sender, ssrc))
 }
 
-/// The box's one ICE candidate: the relay port on the address the browser must reach.
-fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> Result<(), WebRtcError> {
+/// `rtc` writes the candidates into the first media section only, even when
+/// that section is declined (port 0: a WHEP player offering audio and video
+/// to a camera without audio), which leaves the answer with none the browser
+/// will use. They go into the first accepted section then (with BUNDLE, the
+/// one the transport belongs to).
+fn candidates_in_first_accepted_section(answer: &str, candidates: &[String]) -> Result<String, WebRtcError> {
+    let sdp = SessionDescription::parse(answer.as_bytes()).map_err(session_error)?;
+    let Some(index) = sdp.media.iter().position(|m| m.port != 0) else { return Ok(answer.to_string()) };
+    if sdp.media[index].lines.iter().any(|l| l.kind == 'a' && l.value.starts_with("candidate:")) {
+        return Ok(answer.to_string());
+    }
+    // Inserted in the text (not the model) right before the next section, so
+    // every other line stays exactly as `rtc` wrote it.
+    let mut out = String::with_capacity(answer.len() + candidates.len() * 80);
+    let mut section = None::<usize>;
+    let insert = |out: &mut String| {
+        for candidate in candidates {
+            out.push_str(&format!("a={candidate}\r\n"));
+        }
+        out.push_str("a=end-of-candidates\r\n");
+    };
+    for line in answer.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            if section == Some(index) {
+                insert(&mut out);
+            }
+            section = Some(section.map_or(0, |s| s + 1));
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if section == Some(index) {
+        insert(&mut out);
+    }
+    Ok(out)
+}
+
+/// One of the box's ICE candidates: the leg's port on an address the browser
+/// may reach. Returns its `candidate:` attribute value.
+fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> Result<String, WebRtcError> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_string(),
@@ -309,17 +492,19 @@ fn add_host_candidate(connection: &mut RTCPeerConnection, local: SocketAddr) -> 
     .new_candidate_host()
     .map_err(session_error)?;
     let init = RTCIceCandidate::from(&candidate).to_json().map_err(session_error)?;
-    connection.add_local_candidate(init).map_err(session_error)
+    let attribute = init.candidate.clone();
+    connection.add_local_candidate(init).map_err(session_error)?;
+    Ok(attribute)
 }
 
-/// The offer with its audio sections narrowed to `codecs`' payload types.
+/// The offer with its `kind` sections narrowed to the payload types `keep`.
 /// The peer connection's codec matching ignores clock rates for some codecs
-/// (it pairs `telephone-event/8000` with an offered `telephone-event/48000`),
-/// so it only sees what the box will really send and receive.
-fn only_formats(offer: &str, codecs: &[AudioCodec]) -> Result<String, WebRtcError> {
+/// (it pairs `telephone-event/8000` with an offered `telephone-event/48000`)
+/// and H.264 profiles, so it only sees what the box will really send and receive.
+fn only_formats(offer: &str, kind: &str, keep: &[u8]) -> Result<String, WebRtcError> {
     let mut sdp = SessionDescription::parse(offer.as_bytes()).map_err(session_error)?;
-    let keep: Vec<String> = codecs.iter().map(|c| c.payload_type.to_string()).collect();
-    for media in sdp.media.iter_mut().filter(|m| m.kind == "audio") {
+    let keep: Vec<String> = keep.iter().map(u8::to_string).collect();
+    for media in sdp.media.iter_mut().filter(|m| m.kind == kind) {
         media.formats.retain(|f| keep.contains(f));
         media.lines.retain(|line| {
             let Some((name, value)) = line.value.split_once(':') else { return true };
@@ -366,6 +551,40 @@ mod tests {
         assert!(answer.contains("a=rtcp-mux"), "{answer}");
         assert!(answer.contains("192.0.2.1 20000 typ host"), "{answer}");
         assert!(!answer.contains("setup:actpass"), "{answer}");
+    }
+
+    /// Chromium 156's offer of a WHEP player: recvonly audio and video.
+    const CHROMIUM_WHEP_OFFER: &str = include_str!("../tests/chromium-whep-offer.sdp");
+
+    #[test]
+    fn picks_the_constrained_baseline_packetization_mode_1_h264_of_an_offer() {
+        let codec = VideoCodec::h264_in_offer(CHROMIUM_WHEP_OFFER).expect("h264");
+        assert_eq!(codec.payload_type, 108, "42e01f with packetization-mode=1");
+        let baseline_only = CHROMIUM_WHEP_OFFER.replace("profile-level-id=42e01f", "profile-level-id=640c1f");
+        assert_eq!(VideoCodec::h264_in_offer(&baseline_only).expect("h264").payload_type, 102, "42001f next");
+        let mode0_only = CHROMIUM_WHEP_OFFER.replace("packetization-mode=1", "packetization-mode=0");
+        assert!(matches!(VideoCodec::h264_in_offer(&mode0_only), Err(WebRtcError::NoVideo(_))));
+        assert!(matches!(VideoCodec::h264_in_offer(CHROMIUM_OFFER), Err(WebRtcError::NoVideo(_))), "audio only");
+    }
+
+    #[test]
+    fn answers_a_whep_offer_send_only_with_every_candidate() {
+        let codec = VideoCodec::h264_in_offer(CHROMIUM_WHEP_OFFER).expect("h264");
+        let locals: Vec<SocketAddr> =
+            vec!["192.0.2.1:20002".parse().expect("addr"), "127.0.0.1:20002".parse().expect("addr")];
+        let (leg, answer) =
+            WebRtcLeg::answer_video(Instant::now(), CHROMIUM_WHEP_OFFER, &locals, &codec).expect("answer");
+        assert_eq!(leg.state(), LegState::Connecting);
+        let video = answer.split("m=video").nth(1).expect("m=video");
+        let m_line = video.lines().next().expect("line");
+        assert_eq!(m_line.split_whitespace().skip(1).collect::<Vec<_>>(), ["UDP/TLS/RTP/SAVPF", "108"], "{answer}");
+        assert!(answer.contains("m=audio 0 "), "the audio the box does not send is declined: {answer}");
+        assert!(video.contains("a=sendonly"), "{answer}");
+        assert!(video.contains("a=rtcp-fb:108 nack pli"), "{answer}");
+        assert!(video.contains("profile-level-id=42e01f"), "{answer}");
+        assert!(answer.contains("192.0.2.1 20002 typ host"), "{answer}");
+        assert!(answer.contains("127.0.0.1 20002 typ host"), "{answer}");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
     }
 
     #[test]

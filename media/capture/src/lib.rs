@@ -1,0 +1,361 @@
+//! Camera pipelines: one GStreamer encode per camera, fanned out to every viewer.
+//!
+//! [`CaptureHub::subscribe`] starts a camera's pipeline when its first viewer
+//! comes; the [`Subscription`] it returns receives every RTP packet the one
+//! encoder makes (a tokio `broadcast`), and the pipeline stops when the last
+//! subscription is dropped. Viewers never cause a second encode: the
+//! invariant "one encode per camera, however many viewers" lives here, and
+//! [`CaptureHub::encoders_running`] makes it observable.
+//!
+//! The simulated camera is `hal`'s [`simulated_frame`] pushed through
+//! `appsrc`, so the snapshot and the video show the same picture.
+
+pub mod whep;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use branchgate_hal::camera::{CameraInfo, SIM_HEIGHT, SIM_WIDTH, simulated_frame};
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use tokio::sync::broadcast;
+
+/// Frame rate of the simulated camera.
+pub const SIM_FPS: u32 = 15;
+/// RTP payload type inside the pipeline; each viewer's leg renumbers it to
+/// what that viewer's offer chose.
+const PIPELINE_PAYLOAD_TYPE: u8 = 96;
+/// Packets buffered per viewer before a slow one starts losing them (about
+/// two seconds of 640x360 video); a viewer that lags asks for a keyframe.
+const FANOUT_DEPTH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("GStreamer: {0}")]
+    Gstreamer(String),
+    #[error("capture from {0} is not available yet (only the simulated camera streams in this version)")]
+    Unsupported(String),
+}
+
+fn gst_error(e: impl std::fmt::Display) -> CaptureError {
+    CaptureError::Gstreamer(e.to_string())
+}
+
+/// One RTP packet of a camera's encoded stream (H.264, RFC 6184, 90 kHz clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VideoPacket {
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload: Bytes,
+}
+
+/// The box's camera pipelines, shared by every viewer.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureHub {
+    encoders: Arc<Mutex<HashMap<String, Encoder>>>,
+}
+
+impl CaptureHub {
+    /// Joins `camera`'s stream, starting its pipeline if nobody watches yet.
+    pub fn subscribe(&self, camera: &CameraInfo) -> Result<Subscription, CaptureError> {
+        let mut encoders = self.lock();
+        let encoder = match encoders.get_mut(&camera.id) {
+            Some(encoder) => encoder,
+            None => encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera)?),
+        };
+        encoder.viewers += 1;
+        // A new viewer needs a keyframe to start decoding; asking now saves
+        // up to a keyframe interval.
+        encoder.keyframes.request();
+        Ok(Subscription {
+            hub: self.clone(),
+            camera: camera.id.clone(),
+            packets: encoder.packets.subscribe(),
+            keyframes: encoder.keyframes.clone(),
+        })
+    }
+
+    /// Pipelines running now (one per watched camera).
+    pub fn encoders_running(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether `camera`'s pipeline runs, and for how many viewers.
+    pub fn viewers(&self, camera: &str) -> usize {
+        self.lock().get(camera).map_or(0, |e| e.viewers)
+    }
+
+    fn release(&self, camera: &str) {
+        let stopped = {
+            let mut encoders = self.lock();
+            let Some(encoder) = encoders.get_mut(camera) else { return };
+            encoder.viewers = encoder.viewers.saturating_sub(1);
+            if encoder.viewers > 0 {
+                return;
+            }
+            encoders.remove(camera)
+        };
+        // Stopped outside the lock: setting a pipeline to NULL waits for its threads.
+        drop(stopped);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Encoder>> {
+        // A panic elsewhere must not take the cameras down with it.
+        self.encoders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One viewer's share of a camera's stream; dropping it leaves.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: CaptureHub,
+    camera: String,
+    packets: broadcast::Receiver<VideoPacket>,
+    keyframes: KeyframeRequester,
+}
+
+impl Subscription {
+    /// The next packet. `Err(Lagged)` means this viewer fell behind and lost
+    /// packets (ask for a keyframe); `Err(Closed)` that the pipeline stopped.
+    pub async fn recv(&mut self) -> Result<VideoPacket, broadcast::error::RecvError> {
+        self.packets.recv().await
+    }
+
+    /// Asks the shared encoder for a keyframe (at most every 500 ms, so a
+    /// viewer with bad loss cannot turn everyone's stream into keyframes).
+    pub fn request_keyframe(&self) {
+        self.keyframes.request();
+    }
+
+    /// The payload type of the packets (what the pipeline's payloader uses).
+    pub fn payload_type(&self) -> u8 {
+        PIPELINE_PAYLOAD_TYPE
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.release(&self.camera);
+    }
+}
+
+/// Sends GStreamer's force-key-unit event to the encoder, rate-limited.
+#[derive(Clone, Debug)]
+struct KeyframeRequester {
+    encoder: gst::Element,
+    last: Arc<Mutex<Option<Instant>>>,
+}
+
+impl KeyframeRequester {
+    fn request(&self) {
+        let now = Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|l| now.duration_since(l) < Duration::from_millis(500)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        // The upstream GstForceKeyUnit event (gst_video_event_new_upstream_force_key_unit)
+        // built by hand, to avoid a dependency on gstreamer-video for one event.
+        let structure = gst::Structure::builder("GstForceKeyUnit")
+            .field("running-time", u64::MAX)
+            .field("all-headers", true)
+            .field("count", 0u32)
+            .build();
+        if let Some(pad) = self.encoder.static_pad("src")
+            && !pad.send_event(gst::event::CustomUpstream::new(structure))
+        {
+            tracing::debug!("the encoder did not take the keyframe request");
+        }
+    }
+}
+
+/// A running pipeline and its viewers.
+#[derive(Debug)]
+struct Encoder {
+    pipeline: gst::Pipeline,
+    packets: broadcast::Sender<VideoPacket>,
+    keyframes: KeyframeRequester,
+    viewers: usize,
+    stop: Arc<AtomicBool>,
+    feeder: Option<JoinHandle<()>>,
+}
+
+/// The pipeline of the simulated camera: RGB frames in, RTP H.264 out.
+/// x264 with zero latency (no B-frames, no lookahead), a keyframe at least
+/// every 2 s, constrained baseline (what every browser decodes; answered as
+/// `profile-level-id=42e01f`), SPS/PPS before every keyframe so a viewer
+/// can join at any keyframe.
+fn simulated_pipeline_description() -> String {
+    format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true \
+           caps=video/x-raw,format=RGB,width={SIM_WIDTH},height={SIM_HEIGHT},framerate={SIM_FPS}/1 \
+         ! videoconvert ! video/x-raw,format=I420 \
+         ! x264enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 \
+         ! video/x-h264,profile=constrained-baseline \
+         ! rtph264pay pt={PIPELINE_PAYLOAD_TYPE} mtu=1200 config-interval=-1 aggregate-mode=zero-latency \
+         ! appsink name=sink sync=false max-buffers=256 drop=true"
+    )
+}
+
+impl Encoder {
+    fn start(camera: &CameraInfo) -> Result<Encoder, CaptureError> {
+        if !camera.simulated {
+            return Err(CaptureError::Unsupported(camera.id.clone()));
+        }
+        gst::init().map_err(gst_error)?;
+        let pipeline = gst::parse::launch(&simulated_pipeline_description())
+            .map_err(gst_error)?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
+        let element = |name: &str| {
+            pipeline.by_name(name).ok_or_else(|| CaptureError::Gstreamer(format!("no element {name} in the pipeline")))
+        };
+        let source = element("src")?
+            .downcast::<gst_app::AppSrc>()
+            .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?;
+        let sink = element("sink")?
+            .downcast::<gst_app::AppSink>()
+            .map_err(|_| CaptureError::Gstreamer("sink is not an appsink".into()))?;
+        let keyframes = KeyframeRequester { encoder: element("enc")?, last: Arc::default() };
+        let (packets, _) = broadcast::channel(FANOUT_DEPTH);
+        let fanout = packets.clone();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(packet) = sample.buffer().and_then(|b| b.map_readable().ok()).and_then(|m| parse(&m)) {
+                        // No receivers (the last viewer is leaving) is not an error.
+                        let _ = fanout.send(packet);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline.set_state(gst::State::Playing).map_err(gst_error)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = {
+            let stop = stop.clone();
+            let bus = pipeline.bus();
+            let camera = camera.id.clone();
+            std::thread::Builder::new()
+                .name(format!("capture-{camera}"))
+                .spawn(move || feed_simulated(&source, bus.as_ref(), &stop, &camera))
+                .map_err(gst_error)?
+        };
+        tracing::info!(camera = %camera.id, "camera pipeline started");
+        Ok(Encoder { pipeline, packets, keyframes, viewers: 0, stop, feeder: Some(feeder) })
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
+        }
+        let _ = self.pipeline.set_state(gst::State::Null);
+        tracing::info!("camera pipeline stopped");
+    }
+}
+
+/// Pushes the simulated picture at [`SIM_FPS`] until told to stop, watching
+/// the bus for errors (which end the stream; viewers see `Closed`).
+fn feed_simulated(source: &gst_app::AppSrc, bus: Option<&gst::Bus>, stop: &AtomicBool, camera: &str) {
+    let interval = Duration::from_secs(1) / SIM_FPS;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let frame = gst::Buffer::from_mut_slice(simulated_frame(unix_ms));
+        if let Err(e) = source.push_buffer(frame) {
+            tracing::warn!(camera, error = ?e, "camera pipeline refused a frame");
+            return;
+        }
+        if let Some(message) = bus.and_then(|b| b.pop_filtered(&[gst::MessageType::Error])) {
+            tracing::warn!(camera, message = ?message, "camera pipeline failed");
+            return;
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            // Behind (a slow machine): drop the backlog rather than burst.
+            next = now;
+        }
+    }
+}
+
+/// The RTP fields a viewer's leg needs from one payloader output buffer.
+fn parse(packet: &[u8]) -> Option<VideoPacket> {
+    let header = branchgate_rtp::parse_rtp(packet).ok()?;
+    let payload = branchgate_rtp::rtp_payload(packet).ok()?;
+    Some(VideoPacket {
+        sequence: header.sequence,
+        timestamp: header.timestamp,
+        marker: header.marker,
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim() -> CameraInfo {
+        branchgate_hal::camera::enumerate(std::path::Path::new("/nonexistent")).remove(0)
+    }
+
+    #[test]
+    fn parses_payloader_output() {
+        let mut out = Vec::new();
+        let header =
+            branchgate_rtp::RtpHeader { payload_type: 96, marker: true, sequence: 7, timestamp: 9000, ssrc: 1 };
+        branchgate_rtp::build_rtp(&header, &[0x65, 1, 2], &mut out);
+        let packet = parse(&out).expect("rtp");
+        assert_eq!((packet.sequence, packet.timestamp, packet.marker), (7, 9000, true));
+        assert_eq!(&packet.payload[..], &[0x65, 1, 2]);
+        assert!(parse(&[1, 2]).is_none());
+    }
+
+    #[test]
+    fn real_cameras_are_refused_until_their_pipeline_exists() {
+        let hub = CaptureHub::default();
+        let real = CameraInfo { simulated: false, id: "video0".into(), ..sim() };
+        assert!(matches!(hub.subscribe(&real), Err(CaptureError::Unsupported(_))));
+        assert_eq!(hub.encoders_running(), 0);
+    }
+
+    /// Needs GStreamer's base, good and ugly plugins (x264): `./x` installs them.
+    #[tokio::test]
+    async fn one_encoder_for_many_viewers_and_none_after_the_last() {
+        let hub = CaptureHub::default();
+        let camera = sim();
+        let mut first = hub.subscribe(&camera).expect("pipeline");
+        let mut second = hub.subscribe(&camera).expect("same pipeline");
+        assert_eq!(hub.encoders_running(), 1);
+        assert_eq!(hub.viewers("sim0"), 2);
+        let deadline = Duration::from_secs(10);
+        let a = tokio::time::timeout(deadline, first.recv()).await.expect("packets come").expect("packet");
+        let b = tokio::time::timeout(deadline, second.recv()).await.expect("packets come").expect("packet");
+        assert!(!a.payload.is_empty() && !b.payload.is_empty());
+        // The stream starts with SPS and PPS (aggregated in a STAP-A, type 24,
+        // whose first unit is the SPS, type 7): a decoder can start at once.
+        assert_eq!(a.payload[0] & 0x1f, 24, "STAP-A first");
+        assert_eq!(a.payload.get(3).map(|n| n & 0x1f), Some(7), "SPS inside");
+        drop(first);
+        assert_eq!(hub.encoders_running(), 1);
+        drop(second);
+        assert_eq!(hub.encoders_running(), 0);
+    }
+}
