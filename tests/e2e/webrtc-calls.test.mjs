@@ -5,15 +5,13 @@
 // must hear the other's.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
-import { writeFileSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { startBox, freePort, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs";
-import { startBaresip } from "./lib/baresip.mjs";
+import { startBaresip, receivedDtmf } from "./lib/baresip.mjs";
 import { sipp, SCENARIOS } from "./lib/sipp.mjs";
-import { jssipBundle, toneWav, softphonePage, checkAudioBothWays } from "./lib/softphone.mjs";
+import { serveSoftphone, checkAudioBothWays } from "./lib/softphone.mjs";
 
 const DOMAIN = "branch.example";
 
@@ -34,16 +32,7 @@ async function lab(t, sip = {}) {
       },
     },
   });
-  const work = mkdtempSync(join(tmpdir(), "webrtc-call-"));
-  const tone = join(work, "tone-440.wav");
-  toneWav(tone, 440);
-  const bundle = await jssipBundle();
-  const server = http.createServer((req, res) => {
-    if (req.url === "/jssip.js") { res.writeHead(200, { "content-type": "text/javascript" }); return res.end(bundle); }
-    res.writeHead(200, { "content-type": "text/html" });
-    res.end(softphonePage());
-  });
-  await new Promise((r) => server.listen(pagePort, "127.0.0.1", r));
+  const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
   const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: "PCMU" });
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
@@ -165,8 +154,7 @@ for (const opusOnly of [false, true]) {
         await softphone.sendDtmf("159#");
         await softphone.hangUp();
       }, { domain: DOMAIN, opusOnly });
-      // baresip prints each RFC 4733 event it receives, start and end.
-      const received = [...phone.output.matchAll(/received event: '(.)' \(end=1\)/g)].map((m) => m[1]).join("");
+      const received = receivedDtmf(phone.output);
       console.log(`baresip received DTMF: ${received}`);
       assert.equal(received, "159#", `baresip's output:\n${phone.output.slice(-2000)}`);
     } finally {
@@ -184,7 +172,7 @@ test("DTMF the browser sends as SIP INFO (JsSIP's default) reaches the SIP phone
       await softphone.sendDtmf("159#", "INFO");
       await softphone.hangUp();
     }, DOMAIN);
-    const received = [...phone.output.matchAll(/received event: '(.)' \(end=1\)/g)].map((m) => m[1]).join("");
+    const received = receivedDtmf(phone.output);
     console.log(`baresip received DTMF: ${received}`);
     assert.equal(received, "159#", `baresip's output:\n${phone.output.slice(-2000)}`);
   } finally {

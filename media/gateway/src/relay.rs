@@ -529,6 +529,12 @@ async fn relay_browser_stream(
                 stream.report_event(&rtp);
                 continue;
             }
+            // While the box sends a key of its own, the voice it would interleave is left out
+            // (RFC 4733 §2.5.1.1, as browsers do): receivers play one packet per frame from
+            // their jitter buffers, and the extra packets would back them up until they flush.
+            if kind != Payload::Event && !stream.injected.is_empty() {
+                continue;
+            }
             stream.to_sip.cross(rtp, payload_type, kind, &mut crossing);
             for rtp in crossing.drain(..) {
                 send_plain(&sip_rtp, &mut packet, sip_ssrc, &rtp, to).await;

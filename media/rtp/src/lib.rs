@@ -121,8 +121,9 @@ pub fn dtmf_event(key: char) -> Option<u8> {
 
 /// The packets of one DTMF key sent as RFC 4733 events (§2.5.1): the first
 /// with the marker bit, updates every 50 ms with the duration so far, and
-/// the end packet three times (§2.5.1.4). Each entry: when to send it after
-/// the first, the marker bit, the payload; all share the event's timestamp.
+/// the end packet three times (§2.5.1.4), 20 ms apart so that one loss does
+/// not take all three. Each entry: when to send it after the first, the
+/// marker bit, the payload; all share the event's timestamp.
 pub fn telephone_event_packets(
     event: u8,
     duration_ms: u32,
@@ -138,8 +139,9 @@ pub fn telephone_event_packets(
         packets.push((std::time::Duration::from_millis(u64::from(at)), false, block(false, at)));
         at += 50;
     }
-    for _ in 0..3 {
-        packets.push((std::time::Duration::from_millis(u64::from(duration_ms)), false, block(true, duration_ms)));
+    for repeat in 0..3 {
+        let at = std::time::Duration::from_millis(u64::from(duration_ms + 20 * repeat));
+        packets.push((at, false, block(true, duration_ms)));
     }
     packets
 }
@@ -255,7 +257,7 @@ mod tests {
     fn a_key_becomes_a_start_updates_and_three_ends() {
         let packets = telephone_event_packets(5, 160, 8000);
         let at: Vec<u64> = packets.iter().map(|(d, _, _)| d.as_millis() as u64).collect();
-        assert_eq!(at, [0, 50, 100, 150, 160, 160, 160]);
+        assert_eq!(at, [0, 50, 100, 150, 160, 180, 200]);
         assert!(packets[0].1 && packets.iter().skip(1).all(|p| !p.1), "marker on the first only");
         let events: Vec<TelephoneEvent> = packets.iter().filter_map(|p| TelephoneEvent::parse(&p.2)).collect();
         assert_eq!(events.iter().filter(|e| e.end).count(), 3);

@@ -96,3 +96,8 @@ export function toneShare(samples, sampleRate, frequency) {
   const power = s1 * s1 + s2 * s2 - k * s1 * s2;
   return energy === 0 ? 0 : (2 * power) / (samples.length * energy);
 }
+
+/** The DTMF keys baresip received as RFC 4733 events (it prints each event's start and end). */
+export function receivedDtmf(output) {
+  return [...output.matchAll(/received event: '(.)' \(end=1\)/g)].map((m) => m[1]).join("");
+}

@@ -4,14 +4,12 @@
 // lets UDP through only to the box's TURN port. JsSIP in Chromium calls
 // baresip with the box's TURN server configured: media can only flow through
 // the relay. Exits non-zero (with the reason) when it did not.
-import http from "node:http";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { startBox, freePort, CHROMIUM_ARGS, ARTIFACTS } from "./box.mjs";
 import { startBaresip } from "./baresip.mjs";
-import { jssipBundle, toneWav, softphonePage, checkAudioBothWays } from "./softphone.mjs";
+import { serveSoftphone, checkAudioBothWays } from "./softphone.mjs";
 
 const [boxIp, turnPort, chromiumLauncher] = process.argv.slice(2);
 const DOMAIN = "branch.example";
@@ -29,16 +27,7 @@ const box = await startBox({
     turn: { realm: DOMAIN, users: [{ username: "test", password: "secret" }], udp_port: Number(turnPort), tcp_port: Number(turnPort) },
   },
 });
-const work = mkdtempSync(join(tmpdir(), "nat-call-"));
-const tone = join(work, "tone-440.wav");
-toneWav(tone, 440);
-const bundle = await jssipBundle();
-const server = http.createServer((req, res) => {
-  if (req.url === "/jssip.js") { res.writeHead(200, { "content-type": "text/javascript" }); return res.end(bundle); }
-  res.writeHead(200, { "content-type": "text/html" });
-  res.end(softphonePage());
-});
-await new Promise((r) => server.listen(pagePort, boxIp, r));
+const { server, tone } = await serveSoftphone(boxIp, pagePort);
 const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: "PCMU" });
 const browser = await chromium.launch({
   executablePath: chromiumLauncher,

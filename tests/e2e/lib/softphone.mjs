@@ -1,7 +1,10 @@
 // The JsSIP softphone the browser tests run in headless Chromium, and what
 // they check of a call: shared by the loopback tests and the NAT test.
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import http from "node:http";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createRequire } from "node:module";
 import { readWav, toneShare } from "./baresip.mjs";
 
@@ -29,8 +32,26 @@ export function toneWav(path, frequency, seconds = 10, rate = 48000) {
 }
 
 /** The page: JsSIP and the softphone helpers. */
-export function softphonePage() {
+function softphonePage() {
   return `<!doctype html><title>softphone</title><script src="/jssip.js"></script><script>${SOFTPHONE}</script><audio id=remote autoplay></audio>`;
+}
+
+/**
+ * Serves the softphone page (and the JsSIP bundle) on host:port, with a
+ * 440 Hz tone file in a fresh directory for Chromium's fake microphone.
+ * Returns {server, tone}.
+ */
+export async function serveSoftphone(host, port) {
+  const tone = join(mkdtempSync(join(tmpdir(), "softphone-")), "tone-440.wav");
+  toneWav(tone, 440);
+  const bundle = await jssipBundle();
+  const server = http.createServer((req, res) => {
+    if (req.url === "/jssip.js") { res.writeHead(200, { "content-type": "text/javascript" }); return res.end(bundle); }
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end(softphonePage());
+  });
+  await new Promise((r) => server.listen(port, host, r));
+  return { server, tone };
 }
 
 /** Runs in the page: a JsSIP softphone with helpers the tests call. */
@@ -118,8 +139,9 @@ window.softphone = {
     this.session.sendDTMF(tones, { transportType, duration: 160, interToneGap: 100 });
     const timed = new Promise((r) => setTimeout(r, 400 + tones.length * 300));
     await (transportType === "INFO" ? Promise.race([infos, new Promise((r) => setTimeout(r, 5000))]) : timed);
-    // The last key's end packets (the box sends a key's events over its duration).
-    await new Promise((r) => setTimeout(r, 600));
+    // The last key's end packets: the box sends a key's events over its duration (and
+    // the three ends 20 ms apart) once the INFO reached it.
+    await new Promise((r) => setTimeout(r, 1200));
   },
   async hangUp() {
     this.session.terminate();
