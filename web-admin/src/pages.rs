@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/turn", get(turn_page))
         .route("/calls", get(calls_page))
         .route("/calls/{id}/hangup", post(call_hang_up))
+        .route("/phone", get(phone_page))
         .route("/assets/{*file}", get(asset))
 }
 
@@ -200,6 +201,30 @@ fn forbidden(state: &AppState, user: &User, why: &str) -> Response {
 struct MessagePage {
     layout: Layout,
     message: String,
+}
+
+// ----- the softphone ------------------------------------------------------------
+
+/// The JsSIP bundle the page loads (`./x vendor-jssip` writes it; the name carries the version
+/// so a new one is never mixed with a cached old one).
+const JSSIP_ASSET: &str = "vendor/jssip-3.13.8.min.js";
+
+#[derive(Template)]
+#[template(path = "phone.html")]
+struct PhonePage {
+    layout: Layout,
+    /// The SIP domain users register in (`sip:<extension>@<domain>`).
+    domain: String,
+    jssip: &'static str,
+}
+
+/// `/phone`: public on purpose. The page holds no secret and grants nothing; the SIP user's
+/// digest on `/sip` is what authenticates, as for any other SIP-over-WebSocket client.
+async fn phone_page(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    // An installer who is logged in keeps the admin navigation on this page.
+    let user = crate::auth::session_user(&headers, &state);
+    let domain = state.store.current().config.sip.domain.clone();
+    render(&PhonePage { layout: layout(&state, "Phone", user.as_ref(), None), domain, jssip: JSSIP_ASSET })
 }
 
 // ----- login, logout, password -------------------------------------------------

@@ -11,9 +11,19 @@ use crate::api::json_error;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
 frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
 
+/// No page may use the camera, microphone or location ...
+const PERMISSIONS: &str = "camera=(), microphone=(), geolocation=()";
+/// ... except `/phone`, the softphone, which needs the microphone for itself (not for frames:
+/// `frame-ancestors 'none'` and `X-Frame-Options` keep it out of other sites' frames anyway).
+const PHONE_PERMISSIONS: &str = "camera=(), microphone=(self), geolocation=()";
+
 pub async fn security_headers(request: Request, next: Next) -> Response {
+    let permissions = if request.uri().path() == "/phone" { PHONE_PERMISSIONS } else { PERMISSIONS };
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    // The CSP is the same for `/phone`: `connect-src 'self'` covers the page's own
+    // `wss://<host>/sip` (CSP Level 3 matches ws/wss to the page's https origin), and
+    // WebRTC media and `srcObject` streams are not fetches the CSP governs.
     for (name, value) in [
         ("content-security-policy", CSP),
         ("strict-transport-security", "max-age=31536000"),
@@ -21,7 +31,7 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         ("x-frame-options", "DENY"),
         ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
-        ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+        ("permissions-policy", permissions),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }

@@ -27,8 +27,14 @@ static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUs
 
 /// Whether a browser page from `origin` may connect, per `sip.ws_allowed_origins`
 /// (empty: any origin, digest authenticates; web apps on other origins are expected).
-pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+/// The box's own origin (`https://` + the `Host` asked for, `authority`) is always allowed:
+/// the `/phone` page must keep working when an operator narrows the list to their web apps.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>, authority: Option<&str>) -> bool {
+    let own = origin
+        .and_then(|o| o.strip_prefix("https://"))
+        .is_some_and(|host| authority.is_some_and(|a| a.eq_ignore_ascii_case(host)));
     allowed.is_empty()
+        || own
         || origin.is_some_and(|o| allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o)))
 }
 
@@ -36,11 +42,18 @@ pub async fn sip_websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let config = state.store.current().config.clone();
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !origin_allowed(&config.sip.ws_allowed_origins, origin) {
+    // HTTP/1.1 upgrades name the host in `Host`; HTTP/2 (RFC 8441) in the URI's authority.
+    let authority = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    if !origin_allowed(&config.sip.ws_allowed_origins, origin, authority.as_deref()) {
         return json_error(
             StatusCode::FORBIDDEN,
             "this origin may not use SIP over WebSocket (sip.ws_allowed_origins)",
@@ -124,11 +137,18 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert!(origin_allowed(&[], None));
-        assert!(origin_allowed(&[], Some("https://app.example")));
+        let host = Some("box.example:8443");
+        assert!(origin_allowed(&[], None, host));
+        assert!(origin_allowed(&[], Some("https://app.example"), host));
         let list = vec!["https://app.example/".to_string()];
-        assert!(origin_allowed(&list, Some("https://app.example")));
-        assert!(!origin_allowed(&list, Some("https://evil.example")));
-        assert!(!origin_allowed(&list, None));
+        assert!(origin_allowed(&list, Some("https://app.example"), host));
+        assert!(!origin_allowed(&list, Some("https://evil.example"), host));
+        assert!(!origin_allowed(&list, None, host));
+        // The box's own /phone page, whatever the list says; not over plain http, not another port.
+        assert!(origin_allowed(&list, Some("https://box.example:8443"), host));
+        assert!(origin_allowed(&list, Some("https://BOX.example:8443"), host));
+        assert!(!origin_allowed(&list, Some("http://box.example:8443"), host));
+        assert!(!origin_allowed(&list, Some("https://box.example:9443"), host));
+        assert!(!origin_allowed(&list, Some("https://box.example:8443"), None));
     }
 }

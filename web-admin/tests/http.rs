@@ -222,7 +222,16 @@ async fn every_route_against_every_role() {
         }
     }
     // Public routes.
-    for path in ["/login", "/api/v1/status", "/api/v1/openapi.json", "/assets/app.css", "/assets/app.js"] {
+    for path in [
+        "/login",
+        "/phone",
+        "/api/v1/status",
+        "/api/v1/openapi.json",
+        "/assets/app.css",
+        "/assets/app.js",
+        "/assets/phone.js",
+        "/assets/vendor/jssip-3.13.8.min.js",
+    ] {
         assert_eq!(h.call(Method::GET, path, None, None).await.status, StatusCode::OK, "{path}");
     }
     assert_eq!(h.call(Method::GET, "/api/v1/nope", None, None).await.status, StatusCode::NOT_FOUND);
@@ -342,6 +351,39 @@ async fn security_headers_on_pages_and_api() {
         assert_eq!(reply.headers["x-content-type-options"], "nosniff", "{path}");
         assert!(reply.headers["strict-transport-security"].to_str().expect("ascii").contains("max-age="), "{path}");
         assert_eq!(reply.headers["x-frame-options"], "DENY", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_phone_page_is_public_and_alone_may_use_the_microphone() {
+    let h = harness();
+    let phone = h.call(Method::GET, "/phone", None, None).await;
+    assert_eq!(phone.status, StatusCode::OK);
+    assert_eq!(phone.headers["permissions-policy"], "camera=(), microphone=(self), geolocation=()");
+    let csp = phone.headers["content-security-policy"].to_str().expect("ascii");
+    assert!(csp.contains("script-src 'self';") && !csp.contains("unsafe-inline"), "{csp}");
+    // The page loads the vendored JsSIP the route serves, and names no secret.
+    let jssip = phone
+        .body
+        .split("src=\"/assets/")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|src| src.starts_with("vendor/jssip-"))
+        .expect("the page loads the JsSIP bundle");
+    assert_eq!(h.call(Method::GET, &format!("/assets/{jssip}"), None, None).await.status, StatusCode::OK);
+    assert!(phone.body.contains("<script src=\"/assets/phone.js\" defer></script>"));
+    assert!(!phone.body.contains("<script>") && !phone.body.contains("style="), "no inline script or style");
+    for path in ["/login", "/api/v1/status"] {
+        let reply = h.call(Method::GET, path, None, None).await;
+        assert_eq!(reply.headers["permissions-policy"], "camera=(), microphone=(), geolocation=()", "{path}");
+    }
+    // The login page and the admin navigation lead to it.
+    assert!(h.call(Method::GET, "/login", None, None).await.body.contains("href=\"/phone\""));
+    let cookie = h.login("admin", ADMIN_PW).await;
+    for page in ["/calls", "/phone"] {
+        assert!(
+            h.call(Method::GET, page, Some(&cookie), None).await.body.contains("<a href=\"/phone\">Phone</a>"),
+            "{page}"
+        );
     }
 }
 
