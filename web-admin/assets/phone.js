@@ -252,6 +252,8 @@
         }
       },
       accepted: () => stopTone(),
+      hold: (e) => { if (e.originator === "local") showHold(true); },
+      unhold: (e) => { if (e.originator === "local") showHold(false); },
       confirmed: () => {
         established = true;
         startedAt = Date.now();
@@ -311,22 +313,28 @@
     callControls(false);
   }
 
-  // Hold is local: the microphone is silenced and what arrives is not played. A SIP hold
-  // (re-INVITE with sendonly) is not offered because the box refuses re-INVITEs on browser
-  // calls today (488), and JsSIP ends a call whose hold fails.
+  // Hold is a SIP hold: a re-INVITE with a=sendonly, which the box passes on to the far
+  // phone as a plain re-INVITE (it plays music on hold or goes quiet). While held the
+  // microphone is silenced and what arrives is not played as well.
   function applyTrackState() {
     const pc = session && session.connection;
     if (pc) pc.getSenders().forEach((s) => { if (s.track) s.track.enabled = !(held || muted); });
     el.audio.muted = held;
   }
 
-  el.hold.addEventListener("click", () => {
-    if (!established) return;
-    held = !held;
+  function showHold(now) {
+    held = now;
     applyTrackState();
     el.hold.setAttribute("aria-pressed", String(held));
     el.hold.textContent = held ? "Resume" : "Hold";
     setCall(held ? "held" : "in-call", held ? `On hold: ${peer}` : `In call with ${peer}`);
+  }
+
+  el.hold.addEventListener("click", () => {
+    if (!established || !session) return;
+    // JsSIP answers false when a renegotiation is already under way; the events below
+    // show the state once the far side agreed.
+    if (held) session.unhold(); else session.hold();
   });
 
   el.mute.addEventListener("click", () => {

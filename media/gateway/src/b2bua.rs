@@ -291,6 +291,14 @@ struct BrowserMedia {
     offering: Option<Box<WebRtcLeg>>,
     /// The payload map the relay got, once the session went to it.
     payloads: Option<PayloadMap>,
+    /// The browser's latest SDP (its offer, or its answer to the box's), for hold:
+    /// a re-offer with the same ICE credentials and fingerprint only changes direction.
+    remote: Option<SessionDescription>,
+    /// The box's SDP as each side last got it, re-sent with another direction on hold/resume.
+    to_browser: Option<Vec<u8>>,
+    to_sip: Option<Vec<u8>>,
+    /// The answer a browser's hold/resume gets once the SIP side took it.
+    pending_answer: Option<Vec<u8>>,
 }
 
 /// Calls the box carries at once, and per user (a stolen password cannot take them all).
@@ -767,15 +775,33 @@ impl B2bua {
                 );
                 return self.sip.respond(now, &key, response);
             }
-            (Some(offer), false, _) => {
-                Some(BrowserMedia { side: Side::A, offer, answer: None, offering: None, payloads: None })
-            }
+            (Some(offer), false, _) => Some(BrowserMedia {
+                side: Side::A,
+                offer,
+                answer: None,
+                offering: None,
+                payloads: None,
+                remote: None,
+                to_browser: None,
+                to_sip: None,
+                pending_answer: None,
+            }),
             (None, true, Some(offer)) => {
                 if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.config.codecs)) {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
                     return self.sip.respond(now, &key, response);
                 }
-                Some(BrowserMedia { side: Side::B, offer: offer.clone(), answer: None, offering: None, payloads: None })
+                Some(BrowserMedia {
+                    side: Side::B,
+                    offer: offer.clone(),
+                    answer: None,
+                    offering: None,
+                    payloads: None,
+                    remote: None,
+                    to_browser: None,
+                    to_sip: None,
+                    pending_answer: None,
+                })
             }
             (None, true, None) => {
                 let response = with_warning(
@@ -1194,6 +1220,7 @@ impl B2bua {
         let (leg, offer) = WebRtcLeg::offer(now, SocketAddr::new(local_ip, ports.b_port), &codecs)
             .map_err(|_| "the WebRTC session could not be set up")?;
         browser.offering = Some(Box::new(leg));
+        browser.to_browser = Some(offer.clone().into_bytes());
         Ok(offer.into_bytes())
     }
 
@@ -1217,6 +1244,8 @@ impl B2bua {
         answer.anchor(a_ip, &[ports.a_port]);
         let answer = answer.to_bytes();
         browser.answer = Some(answer.clone());
+        browser.to_sip = Some(answer.clone());
+        browser.remote = Some(sdp);
         self.actions.push_back(Action::OpenWebRtc {
             call: id,
             index: 0,
@@ -1268,8 +1297,14 @@ impl B2bua {
         });
         self.anchor(id, Side::B, sdp).ok_or("no media ports left")?;
         let answer = answer.into_bytes();
-        if let Some(browser) = self.calls.get_mut(&id).and_then(|c| c.browser.as_mut()) {
-            browser.answer = Some(answer.clone());
+        if let Some(call) = self.calls.get_mut(&id) {
+            let to_sip = call.offer.as_ref().map(SessionDescription::to_bytes);
+            if let Some(browser) = call.browser.as_mut() {
+                browser.answer = Some(answer.clone());
+                browser.to_browser = Some(answer.clone());
+                browser.to_sip = to_sip;
+                browser.remote = Some(browser.offer.clone());
+            }
         }
         Ok(Some(answer))
     }
@@ -1522,6 +1557,9 @@ impl B2bua {
             let cause = if side == Side::A { "caller-bye" } else { "callee-bye" };
             return self.end(now, id, 200, cause);
         }
+        if method == "INVITE" && self.calls.get(&id).is_some_and(|c| c.browser.is_some()) {
+            return self.browser_call_reinvite(now, key, id, side, request);
+        }
         // A key sent as SIP INFO goes on as RFC 4733 events where the other side takes them.
         if method == "INFO"
             && let Some((event, duration_ms)) = dtmf_of_info(&request)
@@ -1581,21 +1619,17 @@ impl B2bua {
             }
             return;
         }
-        let Some(asker) = leg(call, from.other()) else { return };
-        let (contact, tag) = (contact_of(asker), asker.local_tag.clone());
-        let body = self.relay_body(id, from, response).unwrap_or(None);
-        let mut answer = request.response(code, reason);
-        if let Some(to) = answer.get("To") {
-            let tagged = format!("{};tag={tag}", strip_tag(to));
-            answer.set("To", tagged);
-        }
-        if (101..300).contains(&code) {
-            answer.push("Contact", contact);
-        }
-        if let Some(body) = body {
-            answer.push("Content-Type", "application/sdp");
-            answer.body = body;
-        }
+        // A browser's hold or resume: its answer is the box's, once the SIP side agreed.
+        let held = call
+            .browser
+            .as_mut()
+            .filter(|b| b.side == from.other() && code >= 200)
+            .and_then(|b| b.pending_answer.take());
+        let body = match held {
+            Some(answer) if (200..300).contains(&code) => Some(answer),
+            _ => self.relay_body(id, from, response).unwrap_or(None),
+        };
+        let Some(answer) = self.dialog_response(id, from.other(), &request, code, reason, body) else { return };
         let invite = request.method() == Some("INVITE");
         if invite && (200..300).contains(&code) {
             // The far side of a re-INVITE gets its ACK from the box at once and the asker's
@@ -1613,6 +1647,87 @@ impl B2bua {
             }
         }
         self.sip.respond(now, &origin, answer);
+    }
+
+    /// A response from the box's dialog with `side` to its request (To tag,
+    /// Contact on 1xx/2xx, an SDP body when given).
+    fn dialog_response(
+        &self,
+        id: u64,
+        side: Side,
+        request: &Message,
+        code: u16,
+        reason: &str,
+        body: Option<Vec<u8>>,
+    ) -> Option<Message> {
+        let asker = self.calls.get(&id).and_then(|c| leg(c, side))?;
+        let mut answer = request.response(code, reason);
+        if let Some(to) = answer.get("To") {
+            let tagged = format!("{};tag={}", strip_tag(to), asker.local_tag);
+            answer.set("To", tagged);
+        }
+        if (101..300).contains(&code) {
+            answer.push("Contact", contact_of(asker));
+        }
+        if let Some(body) = body {
+            answer.push("Content-Type", "application/sdp");
+            answer.body = body;
+        }
+        Some(answer)
+    }
+
+    /// A re-INVITE on a call with a browser. The box's WebRTC session is not
+    /// renegotiated: a browser's hold or resume (the same ICE session, another
+    /// direction) goes to the SIP side as a re-INVITE with the box's plain SDP
+    /// in that direction, and the browser is answered once the SIP side agrees;
+    /// a phone's hold or resume is answered by the box (the browser hears the
+    /// phone's music on hold, or nothing). Anything else gets 488.
+    fn browser_call_reinvite(&mut self, now: Instant, key: ServerKey, id: u64, side: Side, request: Message) {
+        let refuse = |b2bua: &mut Self, reason: &str| {
+            let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
+            b2bua.sip.respond(now, &key, response);
+        };
+        let offer = match sdp_of(&request) {
+            Ok(Some(offer)) => offer,
+            _ => return refuse(self, "a re-INVITE without an offer on a WebRTC call is not supported yet"),
+        };
+        let direction = webrtc::offered_direction(&offer);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(browser) = call.browser.as_mut() else { return };
+        let (Some(to_sip), Some(to_browser)) = (browser.to_sip.clone(), browser.to_browser.clone()) else {
+            return refuse(self, "the call's media is not set up yet");
+        };
+        if side != browser.side {
+            let Ok(answer) = webrtc::redirected(&to_sip, direction.answer()) else {
+                return refuse(self, "the box could not answer the new direction");
+            };
+            browser.to_sip = Some(answer.clone());
+            call.awaiting_ack.push(key.clone());
+            if let Some(response) = self.dialog_response(id, side, &request, 200, "OK", Some(answer)) {
+                self.sip.respond(now, &key, response);
+            }
+            return;
+        }
+        if !browser.remote.as_ref().is_some_and(|before| webrtc::same_session(before, &offer)) {
+            return refuse(self, "only hold and resume can be renegotiated on a WebRTC call");
+        }
+        let (Ok(sip_offer), Ok(answer)) =
+            (webrtc::redirected(&to_sip, direction), webrtc::redirected(&to_browser, direction.answer()))
+        else {
+            return refuse(self, "the box could not offer the new direction");
+        };
+        browser.to_sip = Some(sip_offer.clone());
+        browser.to_browser = Some(answer.clone());
+        browser.pending_answer = Some(answer);
+        browser.remote = Some(offer);
+        let other = side.other();
+        let Some(flow) = leg(call, other).map(|l| l.flow) else { return };
+        let Some(relayed) = self.dialog_request(id, other, "INVITE", Some(sip_offer)) else { return };
+        let sent = self.sip.send_request(now, flow, relayed);
+        self.sent.insert(sent.clone(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.relays.insert(sent, Relay { origin: key, request, to: other, answered: false });
+        }
     }
 
     /// The ACK of a relayed re-INVITE's 2xx, on the side that answered.

@@ -8,7 +8,7 @@
 //! which may be used at all.
 
 use branchgate_dsp::Codec;
-use branchgate_sdp::{Media, RtpMap, SessionDescription};
+use branchgate_sdp::{Direction, Media, RtpMap, SessionDescription};
 use branchgate_webrtc::AudioCodec;
 
 /// Encodings a browser and a plain SIP phone both speak: passed through as they are.
@@ -300,11 +300,51 @@ pub fn sip_answer(
     Ok((answer, PayloadMap { voice: voice_pair, dtmf: dtmf.map(same), transcode, direct }))
 }
 
+/// Whether a browser's new offer is the same WebRTC session as `before`
+/// (same ICE credentials and DTLS fingerprint): then only the stream's
+/// direction can have changed — hold or resume —, which the box takes
+/// without touching its WebRTC session.
+pub fn same_session(before: &SessionDescription, offer: &SessionDescription) -> bool {
+    ["ice-ufrag", "ice-pwd", "fingerprint"].iter().all(|name| {
+        before.audio_attribute(name).is_some() && before.audio_attribute(name) == offer.audio_attribute(name)
+    })
+}
+
+/// The direction an offer asks for on its first audio stream.
+pub fn offered_direction(offer: &SessionDescription) -> Direction {
+    audio(offer).and_then(Media::direction).unwrap_or(Direction::SendRecv)
+}
+
+/// A description the box sent before, saying `direction` now (next version).
+pub fn redirected(sdp: &[u8], direction: Direction) -> Result<Vec<u8>, &'static str> {
+    let mut sdp = SessionDescription::parse(sdp).map_err(|_| "the box's own SDP does not parse")?;
+    let media = sdp.media.iter_mut().find(|m| m.kind == "audio" && m.port != 0).ok_or("no audio stream")?;
+    media.set_direction(direction);
+    sdp.bump_version();
+    Ok(sdp.to_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const CHROMIUM_OFFER: &str = include_str!("../../webrtc/tests/chromium-offer.sdp");
+
+    #[test]
+    fn hold_is_a_direction_change_of_the_same_session() {
+        let before = SessionDescription::parse(CHROMIUM_OFFER.as_bytes()).expect("offer");
+        let hold =
+            SessionDescription::parse(CHROMIUM_OFFER.replace("a=sendrecv", "a=sendonly").as_bytes()).expect("hold");
+        assert!(same_session(&before, &hold));
+        assert_eq!(offered_direction(&hold), Direction::SendOnly);
+        assert_eq!(offered_direction(&before), Direction::SendRecv);
+        let restart = SessionDescription::parse(CHROMIUM_OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:x").as_bytes())
+            .expect("ICE restart");
+        assert!(!same_session(&before, &restart), "an ICE restart is not a hold");
+        let plain = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n";
+        let held = String::from_utf8(redirected(plain, Direction::RecvOnly).expect("redirected")).expect("utf-8");
+        assert!(held.contains("a=recvonly") && held.contains("o=- 1 2 IN IP4"), "{held}");
+    }
 
     fn preferences(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()

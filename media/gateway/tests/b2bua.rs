@@ -541,8 +541,8 @@ a=rtpmap:103 ISAC/16000\r\n"
 }
 
 /// A browser's call to the trunk `first`, answered with PCMU and telephone events;
-/// returns the box's 200 to the browser and what went to the relay.
-fn answered_browser_call(dtmf_info: bool) -> (Lab, Message, Vec<Action>) {
+/// returns the box's 200 to the browser, what went to the relay and the box's INVITE to the trunk.
+fn answered_browser_call(dtmf_info: bool) -> (Lab, Message, Vec<Action>, Message) {
     let mut first = trunk("first", T1, 1);
     first.dtmf_info = dtmf_info;
     let mut lab = Lab::new(vec![first], routes());
@@ -554,7 +554,7 @@ m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
     let out = lab.send(T1, &answer(&invite, 200, "t1", answer_sdp));
     let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser").1.clone();
     let actions = lab.actions();
-    (lab, ok, actions)
+    (lab, ok, actions, invite)
 }
 
 /// An in-dialog request from the browser in the dialog its 200 set up.
@@ -571,7 +571,7 @@ Call-ID: {}\r\nCSeq: 5 {method}\r\nContent-Type: {content_type}\r\nContent-Lengt
 
 #[test]
 fn a_browsers_sip_info_dtmf_goes_to_the_phone_as_rfc_4733() {
-    let (mut lab, ok, actions) = answered_browser_call(false);
+    let (mut lab, ok, actions, _) = answered_browser_call(false);
     assert!(actions.iter().any(|a| matches!(a, Action::OpenWebRtc { dtmf_as_info: false, .. })));
     let info = from_caller(&ok, "INFO", "application/dtmf-relay", "Signal=#\r\nDuration=250\r\n");
     let out = lab.send(CALLER, &info);
@@ -589,7 +589,7 @@ fn a_browsers_sip_info_dtmf_goes_to_the_phone_as_rfc_4733() {
 
 #[test]
 fn a_trunk_that_takes_sip_info_gets_the_browsers_telephone_events_as_info() {
-    let (mut lab, ok, actions) = answered_browser_call(true);
+    let (mut lab, ok, actions, _) = answered_browser_call(true);
     assert!(actions.iter().any(|a| matches!(a, Action::OpenWebRtc { dtmf_as_info: true, .. })));
     // The relay reported key 5 from the browser's RFC 4733 events.
     lab.b2bua.handle_dtmf(lab.now, 1, Side::A, 5, 180);
@@ -618,4 +618,52 @@ fn a_trunk_that_takes_sip_info_gets_the_browsers_telephone_events_as_info() {
     // A key that is not a DTMF key is not sent.
     lab.b2bua.handle_dtmf(lab.now, 1, Side::A, 16, 100);
     assert!(!lab.sent().iter().any(|(_, m)| method(m) == "INFO"));
+}
+
+#[test]
+fn a_browser_holds_and_the_trunk_gets_a_plain_hold_reinvite() {
+    let (mut lab, ok, _, _) = answered_browser_call(false);
+    let hold_offer = CHROMIUM_OFFER.replace("a=sendrecv", "a=sendonly");
+    let reinvite = from_caller(&ok, "INVITE", "application/sdp", &hold_offer);
+    let out = lab.send(CALLER, &reinvite);
+    let (_, relayed) =
+        out.iter().find(|(to, m)| *to == addr(T1) && method(m) == "INVITE").expect("re-INVITE to the trunk");
+    let offer = String::from_utf8_lossy(&relayed.body).into_owned();
+    assert!(offer.contains("RTP/AVP") && offer.contains("a=sendonly") && !offer.contains("fingerprint"), "{offer}");
+    assert!(offer.contains(" 2 IN IP4 "), "the next version of the box's SDP\n{offer}");
+    let answer_sdp = "v=0\r\no=bob 1 2 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n";
+    let out = lab.send(T1, &answer(relayed, 200, "t1", answer_sdp));
+    assert!(out.iter().any(|(to, m)| *to == addr(T1) && method(m) == "ACK"), "the box ACKs the trunk");
+    let (_, held) = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser");
+    let body = String::from_utf8_lossy(&held.body).into_owned();
+    assert!(body.contains("a=recvonly") && body.contains("a=fingerprint:sha-256") && body.contains("SAVPF"), "{body}");
+    // An ICE restart is more than a hold: refused, the call goes on.
+    let restart = CHROMIUM_OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:new");
+    let second = from_caller(&ok, "INVITE", "application/sdp", &restart)
+        .replace("CSeq: 5", "CSeq: 7")
+        .replace("INVITE1", "INVITE2");
+    let out = lab.send(CALLER, &second);
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 488));
+    assert_eq!(lab.b2bua.calls(lab.now).len(), 1);
+}
+
+#[test]
+fn a_phone_that_holds_a_browser_is_answered_by_the_box() {
+    let (mut lab, _, _, invite) = answered_browser_call(false);
+    // The trunk's re-INVITE in its dialog with the box (From: the trunk, tagged t1; To: the box).
+    let from = format!("{};tag=t1", invite.get("To").expect("to"));
+    let (to, call_id) =
+        (invite.get("From").expect("from").to_string(), invite.get("Call-ID").expect("call-id").to_string());
+    let hold = "v=0\r\no=bob 1 2 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=sendonly\r\n";
+    let reinvite = format!(
+        "INVITE sip:box@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKhold1\r\nFrom: {from}\r\nTo: {to}\r\n\
+Call-ID: {call_id}\r\nCSeq: 9 INVITE\r\nContact: <sip:t1@192.0.2.99>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}",
+        hold.len()
+    );
+    let out = lab.send(T1, &reinvite);
+    let (_, ok) = out.iter().find(|(to, m)| *to == addr(T1) && code(m) == 200).expect("the box answers the hold");
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("a=recvonly") && body.contains("RTP/AVP"), "{body}");
+    assert!(!out.iter().any(|(to, _)| *to == addr(CALLER)), "the browser's session is left alone");
 }

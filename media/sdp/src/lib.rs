@@ -106,6 +106,25 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The attribute that says it (`a=sendonly`...).
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// What an answer says to an offer of this direction (RFC 3264 §6.1).
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            other => other,
+        }
+    }
+
     fn from_attribute(value: &str) -> Option<Direction> {
         match value {
             "sendrecv" => Some(Direction::SendRecv),
@@ -208,6 +227,12 @@ impl Media {
 
     pub fn direction(&self) -> Option<Direction> {
         self.lines.iter().filter(|l| l.kind == 'a').find_map(|l| Direction::from_attribute(&l.value))
+    }
+
+    /// Says `direction` for this stream (replacing the one it said).
+    pub fn set_direction(&mut self, direction: Direction) {
+        self.lines.retain(|l| !(l.kind == 'a' && Direction::from_attribute(&l.value).is_some()));
+        self.lines.push(Line { kind: 'a', value: direction.attribute().to_string() });
     }
 
     /// The media-level connection address, if this section has one.
@@ -349,6 +374,28 @@ impl SessionDescription {
         });
     }
 
+    /// The next version of this description (`o=` sess-version + 1, RFC 3264 §8).
+    pub fn bump_version(&mut self) {
+        for line in self.session.iter_mut().filter(|l| l.kind == 'o') {
+            let mut parts: Vec<String> = line.value.split_whitespace().map(str::to_string).collect();
+            if let Some(version) = parts.get_mut(2).and_then(|v| v.parse::<u64>().ok().map(|n| (v, n))) {
+                *version.0 = version.1.wrapping_add(1).to_string();
+                line.value = parts.join(" ");
+            }
+        }
+    }
+
+    /// An attribute of the first audio stream, or of the session when the stream has none.
+    pub fn audio_attribute<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        let media = self.media.iter().find(|m| m.kind == "audio")?;
+        media.attributes(name).next().or_else(|| {
+            self.session.iter().filter(|l| l.kind == 'a').find_map(|l| {
+                let (key, value) = l.value.split_once(':')?;
+                (key == name).then_some(value)
+            })
+        })
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         self.to_string().into_bytes()
     }
@@ -371,6 +418,22 @@ impl fmt::Display for SessionDescription {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hold_and_resume_rewrite_direction_and_version() {
+        let mut sdp = SessionDescription::parse(
+            b"v=0\r\no=- 7 1 IN IP4 192.0.2.1\r\ns=-\r\na=ice-ufrag:abcd\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n",
+        )
+        .expect("sdp");
+        sdp.media[0].set_direction(Direction::SendOnly);
+        sdp.bump_version();
+        assert_eq!(sdp.media[0].direction(), Some(Direction::SendOnly));
+        let text = String::from_utf8(sdp.to_bytes()).expect("utf-8");
+        assert!(text.contains("o=- 7 2 IN IP4 192.0.2.1\r\n") && !text.contains("sendrecv"), "{text}");
+        assert_eq!(Direction::SendOnly.answer(), Direction::RecvOnly);
+        assert_eq!(Direction::Inactive.answer(), Direction::Inactive);
+        assert_eq!(sdp.audio_attribute("ice-ufrag"), Some("abcd"), "from the session level");
+    }
+
     use super::*;
 
     /// RFC 3264 §10.1, Alice's offer.
