@@ -348,7 +348,8 @@ struct Crossing {
     /// packets in between (DTMF it sends) shift the rest.
     offset: u16,
     /// The newest sequence number sent.
-    last_sequence: u16,
+    /// (None until the first packet: the first one sets it, whatever its number.)
+    last_sequence: Option<u16>,
     /// The timestamp of the newest voice sent (where the box's own events start).
     last_timestamp: u32,
     /// The timestamp every packet of the event the box is sending carries (RFC 4733 §2.5.1.2).
@@ -361,7 +362,7 @@ impl Crossing {
         Crossing {
             transcoder,
             offset: rand::random(),
-            last_sequence: 0,
+            last_sequence: None,
             last_timestamp: 0,
             event_timestamp: 0,
             frames: Vec::new(),
@@ -369,15 +370,16 @@ impl Crossing {
     }
 
     fn next_sequence(&mut self) -> u16 {
-        self.last_sequence = self.last_sequence.wrapping_add(1);
-        self.last_sequence
+        let next = self.last_sequence.map_or_else(rand::random, |last| last.wrapping_add(1));
+        self.last_sequence = Some(next);
+        next
     }
 
     /// A packet passed through keeps its place in the sequence (gaps and reordering show).
     fn passed_sequence(&mut self, sequence: u16) -> u16 {
         let shifted = sequence.wrapping_add(self.offset);
-        if (shifted.wrapping_sub(self.last_sequence) as i16) > 0 {
-            self.last_sequence = shifted;
+        if self.last_sequence.is_none_or(|last| (shifted.wrapping_sub(last) as i16) > 0) {
+            self.last_sequence = Some(shifted);
         }
         shifted
     }
@@ -619,6 +621,26 @@ async fn relay_browser_stream(
                     reported = true;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boxs_own_packets_follow_the_passed_ones_whatever_their_numbers() {
+        for first in [0u16, 1000, 32768, 40000, 65535] {
+            let mut crossing = Crossing::new(None);
+            let rtp =
+                |sequence| Rtp { payload_type: 0, sequence, timestamp: 0, marker: false, payload: bytes::Bytes::new() };
+            let mut out = Vec::new();
+            crossing.cross(rtp(first), 0, Payload::Voice, &mut out);
+            let own = crossing.own(101, true, &[1, 10, 0, 0]);
+            crossing.cross(rtp(first.wrapping_add(1)), 0, Payload::Voice, &mut out);
+            assert_eq!(own.sequence, out[0].sequence.wrapping_add(1), "first {first}");
+            assert_eq!(out[1].sequence, own.sequence.wrapping_add(1), "first {first}");
         }
     }
 }
