@@ -95,8 +95,9 @@
         uri: `sip:${extension}@${domain}`,
         password,
         register: true,
-        // The box neither asks for nor refreshes session timers, and it answers re-INVITEs on
-        // browser calls with 488, which JsSIP would take as a reason to end the call.
+        // The box neither asks for nor refreshes session timers; on browser calls it takes
+        // re-INVITEs that change the direction (hold) and answers others with 488, which
+        // JsSIP would take as a reason to end the call.
         session_timers: false,
         user_agent: "branchgate-phone (JsSIP)",
       };

@@ -301,6 +301,22 @@ struct BrowserMedia {
     pending_answer: Option<Vec<u8>>,
 }
 
+impl BrowserMedia {
+    fn new(side: Side, offer: SessionDescription) -> BrowserMedia {
+        BrowserMedia {
+            side,
+            offer,
+            answer: None,
+            offering: None,
+            payloads: None,
+            remote: None,
+            to_browser: None,
+            to_sip: None,
+            pending_answer: None,
+        }
+    }
+}
+
 /// Calls the box carries at once, and per user (a stolen password cannot take them all).
 const MAX_CALLS: usize = 2000;
 const MAX_CALLS_PER_USER: usize = 16;
@@ -775,33 +791,13 @@ impl B2bua {
                 );
                 return self.sip.respond(now, &key, response);
             }
-            (Some(offer), false, _) => Some(BrowserMedia {
-                side: Side::A,
-                offer,
-                answer: None,
-                offering: None,
-                payloads: None,
-                remote: None,
-                to_browser: None,
-                to_sip: None,
-                pending_answer: None,
-            }),
+            (Some(offer), false, _) => Some(BrowserMedia::new(Side::A, offer)),
             (None, true, Some(offer)) => {
                 if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.config.codecs)) {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
                     return self.sip.respond(now, &key, response);
                 }
-                Some(BrowserMedia {
-                    side: Side::B,
-                    offer: offer.clone(),
-                    answer: None,
-                    offering: None,
-                    payloads: None,
-                    remote: None,
-                    to_browser: None,
-                    to_sip: None,
-                    pending_answer: None,
-                })
+                Some(BrowserMedia::new(Side::B, offer.clone()))
             }
             (None, true, None) => {
                 let response = with_warning(

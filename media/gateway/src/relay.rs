@@ -477,9 +477,7 @@ impl BrowserStream {
             return;
         }
         self.last_event = Some(rtp.timestamp);
-        // The browser's event clock is its voice codec's: 48 kHz with Opus, else 8 kHz.
-        let clock = if self.payloads.transcode.is_some() { 48_000 } else { 8_000 };
-        let duration_ms = u32::from(event.duration) * 1000 / clock;
+        let duration_ms = u32::from(event.duration) * 1000 / self.payloads.browser_event_clock();
         let dtmf = MediaEvent::Dtmf { call: self.call, from: self.browser_side, event: event.event, duration_ms };
         let _ = self.events.send(dtmf);
     }

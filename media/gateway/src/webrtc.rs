@@ -63,6 +63,15 @@ impl PayloadMap {
         std::iter::once(self.voice).chain(self.dtmf).chain(self.direct)
     }
 
+    /// The RTP clock of the browser's telephone events: its voice codec's
+    /// (telephone-event/48000 beside Opus on a transcoded call, else /8000).
+    pub fn browser_event_clock(&self) -> u32 {
+        match self.transcode {
+            Some(t) => t.browser.rtp_clock(),
+            None => 8000,
+        }
+    }
+
     /// Whether a packet from the browser is voice to transcode.
     pub fn transcodes_from_browser(&self, browser: u8) -> bool {
         self.transcode.is_some() && browser == self.voice.browser
