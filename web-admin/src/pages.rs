@@ -960,7 +960,11 @@ async fn restore_submit(
         return forbidden(&state, &user, "Restoring needs the installer role.");
     }
     if state.restore_needs_admin(rev) && user.role < Role::Admin {
-        return forbidden(&state, &user, "That revision has other logins; restoring it needs the admin role.");
+        return forbidden(
+            &state,
+            &user,
+            "That revision has other logins or another update policy; restoring it needs the admin role.",
+        );
     }
     match state.store.restore(rev, &user.username, now_ms()) {
         Ok(outcome) => {
