@@ -240,8 +240,8 @@ async fn relay_stream(
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
     // Latches of where each side is, for RTP and RTCP.
-    let (mut a_latch, mut a_rtcp_latch) = (Latch::new(None), Latch::new(None));
-    let (mut b_latch, mut b_rtcp_latch) = (Latch::new(None), Latch::new(None));
+    let (mut a_latch, mut a_rtcp_latch) = (Latch::new(), Latch::new());
+    let (mut b_latch, mut b_rtcp_latch) = (Latch::new(), Latch::new());
     let (mut buf_a, mut buf_b, mut buf_ac, mut buf_bc) = ([0u8; 2048], [0u8; 2048], [0u8; 1500], [0u8; 1500]);
     let mut reported = false;
     let mut check = tokio::time::interval((timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
@@ -501,7 +501,7 @@ async fn relay_browser_stream(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     let BrowserSockets { browser, sip_rtp, sip_rtcp } = sockets;
-    let (mut sip_latch, mut sip_rtcp_latch) = (Latch::new(None), Latch::new(None));
+    let (mut sip_latch, mut sip_rtcp_latch) = (Latch::new(), Latch::new());
     let sip_ssrc: u32 = rand::random();
     let (mut buf_browser, mut buf_sip, mut buf_rtcp) = ([0u8; 2048], [0u8; 2048], [0u8; 1500]);
     let mut packet = Vec::with_capacity(1500);

@@ -81,6 +81,10 @@ pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
     config.max_allocations = turn.total_quota as usize;
     config.policy.own_ports = own_ports(box_config);
     config.policy.media_ports = Some((box_config.media.rtp_port_min, box_config.media.rtp_port_max));
+    // Where the gateway and the camera viewers offer media: the address they advertise and
+    // the public mapping browsers behind NAT are told about.
+    config.policy.media_addresses =
+        [Some(branchgate_streams::primary_ip()), turn.external_ip].into_iter().flatten().collect();
     config
 }
 
