@@ -13,10 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut frames = Vec::new();
-    // Records: direction, sequence (2), timestamp (4), length, payload.
+    // Records: direction (bit 0) and source (bit 1), sequence (2), timestamp (4), length, payload.
     let mut rest = data;
     while rest.len() >= 8 {
         let (head, tail) = rest.split_at(8);
+        let ssrc = u32::from(head[0] >> 1 & 1);
         let sequence = u16::from_be_bytes([head[1], head[2]]);
         let timestamp = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
         let length = usize::from(head[7]).min(tail.len());
@@ -24,11 +25,11 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         frames.clear();
         if head[0] & 1 == 0 {
-            let _ = from_browser.push(sequence, timestamp, payload, &mut frames);
+            let _ = from_browser.push(ssrc, sequence, timestamp, payload, &mut frames);
             assert!(frames.iter().all(|f| f.payload.len() == 160), "20 ms of G.711 is 160 bytes");
             let _ = from_browser.timeline().map(timestamp);
         } else {
-            let _ = to_browser.push(sequence, timestamp, payload, &mut frames);
+            let _ = to_browser.push(ssrc, sequence, timestamp, payload, &mut frames);
             assert!(frames.iter().all(|f| !f.payload.is_empty() && f.payload.len() <= 1275));
         }
     }

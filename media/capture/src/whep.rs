@@ -227,6 +227,7 @@ async fn run_viewer(
             packet = video.recv() => match packet {
                 Ok(packet) => {
                     let rtp = Rtp {
+                        ssrc: 0,
                         payload_type,
                         sequence: packet.sequence,
                         timestamp: packet.timestamp,

@@ -62,8 +62,8 @@ fn main() {
             for call in &mut set {
                 frames.clear();
                 let (sequence, opus_ts, pcmu_ts) = (tick as u16, tick as u32 * 960, tick as u32 * 160);
-                call.from_browser.push(sequence, opus_ts, &opus[tick], &mut frames).expect("opus in");
-                call.to_browser.push(sequence, pcmu_ts, &pcmu[tick], &mut frames).expect("pcmu in");
+                call.from_browser.push(1, sequence, opus_ts, &opus[tick], &mut frames).expect("opus in");
+                call.to_browser.push(2, sequence, pcmu_ts, &pcmu[tick], &mut frames).expect("pcmu in");
             }
             let took = started.elapsed();
             total += took;

@@ -8,12 +8,22 @@
 //! the newest one) are dropped: they have been concealed already. Output
 //! frames are cut at the encoder's frame size whatever the input packet
 //! size, so 30 ms G.711 becomes 20 ms Opus.
+//!
+//! A new source (another SSRC: a PBX that transfers the call or restarts its
+//! media, or sequence numbers/timestamps that jump as only a restarted sender's
+//! do) continues the output right where it stopped, marked, instead of being
+//! taken for late packets and dropped until its numbers catch up.
 
 use crate::codec::{Codec, Decoder, DspError, Encoder};
 
 /// The longest loss repaired by concealment; after a longer gap the stream
 /// restarts at the new packet (and the output frame is marked).
 pub const MAX_CONCEALED_MS: u32 = 60;
+
+/// Sequence numbers this far behind the newest, or further ahead than
+/// [`MAX_DROPOUT`], are a restarted sender, not reordering or loss (RFC 3550 §A.1).
+pub const MAX_MISORDER: i32 = 100;
+pub const MAX_DROPOUT: i32 = 3000;
 
 /// Maps RTP timestamps of one clock to another, keeping the distance
 /// between packets, with wrap-around on both sides. One timeline per
@@ -52,6 +62,12 @@ impl Timeline {
         self.origin.wrapping_add(scaled as u32)
     }
 
+    /// Makes `timestamp` input position `position`: a new source's numbers continue the old
+    /// one's output.
+    fn rebase(&mut self, timestamp: u32, position: i64) {
+        self.last = Some((timestamp, position));
+    }
+
     /// The output timestamp for an input timestamp.
     pub fn map(&mut self, timestamp: u32) -> u32 {
         let position = self.position(timestamp);
@@ -86,6 +102,8 @@ pub struct Transcoder {
     pcm_position: i64,
     /// The newest packet decoded: its sequence number and the input position just after it.
     last: Option<(u16, i64)>,
+    /// The SSRC the packets come from.
+    source: Option<u32>,
     restart: bool,
 }
 
@@ -102,6 +120,7 @@ impl Transcoder {
             pcm: Vec::with_capacity(rate as usize / 10),
             pcm_position: 0,
             last: None,
+            source: None,
             restart: true,
         })
     }
@@ -124,15 +143,23 @@ impl Transcoder {
         i64::from(self.decoder.codec().rtp_clock() / self.rate).max(1)
     }
 
-    /// One received packet; the frames it completes are appended to `frames`.
+    /// One received packet from `ssrc`; the frames it completes are appended to `frames`.
     /// A payload the decoder refuses is an error and changes nothing.
     pub fn push(
         &mut self,
+        ssrc: u32,
         sequence: u16,
         timestamp: u32,
         payload: &[u8],
         frames: &mut Vec<Frame>,
     ) -> Result<(), DspError> {
+        if self.is_new_source(ssrc, sequence, timestamp) {
+            // Continue where the old source's audio ended; `last` None restarts (marked) there.
+            let end = self.last.map_or(0, |(_, end)| end);
+            self.timeline.rebase(timestamp, end);
+            self.last = None;
+        }
+        self.source = Some(ssrc);
         let position = self.timeline.position(timestamp);
         let samples = self.decoder.samples_in(payload)?;
         let ticks = samples as i64 * self.ticks_per_sample();
@@ -169,6 +196,23 @@ impl Transcoder {
         self.drain(frames)
     }
 
+    /// Another SSRC, or numbers only a restarted sender sends: sequence numbers far behind or
+    /// far ahead, or a timestamp going back further than any reordering would take it.
+    fn is_new_source(&self, ssrc: u32, sequence: u16, timestamp: u32) -> bool {
+        let Some((last_sequence, _)) = self.last else { return false };
+        if self.source != Some(ssrc) {
+            return true;
+        }
+        let step = i32::from(sequence.wrapping_sub(last_sequence) as i16);
+        let behind = match self.timeline.last {
+            Some((last_timestamp, _)) => -i64::from(timestamp.wrapping_sub(last_timestamp) as i32),
+            None => 0,
+        };
+        // A packet ahead in sequence never starts further back than the concealment window.
+        let longest = i64::from(self.decoder.codec().rtp_clock() * MAX_CONCEALED_MS / 1000);
+        step <= -MAX_MISORDER || step > MAX_DROPOUT || (step > 0 && behind > longest)
+    }
+
     fn restart_at(&mut self, position: i64) {
         self.pcm.clear();
         self.pcm_position = position;
@@ -198,6 +242,8 @@ impl Transcoder {
 mod tests {
     use super::*;
     use crate::resample::tests::{amplitude, sine};
+
+    const SSRC: u32 = 0x1234_5678;
 
     fn encode_stream(codec: Codec, rate: u32, pcm: &[i16], ptime_ms: u32) -> Vec<Vec<u8>> {
         let mut encoder = Encoder::new(codec, rate, ptime_ms).expect("encoder");
@@ -240,7 +286,7 @@ mod tests {
         let mut transcoder = Transcoder::new(Codec::Opus, Codec::Pcmu, 20).expect("transcoder");
         let mut frames = Vec::new();
         for (i, packet) in packets.iter().enumerate() {
-            transcoder.push(1000 + i as u16, 5000 + 960 * i as u32, packet, &mut frames).expect("push");
+            transcoder.push(SSRC, 1000 + i as u16, 5000 + 960 * i as u32, packet, &mut frames).expect("push");
         }
         assert_eq!(frames.len(), packets.len(), "one 20 ms frame per 20 ms packet");
         assert!(frames[0].marker && !frames[1].marker);
@@ -260,7 +306,7 @@ mod tests {
         let mut transcoder = Transcoder::new(Codec::Pcma, Codec::Opus, 20).expect("transcoder");
         let mut frames = Vec::new();
         for (i, packet) in packets.iter().enumerate() {
-            transcoder.push(i as u16, 240 * i as u32, packet, &mut frames).expect("push");
+            transcoder.push(SSRC, i as u16, 240 * i as u32, packet, &mut frames).expect("push");
         }
         // 600 ms of input: 30 frames of 20 ms, each 960 ticks of the 48 kHz clock apart.
         assert_eq!(frames.len(), 30);
@@ -278,7 +324,7 @@ mod tests {
         let mut transcoder = Transcoder::new(Codec::Opus, Codec::Pcmu, 20).expect("transcoder");
         let mut frames = Vec::new();
         let push = |t: &mut Transcoder, i: usize, frames: &mut Vec<Frame>| {
-            t.push(i as u16, 960 * i as u32, &packets[i], frames).expect("push");
+            t.push(SSRC, i as u16, 960 * i as u32, &packets[i], frames).expect("push");
         };
         for i in 0..10 {
             push(&mut transcoder, i, &mut frames);
@@ -304,13 +350,44 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_source_continues_the_output_instead_of_being_dropped() {
+        let tone = sine(300.0, 8000, 8000, 8000.0);
+        let packets = encode_stream(Codec::Pcmu, 8000, &tone, 20);
+        let mut transcoder = Transcoder::new(Codec::Pcmu, Codec::Opus, 20).expect("transcoder");
+        let mut frames = Vec::new();
+        for (i, packet) in packets[..10].iter().enumerate() {
+            transcoder.push(SSRC, 20000 + i as u16, 800_000 + 160 * i as u32, packet, &mut frames).expect("push");
+        }
+        let continued = frames.last().expect("frame").timestamp.wrapping_add(960);
+        // Another SSRC whose numbers are behind the old ones: played at once, right after.
+        frames.clear();
+        transcoder.push(SSRC + 1, 5, 1000, &packets[10], &mut frames).expect("push");
+        transcoder.push(SSRC + 1, 6, 1160, &packets[11], &mut frames).expect("push");
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0].timestamp, continued);
+        assert!(frames[0].marker && !frames[1].marker);
+        assert_eq!(frames[1].timestamp, continued.wrapping_add(960));
+        // The same SSRC restarting its numbers (a sender that does not change it) too.
+        frames.clear();
+        transcoder.push(SSRC + 1, 40000, 90, &packets[12], &mut frames).expect("push");
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].marker);
+        assert_eq!(frames[0].timestamp, continued.wrapping_add(1920));
+        // Ordinary reordering still drops the late packet.
+        frames.clear();
+        transcoder.push(SSRC + 1, 40001, 250, &packets[13], &mut frames).expect("push");
+        transcoder.push(SSRC + 1, 39999, 0, &packets[14], &mut frames).expect("push");
+        assert_eq!(frames.len(), 1);
+    }
+
+    #[test]
     fn a_payload_the_decoder_refuses_changes_nothing() {
         let mut transcoder = Transcoder::new(Codec::Opus, Codec::Pcmu, 20).expect("transcoder");
         let mut frames = Vec::new();
-        assert!(transcoder.push(1, 0, &[0x03], &mut frames).is_err());
+        assert!(transcoder.push(SSRC, 1, 0, &[0x03], &mut frames).is_err());
         assert!(frames.is_empty());
         let good = encode_stream(Codec::Opus, 8000, &[0; 160], 20);
-        transcoder.push(2, 960, &good[0], &mut frames).expect("push");
+        transcoder.push(SSRC, 2, 960, &good[0], &mut frames).expect("push");
         assert_eq!(frames.len(), 1);
     }
 }

@@ -354,6 +354,9 @@ struct Crossing {
     last_timestamp: u32,
     /// The timestamp every packet of the event the box is sending carries (RFC 4733 §2.5.1.2).
     event_timestamp: u32,
+    /// The SSRC of the packets crossing: another one (a PBX transferring the call or
+    /// restarting its media) continues the box's sequence instead of jumping it.
+    source: Option<u32>,
     frames: Vec<Frame>,
 }
 
@@ -365,6 +368,7 @@ impl Crossing {
             last_sequence: None,
             last_timestamp: 0,
             event_timestamp: 0,
+            source: None,
             frames: Vec::new(),
         }
     }
@@ -392,6 +396,7 @@ impl Crossing {
         self.offset = self.offset.wrapping_add(1);
         let sequence = self.next_sequence();
         Rtp {
+            ssrc: self.source.unwrap_or_default(),
             payload_type,
             sequence,
             timestamp: self.event_timestamp,
@@ -402,7 +407,15 @@ impl Crossing {
 
     /// `rtp` for the other leg, where it is `payload_type`; what to send is
     /// appended to `out`.
-    fn cross(&mut self, rtp: Rtp, payload_type: u8, kind: Payload, out: &mut Vec<Rtp>) {
+    fn cross(&mut self, mut rtp: Rtp, payload_type: u8, kind: Payload, out: &mut Vec<Rtp>) {
+        if self.source.is_some_and(|source| source != rtp.ssrc)
+            && let Some(last) = self.last_sequence
+        {
+            // Passed packets of the new source follow the last one sent, marked as a new talkspurt.
+            self.offset = last.wrapping_add(1).wrapping_sub(rtp.sequence);
+            rtp.marker = true;
+        }
+        self.source = Some(rtp.ssrc);
         if kind != Payload::Event {
             self.last_timestamp = rtp.timestamp;
         }
@@ -426,11 +439,18 @@ impl Crossing {
                 payload[..4].copy_from_slice(&event.to_bytes());
             }
             let sequence = self.next_sequence();
-            out.push(Rtp { payload_type, sequence, timestamp, marker: rtp.marker, payload: payload.into() });
+            out.push(Rtp {
+                ssrc: rtp.ssrc,
+                payload_type,
+                sequence,
+                timestamp,
+                marker: rtp.marker,
+                payload: payload.into(),
+            });
             return;
         }
         self.frames.clear();
-        if let Err(e) = transcoder.push(rtp.sequence, rtp.timestamp, &rtp.payload, &mut self.frames) {
+        if let Err(e) = transcoder.push(rtp.ssrc, rtp.sequence, rtp.timestamp, &rtp.payload, &mut self.frames) {
             tracing::debug!(error = %e, "undecodable voice packet dropped");
             return;
         }
@@ -439,6 +459,7 @@ impl Crossing {
             let sequence = self.next_sequence();
             self.last_timestamp = frame.timestamp;
             out.push(Rtp {
+                ssrc: rtp.ssrc,
                 payload_type,
                 sequence,
                 timestamp: frame.timestamp,
@@ -573,6 +594,7 @@ async fn relay_browser_stream(
                 let (Ok(header), Ok(payload)) = (parse_rtp(data), rtp_payload(data)) else { continue };
                 let Some(payload_type) = stream.payloads.to_browser(header.payload_type) else { continue };
                 let rtp = Rtp {
+                    ssrc: header.ssrc,
                     payload_type: header.payload_type,
                     sequence: header.sequence,
                     timestamp: header.timestamp,
@@ -631,8 +653,14 @@ mod tests {
     fn the_boxs_own_packets_follow_the_passed_ones_whatever_their_numbers() {
         for first in [0u16, 1000, 32768, 40000, 65535] {
             let mut crossing = Crossing::new(None);
-            let rtp =
-                |sequence| Rtp { payload_type: 0, sequence, timestamp: 0, marker: false, payload: bytes::Bytes::new() };
+            let rtp = |sequence| Rtp {
+                ssrc: 7,
+                payload_type: 0,
+                sequence,
+                timestamp: 0,
+                marker: false,
+                payload: bytes::Bytes::new(),
+            };
             let mut out = Vec::new();
             crossing.cross(rtp(first), 0, Payload::Voice, &mut out);
             let own = crossing.own(101, true, &[1, 10, 0, 0]);
@@ -640,5 +668,26 @@ mod tests {
             assert_eq!(own.sequence, out[0].sequence.wrapping_add(1), "first {first}");
             assert_eq!(out[1].sequence, own.sequence.wrapping_add(1), "first {first}");
         }
+    }
+
+    #[test]
+    fn a_new_source_passed_through_continues_the_sequence() {
+        let mut crossing = Crossing::new(None);
+        let rtp = |ssrc, sequence| Rtp {
+            ssrc,
+            payload_type: 0,
+            sequence,
+            timestamp: 0,
+            marker: false,
+            payload: bytes::Bytes::new(),
+        };
+        let mut out = Vec::new();
+        crossing.cross(rtp(1, 5000), 0, Payload::Voice, &mut out);
+        crossing.cross(rtp(1, 5001), 0, Payload::Voice, &mut out);
+        crossing.cross(rtp(2, 17), 0, Payload::Voice, &mut out);
+        crossing.cross(rtp(2, 18), 0, Payload::Voice, &mut out);
+        let sequences: Vec<u16> = out.iter().map(|r| r.sequence.wrapping_sub(out[0].sequence)).collect();
+        assert_eq!(sequences, [0, 1, 2, 3]);
+        assert!(out[2].marker && !out[3].marker);
     }
 }
