@@ -1,4 +1,4 @@
-//! `./x bench media` (transcoding part; `cargo run --release -p branchgate-dsp --example transcode_capacity`): how many Opus <-> G.711 calls one
+//! `./x bench transcode` (ours beside ffmpeg's libopus): how many Opus <-> G.711 calls one
 //! core transcodes in real time. Each call is two `Transcoder`s (the
 //! browser's Opus to PCMU, the phone's PCMU to Opus) fed one 20 ms packet
 //! each per tick; a tick is late when its calls take longer than 20 ms of
