@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use branchgate_dsp::{Frame, Transcoder};
+use branchgate_dsp::{Frame, JitterBuffer, Transcoder};
 use branchgate_rtp::{
     Latch, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload, telephone_event_packets,
 };
@@ -175,9 +175,13 @@ impl MediaRelay {
             None => (None, None),
         };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        // Transcoding needs the SIP side's packets in order (a passed-through stream is put in
+        // order by the browser's own jitter buffer).
+        let sip_jitter = to_browser.is_some().then(|| JitterBuffer::new(branchgate_dsp::jitter::DEFAULT_MAX_WAIT));
         let stream = BrowserStream {
             leg,
             payloads,
+            sip_jitter,
             to_sip: Crossing::new(to_sip),
             to_browser: Crossing::new(to_browser),
             dtmf_as_info,
@@ -474,6 +478,9 @@ impl Crossing {
 struct BrowserStream {
     leg: Box<WebRtcLeg>,
     payloads: PayloadMap,
+    /// The SIP side's packets (voice and events: one sequence) put back in order before
+    /// transcoding; `None` when the stream is passed through.
+    sip_jitter: Option<JitterBuffer<(Rtp, u8, Payload)>>,
     to_sip: Crossing,
     to_browser: Crossing,
     browser_side: Side,
@@ -501,6 +508,19 @@ impl BrowserStream {
         let duration_ms = u32::from(event.duration) * 1000 / self.payloads.browser_event_clock();
         let dtmf = MediaEvent::Dtmf { call: self.call, from: self.browser_side, event: event.event, duration_ms };
         let _ = self.events.send(dtmf);
+    }
+
+    /// What is ready for the browser: the packets crossed, and those the jitter buffer lets go.
+    fn send_to_browser(&mut self, crossing: &mut Vec<Rtp>) {
+        let now = Instant::now();
+        while let Some((rtp, payload_type, kind)) = self.sip_jitter.as_mut().and_then(|jitter| jitter.pop(now)) {
+            self.to_browser.cross(rtp, payload_type, kind, crossing);
+        }
+        for rtp in crossing.drain(..) {
+            if let Err(e) = self.leg.send_rtp(now, rtp) {
+                tracing::debug!(call = self.call, error = %e, "RTP not sent to the browser");
+            }
+        }
     }
 
     /// Counts one packet from the browser (`true`) or to it.
@@ -580,6 +600,7 @@ async fn relay_browser_stream(
         }
         let wake = stream.leg.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let wake = stream.injected.front().map_or(wake, |(due, ..)| wake.min(*due));
+        let wake = stream.sip_jitter.as_ref().and_then(JitterBuffer::deadline).map_or(wake, |due| wake.min(due));
         tokio::select! {
             received = browser.recv_from(&mut buf_browser) => {
                 let Ok((len, source)) = received else { continue };
@@ -601,14 +622,17 @@ async fn relay_browser_stream(
                     marker: header.marker,
                     payload: bytes::Bytes::copy_from_slice(payload),
                 };
-                let event = stream.payloads.dtmf.is_some_and(|d| d.sip == header.payload_type);
+                let kind = if stream.payloads.dtmf.is_some_and(|d| d.sip == header.payload_type) {
+                    Payload::Event
+                } else {
+                    Payload::Voice
+                };
                 stream.count(false);
-                stream.to_browser.cross(rtp, payload_type, if event { Payload::Event } else { Payload::Voice }, &mut crossing);
-                for rtp in crossing.drain(..) {
-                    if let Err(e) = stream.leg.send_rtp(Instant::now(), rtp) {
-                        tracing::debug!(call = stream.call, error = %e, "RTP not sent to the browser");
-                    }
+                match stream.sip_jitter.as_mut() {
+                    Some(jitter) => jitter.push(Instant::now(), header.ssrc, header.sequence, (rtp, payload_type, kind)),
+                    None => stream.to_browser.cross(rtp, payload_type, kind, &mut crossing),
                 }
+                stream.send_to_browser(&mut crossing);
             }
             received = sip_rtcp.recv_from(&mut buf_rtcp) => {
                 let Ok((_, source)) = received else { continue };
@@ -616,7 +640,10 @@ async fn relay_browser_stream(
                     stream.counters.touch();
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => stream.leg.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(wake.into()) => {
+                stream.leg.handle_timeout(Instant::now());
+                stream.send_to_browser(&mut crossing);
+            }
             command = control.recv() => match command {
                 Some(Control::Peer { side, destination, signalling }) if side != stream.browser_side => {
                     sip_latch.signal(destination, signalling);
