@@ -75,15 +75,43 @@ async function waitForRegistration(api, user) {
   throw new Error(`${user} did not register`);
 }
 
+/**
+ * The call's details while it is up: what the box receives from each side, once both
+ * sides have sent a second of media.
+ */
+async function callDetails(api) {
+  for (let i = 0; i < 100; i++) {
+    const [call] = (await api.get("/api/v1/sip/calls")).json.calls;
+    if (call?.caller_media?.packets > 50 && call?.callee_media?.packets > 50) return call;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("no call with media both ways in the call list");
+}
+
+/** The call details an installer reads: each side's codec, WebRTC or not, transcoding, quality. */
+function checkDetails(call, { browser, phone, transcoded }) {
+  const [fromBrowser, fromPhone] = browser === "caller" ? [call.caller_media, call.callee_media] : [call.callee_media, call.caller_media];
+  assert.equal(fromBrowser.webrtc, true, JSON.stringify(call));
+  assert.equal(fromPhone.webrtc, false, JSON.stringify(call));
+  assert.equal(fromBrowser.codec.toLowerCase(), transcoded ? "opus" : phone.toLowerCase(), JSON.stringify(call));
+  assert.equal(fromPhone.codec, phone, JSON.stringify(call));
+  for (const leg of [fromBrowser, fromPhone]) {
+    assert.equal(leg.transcoded, transcoded, JSON.stringify(call));
+    assert.ok(leg.loss_percent < 5 && leg.jitter_ms < 40 && leg.mos > 3.5, `quality on loopback: ${JSON.stringify(leg)}`);
+  }
+}
+
 test("a browser (JsSIP over WSS) calls a SIP phone (baresip over UDP): G.711 passes through, audio both ways", async (t) => {
   const { api, page, phone, cleanup } = await lab(t);
   try {
-    const result = await page.evaluate(async (domain) => {
+    const call = page.evaluate(async (domain) => {
       await softphone.call(`sip:1002@${domain}`);
       const measured = await softphone.measure();
       await softphone.hangUp();
       return measured;
     }, DOMAIN);
+    checkDetails(await callDetails(api), { browser: "caller", phone: "PCMU", transcoded: false });
+    const result = await call;
     await checkAudioBothWays(result, phone, "audio/PCMU");
     // The call's record: answered, ended by the caller (the browser).
     const csv = new TextDecoder().decode((await api.get("/api/v1/sip/cdr.csv")).bytes);
@@ -112,15 +140,17 @@ test("a SIP phone (baresip over UDP) calls a browser registered over WSS: the bo
 });
 
 test("a browser that speaks only Opus calls a SIP phone: the box transcodes Opus <-> PCMU, audio both ways", async (t) => {
-  const { page, phone, cleanup } = await lab(t);
+  const { api, page, phone, cleanup } = await lab(t);
   try {
-    const result = await page.evaluate(async (domain) => {
+    const call = page.evaluate(async (domain) => {
       softphone.opusOnly = true;
       await softphone.call(`sip:1002@${domain}`);
       const measured = await softphone.measure();
       await softphone.hangUp();
       return measured;
     }, DOMAIN);
+    checkDetails(await callDetails(api), { browser: "caller", phone: "PCMU", transcoded: true });
+    const result = await call;
     await checkAudioBothWays(result, phone, "audio/opus");
   } finally {
     await cleanup();

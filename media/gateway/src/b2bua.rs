@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use branchgate_sdp::SessionDescription;
+use branchgate_sdp::{RtpMap, SessionDescription};
 use branchgate_sip::message::param;
 use branchgate_sip::server::{Binding, uri_of, user_of, with_warning};
 use branchgate_sip::transaction::{ClientKey, ServerKey};
@@ -97,7 +97,7 @@ impl Side {
         }
     }
 
-    fn other(self) -> Side {
+    pub(crate) fn other(self) -> Side {
         match self {
             Side::A => Side::B,
             Side::B => Side::A,
@@ -148,8 +148,16 @@ pub enum Action {
     SendDtmf { call: u64, index: usize, toward: Side, event: u8, duration_ms: u32 },
     /// Where one side announced it receives a stream (until its media arrives and latches),
     /// and where that side's SIP comes from (media may come from and go to only there,
-    /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]).
-    Peer { call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr },
+    /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]), with the payload
+    /// formats its SDP names (for the call details: codec, clock for the jitter).
+    Peer {
+        call: u64,
+        index: usize,
+        side: Side,
+        destination: Option<SocketAddr>,
+        signalling: IpAddr,
+        formats: Vec<RtpMap>,
+    },
     /// Close every relay of the call.
     Close { call: u64 },
     /// The call's record, once it ended.
@@ -1181,7 +1189,8 @@ impl B2bua {
         let signalling = leg(self.calls.get(&id)?, from)?.flow.remote.ip();
         for index in (0..count).filter(|_| browser_side != Some(from)) {
             let destination = sdp.media_destination(index);
-            self.actions.push_back(Action::Peer { call: id, index, side: from, destination, signalling });
+            let formats = sdp.media.get(index).map(|m| m.rtp_maps()).unwrap_or_default();
+            self.actions.push_back(Action::Peer { call: id, index, side: from, destination, signalling, formats });
         }
         let call = self.calls.get(&id)?;
         let to = from.other();
@@ -1237,6 +1246,7 @@ impl B2bua {
         let mut leg = browser.offering.take().ok_or("no WebRTC offer was made")?;
         leg.accept_answer(now, &sdp.to_string()).map_err(|e| e.to_string())?;
         let destination = browser.offer.media_destination(0);
+        let formats = browser.offer.media.first().map(|m| m.rtp_maps()).unwrap_or_default();
         answer.anchor(a_ip, &[ports.a_port]);
         let answer = answer.to_bytes();
         browser.answer = Some(answer.clone());
@@ -1252,7 +1262,7 @@ impl B2bua {
             dtmf_as_info,
         });
         // The caller's address, given again now that the relay exists.
-        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, destination, signalling });
+        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, destination, signalling, formats });
         Ok(Some(answer))
     }
 

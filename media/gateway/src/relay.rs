@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use branchgate_dsp::{Frame, JitterBuffer, Transcoder};
 use branchgate_rtp::{
-    Latch, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload, telephone_event_packets,
+    Latch, ReceptionStats, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload,
+    telephone_event_packets,
 };
+use branchgate_sdp::RtpMap;
 use branchgate_webrtc::{LegState, Rtp, WebRtcLeg};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -29,6 +31,25 @@ pub struct Counters {
     pub b_to_a: AtomicU64,
     epoch: Instant,
     last_activity_ms: AtomicU64,
+    /// What the box receives from each side (A, B), as the relays last published it.
+    quality: std::sync::Mutex<[Option<LegQuality>; 2]>,
+}
+
+/// The media the box receives from one side of a call, for the call details.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LegQuality {
+    /// The codec that side sends (its SDP's name for the payload type, e.g. `PCMU`, `opus`).
+    pub codec: String,
+    /// A browser (ICE, DTLS-SRTP) rather than plain RTP.
+    pub webrtc: bool,
+    /// The box transcodes between this side's codec and the other side's.
+    pub transcoded: bool,
+    pub packets: u64,
+    pub lost: u64,
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+    /// ITU-T G.107 E-model estimate from the loss and jitter (see [`branchgate_rtp::mos`]).
+    pub mos: f64,
 }
 
 impl Counters {
@@ -38,7 +59,17 @@ impl Counters {
             b_to_a: AtomicU64::new(0),
             epoch: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            quality: std::sync::Mutex::new([None, None]),
         }
+    }
+
+    /// What the box receives from each side: `[A, B]`.
+    pub fn quality(&self) -> [Option<LegQuality>; 2] {
+        self.quality.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, side: Side, quality: LegQuality) {
+        self.quality.lock().unwrap_or_else(|p| p.into_inner())[side_index(side)] = Some(quality);
     }
 
     fn touch(&self) {
@@ -58,6 +89,7 @@ enum Control {
         side: Side,
         destination: Option<SocketAddr>,
         signalling: IpAddr,
+        formats: Vec<RtpMap>,
     },
     /// A DTMF key to send to `toward` as RFC 4733 events.
     Dtmf {
@@ -178,10 +210,28 @@ impl MediaRelay {
         // Transcoding needs the SIP side's packets in order (a passed-through stream is put in
         // order by the browser's own jitter buffer).
         let sip_jitter = to_browser.is_some().then(|| JitterBuffer::new(branchgate_dsp::jitter::DEFAULT_MAX_WAIT));
+        let transcoded = payloads.transcode.is_some();
+        let mut from_browser = Reception::new(side, true, transcoded);
+        if let Some(t) = payloads.transcode {
+            from_browser.formats.push(RtpMap {
+                payload_type: payloads.voice.browser,
+                name: t.browser.name().to_string(),
+                clock_rate: t.browser.rtp_clock(),
+                channels: 1,
+            });
+            from_browser.formats.extend(payloads.dtmf.map(|d| RtpMap {
+                payload_type: d.browser,
+                name: "telephone-event".into(),
+                clock_rate: payloads.browser_event_clock(),
+                channels: 1,
+            }));
+        }
         let stream = BrowserStream {
             leg,
             payloads,
             sip_jitter,
+            from_browser,
+            from_sip: Reception::new(side.other(), false, transcoded),
             to_sip: Crossing::new(to_sip),
             to_browser: Crossing::new(to_browser),
             dtmf_as_info,
@@ -207,9 +257,17 @@ impl MediaRelay {
         }
     }
 
-    pub fn peer(&mut self, call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr) {
+    pub fn peer(
+        &mut self,
+        call: u64,
+        index: usize,
+        side: Side,
+        destination: Option<SocketAddr>,
+        signalling: IpAddr,
+        formats: Vec<RtpMap>,
+    ) {
         if let Some((control, _)) = self.calls.get(&call).and_then(|c| c.streams.get(&index)) {
-            let _ = control.send(Control::Peer { side, destination, signalling });
+            let _ = control.send(Control::Peer { side, destination, signalling, formats });
         }
     }
 
@@ -249,12 +307,16 @@ async fn relay_stream(
     let (mut buf_a, mut buf_b, mut buf_ac, mut buf_bc) = ([0u8; 2048], [0u8; 2048], [0u8; 1500], [0u8; 1500]);
     let mut reported = false;
     let mut check = tokio::time::interval((timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
+    let (mut from_a, mut from_b) = (Reception::new(Side::A, false, false), Reception::new(Side::B, false, false));
     loop {
         tokio::select! {
             received = a_rtp.recv_from(&mut buf_a) => {
                 let Ok((len, source)) = received else { continue };
                 let now = Instant::now();
                 if a_latch.accept(now, source) && let Some(to) = b_latch.destination() {
+                    if let (false, Ok(header)) = (is_rtcp(&buf_a[..len]), parse_rtp(&buf_a[..len])) {
+                        from_a.received(now, &header, &counters);
+                    }
                     counters.touch();
                     counters.a_to_b.fetch_add(1, Ordering::Relaxed);
                     let _ = b_rtp.send_to(&buf_a[..len], to).await;
@@ -264,6 +326,9 @@ async fn relay_stream(
                 let Ok((len, source)) = received else { continue };
                 let now = Instant::now();
                 if b_latch.accept(now, source) && let Some(to) = a_latch.destination() {
+                    if let (false, Ok(header)) = (is_rtcp(&buf_b[..len]), parse_rtp(&buf_b[..len])) {
+                        from_b.received(now, &header, &counters);
+                    }
                     counters.touch();
                     counters.b_to_a.fetch_add(1, Ordering::Relaxed);
                     let _ = a_rtp.send_to(&buf_b[..len], to).await;
@@ -284,11 +349,13 @@ async fn relay_stream(
                 }
             }
             command = control.recv() => match command {
-                Some(Control::Peer { side: Side::A, destination, signalling }) => {
+                Some(Control::Peer { side: Side::A, destination, signalling, formats }) => {
+                    from_a.formats = formats;
                     a_latch.signal(destination, signalling);
                     a_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
-                Some(Control::Peer { side: Side::B, destination, signalling }) => {
+                Some(Control::Peer { side: Side::B, destination, signalling, formats }) => {
+                    from_b.formats = formats;
                     b_latch.signal(destination, signalling);
                     b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
@@ -303,6 +370,81 @@ async fn relay_stream(
                     reported = true;
                 }
             }
+        }
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+/// How often a relay publishes its reception statistics (a per-packet lock would cost
+/// more than the rest of the forwarding).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Reception statistics of what one side sends, published to the call's counters.
+#[derive(Debug)]
+struct Reception {
+    side: Side,
+    stats: ReceptionStats,
+    /// The side's payload formats (from its SDP).
+    formats: Vec<RtpMap>,
+    /// The payload type of the side's last voice packet.
+    payload_type: Option<u8>,
+    webrtc: bool,
+    transcoded: bool,
+    published: Option<Instant>,
+}
+
+impl Reception {
+    fn new(side: Side, webrtc: bool, transcoded: bool) -> Reception {
+        Reception {
+            side,
+            stats: ReceptionStats::default(),
+            formats: Vec::new(),
+            payload_type: None,
+            webrtc,
+            transcoded,
+            published: None,
+        }
+    }
+
+    fn format(&self, payload_type: u8) -> Option<&RtpMap> {
+        self.formats.iter().find(|f| f.payload_type == payload_type)
+    }
+
+    /// A packet from this side (telephone events count for loss, not for the codec).
+    fn received(&mut self, now: Instant, header: &RtpHeader, counters: &Counters) {
+        let format = self.format(header.payload_type);
+        let clock = format.map_or(8000, |f| f.clock_rate);
+        if !format.is_some_and(|f| f.name.eq_ignore_ascii_case("telephone-event")) {
+            self.payload_type = Some(header.payload_type);
+        }
+        self.stats.received(now, header.ssrc, header.sequence, header.timestamp, clock);
+        if self.published.is_none_or(|at| now.saturating_duration_since(at) >= PUBLISH_EVERY) {
+            self.published = Some(now);
+            counters.publish(self.side, self.snapshot());
+        }
+    }
+
+    fn snapshot(&self) -> LegQuality {
+        let quality = self.stats.quality();
+        let codec = match self.payload_type {
+            Some(pt) => self.format(pt).map_or_else(|| format!("PT {pt}"), |f| f.name.clone()),
+            None => String::new(),
+        };
+        LegQuality {
+            mos: branchgate_rtp::mos(&codec, &quality),
+            codec,
+            webrtc: self.webrtc,
+            transcoded: self.transcoded,
+            packets: quality.packets,
+            lost: quality.lost,
+            loss_percent: (quality.loss_percent * 100.0).round() / 100.0,
+            jitter_ms: (quality.jitter_ms * 10.0).round() / 10.0,
         }
     }
 }
@@ -481,6 +623,8 @@ struct BrowserStream {
     /// The SIP side's packets (voice and events: one sequence) put back in order before
     /// transcoding; `None` when the stream is passed through.
     sip_jitter: Option<JitterBuffer<(Rtp, u8, Payload)>>,
+    from_browser: Reception,
+    from_sip: Reception,
     to_sip: Crossing,
     to_browser: Crossing,
     browser_side: Side,
@@ -554,6 +698,14 @@ async fn relay_browser_stream(
             let _ = browser.send_to(&data, to).await;
         }
         while let Some(rtp) = stream.leg.poll_rtp() {
+            let header = RtpHeader {
+                payload_type: rtp.payload_type,
+                marker: rtp.marker,
+                sequence: rtp.sequence,
+                timestamp: rtp.timestamp,
+                ssrc: rtp.ssrc,
+            };
+            stream.from_browser.received(Instant::now(), &header, &stream.counters);
             let (Some(payload_type), Some(to)) = (stream.payloads.to_sip(rtp.payload_type), sip_latch.destination())
             else {
                 continue;
@@ -613,6 +765,7 @@ async fn relay_browser_stream(
                     continue;
                 }
                 let (Ok(header), Ok(payload)) = (parse_rtp(data), rtp_payload(data)) else { continue };
+                stream.from_sip.received(Instant::now(), &header, &stream.counters);
                 let Some(payload_type) = stream.payloads.to_browser(header.payload_type) else { continue };
                 let rtp = Rtp {
                     ssrc: header.ssrc,
@@ -645,7 +798,18 @@ async fn relay_browser_stream(
                 stream.send_to_browser(&mut crossing);
             }
             command = control.recv() => match command {
-                Some(Control::Peer { side, destination, signalling }) if side != stream.browser_side => {
+                Some(Control::Peer { side, destination, signalling, formats }) if side != stream.browser_side => {
+                    if stream.payloads.transcode.is_none() {
+                        // Passed through: the browser sends the SIP side's codecs under its own numbers.
+                        stream.from_browser.formats = formats
+                            .iter()
+                            .filter_map(|f| {
+                                let browser = stream.payloads.to_browser(f.payload_type)?;
+                                Some(RtpMap { payload_type: browser, ..f.clone() })
+                            })
+                            .collect();
+                    }
+                    stream.from_sip.formats = formats;
                     sip_latch.signal(destination, signalling);
                     sip_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }

@@ -1,6 +1,11 @@
 //! RTP/RTCP for the box, sans-IO: just enough of the packet to tell RTP from
 //! RTCP and to count streams (RFC 3550, RFC 5761), and the symmetric-RTP
-//! latch that finds a phone's real address behind NAT (RFC 4961 practice).
+//! latch that finds a phone's real address behind NAT (RFC 4961 practice),
+//! and reception quality (loss, jitter, MOS) for the call details.
+
+pub mod quality;
+
+pub use quality::{ReceptionStats, StreamQuality, mos};
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
