@@ -19,7 +19,7 @@ const DOMAIN = "branch.example";
  * A box with users 1001 (the browser) and 1002 (baresip), a page with JsSIP
  * in headless Chromium sending a 440 Hz tone, and baresip sending 1 kHz.
  */
-async function lab(t, sip = {}) {
+async function lab(t, sip = {}, phoneCodecs = "PCMU") {
   const pagePort = await freePort();
   const origin = `http://127.0.0.1:${pagePort}`;
   const box = await startBox({
@@ -33,7 +33,7 @@ async function lab(t, sip = {}) {
     },
   });
   const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
-  const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: "PCMU" });
+  const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: phoneCodecs });
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: [...CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -218,6 +218,24 @@ test("a trunk configured for SIP INFO DTMF gets the browser's RFC 4733 keys as I
       await softphone.hangUp();
     }, DOMAIN);
     assert.equal(await ivr, 0, "the trunk got 1, 5, 9, # as SIP INFO, then the BYE");
+  } finally {
+    await cleanup();
+  }
+});
+
+test("a SIP phone's RFC 4733 keys reach a trunk configured for SIP INFO as INFO application/dtmf-relay", async (t) => {
+  const trunkPort = await freePort();
+  const trunks = [{ name: "ivr", host: "127.0.0.1", port: trunkPort, transport: "udp", dtmf: "info", keepalive_seconds: 0 }];
+  // The trunk answers PCMA (with telephone events).
+  const { box, phone, cleanup } = await lab(t, { trunks, routes: [{ prefix: "8", strip: 1, trunk: "ivr" }] }, "PCMA");
+  try {
+    const ivr = sipp(box, "ivr", ["-sf", SCENARIOS + "uas_info_dtmf.xml", "-p", String(trunkPort), "-mp", String(await freePort()), "-rtp_echo"]);
+    phone.dial(`sip:8123@${DOMAIN}`);
+    await new Promise((r) => setTimeout(r, 1500));
+    await phone.press("159#");
+    await new Promise((r) => setTimeout(r, 500));
+    phone.hangUp();
+    assert.equal(await ivr, 0, "the trunk got 1, 5, 9, # as SIP INFO (not as RTP events), then the BYE");
   } finally {
     await cleanup();
   }

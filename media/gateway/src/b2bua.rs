@@ -143,6 +143,9 @@ pub enum Action {
         payloads: PayloadMap,
         dtmf_as_info: bool,
     },
+    /// `toward` takes DTMF as SIP INFO (`info`), or as RFC 4733 events: the relays take the
+    /// other side's events out of plain streams and report them (see `handle_dtmf`).
+    DtmfMode { call: u64, toward: Side, info: bool },
     /// Send a DTMF key as RFC 4733 telephone events to `toward` on a stream
     /// (converted from a SIP INFO the other side sent).
     SendDtmf { call: u64, index: usize, toward: Side, event: u8, duration_ms: u32 },
@@ -864,6 +867,9 @@ impl B2bua {
                 dtmf_info: [from_trunk.as_ref().is_some_and(|t| t.dtmf_info), false],
             },
         );
+        if from_trunk.as_ref().is_some_and(|t| t.dtmf_info) {
+            self.actions.push_back(Action::DtmfMode { call: id, toward: Side::A, info: true });
+        }
         if let Some(offer) = offer {
             match self.anchor(id, Side::A, offer) {
                 Some(anchored) => {
@@ -963,7 +969,9 @@ impl B2bua {
         let local_tag = self.token();
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.destination = target.name();
-        call.dtmf_info[Side::B.index()] = matches!(&target, Target::Trunk { trunk, .. } if trunk.dtmf_info);
+        let info = matches!(&target, Target::Trunk { trunk, .. } if trunk.dtmf_info);
+        call.dtmf_info[Side::B.index()] = info;
+        self.actions.push_back(Action::DtmfMode { call: id, toward: Side::B, info });
         let display = call
             .a_request
             .get("From")

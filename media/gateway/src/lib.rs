@@ -344,6 +344,7 @@ pub async fn run(
                             tracing::warn!(call, error = %e, "media relay ports unavailable");
                         }
                     }
+                    Action::DtmfMode { call, toward, info } => relay.dtmf_mode(call, toward, info),
                     Action::Peer { call, index, side, destination, signalling, formats } => {
                         relay.peer(call, index, side, destination, signalling, formats)
                     }

@@ -91,6 +91,11 @@ enum Control {
         signalling: IpAddr,
         formats: Vec<RtpMap>,
     },
+    /// `toward` takes DTMF as SIP INFO (or no longer does).
+    DtmfMode {
+        toward: Side,
+        info: bool,
+    },
     /// A DTMF key to send to `toward` as RFC 4733 events.
     Dtmf {
         toward: Side,
@@ -122,6 +127,15 @@ pub struct BrowserLeg {
 struct CallMedia {
     streams: HashMap<usize, (mpsc::UnboundedSender<Control>, JoinHandle<()>)>,
     counters: Arc<Counters>,
+    /// Per side (A, B): it takes DTMF as SIP INFO, so the other side's telephone events
+    /// are taken out of plain streams and reported instead of relayed.
+    dtmf_info: [bool; 2],
+}
+
+impl CallMedia {
+    fn new() -> CallMedia {
+        CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()), dtmf_info: [false; 2] }
+    }
 }
 
 /// Every call's relays; the driver's main loop owns it.
@@ -156,10 +170,7 @@ impl MediaRelay {
             bind(ports.b_port).await?,
             bind(ports.b_port + 1).await?,
         ];
-        let entry = self
-            .calls
-            .entry(call)
-            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
+        let entry = self.calls.entry(call).or_insert_with(CallMedia::new);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(relay_stream(
             sockets,
@@ -168,6 +179,7 @@ impl MediaRelay {
             self.events.clone(),
             call,
             self.timeout,
+            entry.dtmf_info,
         ));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
             old.abort();
@@ -195,10 +207,7 @@ impl MediaRelay {
             sip_rtp: bind(sip_port).await?,
             sip_rtcp: bind(sip_port + 1).await?,
         };
-        let entry = self
-            .calls
-            .entry(call)
-            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
+        let entry = self.calls.entry(call).or_insert_with(CallMedia::new);
         let (to_sip, to_browser) = match payloads.transcode {
             Some(t) => (
                 Some(Transcoder::new(t.browser, t.sip, PTIME_MS).map_err(std::io::Error::other)?),
@@ -235,7 +244,7 @@ impl MediaRelay {
             to_sip: Crossing::new(to_sip),
             to_browser: Crossing::new(to_browser),
             dtmf_as_info,
-            last_event: None,
+            keys: KeyReporter::default(),
             injected: VecDeque::new(),
             browser_side: side,
             counters: entry.counters.clone(),
@@ -271,6 +280,17 @@ impl MediaRelay {
         }
     }
 
+    /// Whether `toward` takes DTMF as SIP INFO (a trunk with `dtmf = "info"`): the other
+    /// side's telephone events on plain streams are then reported, not relayed. Given before
+    /// the streams open, and again when the call fails over to another trunk.
+    pub fn dtmf_mode(&mut self, call: u64, toward: Side, info: bool) {
+        let entry = self.calls.entry(call).or_insert_with(CallMedia::new);
+        entry.dtmf_info[side_index(toward)] = info;
+        for (control, _) in entry.streams.values() {
+            let _ = control.send(Control::DtmfMode { toward, info });
+        }
+    }
+
     pub fn close(&mut self, call: u64) {
         if let Some(media) = self.calls.remove(&call) {
             for (_, (_, task)) in media.streams {
@@ -299,8 +319,10 @@ async fn relay_stream(
     events: mpsc::UnboundedSender<MediaEvent>,
     call: u64,
     timeout: Duration,
+    mut dtmf_info: [bool; 2],
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
+    let (mut keys_a, mut keys_b) = (KeyReporter::default(), KeyReporter::default());
     // Latches of where each side is, for RTP and RTCP.
     let (mut a_latch, mut a_rtcp_latch) = (Latch::new(), Latch::new());
     let (mut b_latch, mut b_rtcp_latch) = (Latch::new(), Latch::new());
@@ -316,6 +338,13 @@ async fn relay_stream(
                 if a_latch.accept(now, source) && let Some(to) = b_latch.destination() {
                     if let (false, Ok(header)) = (is_rtcp(&buf_a[..len]), parse_rtp(&buf_a[..len])) {
                         from_a.received(now, &header, &counters);
+                        if dtmf_info[1] && let Some(clock) = from_a.event_clock(header.payload_type) {
+                            counters.touch();
+                            if let Some(key) = key_event(&mut keys_a, &buf_a[..len], &header, clock, call, Side::A) {
+                                let _ = events.send(key);
+                            }
+                            continue;
+                        }
                     }
                     counters.touch();
                     counters.a_to_b.fetch_add(1, Ordering::Relaxed);
@@ -328,6 +357,13 @@ async fn relay_stream(
                 if b_latch.accept(now, source) && let Some(to) = a_latch.destination() {
                     if let (false, Ok(header)) = (is_rtcp(&buf_b[..len]), parse_rtp(&buf_b[..len])) {
                         from_b.received(now, &header, &counters);
+                        if dtmf_info[0] && let Some(clock) = from_b.event_clock(header.payload_type) {
+                            counters.touch();
+                            if let Some(key) = key_event(&mut keys_b, &buf_b[..len], &header, clock, call, Side::B) {
+                                let _ = events.send(key);
+                            }
+                            continue;
+                        }
                     }
                     counters.touch();
                     counters.b_to_a.fetch_add(1, Ordering::Relaxed);
@@ -359,6 +395,7 @@ async fn relay_stream(
                     b_latch.signal(destination, signalling);
                     b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
                 }
+                Some(Control::DtmfMode { toward, info }) => dtmf_info[side_index(toward)] = info,
                 // Plain streams pass the callers' own events; the B2BUA relays INFO there.
                 Some(Control::Dtmf { .. }) => {}
                 None => return,
@@ -378,6 +415,26 @@ fn side_index(side: Side) -> usize {
     match side {
         Side::A => 0,
         Side::B => 1,
+    }
+}
+
+/// Telephone events taken out of a stream for a side that takes DTMF as SIP INFO:
+/// one report per key, at its end (sent three times, RFC 4733 §2.5.1.4).
+#[derive(Debug, Default)]
+struct KeyReporter {
+    /// The timestamp of the last key reported.
+    last: Option<u32>,
+}
+
+impl KeyReporter {
+    /// The key and its duration in ms, once per key; `clock` is the events' RTP clock.
+    fn report(&mut self, payload: &[u8], timestamp: u32, clock: u32) -> Option<(u8, u32)> {
+        let event = TelephoneEvent::parse(payload)?;
+        if !event.end || self.last == Some(timestamp) {
+            return None;
+        }
+        self.last = Some(timestamp);
+        Some((event.event, u32::from(event.duration) * 1000 / clock.max(1)))
     }
 }
 
@@ -416,6 +473,11 @@ impl Reception {
         self.formats.iter().find(|f| f.payload_type == payload_type)
     }
 
+    /// The clock of `payload_type` when it is this side's telephone events.
+    fn event_clock(&self, payload_type: u8) -> Option<u32> {
+        self.format(payload_type).filter(|f| f.name.eq_ignore_ascii_case("telephone-event")).map(|f| f.clock_rate)
+    }
+
     /// A packet from this side (telephone events count for loss, not for the codec).
     fn received(&mut self, now: Instant, header: &RtpHeader, counters: &Counters) {
         let format = self.format(header.payload_type);
@@ -447,6 +509,20 @@ impl Reception {
             jitter_ms: (quality.jitter_ms * 10.0).round() / 10.0,
         }
     }
+}
+
+/// A telephone event from `from` on a plain stream whose other side takes SIP INFO: not
+/// relayed; the key, once (at its end), for the B2BUA to send as INFO.
+fn key_event(
+    keys: &mut KeyReporter,
+    packet: &[u8],
+    header: &RtpHeader,
+    clock: u32,
+    call: u64,
+    from: Side,
+) -> Option<MediaEvent> {
+    let (event, duration_ms) = keys.report(rtp_payload(packet).ok()?, header.timestamp, clock)?;
+    Some(MediaEvent::Dtmf { call, from, event, duration_ms })
 }
 
 /// Silence between two keys the box sends back to back.
@@ -634,8 +710,8 @@ struct BrowserStream {
     timeout: Duration,
     /// The other side takes DTMF as SIP INFO: the browser's events are reported, not relayed.
     dtmf_as_info: bool,
-    /// The timestamp of the browser's last event reported (its end is sent three times).
-    last_event: Option<u32>,
+    /// The browser's keys reported for SIP INFO.
+    keys: KeyReporter,
     /// The box's own DTMF packets to the SIP side, with when each is due.
     injected: VecDeque<(Instant, u8, bool, [u8; 4])>,
 }
@@ -644,14 +720,10 @@ impl BrowserStream {
     /// A browser's telephone event, reported once per key (at its end) for
     /// the B2BUA to send as SIP INFO.
     fn report_event(&mut self, rtp: &Rtp) {
-        let Some(event) = TelephoneEvent::parse(&rtp.payload) else { return };
-        if !event.end || self.last_event == Some(rtp.timestamp) {
-            return;
+        let clock = self.payloads.browser_event_clock();
+        if let Some((event, duration_ms)) = self.keys.report(&rtp.payload, rtp.timestamp, clock) {
+            let _ = self.events.send(MediaEvent::Dtmf { call: self.call, from: self.browser_side, event, duration_ms });
         }
-        self.last_event = Some(rtp.timestamp);
-        let duration_ms = u32::from(event.duration) * 1000 / self.payloads.browser_event_clock();
-        let dtmf = MediaEvent::Dtmf { call: self.call, from: self.browser_side, event: event.event, duration_ms };
-        let _ = self.events.send(dtmf);
     }
 
     /// What is ready for the browser: the packets crossed, and those the jitter buffer lets go.
@@ -824,6 +896,8 @@ async fn relay_browser_stream(
                     }
                 }
                 Some(Control::Dtmf { .. }) => {}
+                // A browser stream's DTMF mode is fixed when it opens (`dtmf_as_info`).
+                Some(Control::DtmfMode { .. }) => {}
                 None => return,
             },
             _ = check.tick() => {
