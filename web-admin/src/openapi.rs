@@ -185,6 +185,21 @@ fn whep_paths() -> Value {
             },
             "patch": { "summary": "Trickle ICE / ICE restart: not supported", "responses": { "405": { "description": "Every candidate is in the answer" } } }
         },
+        "/phone/ice-servers": {
+            "post": {
+                "summary": "The box's TURN for the /phone page: RTCIceServer entries with TURN REST credentials (12 h) minted for a SIP user",
+                "description": "Needs the SIP user's own credentials in the body; wrong ones count towards the per-address login lockout. Empty when TURN is off or turn.auth_secret is not set.",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["username", "password"],
+                    "properties": { "username": { "type": "string" }, "password": { "type": "string" } } } } } },
+                "responses": {
+                    "200": { "description": "{iceServers: [{urls, username, credential}]} (Cache-Control: no-store)" },
+                    "400": { "description": "Not the JSON object" },
+                    "401": { "description": "Wrong SIP username or password" },
+                    "429": { "description": "Locked out after failed logins" }
+                }
+            }
+        },
         "/api/v1/cameras/{id}/viewer-token": {
             "parameters": [id],
             "post": with_body(

@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/calls", get(calls_page))
         .route("/calls/{id}/hangup", post(call_hang_up))
         .route("/phone", get(phone_page))
+        .route("/phone/ice-servers", post(crate::phone::ice_servers))
         .route("/assets/{*file}", get(asset))
 }
 
