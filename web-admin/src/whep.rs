@@ -211,7 +211,8 @@ async fn offer(state: &AppState, id: &str, headers: &HeaderMap, body: &[u8]) -> 
         return json_error(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
     };
     let media = &state.store.current().config.media;
-    let limits = WhepLimits { port_min: media.rtp_port_min, port_max: media.rtp_port_max, max_viewers: MAX_VIEWERS };
+    let (port_min, port_max) = media.viewer_ports();
+    let limits = WhepLimits { port_min, port_max, max_viewers: MAX_VIEWERS };
     match state.whep.open(camera, offer, &candidate_addresses(), limits).await {
         Ok(answer) => (
             StatusCode::CREATED,

@@ -341,6 +341,27 @@ pub struct MediaConfig {
     pub timeout_seconds: u32,
 }
 
+impl MediaConfig {
+    /// How many ports at the top of the range are the camera viewers' (WHEP): a quarter of the
+    /// range, at most 32 (two per viewer at the most viewers the box serves, and spare).
+    fn viewer_port_count(&self) -> u16 {
+        let span = u32::from(self.rtp_port_max.saturating_sub(self.rtp_port_min)) + 1;
+        (span / 4).min(32) as u16
+    }
+
+    /// Ports for calls (RTP/RTCP pairs from the bottom of the range). Calls and camera viewers
+    /// each have their own part: the gateway hands out ports without binding them first, so a
+    /// port a viewer had taken would leave a call without media.
+    pub fn call_ports(&self) -> (u16, u16) {
+        (self.rtp_port_min, self.rtp_port_max - self.viewer_port_count())
+    }
+
+    /// Ports for camera viewers (WHEP), the top of the range.
+    pub fn viewer_ports(&self) -> (u16, u16) {
+        (self.rtp_port_max - self.viewer_port_count().max(1) + 1, self.rtp_port_max)
+    }
+}
+
 /// Codec names the media engine knows.
 pub const KNOWN_CODECS: &[&str] = &["opus", "G722", "PCMU", "PCMA", "telephone-event"];
 

@@ -521,4 +521,15 @@ mod tests {
         config.media.codecs.push("speex".into());
         assert_eq!(paths(&config), ["sip.users[1].username", "media.codecs[4]"]);
     }
+
+    #[test]
+    fn calls_and_camera_viewers_share_the_media_range_without_overlap() {
+        let mut config = Config::default();
+        assert_eq!(config.media.call_ports(), (20000, 29967));
+        assert_eq!(config.media.viewer_ports(), (29968, 29999));
+        // The smallest range the validation accepts still has a call pair and a viewer port.
+        config.media.rtp_port_max = 20003;
+        assert_eq!(config.media.call_ports(), (20000, 20002));
+        assert_eq!(config.media.viewer_ports(), (20003, 20003));
+    }
 }

@@ -138,9 +138,9 @@ fn new_session_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// One UDP port for the viewer, bound on every address. Ports are tried
-/// from the top of the media range down, starting at a random even port,
-/// because the SIP gateway hands out ports from the bottom up.
+/// One UDP port for the viewer, bound on every address, from the viewers' part
+/// of the media range (`MediaConfig::viewer_ports`: calls have the rest), starting
+/// at a random port; ports another program holds are skipped.
 async fn bind_viewer_port(addresses: &[IpAddr], min: u16, max: u16) -> Result<Vec<Arc<UdpSocket>>, WhepError> {
     if addresses.is_empty() {
         return Err(WhepError::NoAddress);

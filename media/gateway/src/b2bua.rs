@@ -2113,29 +2113,43 @@ fn contact_of(leg: &Leg) -> String {
     format!("<sip:{}{transport}>", host_port(SocketAddr::new(leg.local_ip, leg.flow.local.port())))
 }
 
-/// The media type of a message's body (`Content-Type` without parameters, lower case).
+/// The longest key the box plays from a SIP INFO (a longer `Duration` is a mistake or abuse).
+const MAX_INFO_KEY_MS: u32 = 5000;
+
 /// The key and duration (ms) of a DTMF SIP INFO: `application/dtmf-relay`
-/// (`Signal=5` / `Duration=160` lines) or `application/dtmf` (the key alone).
+/// (`Signal=5` / `Duration=160` lines) or `application/dtmf` (the key alone). A signal
+/// is a key (`0`-`9`, `*`, `#`, `A`-`D`) or, as some PBXs send, its RFC 4733 event number
+/// (`10` is `*`, `11` is `#`).
 fn dtmf_of_info(request: &Message) -> Option<(u8, u32)> {
     let body = std::str::from_utf8(&request.body).ok()?;
-    let (mut key, mut duration) = (None, 160);
+    let (mut signal, mut duration) = (None, 160);
     match media_type(request).as_deref() {
         Some("application/dtmf-relay") => {
             for line in body.lines() {
                 let Some((name, value)) = line.split_once('=') else { continue };
                 match name.trim().to_ascii_lowercase().as_str() {
-                    "signal" => key = value.trim().chars().next(),
+                    "signal" => signal = Some(value.trim()),
                     "duration" => duration = value.trim().parse().unwrap_or(160),
                     _ => {}
                 }
             }
         }
-        Some("application/dtmf") => key = body.trim().chars().next(),
+        Some("application/dtmf") => signal = Some(body.trim()),
         _ => return None,
     }
-    Some((branchgate_rtp::dtmf_event(key?)?, duration))
+    let event = match signal?.parse::<u8>() {
+        Ok(number) => (number <= 15).then_some(number)?,
+        Err(_) => {
+            let mut chars = signal?.chars();
+            let key = chars.next()?;
+            chars.next().is_none().then_some(())?;
+            branchgate_rtp::dtmf_event(key)?
+        }
+    };
+    Some((event, duration.clamp(40, MAX_INFO_KEY_MS)))
 }
 
+/// The media type of a message's body (`Content-Type` without parameters, lower case).
 fn media_type(message: &Message) -> Option<String> {
     message.get("Content-Type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
@@ -2150,4 +2164,33 @@ fn sdp_of(message: &Message) -> Result<Option<SessionDescription>, String> {
         return Err("only application/sdp bodies are relayed".into());
     }
     SessionDescription::parse(&message.body).map(Some).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(content_type: &str, body: &str) -> Message {
+        let text = format!(
+            "INFO sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\n\
+To: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 2 INFO\r\nContent-Type: {content_type}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Message::parse(text.as_bytes()).expect("message")
+    }
+
+    #[test]
+    fn info_keys_by_name_or_event_number() {
+        let relay = |body: &str| dtmf_of_info(&info("application/dtmf-relay", body));
+        assert_eq!(relay("Signal=5\r\nDuration=160\r\n"), Some((5, 160)));
+        assert_eq!(relay("Signal= #\r\nDuration=250\r\n"), Some((11, 250)));
+        assert_eq!(relay("Signal=10\r\nDuration=100\r\n"), Some((10, 100)), "10 is *, not 1");
+        assert_eq!(relay("Signal=11\r\n"), Some((11, 160)), "11 is #");
+        assert_eq!(relay("Signal=16\r\n"), None, "16 is flash, not a key");
+        assert_eq!(relay("Signal=12x\r\n"), None);
+        assert_eq!(relay("Signal=5\r\nDuration=86400000\r\n"), Some((5, MAX_INFO_KEY_MS)), "capped");
+        assert_eq!(dtmf_of_info(&info("application/dtmf", "*")), Some((10, 160)));
+        assert_eq!(dtmf_of_info(&info("text/plain", "5")), None);
+    }
 }

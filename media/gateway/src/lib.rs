@@ -101,7 +101,7 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
     call.emergency_numbers = sip.emergency_numbers.clone();
     call.advertise_ip = branchgate_streams::primary_ip();
     call.sip_port = sip.udp_port;
-    call.rtp_ports = (config.media.rtp_port_min, config.media.rtp_port_max);
+    call.rtp_ports = config.media.call_ports();
     call
 }
 

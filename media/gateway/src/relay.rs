@@ -525,6 +525,10 @@ fn key_event(
     Some(MediaEvent::Dtmf { call, from, event, duration_ms })
 }
 
+/// Packets of the box's own DTMF waiting to be sent on one stream: 32 keys (7 packets each).
+/// SIP INFOs arrive faster than keys play out; beyond this they are dropped, not queued.
+const MAX_QUEUED_DTMF_PACKETS: usize = 32 * 7;
+
 /// Silence between two keys the box sends back to back.
 const DTMF_GAP: Duration = Duration::from_millis(60);
 
@@ -888,7 +892,9 @@ async fn relay_browser_stream(
                 Some(Control::Peer { .. }) => {}
                 Some(Control::Dtmf { toward, event, duration_ms }) if toward != stream.browser_side => {
                     // The SIP side's telephone events are always 8 kHz (see `webrtc::is_dtmf`).
-                    if let Some(dtmf) = stream.payloads.dtmf {
+                    if stream.injected.len() >= MAX_QUEUED_DTMF_PACKETS {
+                        tracing::info!(call = stream.call, "DTMF key dropped: too many keys queued (INFO flood?)");
+                    } else if let Some(dtmf) = stream.payloads.dtmf {
                         let start = stream.injected.back().map_or_else(Instant::now, |(due, ..)| *due + DTMF_GAP);
                         for (after, marker, payload) in telephone_event_packets(event, duration_ms, 8000) {
                             stream.injected.push_back((start + after, dtmf.sip, marker, payload));
