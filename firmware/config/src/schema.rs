@@ -339,6 +339,10 @@ pub struct MediaConfig {
     pub codecs: Vec<String>,
     /// An answered call with no media (RTP or RTCP) either way for this long is hung up.
     pub timeout_seconds: u32,
+    /// Calls the box may transcode at once (Opus <-> G.711/G.722 costs CPU; a core does
+    /// ~150 in real time: `./x bench transcode`). Beyond it, browser calls are offered only
+    /// the codecs that pass through. 0: never transcode.
+    pub max_transcoded_calls: u32,
 }
 
 impl MediaConfig {
@@ -372,6 +376,7 @@ impl Default for MediaConfig {
             rtp_port_max: 29999,
             codecs: vec!["opus".into(), "G722".into(), "PCMU".into(), "PCMA".into()],
             timeout_seconds: 60,
+            max_transcoded_calls: 100,
         }
     }
 }

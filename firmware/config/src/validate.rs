@@ -323,6 +323,7 @@ impl Config {
         );
         r.check(!m.codecs.is_empty(), "media.codecs", "list at least one codec");
         r.check((5..=86_400).contains(&m.timeout_seconds), "media.timeout_seconds", "between 5 seconds and a day");
+        r.check(m.max_transcoded_calls <= 10_000, "media.max_transcoded_calls", "at most 10000");
         let mut seen = HashSet::new();
         for (i, codec) in m.codecs.iter().enumerate() {
             r.check(

@@ -64,6 +64,8 @@ pub struct CallConfig {
     pub failover_after: Duration,
     /// `media.codecs`: codec order for offers, and which codecs may be used.
     pub codecs: Vec<String>,
+    /// `media.max_transcoded_calls`: calls transcoded at once, at most.
+    pub max_transcoded: usize,
 }
 
 impl CallConfig {
@@ -78,6 +80,7 @@ impl CallConfig {
             rtp_ports: (20000, 29999),
             failover_after: Duration::from_secs(4),
             codecs: ["opus", "G722", "PCMU", "PCMA"].map(String::from).to_vec(),
+            max_transcoded: 100,
         }
     }
 }
@@ -765,7 +768,7 @@ impl B2bua {
         // A browser's offer is terminated here; the SIP side is offered plain RTP.
         let browser = offer.as_ref().filter(|o| webrtc::is_browser_offer(o)).cloned();
         let offer = match &browser {
-            Some(browser) => match webrtc::sip_offer(browser, CodecPreferences(&self.config.codecs)) {
+            Some(browser) => match webrtc::sip_offer(browser, CodecPreferences(&self.codec_preferences())) {
                 Ok(plain) => Some(plain),
                 Err(reason) => {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
@@ -804,7 +807,7 @@ impl B2bua {
             }
             (Some(offer), false, _) => Some(BrowserMedia::new(Side::A, offer)),
             (None, true, Some(offer)) => {
-                if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.config.codecs)) {
+                if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.codec_preferences())) {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
                     return self.sip.respond(now, &key, response);
                 }
@@ -1224,12 +1227,33 @@ impl B2bua {
         }
     }
 
+    /// `media.codecs` for a new browser call: without Opus (the codec the box transcodes to and
+    /// from) while `media.max_transcoded_calls` calls are transcoded, so the call gets only
+    /// codecs that pass through, or is refused with 488 if there are none.
+    fn codec_preferences(&self) -> Vec<String> {
+        let transcoded = self
+            .calls
+            .values()
+            .filter(|c| c.browser.as_ref().and_then(|b| b.payloads).is_some_and(|p| p.transcode.is_some()))
+            .count();
+        let mut codecs = self.config.codecs.clone();
+        if transcoded >= self.config.max_transcoded {
+            codecs.retain(|c| !c.eq_ignore_ascii_case(branchgate_dsp::Codec::Opus.name()));
+            if codecs.is_empty() {
+                // An empty list would allow every codec: a name no codec has allows none.
+                codecs.push("-".into());
+            }
+        }
+        codecs
+    }
+
     /// The box's WebRTC offer to a browser callee, on the stream's B port.
     fn offer_browser(&mut self, now: Instant, id: u64, local_ip: IpAddr) -> Result<Vec<u8>, &'static str> {
+        let preferences = self.codec_preferences();
         let call = self.calls.get_mut(&id).ok_or("call gone")?;
         let ports = *call.streams.first().ok_or("no media stream")?;
         let browser = call.browser.as_mut().ok_or("no browser")?;
-        let codecs = webrtc::browser_offer_codecs(&browser.offer, CodecPreferences(&self.config.codecs))?;
+        let codecs = webrtc::browser_offer_codecs(&browser.offer, CodecPreferences(&preferences))?;
         let (leg, offer) = WebRtcLeg::offer(now, SocketAddr::new(local_ip, ports.b_port), &codecs)
             .map_err(|_| "the WebRTC session could not be set up")?;
         browser.offering = Some(Box::new(leg));

@@ -63,6 +63,7 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
     let sip = &config.sip;
     let mut call = CallConfig::new(sip.domain.clone());
     call.codecs = config.media.codecs.clone();
+    call.max_transcoded = config.media.max_transcoded_calls as usize;
     for trunk in &sip.trunks {
         let transport = match trunk.transport {
             SipTransport::Udp => Transport::Udp,

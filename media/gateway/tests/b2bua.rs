@@ -530,6 +530,23 @@ fn a_browser_that_speaks_only_opus_is_transcoded_to_the_trunks_g711() {
 }
 
 #[test]
+fn beyond_the_transcoding_capacity_an_opus_only_browser_is_refused_and_others_pass_through() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    let mut config = lab.b2bua.config().clone();
+    config.max_transcoded = 0;
+    lab.b2bua.set_config(config, lab.now);
+    lab.offer = CHROMIUM_OFFER.replace("SAVPF 111 63 9 0 8 13 110 126", "SAVPF 111 110 126");
+    let out = lab.call("95551234");
+    assert!(out.iter().any(|(_, m)| code(m) == 488), "no transcoding left: 488");
+    assert!(!out.iter().any(|(_, m)| method(m) == "INVITE"), "nothing sent to the trunk");
+    // A browser that also speaks G.711 still gets through, untranscoded.
+    lab.offer = CHROMIUM_OFFER.to_string();
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").clone();
+    assert!(String::from_utf8_lossy(&invite.body).contains(" RTP/AVP 9 0 8 126\r\n"));
+}
+
+#[test]
 fn a_browser_offer_with_nothing_to_pass_through_or_transcode_is_refused_with_488() {
     let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
     lab.offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 103\r\n\
