@@ -312,6 +312,89 @@ fn rtcp_destination(rtcp: &Latch, rtp: &Latch) -> Option<SocketAddr> {
     rtcp.destination().or_else(|| rtp.destination().map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))))
 }
 
+/// One side of a plain stream: the box's sockets facing it, where it is, what it sends.
+struct PlainSide {
+    side: Side,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    latch: Latch,
+    rtcp_latch: Latch,
+    reception: Reception,
+    keys: KeyReporter,
+}
+
+/// Datagrams read from one socket per wakeup at most: a busy socket cannot starve the others.
+const BURST: usize = 32;
+
+/// What every packet of a plain stream reports to.
+struct StreamContext<'a> {
+    counters: &'a Counters,
+    events: &'a mpsc::UnboundedSender<MediaEvent>,
+    call: u64,
+}
+
+impl PlainSide {
+    fn new(side: Side, rtp: UdpSocket, rtcp: UdpSocket) -> PlainSide {
+        PlainSide {
+            side,
+            rtp,
+            rtcp,
+            latch: Latch::new(),
+            rtcp_latch: Latch::new(),
+            reception: Reception::new(side, false, false),
+            keys: KeyReporter::default(),
+        }
+    }
+
+    fn signal(&mut self, destination: Option<SocketAddr>, signalling: IpAddr, formats: Vec<RtpMap>) {
+        self.reception.formats = formats;
+        self.latch.signal(destination, signalling);
+        self.rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+    }
+
+    /// The RTP waiting from this side, relayed to `other` — every datagram already there (up to
+    /// [`BURST`]), read without waiting and sent without waiting (a full socket buffer drops,
+    /// as a router does): one wakeup serves a burst, and no read is tried on an idle socket.
+    /// `other_takes_info`: the other side wants DTMF as SIP INFO (this side's events are reported).
+    fn relay_rtp(&mut self, other: &PlainSide, other_takes_info: bool, buf: &mut [u8], context: &StreamContext) {
+        for _ in 0..BURST {
+            let Ok((len, source)) = self.rtp.try_recv_from(buf) else { return };
+            let now = Instant::now();
+            // Latched even while the other side is unknown: its answer may come any moment.
+            let accepted = self.latch.accept(now, source);
+            let Some(to) = other.latch.destination().filter(|_| accepted) else { continue };
+            let packet = &buf[..len];
+            if let (false, Ok(header)) = (is_rtcp(packet), parse_rtp(packet)) {
+                self.reception.received(now, &header, context.counters);
+                if other_takes_info && let Some(clock) = self.reception.event_clock(header.payload_type) {
+                    context.counters.touch();
+                    if let Some(key) = key_event(&mut self.keys, packet, &header, clock, context.call, self.side) {
+                        let _ = context.events.send(key);
+                    }
+                    continue;
+                }
+            }
+            context.counters.touch();
+            let counter = if self.side == Side::A { &context.counters.a_to_b } else { &context.counters.b_to_a };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let _ = other.rtp.try_send_to(packet, to);
+        }
+    }
+
+    /// The RTCP waiting from this side, relayed to `other`.
+    fn relay_rtcp(&mut self, other: &PlainSide, buf: &mut [u8], context: &StreamContext) {
+        for _ in 0..BURST {
+            let Ok((len, source)) = self.rtcp.try_recv_from(buf) else { return };
+            if self.rtcp_latch.accept(Instant::now(), source)
+                && let Some(to) = rtcp_destination(&other.rtcp_latch, &other.latch)
+            {
+                context.counters.touch();
+                let _ = other.rtcp.try_send_to(&buf[..len], to);
+            }
+        }
+    }
+}
+
 async fn relay_stream(
     sockets: [UdpSocket; 4],
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -322,78 +405,25 @@ async fn relay_stream(
     mut dtmf_info: [bool; 2],
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
-    let (mut keys_a, mut keys_b) = (KeyReporter::default(), KeyReporter::default());
-    // Latches of where each side is, for RTP and RTCP.
-    let (mut a_latch, mut a_rtcp_latch) = (Latch::new(), Latch::new());
-    let (mut b_latch, mut b_rtcp_latch) = (Latch::new(), Latch::new());
-    let (mut buf_a, mut buf_b, mut buf_ac, mut buf_bc) = ([0u8; 2048], [0u8; 2048], [0u8; 1500], [0u8; 1500]);
+    let (mut a, mut b) = (PlainSide::new(Side::A, a_rtp, a_rtcp), PlainSide::new(Side::B, b_rtp, b_rtcp));
+    let context = StreamContext { counters: &counters, events: &events, call };
+    let mut buf = [0u8; 2048];
     let mut reported = false;
     let mut check = tokio::time::interval((timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
-    let (mut from_a, mut from_b) = (Reception::new(Side::A, false, false), Reception::new(Side::B, false, false));
     loop {
+        // Readiness, then non-blocking reads: polling a `recv_from` on each of the four sockets
+        // at every wakeup cost a failed read on the idle ones.
         tokio::select! {
-            received = a_rtp.recv_from(&mut buf_a) => {
-                let Ok((len, source)) = received else { continue };
-                let now = Instant::now();
-                if a_latch.accept(now, source) && let Some(to) = b_latch.destination() {
-                    if let (false, Ok(header)) = (is_rtcp(&buf_a[..len]), parse_rtp(&buf_a[..len])) {
-                        from_a.received(now, &header, &counters);
-                        if dtmf_info[1] && let Some(clock) = from_a.event_clock(header.payload_type) {
-                            counters.touch();
-                            if let Some(key) = key_event(&mut keys_a, &buf_a[..len], &header, clock, call, Side::A) {
-                                let _ = events.send(key);
-                            }
-                            continue;
-                        }
-                    }
-                    counters.touch();
-                    counters.a_to_b.fetch_add(1, Ordering::Relaxed);
-                    let _ = b_rtp.send_to(&buf_a[..len], to).await;
-                }
-            }
-            received = b_rtp.recv_from(&mut buf_b) => {
-                let Ok((len, source)) = received else { continue };
-                let now = Instant::now();
-                if b_latch.accept(now, source) && let Some(to) = a_latch.destination() {
-                    if let (false, Ok(header)) = (is_rtcp(&buf_b[..len]), parse_rtp(&buf_b[..len])) {
-                        from_b.received(now, &header, &counters);
-                        if dtmf_info[0] && let Some(clock) = from_b.event_clock(header.payload_type) {
-                            counters.touch();
-                            if let Some(key) = key_event(&mut keys_b, &buf_b[..len], &header, clock, call, Side::B) {
-                                let _ = events.send(key);
-                            }
-                            continue;
-                        }
-                    }
-                    counters.touch();
-                    counters.b_to_a.fetch_add(1, Ordering::Relaxed);
-                    let _ = a_rtp.send_to(&buf_b[..len], to).await;
-                }
-            }
-            received = a_rtcp.recv_from(&mut buf_ac) => {
-                let Ok((len, source)) = received else { continue };
-                if a_rtcp_latch.accept(Instant::now(), source) && let Some(to) = rtcp_destination(&b_rtcp_latch, &b_latch) {
-                    counters.touch();
-                    let _ = b_rtcp.send_to(&buf_ac[..len], to).await;
-                }
-            }
-            received = b_rtcp.recv_from(&mut buf_bc) => {
-                let Ok((len, source)) = received else { continue };
-                if b_rtcp_latch.accept(Instant::now(), source) && let Some(to) = rtcp_destination(&a_rtcp_latch, &a_latch) {
-                    counters.touch();
-                    let _ = a_rtcp.send_to(&buf_bc[..len], to).await;
-                }
-            }
+            Ok(()) = a.rtp.readable() => a.relay_rtp(&b, dtmf_info[1], &mut buf, &context),
+            Ok(()) = b.rtp.readable() => b.relay_rtp(&a, dtmf_info[0], &mut buf, &context),
+            Ok(()) = a.rtcp.readable() => a.relay_rtcp(&b, &mut buf, &context),
+            Ok(()) = b.rtcp.readable() => b.relay_rtcp(&a, &mut buf, &context),
             command = control.recv() => match command {
                 Some(Control::Peer { side: Side::A, destination, signalling, formats }) => {
-                    from_a.formats = formats;
-                    a_latch.signal(destination, signalling);
-                    a_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+                    a.signal(destination, signalling, formats);
                 }
                 Some(Control::Peer { side: Side::B, destination, signalling, formats }) => {
-                    from_b.formats = formats;
-                    b_latch.signal(destination, signalling);
-                    b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+                    b.signal(destination, signalling, formats);
                 }
                 Some(Control::DtmfMode { toward, info }) => dtmf_info[side_index(toward)] = info,
                 // Plain streams pass the callers' own events; the B2BUA relays INFO there.
