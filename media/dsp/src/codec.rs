@@ -279,7 +279,7 @@ impl Encoder {
         let kind = match codec {
             Codec::Pcmu => EncoderKind::Pcmu,
             Codec::Pcma => EncoderKind::Pcma,
-            Codec::G722 => EncoderKind::G722(Box::new(G722Encoder::new())),
+            Codec::G722 => EncoderKind::G722(Box::default()),
             Codec::Opus => {
                 let mut encoder = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)?;
                 encoder.set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))?;
