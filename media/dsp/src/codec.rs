@@ -20,6 +20,8 @@ pub enum DspError {
     FrameSize { codec: Codec, expected: usize, got: usize },
     #[error("transcoding {from} to {to} is not supported")]
     Unsupported { from: Codec, to: Codec },
+    #[error("{ptime_ms} ms of {codec} is not a whole number of RTP clock ticks")]
+    Ptime { codec: Codec, ptime_ms: u32 },
 }
 
 /// An audio encoding the box can transcode.
