@@ -513,6 +513,41 @@ mod tests {
     }
 
     #[test]
+    fn g722_streams_with_random_numbers_and_bytes_keep_their_framing() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(722);
+        let mut from_g722 = Transcoder::new(Codec::G722, Codec::Opus, 20).expect("transcoder");
+        let mut to_g722 = Transcoder::new(Codec::Opus, Codec::G722, 20).expect("transcoder");
+        let opus = encode_stream(Codec::Opus, 16000, &sine(500.0, 16000, 3200, 5000.0), 20);
+        let (mut sequence, mut timestamp) = (0u16, 0u32);
+        let mut frames = Vec::new();
+        for _ in 0..3000 {
+            // Mostly in order, sometimes lost, late, far off or from another source.
+            let step = match rng.gen_range(0..10) {
+                0 => rng.r#gen::<u16>(),
+                1 => 2,
+                2 => 0xffff,
+                _ => 1,
+            };
+            sequence = sequence.wrapping_add(step);
+            timestamp = timestamp.wrapping_add(u32::from(step).wrapping_mul(160));
+            let ssrc = u32::from(rng.gen_range(0..50) == 0);
+            let length = if rng.gen_range(0..20) == 0 { rng.gen_range(0..400) } else { 160 };
+            let payload: Vec<u8> = (0..length).map(|_| rng.r#gen()).collect();
+            frames.clear();
+            from_g722.push(ssrc, sequence, timestamp, &payload, &mut frames).expect("every byte is a G.722 code");
+            assert!(frames.iter().all(|f| !f.payload.is_empty() && f.payload.len() <= 1275));
+            frames.clear();
+            let packet = &opus[rng.gen_range(0..opus.len())];
+            let _ = to_g722.push(ssrc, sequence, timestamp.wrapping_mul(6), packet, &mut frames);
+            assert!(frames.iter().all(|f| f.payload.len() == 160));
+            for pair in frames.windows(2) {
+                assert_eq!(pair[1].timestamp.wrapping_sub(pair[0].timestamp), 160);
+            }
+        }
+    }
+
+    #[test]
     fn a_payload_the_decoder_refuses_changes_nothing() {
         let mut transcoder = Transcoder::new(Codec::Opus, Codec::Pcmu, 20).expect("transcoder");
         let mut frames = Vec::new();
