@@ -6,20 +6,20 @@
 //! Fixed-point throughout, step for step as the recommendation's block
 //! diagrams (the block names are in the comments), so the codes and the PCM
 //! are bit-exact with other implementations: the tests compare with vectors
-//! from spandsp and FFmpeg (`tests/vectors/make-g722.sh`). Like both, the
-//! codec takes 16-bit PCM and works on its top 15 bits (G.722's 14-bit input
-//! plus headroom), and gives 16-bit PCM back.
+//! from spandsp and FFmpeg (`tests/vectors/make-g722.sh`). Like both, it
+//! takes and gives 16-bit PCM, scaled in the QMFs to and from the sub-band
+//! coders' 15-bit range.
 //!
 //! Sans-IO, no allocation: the state is a few hundred bytes of integers, and
 //! every byte is a valid code. RTP (RFC 3551 §4.5.2) carries the bytes as
 //! they come, with an 8000 Hz timestamp clock although the audio is 16 kHz:
 //! one timestamp tick per byte.
 
-/// The transmit and receive QMF coefficients h0..h11 (G.722 Table 11, the
-/// other half of the 24 taps is the mirror image).
+/// The transmit and receive QMF coefficients h0..h11 (the other half of the
+/// 24 taps is their mirror image).
 const QMF: [i32; 12] = [3, -11, 12, 32, -210, 951, 3876, -805, 362, -156, 53, -11];
 
-/// Low band: decision levels of the 6-bit quantiser (QUANTL, G.722 Table 6),
+/// Low band: decision levels of the 6-bit quantiser (QUANTL),
 /// in units of the scale factor / 4096, for magnitudes 1..=29.
 const Q6: [i32; 29] = [
     35, 72, 110, 150, 190, 233, 276, 323, 370, 422, 473, 530, 587, 650, 714, 786, 858, 940, 1023, 1121, 1219, 1339,
@@ -39,7 +39,7 @@ const QM6: [i32; 64] = [
 const QM4: [i32; 16] =
     [0, -20456, -12896, -8968, -6288, -4240, -2584, -1200, 20456, 12896, 8968, 6288, 4240, 2584, 1200, 0];
 
-/// Low band: the log scale factor's step (LOGSCL, G.722 Table 14's W_L) by
+/// Low band: the log scale factor's step (LOGSCL's W_L) by
 /// the code's top four bits, the magnitude-to-weight table folded in.
 const WL4: [i32; 16] = [-60, 3042, 1198, 538, 334, 172, 58, -30, 3042, 1198, 538, 334, 172, 58, -30, -60];
 
