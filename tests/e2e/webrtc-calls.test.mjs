@@ -157,6 +157,24 @@ test("a browser that speaks only Opus calls a SIP phone: the box transcodes Opus
   }
 });
 
+test("a browser that speaks only Opus calls a wideband SIP phone: the box transcodes Opus <-> G.722 at 16 kHz, audio both ways", async (t) => {
+  const { api, page, phone, cleanup } = await lab(t, {}, "G722");
+  try {
+    const call = page.evaluate(async (domain) => {
+      softphone.opusOnly = true;
+      await softphone.call(`sip:1002@${domain}`);
+      const measured = await softphone.measure();
+      await softphone.hangUp();
+      return measured;
+    }, DOMAIN);
+    checkDetails(await callDetails(api), { browser: "caller", phone: "G722", transcoded: true });
+    const result = await call;
+    await checkAudioBothWays(result, phone, "audio/opus");
+  } finally {
+    await cleanup();
+  }
+});
+
 test("a SIP phone calls a browser that answers with Opus only: the box transcodes, audio both ways", async (t) => {
   const { page, phone, cleanup } = await lab(t);
   try {

@@ -510,7 +510,7 @@ fn a_browser_that_speaks_only_opus_is_transcoded_to_the_trunks_g711() {
     let out = lab.call("95551234");
     let (_, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").clone();
     let offer = String::from_utf8_lossy(&invite.body).into_owned();
-    assert!(offer.contains(" RTP/AVP 0 8 126\r\n") && !offer.contains("opus"), "{offer}");
+    assert!(offer.contains(" RTP/AVP 9 0 8 126\r\n") && !offer.contains("opus"), "{offer}");
     let answer_sdp =
         "v=0\r\no=bob 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
     let out = lab.send(T1, &answer(&invite, 200, "t1", answer_sdp));
