@@ -838,15 +838,12 @@ pub fn cdr_to_csv(jsonl: &str) -> String {
     out
 }
 
-/// Where the kernel lists V4L2 devices.
-const VIDEO4LINUX: &str = "/sys/class/video4linux";
-
 /// The box's cameras (real V4L2 devices, or the simulated one where there is none).
 pub async fn cameras(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
-    let list: Vec<Value> = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX))
+    let list: Vec<Value> = branchgate_capture::cameras()
         .into_iter()
         .map(|c| {
             let viewers = state.whep.hub.viewers(&c.id);
@@ -867,7 +864,7 @@ pub async fn camera_snapshot(
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
-    let cameras = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX));
+    let cameras = branchgate_capture::cameras();
     let Some(camera) = cameras.iter().find(|c| c.id == id) else {
         return json_error(StatusCode::NOT_FOUND, &format!("no camera {id}"));
     };

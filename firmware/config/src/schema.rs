@@ -66,6 +66,8 @@ pub struct NetworkConfig {
     pub admin_http_port: u16,
     /// Optional unauthenticated Prometheus listener (e.g. on a management VLAN).
     pub metrics_listen: Option<SocketAddr>,
+    /// RTSP for players that do not speak WebRTC (`rtsp://<box>:<port>/<camera>`); 0 turns it off.
+    pub rtsp_port: u16,
 }
 
 impl Default for NetworkConfig {
@@ -79,6 +81,7 @@ impl Default for NetworkConfig {
             admin_https_port: 8443,
             admin_http_port: 8080,
             metrics_listen: None,
+            rtsp_port: 8554,
         }
     }
 }

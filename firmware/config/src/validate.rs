@@ -358,10 +358,11 @@ impl Config {
         let mut tcp: HashMap<u16, &str> = HashMap::new();
         let mut udp: HashMap<u16, &str> = HashMap::new();
         let metrics_port = self.network.metrics_listen.map_or(0, |a| a.port());
-        let listeners: [(&str, u16, bool); 9] = [
+        let listeners: [(&str, u16, bool); 10] = [
             ("network.metrics_listen", metrics_port, true),
             ("network.admin_https_port", self.network.admin_https_port, true),
             ("network.admin_http_port", self.network.admin_http_port, true),
+            ("network.rtsp_port", self.network.rtsp_port, true),
             ("sip.tcp_port", self.sip.tcp_port, true),
             ("sip.tls_port", self.sip.tls_port, true),
             ("turn.tcp_port", self.turn.tcp_port, true),

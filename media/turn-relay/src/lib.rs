@@ -46,6 +46,7 @@ pub fn own_ports(config: &branchgate_config::Config) -> Vec<u16> {
     let mut ports = vec![
         config.network.admin_https_port,
         config.network.admin_http_port,
+        config.network.rtsp_port,
         config.sip.udp_port,
         config.sip.tcp_port,
         config.sip.tls_port,
