@@ -326,6 +326,16 @@ struct PlainSide {
 /// Datagrams read from one socket per wakeup at most: a busy socket cannot starve the others.
 const BURST: usize = 32;
 
+/// Sends at once when the socket buffer has room (nearly always); waits for room otherwise,
+/// so a burst the kernel cannot take at once is delayed rather than lost.
+async fn send(socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.try_send_to(packet, to)
+        && e.kind() == std::io::ErrorKind::WouldBlock
+    {
+        let _ = socket.send_to(packet, to).await;
+    }
+}
+
 /// What every packet of a plain stream reports to.
 struct StreamContext<'a> {
     counters: &'a Counters,
@@ -353,10 +363,16 @@ impl PlainSide {
     }
 
     /// The RTP waiting from this side, relayed to `other` — every datagram already there (up to
-    /// [`BURST`]), read without waiting and sent without waiting (a full socket buffer drops,
-    /// as a router does): one wakeup serves a burst, and no read is tried on an idle socket.
+    /// [`BURST`]), read without waiting: one wakeup serves a burst, and no read is tried on an
+    /// idle socket.
     /// `other_takes_info`: the other side wants DTMF as SIP INFO (this side's events are reported).
-    fn relay_rtp(&mut self, other: &PlainSide, other_takes_info: bool, buf: &mut [u8], context: &StreamContext) {
+    async fn relay_rtp(
+        &mut self,
+        other: &PlainSide,
+        other_takes_info: bool,
+        buf: &mut [u8],
+        context: &StreamContext<'_>,
+    ) {
         for _ in 0..BURST {
             let Ok((len, source)) = self.rtp.try_recv_from(buf) else { return };
             let now = Instant::now();
@@ -377,19 +393,19 @@ impl PlainSide {
             context.counters.touch();
             let counter = if self.side == Side::A { &context.counters.a_to_b } else { &context.counters.b_to_a };
             counter.fetch_add(1, Ordering::Relaxed);
-            let _ = other.rtp.try_send_to(packet, to);
+            send(&other.rtp, packet, to).await;
         }
     }
 
     /// The RTCP waiting from this side, relayed to `other`.
-    fn relay_rtcp(&mut self, other: &PlainSide, buf: &mut [u8], context: &StreamContext) {
+    async fn relay_rtcp(&mut self, other: &PlainSide, buf: &mut [u8], context: &StreamContext<'_>) {
         for _ in 0..BURST {
             let Ok((len, source)) = self.rtcp.try_recv_from(buf) else { return };
             if self.rtcp_latch.accept(Instant::now(), source)
                 && let Some(to) = rtcp_destination(&other.rtcp_latch, &other.latch)
             {
                 context.counters.touch();
-                let _ = other.rtcp.try_send_to(&buf[..len], to);
+                send(&other.rtcp, &buf[..len], to).await;
             }
         }
     }
@@ -414,10 +430,10 @@ async fn relay_stream(
         // Readiness, then non-blocking reads: polling a `recv_from` on each of the four sockets
         // at every wakeup cost a failed read on the idle ones.
         tokio::select! {
-            Ok(()) = a.rtp.readable() => a.relay_rtp(&b, dtmf_info[1], &mut buf, &context),
-            Ok(()) = b.rtp.readable() => b.relay_rtp(&a, dtmf_info[0], &mut buf, &context),
-            Ok(()) = a.rtcp.readable() => a.relay_rtcp(&b, &mut buf, &context),
-            Ok(()) = b.rtcp.readable() => b.relay_rtcp(&a, &mut buf, &context),
+            Ok(()) = a.rtp.readable() => a.relay_rtp(&b, dtmf_info[1], &mut buf, &context).await,
+            Ok(()) = b.rtp.readable() => b.relay_rtp(&a, dtmf_info[0], &mut buf, &context).await,
+            Ok(()) = a.rtcp.readable() => a.relay_rtcp(&b, &mut buf, &context).await,
+            Ok(()) = b.rtcp.readable() => b.relay_rtcp(&a, &mut buf, &context).await,
             command = control.recv() => match command {
                 Some(Control::Peer { side: Side::A, destination, signalling, formats }) => {
                     a.signal(destination, signalling, formats);
