@@ -224,6 +224,9 @@ fn listeners_changed(old: &TurnConfig, new: &TurnConfig) -> bool {
     old.udp_port != new.udp_port || old.tcp_port != new.tcp_port || old.tls_port != new.tls_port || !new.enabled
 }
 
+/// Datagrams handled per wakeup at most, so one busy source cannot starve the rest.
+const BURST: usize = 64;
+
 /// Sends to a client on its transport; drops when the way is full (like any router).
 fn to_client(udp: &UdpSocket, streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>, tuple: FiveTuple, data: &[u8]) {
     match tuple.transport {
@@ -279,11 +282,20 @@ async fn serve(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let restart = loop {
         tokio::select! {
-            received = udp.recv_from(&mut buf) => {
-                let (len, client) = received?;
-                let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
-                let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
-                forward(result, udp, &streams, &relays);
+            // Readiness, then every datagram already there (up to a burst): one wakeup serves
+            // many, and the idle listener is not read at every turn of the loop.
+            readable = udp.readable() => {
+                readable?;
+                for _ in 0..BURST {
+                    let (len, client) = match udp.try_recv_from(&mut buf) {
+                        Ok(received) => received,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
+                    let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
+                    forward(result, udp, &streams, &relays);
+                }
             }
             Some(event) = stream_rx.recv() => match event {
                 StreamEvent::Opened { connection, writer, raw } => {
@@ -310,8 +322,16 @@ async fn serve(
             },
             Some(event) = tcp_rx.recv() => tcp::handle_event(&mut server, &mut tcp_relays, &streams, event),
             Some(mut packet) = peer_rx.recv() => {
-                let result = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
-                forward(result, udp, &streams, &relays);
+                // This one and the others already queued, without going round the loop for each.
+                for _ in 0..BURST {
+                    let result =
+                        server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
+                    forward(result, udp, &streams, &relays);
+                    match peer_rx.try_recv() {
+                        Ok(next) => packet = next,
+                        Err(_) => break,
+                    }
+                }
             }
             _ = tick.tick() => {
                 server.handle_timeout(Instant::now());
