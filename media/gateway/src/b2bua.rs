@@ -152,22 +152,31 @@ pub enum Action {
     /// Send a DTMF key as RFC 4733 telephone events to `toward` on a stream
     /// (converted from a SIP INFO the other side sent).
     SendDtmf { call: u64, index: usize, toward: Side, event: u8, duration_ms: u32 },
-    /// Where one side announced it receives a stream (until its media arrives and latches),
-    /// and where that side's SIP comes from (media may come from and go to only there,
-    /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]), with the payload
-    /// formats its SDP names (for the call details: codec, clock for the jitter).
-    Peer {
-        call: u64,
-        index: usize,
-        side: Side,
-        destination: Option<SocketAddr>,
-        signalling: IpAddr,
-        formats: Vec<RtpMap>,
-    },
+    /// Where one side receives a stream, as its SDP and SIP say.
+    Peer { call: u64, index: usize, side: Side, peer: MediaPeer },
     /// Close every relay of the call.
     Close { call: u64 },
     /// The call's record, once it ended.
     Record(CallRecord),
+}
+
+/// Where one side of a stream is, as its SDP and SIP say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaPeer {
+    /// The address its SDP announces for the stream (used until its media arrives and latches).
+    pub destination: Option<SocketAddr>,
+    /// Where that side's SIP comes from: media may come from and go to only there, or to a
+    /// LAN address its SDP names (see [`branchgate_rtp::Latch`]).
+    pub signalling: IpAddr,
+    /// The payload formats its SDP names (call details: codec, and the clock for the jitter).
+    pub formats: Vec<RtpMap>,
+}
+
+impl MediaPeer {
+    /// The announced RTCP address: the RTP port + 1 (RFC 3550 §11).
+    pub fn rtcp_destination(&self) -> Option<SocketAddr> {
+        self.destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1)))
+    }
 }
 
 /// A call detail record (times relative: the driver stamps wall-clock time).
@@ -1199,9 +1208,12 @@ impl B2bua {
         }
         let signalling = leg(self.calls.get(&id)?, from)?.flow.remote.ip();
         for index in (0..count).filter(|_| browser_side != Some(from)) {
-            let destination = sdp.media_destination(index);
-            let formats = sdp.media.get(index).map(|m| m.rtp_maps()).unwrap_or_default();
-            self.actions.push_back(Action::Peer { call: id, index, side: from, destination, signalling, formats });
+            let peer = MediaPeer {
+                destination: sdp.media_destination(index),
+                signalling,
+                formats: sdp.media.get(index).map(|m| m.rtp_maps()).unwrap_or_default(),
+            };
+            self.actions.push_back(Action::Peer { call: id, index, side: from, peer });
         }
         let call = self.calls.get(&id)?;
         let to = from.other();
@@ -1294,7 +1306,8 @@ impl B2bua {
             dtmf_as_info,
         });
         // The caller's address, given again now that the relay exists.
-        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, destination, signalling, formats });
+        let peer = MediaPeer { destination, signalling, formats };
+        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, peer });
         Ok(Some(answer))
     }
 

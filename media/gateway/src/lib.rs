@@ -346,9 +346,7 @@ pub async fn run(
                         }
                     }
                     Action::DtmfMode { call, toward, info } => relay.dtmf_mode(call, toward, info),
-                    Action::Peer { call, index, side, destination, signalling, formats } => {
-                        relay.peer(call, index, side, destination, signalling, formats)
-                    }
+                    Action::Peer { call, index, side, peer } => relay.peer(call, index, side, peer),
                     Action::SendDtmf { call, index, toward, event, duration_ms } => {
                         relay.send_dtmf(call, index, toward, event, duration_ms)
                     }

@@ -20,7 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::b2bua::{Side, StreamPorts};
+use crate::b2bua::{MediaPeer, Side, StreamPorts};
 use crate::webrtc::PayloadMap;
 
 /// Packets relayed per direction of one call (for the calls table and metrics),
@@ -87,9 +87,7 @@ impl Counters {
 enum Control {
     Peer {
         side: Side,
-        destination: Option<SocketAddr>,
-        signalling: IpAddr,
-        formats: Vec<RtpMap>,
+        peer: MediaPeer,
     },
     /// `toward` takes DTMF as SIP INFO (or no longer does).
     DtmfMode {
@@ -266,17 +264,9 @@ impl MediaRelay {
         }
     }
 
-    pub fn peer(
-        &mut self,
-        call: u64,
-        index: usize,
-        side: Side,
-        destination: Option<SocketAddr>,
-        signalling: IpAddr,
-        formats: Vec<RtpMap>,
-    ) {
+    pub fn peer(&mut self, call: u64, index: usize, side: Side, peer: MediaPeer) {
         if let Some((control, _)) = self.calls.get(&call).and_then(|c| c.streams.get(&index)) {
-            let _ = control.send(Control::Peer { side, destination, signalling, formats });
+            let _ = control.send(Control::Peer { side, peer });
         }
     }
 
@@ -326,16 +316,6 @@ struct PlainSide {
 /// Datagrams read from one socket per wakeup at most: a busy socket cannot starve the others.
 const BURST: usize = 32;
 
-/// Sends at once when the socket buffer has room (nearly always); waits for room otherwise,
-/// so a burst the kernel cannot take at once is delayed rather than lost.
-async fn send(socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
-    if let Err(e) = socket.try_send_to(packet, to)
-        && e.kind() == std::io::ErrorKind::WouldBlock
-    {
-        let _ = socket.send_to(packet, to).await;
-    }
-}
-
 /// What every packet of a plain stream reports to.
 struct StreamContext<'a> {
     counters: &'a Counters,
@@ -356,10 +336,10 @@ impl PlainSide {
         }
     }
 
-    fn signal(&mut self, destination: Option<SocketAddr>, signalling: IpAddr, formats: Vec<RtpMap>) {
-        self.reception.formats = formats;
-        self.latch.signal(destination, signalling);
-        self.rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+    fn signal(&mut self, peer: MediaPeer) {
+        self.latch.signal(peer.destination, peer.signalling);
+        self.rtcp_latch.signal(peer.rtcp_destination(), peer.signalling);
+        self.reception.formats = peer.formats;
     }
 
     /// The RTP waiting from this side, relayed to `other` — every datagram already there (up to
@@ -393,7 +373,7 @@ impl PlainSide {
             context.counters.touch();
             let counter = if self.side == Side::A { &context.counters.a_to_b } else { &context.counters.b_to_a };
             counter.fetch_add(1, Ordering::Relaxed);
-            send(&other.rtp, packet, to).await;
+            branchgate_streams::send_datagram(&other.rtp, packet, to).await;
         }
     }
 
@@ -405,7 +385,7 @@ impl PlainSide {
                 && let Some(to) = rtcp_destination(&other.rtcp_latch, &other.latch)
             {
                 context.counters.touch();
-                send(&other.rtcp, &buf[..len], to).await;
+                branchgate_streams::send_datagram(&other.rtcp, &buf[..len], to).await;
             }
         }
     }
@@ -435,12 +415,8 @@ async fn relay_stream(
             Ok(()) = a.rtcp.readable() => a.relay_rtcp(&b, &mut buf, &context).await,
             Ok(()) = b.rtcp.readable() => b.relay_rtcp(&a, &mut buf, &context).await,
             command = control.recv() => match command {
-                Some(Control::Peer { side: Side::A, destination, signalling, formats }) => {
-                    a.signal(destination, signalling, formats);
-                }
-                Some(Control::Peer { side: Side::B, destination, signalling, formats }) => {
-                    b.signal(destination, signalling, formats);
-                }
+                Some(Control::Peer { side: Side::A, peer }) => a.signal(peer),
+                Some(Control::Peer { side: Side::B, peer }) => b.signal(peer),
                 Some(Control::DtmfMode { toward, info }) => dtmf_info[side_index(toward)] = info,
                 // Plain streams pass the callers' own events; the B2BUA relays INFO there.
                 Some(Control::Dtmf { .. }) => {}
@@ -920,10 +896,13 @@ async fn relay_browser_stream(
                 stream.send_to_browser(&mut crossing);
             }
             command = control.recv() => match command {
-                Some(Control::Peer { side, destination, signalling, formats }) if side != stream.browser_side => {
+                Some(Control::Peer { side, peer }) if side != stream.browser_side => {
+                    sip_latch.signal(peer.destination, peer.signalling);
+                    sip_rtcp_latch.signal(peer.rtcp_destination(), peer.signalling);
                     if stream.payloads.transcode.is_none() {
                         // Passed through: the browser sends the SIP side's codecs under its own numbers.
-                        stream.from_browser.formats = formats
+                        stream.from_browser.formats = peer
+                            .formats
                             .iter()
                             .filter_map(|f| {
                                 let browser = stream.payloads.to_browser(f.payload_type)?;
@@ -931,9 +910,7 @@ async fn relay_browser_stream(
                             })
                             .collect();
                     }
-                    stream.from_sip.formats = formats;
-                    sip_latch.signal(destination, signalling);
-                    sip_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+                    stream.from_sip.formats = peer.formats;
                 }
                 Some(Control::Peer { .. }) => {}
                 Some(Control::Dtmf { toward, event, duration_ms }) if toward != stream.browser_side => {
@@ -966,18 +943,16 @@ async fn relay_browser_stream(
 mod tests {
     use super::*;
 
+    /// An empty PCMU packet of `ssrc` with `sequence`.
+    fn packet(ssrc: u32, sequence: u16) -> Rtp {
+        Rtp { ssrc, payload_type: 0, sequence, timestamp: 0, marker: false, payload: bytes::Bytes::new() }
+    }
+
     #[test]
     fn the_boxs_own_packets_follow_the_passed_ones_whatever_their_numbers() {
         for first in [0u16, 1000, 32768, 40000, 65535] {
             let mut crossing = Crossing::new(None);
-            let rtp = |sequence| Rtp {
-                ssrc: 7,
-                payload_type: 0,
-                sequence,
-                timestamp: 0,
-                marker: false,
-                payload: bytes::Bytes::new(),
-            };
+            let rtp = |sequence| packet(7, sequence);
             let mut out = Vec::new();
             crossing.cross(rtp(first), 0, Payload::Voice, &mut out);
             let own = crossing.own(101, true, &[1, 10, 0, 0]);
@@ -990,14 +965,7 @@ mod tests {
     #[test]
     fn a_new_source_passed_through_continues_the_sequence() {
         let mut crossing = Crossing::new(None);
-        let rtp = |ssrc, sequence| Rtp {
-            ssrc,
-            payload_type: 0,
-            sequence,
-            timestamp: 0,
-            marker: false,
-            payload: bytes::Bytes::new(),
-        };
+        let rtp = packet;
         let mut out = Vec::new();
         crossing.cross(rtp(1, 5000), 0, Payload::Voice, &mut out);
         crossing.cross(rtp(1, 5001), 0, Payload::Voice, &mut out);

@@ -224,9 +224,9 @@ fn a_503_fails_over_to_the_next_trunk_and_the_answer_is_anchored_and_hidden() {
     assert!(body.contains(&format!("m=audio {} ", ports.a_port)));
     let peer = |side, destination: &str, signalling: &str| {
         actions.iter().any(|a| {
-            matches!(a, Action::Peer { call: 1, index: 0, side: s, destination: d, signalling: g, formats }
-                if *s == side && *d == Some(addr(destination)) && g.to_string() == signalling
-                    && formats.first().is_some_and(|f| f.name == "PCMU"))
+            matches!(a, Action::Peer { call: 1, index: 0, side: s, peer }
+                if *s == side && peer.destination == Some(addr(destination)) && peer.signalling.to_string() == signalling
+                    && peer.formats.first().is_some_and(|f| f.name == "PCMU"))
         })
     };
     assert!(peer(Side::A, "10.1.1.5:4000", "10.1.1.5"));

@@ -227,12 +227,16 @@ fn listeners_changed(old: &TurnConfig, new: &TurnConfig) -> bool {
 /// Datagrams handled per wakeup at most, so one busy source cannot starve the rest.
 const BURST: usize = 64;
 
-/// Sends to a client on its transport; drops when the way is full (like any router).
-fn to_client(udp: &UdpSocket, streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>, tuple: FiveTuple, data: &[u8]) {
+/// Sends to a client on its transport: UDP waits for socket room (a burst is delayed, not lost);
+/// a TCP/TLS client's queue drops when full, so one slow client never holds up the rest.
+async fn to_client(
+    udp: &UdpSocket,
+    streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    tuple: FiveTuple,
+    data: &[u8],
+) {
     match tuple.transport {
-        Transport::Udp => {
-            let _ = udp.try_send_to(data, tuple.client);
-        }
+        Transport::Udp => branchgate_streams::send_datagram(udp, data, tuple.client).await,
         Transport::Tcp | Transport::Tls => {
             if let Some(writer) = streams.get(&tuple) {
                 let _ = writer.try_send(data.to_vec());
@@ -241,7 +245,7 @@ fn to_client(udp: &UdpSocket, streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>
     }
 }
 
-fn forward(
+async fn forward(
     forward: Forward<'_>,
     udp: &UdpSocket,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
@@ -250,10 +254,10 @@ fn forward(
     match forward {
         Forward::ToPeer { relay_port, peer, payload } => {
             if let Some(relay) = relays.get(&relay_port) {
-                let _ = relay.socket.try_send_to(payload, peer);
+                branchgate_streams::send_datagram(&relay.socket, payload, peer).await;
             }
         }
-        Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet),
+        Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet).await,
         Forward::None => {}
     }
 }
@@ -294,7 +298,7 @@ async fn serve(
                     };
                     let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
                     let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
-                    forward(result, udp, &streams, &relays);
+                    forward(result, udp, &streams, &relays).await;
                 }
             }
             Some(event) = stream_rx.recv() => match event {
@@ -309,7 +313,7 @@ async fn serve(
                         Some(peer) => if !tcp_relays.to_peer(peer, data) { server.peer_closed(peer) },
                         None => {
                             let result = server.handle_client_packet(Instant::now(), tuple, &data);
-                            forward(result, udp, &streams, &relays);
+                            forward(result, udp, &streams, &relays).await;
                         }
                     }
                 }
@@ -326,7 +330,7 @@ async fn serve(
                 for _ in 0..BURST {
                     let result =
                         server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
-                    forward(result, udp, &streams, &relays);
+                    forward(result, udp, &streams, &relays).await;
                     match peer_rx.try_recv() {
                         Ok(next) => packet = next,
                         Err(_) => break,
