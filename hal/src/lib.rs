@@ -38,12 +38,12 @@ pub struct WatchdogState {
 
 /// What the daemon's device tasks publish: the GPIO pins with the LED pattern,
 /// and the watchdogs. Cameras and audio devices are enumerated when asked.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DeviceBoard {
     inner: Arc<Mutex<BoardState>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct BoardState {
     pins: Vec<gpio::PinMonitor>,
     led_pattern: Option<led::LedPattern>,
