@@ -3,7 +3,9 @@
 //! box runs anywhere and says which devices are simulated.
 //!
 //! - `camera`: V4L2 devices from sysfs; a simulated camera that draws a moving
-//!   test pattern with a clock, with JPEG snapshots.
+//!   test pattern with a clock, with JPEG snapshots; `v4l2`: formats, frame
+//!   sizes, controls and mmap capture of V4L2 devices (`FrameSource`, also
+//!   implemented by the simulated camera).
 //! - `audio`: ALSA cards (capture/playback of S16LE, mixer volume/mute); a
 //!   simulated tone source and measuring sink.
 //! - `gpio`: GPIO character-device lines as embedded-hal 1.0 pins; in-memory pins.
@@ -18,6 +20,7 @@ pub mod camera;
 pub mod font;
 pub mod gpio;
 pub mod led;
+pub mod v4l2;
 pub mod watchdog;
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 // The HAL against real kernel drivers: tests/vm/run.sh boots Debian's kernel in qemu (TCG)
 // with our binary, vivid, snd-aloop, snd-dummy and i6300esb; `branchgate hal selftest` runs
-// inside. Checked here: the real backends were chosen (nothing simulated), the 1 kHz tone
+// inside. Checked here: the real backends were chosen (nothing simulated), vivid's formats,
+// frame sizes and controls were enumerated and frames captured, the 1 kHz tone
 // came back through the ALSA loopback, the mixer's volume was set and read back, the
 // watchdog (i6300ESB) was petted, and once petting stopped it reset the VM (a second boot).
 // The kernel .deb is cached in tests/artifacts/vm/cache; the script installs what it needs.
@@ -30,6 +31,21 @@ test("hal selftest in a VM: vivid, ALSA loopback tone, mixer, i6300esb petted th
   const camera = report.cameras.find((c) => !c.simulated);
   assert.ok(camera, "vivid is a real camera, not the simulated one");
   assert.match(camera.name, /vivid/);
+  const v4l2 = camera.v4l2;
+  assert.equal(v4l2.driver, "vivid");
+  const fourccs = v4l2.formats.map((f) => f.fourcc);
+  assert.ok(fourccs.includes("YUYV"), fourccs.join());
+  assert.ok(v4l2.formats.every((f) => f.sizes.length > 0), "frame sizes for each format");
+  const names = v4l2.controls.map((c) => c.name);
+  assert.ok(names.includes("Brightness") && names.includes("Contrast"), names.join());
+  assert.equal(typeof v4l2.controls.find((c) => c.name === "Brightness").value, "number");
+  assert.equal(camera.frames.length, 3);
+  const [, w, h] = v4l2.current;
+  for (const f of camera.frames) {
+    assert.equal(f.fourcc, v4l2.current[0]);
+    assert.ok(f.width === w && f.height === h && f.bytes > 0 && f.nonzero, JSON.stringify(f));
+  }
+  assert.ok(camera.frames[2].sequence > camera.frames[0].sequence, "successive frames");
 
   assert.equal(report.audio.backend, "alsa");
   assert.equal(report.audio.simulated, false);

@@ -285,14 +285,34 @@ fn watchdog_report(path: &Path, options: &SelftestOptions, errors: &mut Vec<Stri
     json!({ "info": info, "pets": pets, "stopped": stopped, "armed": !stopped })
 }
 
-/// The cameras, with formats, controls and captured frames where V4L2 gives them.
+/// The cameras, with formats, controls and `frames` captured frames where V4L2 gives them.
 pub fn camera_report(frames: u32, errors: &mut Vec<String>) -> Value {
     let cameras = branchgate_hal::camera::enumerate(Path::new("/sys/class/video4linux"));
-    let _ = (frames, &errors);
-    json!(
-        cameras
-            .iter()
-            .map(|c| json!({ "id": c.id, "name": c.name, "simulated": c.simulated, "device": c.device }))
-            .collect::<Vec<_>>()
-    )
+    let mut out = Vec::new();
+    for camera in &cameras {
+        let mut entry =
+            json!({ "id": camera.id, "name": camera.name, "simulated": camera.simulated, "device": camera.device });
+        if let Some(device) = camera.device.as_deref().filter(|_| !camera.simulated) {
+            match branchgate_hal::v4l2::details(Path::new(device)) {
+                Ok(details) => entry["v4l2"] = json!(details),
+                Err(e) => errors.push(format!("camera {}: {e}", camera.id)),
+            }
+        }
+        let captured = branchgate_hal::v4l2::open(camera)
+            .and_then(|mut source| (0..frames).map(|_| source.next_frame()).collect::<Result<Vec<_>, _>>());
+        match captured {
+            Ok(list) => {
+                entry["frames"] = json!(
+                    list.iter()
+                        .map(|f| json!({ "fourcc": f.fourcc, "width": f.width, "height": f.height,
+                                     "sequence": f.sequence, "bytes": f.data.len(),
+                                     "nonzero": f.data.iter().any(|b| *b != 0) }))
+                        .collect::<Vec<_>>()
+                );
+            }
+            Err(e) => errors.push(format!("camera {} capture: {e}", camera.id)),
+        }
+        out.push(entry);
+    }
+    Value::Array(out)
 }
