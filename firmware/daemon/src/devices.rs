@@ -316,3 +316,61 @@ pub fn camera_report(frames: u32, errors: &mut Vec<String>) -> Value {
     }
     Value::Array(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use branchgate_hal::watchdog::SimulatedWatchdog;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_health_loop_pets_while_healthy_and_publishes_it() {
+        let sim = SimulatedWatchdog::default();
+        let pets = sim.pets();
+        let board = DeviceBoard::default();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(health_loop(vec![Box::new(sim)], ServiceBoard::default(), board.clone(), rx));
+        // The simulated watchdog wants a pet every 10 s: at 0, 10 and 20 s.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(pets.load(Ordering::Relaxed), 3);
+        let state = &board.watchdogs()[0];
+        assert!(state.petting && state.info.simulated && state.pets == 3 && state.last_pet_unix_ms.is_some());
+        tx.send(true).expect("send");
+        task.await.expect("stops on shutdown");
+    }
+
+    #[test]
+    fn the_led_says_what_the_box_is_doing() {
+        let services = ServiceBoard::default();
+        assert_eq!(pattern_for(false, &services, false), LedPattern::Boot);
+        services.set("sip", ServiceState::Running, None);
+        assert_eq!(pattern_for(true, &services, false), LedPattern::Ok);
+        assert_eq!(pattern_for(true, &services, true), LedPattern::Updating);
+        services.set("sip", ServiceState::Restarting, Some("boom".into()));
+        assert_eq!(pattern_for(true, &services, false), LedPattern::Error);
+        assert!(healthy(&services), "a fresh restart is not yet a reason to stop petting");
+    }
+
+    #[test]
+    fn the_selftest_without_hardware_reports_the_simulated_devices() {
+        let report = selftest(&SelftestOptions {
+            playback: Some(audio::SIM_DEVICE.into()),
+            capture: Some(audio::SIM_DEVICE.into()),
+            tone_hz: 1000.0,
+            tone_ms: 200,
+            mixer_card: Some(audio::SIM_CARD.into()),
+            camera_frames: 1,
+            watchdog: None,
+            watchdog_timeout: 10,
+            pets: 0,
+            leave_armed: false,
+        });
+        if std::path::Path::new(audio::DEV_SND).exists() {
+            return; // a machine with sound cards: the simulated device names do not apply
+        }
+        assert_eq!(report["ok"], true, "{report:#}");
+        assert_eq!(report["audio"]["simulated"], true);
+        assert_eq!(report["audio"]["loopback"]["detected_hz"], 1000.0);
+        assert_eq!(report["audio"]["mixer"]["changed"]["volume_percent"], 40);
+    }
+}
