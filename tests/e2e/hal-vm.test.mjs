@@ -3,7 +3,8 @@
 // inside. Checked here: the real backends were chosen (nothing simulated), vivid's formats,
 // frame sizes and controls were enumerated and frames captured, the 1 kHz tone
 // came back through the ALSA loopback, the mixer's volume was set and read back, the
-// watchdog (i6300ESB) was petted, and once petting stopped it reset the VM (a second boot).
+// watchdog (i6300ESB) was petted and disarmed; then the daemon's health loop kept the VM up
+// past three timeouts, and once the daemon was killed the watchdog reset the VM (a second boot).
 // The kernel .deb is cached in tests/artifacts/vm/cache; the script installs what it needs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -16,7 +17,7 @@ const SCRIPT = new URL("../vm/run.sh", import.meta.url).pathname;
 const WORK = join(ARTIFACTS, "vm");
 const root = process.getuid?.() === 0;
 
-test("hal selftest in a VM: vivid, ALSA loopback tone, mixer, i6300esb petted then resetting", { skip: !root && "needs root (apt-get, qemu)", timeout: 300_000 }, () => {
+test("hal in a VM: vivid, ALSA loopback tone, mixer, i6300esb petted by the daemon, reset after it is killed", { skip: !root && "needs root (apt-get, qemu)", timeout: 300_000 }, () => {
   const run = spawnSync("bash", [SCRIPT], {
     env: { ...process.env, BRANCHGATE_BIN: BIN, VM_WORK: WORK },
     encoding: "utf8",
@@ -61,7 +62,20 @@ test("hal selftest in a VM: vivid, ALSA loopback tone, mixer, i6300esb petted th
   assert.equal(report.watchdog.info.identity, "i6300ESB timer");
   assert.equal(report.watchdog.info.timeout_seconds, 5);
   assert.equal(report.watchdog.pets, 4);
-  assert.match(serial, /watchdog did not stop/, "closed without the magic 'V'");
+  assert.equal(report.watchdog.stopped, true, "the selftest disarms it with the magic close");
+
+  // The daemon: its health loop kept the VM up three times the timeout, and the kill reset it.
+  // (ANSI colours of the daemon's log lines removed)
+  const lines = serial.replace(/\r/g, "").replace(/\x1b\[[0-9;]*m/g, "").split("\n");
+  const at = (text) => lines.findIndex((l) => l.startsWith(text));
+  assert.ok(at("BGVM: daemon ready") > 0, context);
+  assert.ok(at("BGVM: daemon alive after 15 s") > at("BGVM: daemon ready"), context);
+  assert.ok(lines.some((l) => l.startsWith("BGVM: daemon log:") && /kind=Device/.test(l) && /\/dev\/watchdog/.test(l)), context);
+  const killed = at("BGVM: daemon killed");
+  assert.ok(killed > 0, context);
+  assert.ok(!lines.slice(0, at("BGVM: daemon start")).some((l) => /watchdog did not stop/.test(l)),
+    "the selftest's magic close stopped the watchdog");
+  assert.ok(lines.slice(at("BGVM: daemon start")).some((l) => /watchdog did not stop/.test(l)), "SIGKILL left it armed");
   assert.equal((serial.match(/BGVM: boot/g) || []).length, 2, "the watchdog reset the VM: a second boot");
   assert.equal(run.status, 0, context);
 });

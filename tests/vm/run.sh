@@ -5,8 +5,10 @@
 # snd-dummy (a card with a mixer) and i6300esb (the watchdog of qemu's `-device i6300esb`).
 #
 # Inside, /init runs `branchgate hal selftest` (cameras, a 1 kHz tone through the loopback,
-# the mixer, the watchdog petted then closed without the magic 'V'); the watchdog must then
-# reset the VM, which shows as a second boot on the serial console.
+# the mixer, the watchdog petted and closed with the magic 'V'), then `branchgate run` with
+# `--watchdog-device /dev/watchdog --watchdog-timeout 5`: its health loop keeps the VM up for
+# 15 s, then the daemon is killed with SIGKILL (no magic close) and the watchdog must reset
+# the VM, which shows as a second boot on the serial console.
 #
 # Output: $VM_WORK/serial.log (the whole console) and $VM_WORK/report.json (the selftest's
 # report); exit 0 when the VM booted twice. The checks on the report are in
@@ -14,14 +16,14 @@
 #
 #   BRANCHGATE_BIN  the binary to test (default target/debug/branchgate)
 #   VM_WORK         work directory (default tests/artifacts/vm; .debs cached in its cache/)
-#   VM_TIMEOUT      seconds before qemu is killed (default 150)
+#   VM_TIMEOUT      seconds before qemu is killed (default 170)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${BRANCHGATE_BIN:-$ROOT/target/debug/branchgate}
 WORK=${VM_WORK:-$ROOT/tests/artifacts/vm}
 CACHE=$WORK/cache
-TIMEOUT=${VM_TIMEOUT:-150}
+TIMEOUT=${VM_TIMEOUT:-170}
 log() { printf 'vm: %s\n' "$*" >&2; }
 
 [[ -x $BIN ]] || { log "no binary at $BIN (cargo build -p branchgate)"; exit 2; }
@@ -112,13 +114,25 @@ echo "BGVM: selftest"
 /bin/branchgate hal selftest --json \
   --audio-playback hw:Loopback,0,0 --audio-capture hw:Loopback,1,0 --tone-hz 1000 --tone-ms 1000 \
   --mixer-card Dummy --camera-frames 3 \
-  --watchdog /dev/watchdog --watchdog-timeout 5 --pets 4 --leave-armed >/tmp/report.json 2>/tmp/stderr
+  --watchdog /dev/watchdog --watchdog-timeout 5 --pets 4 >/tmp/report.json 2>/tmp/stderr
 rc=$?
 echo "BGVM: report-begin"
 cat /tmp/report.json
 echo "BGVM: report-end rc=$rc"
 cat /tmp/stderr
-echo "BGVM: petting stopped, waiting for the watchdog"
+# The daemon pets the device from its health loop: alive for well over the 5 s timeout,
+# then killed (no magic close), after which the watchdog must reset the machine.
+ip link set lo up
+echo "BGVM: daemon start"
+/bin/branchgate run --data-dir /tmp/box --watchdog-device /dev/watchdog --watchdog-timeout 5 >/tmp/daemon.log 2>&1 &
+daemon=$!
+for i in $(seq 240); do grep -q "admin UI ready" /tmp/daemon.log && break; sleep 0.5; done
+grep -q "admin UI ready" /tmp/daemon.log && echo "BGVM: daemon ready"
+sleep 15
+kill -0 $daemon && echo "BGVM: daemon alive after 15 s"
+grep -i "watchdog" /tmp/daemon.log | sed 's/^/BGVM: daemon log: /'
+kill -9 $daemon
+echo "BGVM: daemon killed, waiting for the watchdog"
 sleep 60
 echo "BGVM: still alive after 60 s: the watchdog did not reset the machine"
 poweroff -f
