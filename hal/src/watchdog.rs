@@ -129,7 +129,15 @@ impl DeviceWatchdog {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(device = %path.display(), error = %e, "WDIOC_SETTIMEOUT failed; keeping the driver's timeout");
-                ioctl::get(fd).map_err(|e| io_err(path, "WDIOC_GETTIMEOUT")(e.into()))?
+                match ioctl::get(fd) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Not usable: disarm what opening armed (magic close) before giving up.
+                        let mut file = file;
+                        let _ = file.write_all(b"V");
+                        return Err(io_err(path, "WDIOC_GETTIMEOUT")(e.into()));
+                    }
+                }
             }
         };
         Ok(DeviceWatchdog {

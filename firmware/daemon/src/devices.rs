@@ -41,10 +41,16 @@ pub async fn health_loop(
     );
     let tick =
         dogs.iter().map(|d| d.pet_interval()).min().unwrap_or(Duration::from_secs(10)).max(Duration::from_millis(100));
+    let mut was_ok = true;
     loop {
         let ok = healthy(&services);
-        if !ok {
-            tracing::error!("a service has been failing for {UNHEALTHY_AFTER_SECONDS} s: not petting the watchdog");
+        if ok != was_ok {
+            if ok {
+                tracing::info!("services healthy again: petting the watchdog");
+            } else {
+                tracing::error!("a service has been failing for {UNHEALTHY_AFTER_SECONDS} s: not petting the watchdog");
+            }
+            was_ok = ok;
         }
         for (i, dog) in dogs.iter_mut().enumerate() {
             let result = if ok { Some(dog.pet()) } else { None };
