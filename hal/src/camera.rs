@@ -1,8 +1,8 @@
 //! Cameras: V4L2 devices found in sysfs, and the simulated camera.
 //!
-//! Capture from V4L2 devices comes with the GStreamer pipelines; until then
-//! a real camera is listed (with its name) but only the simulated one gives
-//! snapshots.
+//! Formats, controls and frames of V4L2 devices are in `v4l2.rs`; JPEG
+//! snapshots are of the simulated camera only (a real camera's raw frames
+//! would need converting first; the GStreamer pipelines will do that).
 
 use std::path::Path;
 
@@ -26,6 +26,13 @@ pub enum CameraError {
     CaptureUnavailable(String),
     #[error("JPEG encoding failed: {0}")]
     Encoding(String),
+    #[error("{device}: {what}: {source}")]
+    Device {
+        device: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The simulated camera's picture size.

@@ -3,8 +3,10 @@
 //! there is none).
 
 use embedded_hal::digital::OutputPin;
+use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LedPattern {
     /// Starting: fast blink (5 Hz).
     Boot,

@@ -843,6 +843,11 @@ pub async fn cameras(State(state): State<AppState>, ApiUser(user): ApiUser) -> R
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
+    Json(camera_list(&state)).into_response()
+}
+
+/// The cameras as `GET /api/v1/cameras` lists them (also part of `GET /api/v1/devices`).
+fn camera_list(state: &AppState) -> Value {
     let list: Vec<Value> = branchgate_capture::cameras()
         .into_iter()
         .map(|c| {
@@ -852,7 +857,43 @@ pub async fn cameras(State(state): State<AppState>, ApiUser(user): ApiUser) -> R
                     "encoder_running": viewers > 0, "viewers": viewers })
         })
         .collect();
-    Json(Value::Array(list)).into_response()
+    Value::Array(list)
+}
+
+/// Every device of the box and whether it is simulated: cameras (as
+/// `/api/v1/cameras`), audio (ALSA PCMs or the simulated card, with the
+/// playback mixer of each card), GPIO pins with the LED pattern, watchdogs.
+pub async fn devices(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    // libasound calls block (and open device nodes): off the async workers.
+    let audio = tokio::task::spawn_blocking(|| {
+        let backend = branchgate_hal::audio::backend();
+        let (devices, error) = match backend.devices() {
+            Ok(d) => (d, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let mut cards: Vec<String> = devices.iter().map(|d| d.card.clone()).collect();
+        cards.dedup();
+        let mixers: Vec<Value> =
+            cards.iter().filter_map(|card| backend.mixer(card, None).ok()).map(|m| json!(m)).collect();
+        json!({ "backend": backend.kind(), "simulated": backend.simulated(), "devices": devices,
+                "mixers": mixers, "error": error })
+    })
+    .await
+    .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    let board = &state.devices;
+    let watchdogs = board.watchdogs();
+    let watchdog = watchdogs.first().map(|w| json!(w)).unwrap_or(json!({ "kind": "none", "simulated": true }));
+    Json(json!({
+        "cameras": camera_list(&state),
+        "audio": audio,
+        "gpio": { "pins": board.pins(), "led_pattern": board.led_pattern(), "reset_armed": board.reset_armed() },
+        "watchdog": watchdog,
+        "watchdogs": watchdogs,
+    }))
+    .into_response()
 }
 
 /// A JPEG snapshot of a camera.

@@ -83,6 +83,8 @@ pub struct AppState {
     pub whep: branchgate_capture::whep::Whep,
     /// Signs and checks WHEP viewer tokens (`DATA_DIR/viewer-token.key`).
     pub viewer_key: whep::ViewerKey,
+    /// What the daemon's device tasks run: GPIO pins and LED pattern, watchdogs.
+    pub devices: branchgate_hal::DeviceBoard,
     cpu: Arc<Mutex<CpuSampler>>,
 }
 
@@ -110,6 +112,7 @@ impl AppState {
             },
             whep: Default::default(),
             viewer_key: whep::ViewerKey::load_or_create(&data_dir),
+            devices: Default::default(),
             data_dir,
             cpu: Arc::default(),
         }
@@ -381,6 +384,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sip/calls/{id}", axum::routing::delete(api::hang_up_call))
         .route("/sip/cdr.csv", get(api::cdr_csv))
         .route("/cameras", get(api::cameras))
+        .route("/devices", get(api::devices))
         .route("/cameras/{id}/snapshot.jpg", get(api::camera_snapshot))
         .route("/cameras/{id}/viewer-token", post(whep::post_viewer_token))
         .route("/firmware", get(firmware::get_firmware))

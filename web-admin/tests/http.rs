@@ -167,6 +167,7 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, Role, bool)> {
         (M::GET, "/api/v1/sip/cdr.csv", None, Role::Viewer, false),
         (M::GET, "/calls", None, Role::Viewer, true),
         (M::GET, "/api/v1/cameras", None, Role::Viewer, false),
+        (M::GET, "/api/v1/devices", None, Role::Viewer, false),
         (M::GET, "/api/v1/firmware", None, Role::Viewer, false),
         (M::GET, "/api/v1/firmware/install", None, Role::Viewer, false),
         // Not a bundle: 400 (checked before the keyring, which this harness has none of).

@@ -1,5 +1,6 @@
 //! `branchgate`: the box's one daemon and its command line.
 
+mod devices;
 mod logging;
 mod memory;
 mod supervisor;
@@ -50,6 +51,14 @@ enum Command {
         /// The vendor CA certificate(s) bundles must be signed under [default: DATA_DIR/firmware/keyring.pem].
         #[arg(long)]
         firmware_keyring: Option<PathBuf>,
+        #[command(flatten)]
+        devices: DeviceOptions,
+    },
+    /// Device checks (used by the VM test against real kernel drivers).
+    #[command(hide = true)]
+    Hal {
+        #[command(subcommand)]
+        command: HalCommand,
     },
     /// Firmware bundles (RAUC verity format).
     Bundle {
@@ -65,6 +74,60 @@ enum Command {
     Turn {
         #[command(subcommand)]
         command: TurnCommand,
+    },
+}
+
+/// The box's devices for `run`.
+#[derive(clap::Args)]
+struct DeviceOptions {
+    /// A kernel watchdog device to pet while the services are healthy (e.g. /dev/watchdog).
+    /// Opt-in: opening one arms it, and a developer's machine must not be reset by a stopped test.
+    #[arg(long)]
+    watchdog_device: Option<PathBuf>,
+    /// The timeout to ask of that device, in seconds.
+    #[arg(long, default_value_t = 30)]
+    watchdog_timeout: u64,
+    /// The status LED's GPIO line: CHIP:OFFSET or a line name [default: the line named status-led, if any].
+    #[arg(long)]
+    led_line: Option<String>,
+    /// The reset button's GPIO line (active low) [default: the line named reset-button, if any].
+    #[arg(long)]
+    button_line: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum HalCommand {
+    /// Enumerate and exercise the devices; prints a JSON report, exits 1 if a check failed.
+    Selftest {
+        /// Accepted for clarity: the report is always JSON.
+        #[arg(long)]
+        json: bool,
+        /// ALSA playback device for the tone round trip (e.g. hw:Loopback,0,0).
+        #[arg(long)]
+        audio_playback: Option<String>,
+        /// ALSA capture device that hears it (e.g. hw:Loopback,1,0).
+        #[arg(long)]
+        audio_capture: Option<String>,
+        #[arg(long, default_value_t = 1000.0)]
+        tone_hz: f64,
+        #[arg(long, default_value_t = 1000)]
+        tone_ms: u64,
+        /// A card whose playback volume and mute are set, read back and restored (e.g. Dummy).
+        #[arg(long)]
+        mixer_card: Option<String>,
+        /// Frames to capture from each V4L2 camera.
+        #[arg(long, default_value_t = 3)]
+        camera_frames: u32,
+        /// A watchdog device to open and pet.
+        #[arg(long)]
+        watchdog: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        watchdog_timeout: u64,
+        #[arg(long, default_value_t = 3)]
+        pets: u32,
+        /// Exit without the magic close: the watchdog then resets the machine.
+        #[arg(long)]
+        leave_armed: bool,
     },
 }
 
@@ -169,9 +232,10 @@ enum ConfigCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { data_dir, provision, compatible, firmware_keyring } => {
-            run(data_dir, provision, FirmwareOptions { compatible, keyring: firmware_keyring })
+        Command::Run { data_dir, provision, compatible, firmware_keyring, devices } => {
+            run(data_dir, provision, FirmwareOptions { compatible, keyring: firmware_keyring }, devices)
         }
+        Command::Hal { command } => hal_command(command),
         Command::Bundle { command } => bundle_command(command),
         Command::Config { command: ConfigCommand::Validate { file } } => validate(&file),
         Command::Turn { command } => turn_command(command),
@@ -180,6 +244,42 @@ fn main() -> anyhow::Result<()> {
             let redaction = if include_secrets { Redaction::None } else { Redaction::PlainSecrets };
             let doc = store.export(redaction, &rfc3339(now_ms()));
             println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
+    }
+}
+
+fn hal_command(command: HalCommand) -> anyhow::Result<()> {
+    match command {
+        HalCommand::Selftest {
+            json: _,
+            audio_playback,
+            audio_capture,
+            tone_hz,
+            tone_ms,
+            mixer_card,
+            camera_frames,
+            watchdog,
+            watchdog_timeout,
+            pets,
+            leave_armed,
+        } => {
+            let report = devices::selftest(&devices::SelftestOptions {
+                playback: audio_playback,
+                capture: audio_capture,
+                tone_hz,
+                tone_ms,
+                mixer_card,
+                camera_frames,
+                watchdog,
+                watchdog_timeout,
+                pets,
+                leave_armed,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report["ok"] != serde_json::Value::Bool(true) {
+                bail!("hal selftest: {} check(s) failed", report["errors"].as_array().map_or(0, Vec::len));
+            }
             Ok(())
         }
     }
@@ -373,7 +473,12 @@ struct FirmwareOptions {
     keyring: Option<PathBuf>,
 }
 
-fn run(data_dir: PathBuf, provision: Option<PathBuf>, firmware: FirmwareOptions) -> anyhow::Result<()> {
+fn run(
+    data_dir: PathBuf,
+    provision: Option<PathBuf>,
+    firmware: FirmwareOptions,
+    devices: DeviceOptions,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     memory::tune_allocator();
     let ring = LogRing::new(2000);
@@ -406,7 +511,7 @@ fn run(data_dir: PathBuf, provision: Option<PathBuf>, firmware: FirmwareOptions)
         .thread_name("branchgate")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(store, ring, data_dir, initial_password, started, firmware))
+    runtime.block_on(serve(store, ring, data_dir, initial_password, started, firmware, devices))
 }
 
 async fn serve(
@@ -416,6 +521,7 @@ async fn serve(
     initial_password: Option<String>,
     started: Instant,
     firmware: FirmwareOptions,
+    device_options: DeviceOptions,
 ) -> anyhow::Result<()> {
     let board = ServiceBoard::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -434,6 +540,31 @@ async fn serve(
     let mut supervisor = Supervisor::new(board.clone(), shutdown_rx.clone());
 
     let (ready_tx, mut ready_rx) = watch::channel(None::<SocketAddr>);
+
+    // The status LED shows booting from here on; the reset button is polled.
+    let pins = devices::open_pins(
+        &devices::GpioLines { led: device_options.led_line.clone(), button: device_options.button_line.clone() },
+        &state.devices,
+    );
+    {
+        let services = board.clone();
+        let ready = ready_rx.clone();
+        let tracker = state.firmware.tracker.clone();
+        supervisor.spawn_task(devices::gpio_loop(
+            pins,
+            state.devices.clone(),
+            move || {
+                let updating = matches!(
+                    tracker.status().state,
+                    branchgate_update::InstallState::Receiving
+                        | branchgate_update::InstallState::Verifying
+                        | branchgate_update::InstallState::Installing
+                );
+                devices::pattern_for(ready.borrow().is_some(), &services, updating)
+            },
+            supervisor.shutdown(),
+        ));
+    }
     let ready_tx = Arc::new(ready_tx);
     {
         let state = state.clone();
@@ -550,7 +681,23 @@ async fn serve(
     let _ = out.flush();
     drop(out);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);
-    supervisor.spawn_systemd_watchdog();
+    // The watchdogs are petted from here on, while the services are healthy.
+    let mut watchdogs = branchgate_hal::watchdog::select(None, Duration::ZERO).unwrap_or_default();
+    if let Some(path) = &device_options.watchdog_device {
+        match branchgate_hal::watchdog::DeviceWatchdog::open(path, Duration::from_secs(device_options.watchdog_timeout))
+        {
+            Ok(dog) => {
+                watchdogs.retain(|d| !d.info().simulated);
+                watchdogs.insert(0, Box::new(dog));
+            }
+            Err(e) => tracing::error!(error = %e, "watchdog device unavailable"),
+        }
+    }
+    for dog in &watchdogs {
+        let info = dog.info();
+        tracing::info!(kind = ?info.kind, device = ?info.device, timeout_seconds = ?info.timeout_seconds, "watchdog");
+    }
+    supervisor.spawn_task(devices::health_loop(watchdogs, board.clone(), state.devices.clone(), supervisor.shutdown()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -25,17 +25,6 @@ pub fn next_backoff(previous: Duration, ran_for: Duration) -> Duration {
     if ran_for >= HEALTHY_RUN { FIRST_BACKOFF } else { (previous * 2).min(MAX_BACKOFF) }
 }
 
-/// The watchdog interval systemd asks for, with sd_watchdog_enabled(3)'s
-/// rules: `WATCHDOG_USEC` set and positive, and `WATCHDOG_PID`, when set, ours.
-/// (The sd-notify crate also insists on `WATCHDOG_PID` being set.)
-pub fn watchdog_usec(usec: Option<String>, pid: Option<String>) -> Option<u64> {
-    let usec = usec?.parse::<u64>().ok().filter(|u| *u > 0)?;
-    match pid {
-        Some(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
-        _ => Some(usec),
-    }
-}
-
 impl Supervisor {
     pub fn new(board: ServiceBoard, shutdown: watch::Receiver<bool>) -> Self {
         Supervisor { board, shutdown, tasks: JoinSet::new() }
@@ -80,26 +69,14 @@ impl Supervisor {
         });
     }
 
-    /// Pets systemd's watchdog (`WatchdogSec=`) while every service is up.
-    pub fn spawn_systemd_watchdog(&mut self) {
-        let Some(usec) = watchdog_usec(std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok()) else {
-            return;
-        };
-        let board = self.board.clone();
-        let mut shutdown = self.shutdown.clone();
-        let period = Duration::from_micros(usec / 2);
-        self.tasks.spawn(async move {
-            loop {
-                // A service stuck in restart for long lets the watchdog fire and systemd restart us.
-                if board.list().iter().all(|s| s.state != ServiceState::Restarting || s.since_seconds < 120) {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        });
+    /// Runs a background task (not a service: not on the board, not restarted)
+    /// that is waited for at shutdown like the services.
+    pub fn spawn_task(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    pub fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
     }
 
     /// Waits for every service to stop, at most `limit`.
@@ -116,17 +93,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[test]
-    fn watchdog_follows_sd_watchdog_enabled() {
-        let me = std::process::id().to_string();
-        assert_eq!(watchdog_usec(Some("30000000".into()), None), Some(30_000_000));
-        assert_eq!(watchdog_usec(Some("30000000".into()), Some(me)), Some(30_000_000));
-        assert_eq!(watchdog_usec(Some("30000000".into()), Some("1".into())), None, "another process's watchdog");
-        assert_eq!(watchdog_usec(Some("0".into()), None), None);
-        assert_eq!(watchdog_usec(Some("soon".into()), None), None);
-        assert_eq!(watchdog_usec(None, None), None);
-    }
 
     #[test]
     fn backoff_doubles_caps_and_resets() {

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# The HAL against real kernel drivers: boots Debian's own kernel (linux-image-amd64) in
+# qemu-system-x86_64 (TCG: KVM does not work on these machines) with a busybox initramfs
+# holding our binary and the modules vivid (V4L2 camera), snd-aloop (ALSA loopback),
+# snd-dummy (a card with a mixer) and i6300esb (the watchdog of qemu's `-device i6300esb`).
+#
+# Inside, /init runs `branchgate hal selftest` (cameras, a 1 kHz tone through the loopback,
+# the mixer, the watchdog petted and closed with the magic 'V'), then `branchgate run` with
+# `--watchdog-device /dev/watchdog --watchdog-timeout 5`: its health loop keeps the VM up for
+# 15 s, then the daemon is killed with SIGKILL (no magic close) and the watchdog must reset
+# the VM, which shows as a second boot on the serial console.
+#
+# Output: $VM_WORK/serial.log (the whole console) and $VM_WORK/report.json (the selftest's
+# report); exit 0 when the VM booted twice. The checks on the report are in
+# tests/e2e/hal-vm.test.mjs, which runs this script.
+#
+#   BRANCHGATE_BIN  the binary to test (default target/debug/branchgate)
+#   VM_WORK         work directory (default tests/artifacts/vm; .debs cached in its cache/)
+#   VM_TIMEOUT      seconds before qemu is killed (default 170)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=${BRANCHGATE_BIN:-$ROOT/target/debug/branchgate}
+WORK=${VM_WORK:-$ROOT/tests/artifacts/vm}
+CACHE=$WORK/cache
+TIMEOUT=${VM_TIMEOUT:-170}
+log() { printf 'vm: %s\n' "$*" >&2; }
+
+[[ -x $BIN ]] || { log "no binary at $BIN (cargo build -p branchgate)"; exit 2; }
+mkdir -p "$CACHE"
+
+# --- packages: busybox (static, so the initramfs needs no libc for it), kmod's depmod,
+# binutils' objcopy, and qemu-system-x86 from bookworm-backports (bookworm's 7.2 conflicts
+# with the qemu-utils 10 installed from backports on these machines).
+need=()
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
+command -v depmod >/dev/null || need+=(kmod)
+command -v objcopy >/dev/null || need+=(binutils)
+if ((${#need[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
+  [[ $(id -u) -eq 0 ]] || { log "run as root to install: ${need[*]} qemu-system-x86"; exit 2; }
+  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' >/etc/apt/sources.list.d/bookworm-backports.list
+  fi
+  apt-get update -qq
+  ((${#need[@]})) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  command -v qemu-system-x86_64 >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+BUSYBOX=/bin/busybox
+
+# --- the kernel: the package linux-image-amd64 points at, cached as a .deb.
+deb=$(ls -t "$CACHE"/linux-image-*-amd64_*.deb 2>/dev/null | head -1 || true)
+if [[ -z $deb ]]; then
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  if [[ -z $pkg ]]; then apt-get update -qq; pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
+  log "downloading $pkg"
+  (cd "$CACHE" && apt-get download -q "$pkg" 2>&1 | grep -v "unsandboxed" >&2 || true)
+  deb=$(ls -t "$CACHE"/linux-image-*-amd64_*.deb | head -1)
+fi
+KDIR=$WORK/kernel
+if [[ ! -f $KDIR/.from || $(cat "$KDIR/.from") != "$(basename "$deb")" ]]; then
+  rm -rf "$KDIR"; mkdir -p "$KDIR"
+  dpkg -x "$deb" "$KDIR"
+  basename "$deb" >"$KDIR/.from"
+fi
+KVER=$(ls "$KDIR/lib/modules" | head -1)
+VMLINUZ=$KDIR/boot/vmlinuz-$KVER
+
+# --- the initramfs.
+RD=$WORK/root
+rm -rf "$RD"; mkdir -p "$RD"/{bin,dev,proc,sys,tmp,etc,lib/modules/"$KVER"}
+cp "$BUSYBOX" "$RD/bin/busybox"
+# Debug info is most of a debug build; the guest needs only the code.
+objcopy --strip-debug "$BIN" "$RD/bin/branchgate"
+# The shared libraries it links (libasound, GStreamer, OpenSSL, libopus, glibc ...), at their paths.
+for lib in $(ldd "$BIN" | grep -o '/[^ ]*'); do
+  mkdir -p "$RD$(dirname "$lib")"; cp -L "$lib" "$RD$lib"
+done
+# libasound reads its configuration to resolve names like hw:Loopback,0,0.
+mkdir -p "$RD/usr/share"; cp -r /usr/share/alsa "$RD/usr/share/alsa"
+
+# The modules and what they depend on (modinfo's `depends`), indexed with depmod -b.
+MODSRC=$KDIR/lib/modules/$KVER
+declare -A seen=()
+add_module() {
+  local name=$1 file dep
+  [[ -n ${seen[$name]:-} ]] && return; seen[$name]=1
+  file=$(find "$MODSRC/kernel" -name "$name.ko" -o -name "${name//-/_}.ko" | head -1)
+  [[ -n $file ]] || { log "module $name not found"; exit 1; }
+  mkdir -p "$RD/lib/modules/$KVER/$(dirname "${file#"$MODSRC"/}")"
+  cp "$file" "$RD/lib/modules/$KVER/${file#"$MODSRC"/}"
+  for dep in $(modinfo -F depends "$file" | tr ',' ' '); do add_module "$dep"; done
+}
+for m in vivid snd-aloop snd-dummy i6300esb; do add_module "$m"; done
+cp "$MODSRC"/modules.{order,builtin,builtin.modinfo} "$RD/lib/modules/$KVER/" 2>/dev/null || true
+depmod -b "$RD" "$KVER"
+
+cat >"$RD/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+echo "BGVM: boot"
+# vivid: one device with a video capture node only; snd-aloop as card 0, snd-dummy (a mixer) as 1.
+modprobe vivid n_devs=1 node_types=0x1
+modprobe snd-aloop index=0 pcm_substreams=2
+modprobe snd-dummy index=1
+modprobe i6300esb
+for i in $(seq 50); do
+  [ -e /dev/watchdog ] && [ -e /dev/video0 ] && [ -e /dev/snd/controlC1 ] && break
+  sleep 0.2
+done
+ls /dev/watchdog /dev/video* /dev/snd/
+echo "BGVM: selftest"
+/bin/branchgate hal selftest --json \
+  --audio-playback hw:Loopback,0,0 --audio-capture hw:Loopback,1,0 --tone-hz 1000 --tone-ms 1000 \
+  --mixer-card Dummy --camera-frames 3 \
+  --watchdog /dev/watchdog --watchdog-timeout 5 --pets 4 >/tmp/report.json 2>/tmp/stderr
+rc=$?
+echo "BGVM: report-begin"
+cat /tmp/report.json
+echo "BGVM: report-end rc=$rc"
+cat /tmp/stderr
+# The daemon pets the device from its health loop: alive for well over the 5 s timeout,
+# then killed (no magic close), after which the watchdog must reset the machine.
+ip link set lo up
+echo "BGVM: daemon start"
+/bin/branchgate run --data-dir /tmp/box --watchdog-device /dev/watchdog --watchdog-timeout 5 >/tmp/daemon.log 2>&1 &
+daemon=$!
+for i in $(seq 240); do grep -q "admin UI ready" /tmp/daemon.log && break; sleep 0.5; done
+grep -q "admin UI ready" /tmp/daemon.log && echo "BGVM: daemon ready"
+sleep 15
+kill -0 $daemon && echo "BGVM: daemon alive after 15 s"
+grep -i "watchdog" /tmp/daemon.log | sed 's/^/BGVM: daemon log: /'
+kill -9 $daemon
+echo "BGVM: daemon killed, waiting for the watchdog"
+sleep 60
+echo "BGVM: still alive after 60 s: the watchdog did not reset the machine"
+poweroff -f
+INIT
+chmod +x "$RD/init"
+(cd "$RD" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null >"$WORK/initrd.cpio")
+log "initramfs $(du -h "$WORK/initrd.cpio" | cut -f1), kernel $KVER"
+
+# --- boot. The console goes to a file that is watched for the second boot.
+SERIAL=$WORK/serial.log
+: >"$SERIAL"
+started=$SECONDS
+rm -f "$WORK/qemu.pid"
+# qemu's own output goes to a file: an orphaned qemu must not hold the caller's pipes open.
+timeout -s KILL "$TIMEOUT" qemu-system-x86_64 -accel tcg -m 768 -smp 1 -nodefaults -no-user-config \
+  -display none -serial "file:$SERIAL" -pidfile "$WORK/qemu.pid" \
+  -device i6300esb -action watchdog=reset \
+  -kernel "$VMLINUZ" -initrd "$WORK/initrd.cpio" -append "console=ttyS0 panic=-1 loglevel=3" \
+  >"$WORK/qemu.out" 2>&1 </dev/null &
+guard=$!
+stop_qemu() {
+  # TERM to timeout is passed on to qemu; the pid file catches a qemu that outlived it.
+  kill -TERM "$guard" 2>/dev/null || true
+  wait "$guard" 2>/dev/null || true
+  local pid
+  pid=$(cat "$WORK/qemu.pid" 2>/dev/null || true)
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+}
+trap stop_qemu EXIT
+boots=0
+while kill -0 "$guard" 2>/dev/null; do
+  boots=$(grep -c "BGVM: boot" "$SERIAL" || true)
+  ((boots >= 2)) && break
+  grep -q "BGVM: still alive" "$SERIAL" && break
+  sleep 0.5
+done
+stop_qemu
+log "qemu ran $((SECONDS - started)) s; boots seen: $boots"
+# The report: the lines between the markers (the serial console adds \r).
+tr -d '\r' <"$SERIAL" | sed -n '/^BGVM: report-begin/,/^BGVM: report-end/p' | sed '1d;$d' >"$WORK/report.json"
+((boots >= 2)) || { log "no second boot: the watchdog did not reset the VM (see $SERIAL)"; exit 1; }
