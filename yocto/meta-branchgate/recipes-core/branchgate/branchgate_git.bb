@@ -19,8 +19,8 @@ SRC_URI = " \
     file://branchgate.service \
 "
 SRCREV = "${BRANCHGATE_SRCREV}"
-# The workspace version (Cargo.toml [workspace.package]); ./x yocto-check compares them.
-PV = "0.1.0+git"
+# The workspace version (BRANCHGATE_VERSION, layer.conf); ./x yocto-check compares it with Cargo.toml.
+PV = "${BRANCHGATE_VERSION}+git"
 
 S = "${WORKDIR}/git"
 

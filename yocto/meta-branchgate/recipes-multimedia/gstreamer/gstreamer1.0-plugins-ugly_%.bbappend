@@ -1,0 +1,3 @@
+# x264enc: the software H.264 encoder of the camera pipeline (media/capture). x264 is in oe-core;
+# both recipes carry LICENSE_FLAGS "commercial" (accepted in conf/distro/branchgate.conf).
+PACKAGECONFIG:append = " x264"
