@@ -1,7 +1,8 @@
 SUMMARY = "branchgate production image"
 DESCRIPTION = "The box's firmware: read-only ext4 rootfs in A/B slots updated by RAUC, /etc as an \
-overlay and /var/lib (branchgate's data) on the data partition, the branchgate daemon under \
-systemd with the hardware watchdog."
+               overlay and /var/lib (branchgate's data) on the data partition, the branchgate daemon under \
+               systemd with the hardware watchdog."
+SECTION = "images"
 LICENSE = "MIT"
 
 inherit core-image
@@ -14,10 +15,7 @@ IMAGE_LINGUAS = ""
 # GStreamer elements for real devices, beside those the daemon's own pipeline needs (branchgate
 # RDEPENDS on app, videoconvertscale, rtp and x264): v4l2src for the cameras hal lists under
 # /sys/class/video4linux, alsasrc/alsasink for the sound cards.
-BRANCHGATE_GST_PLUGINS = " \
-    gstreamer1.0-plugins-good-video4linux2 \
-    gstreamer1.0-plugins-base-alsa \
-"
+BRANCHGATE_GST_PLUGINS = "gstreamer1.0-plugins-base-alsa gstreamer1.0-plugins-good-video4linux2"
 
 # Boot glue per machine: GRUB's environment and the ESP mount on EFI machines (RAUC switches
 # slots with grub-editenv); on the Raspberry Pi, meta-rauc-raspberrypi's rauc bbappend brings
@@ -25,18 +23,17 @@ BRANCHGATE_GST_PLUGINS = " \
 BRANCHGATE_BOOT_INSTALL = "branchgate-boot grub-editenv"
 BRANCHGATE_BOOT_INSTALL:raspberrypi4-64 = ""
 
-IMAGE_INSTALL = " \
-    packagegroup-core-boot \
-    systemd-conf \
-    util-linux-mount \
-    kernel-image \
-    kernel-modules \
-    rauc \
-    branchgate \
-    ${BRANCHGATE_GST_PLUGINS} \
-    ${BRANCHGATE_BOOT_INSTALL} \
-    ${CORE_IMAGE_EXTRA_INSTALL} \
-"
+IMAGE_INSTALL = "packagegroup-core-boot \
+                 systemd-conf \
+                 util-linux-mount \
+                 kernel-image \
+                 kernel-modules \
+                 rauc \
+                 branchgate \
+                 ${BRANCHGATE_GST_PLUGINS} \
+                 ${BRANCHGATE_BOOT_INSTALL} \
+                 ${CORE_IMAGE_EXTRA_INSTALL} \
+                 "
 
 # Disk layout (wic/): ESP or Pi boot partition, rootfs A, rootfs B, data. The rootfs image
 # (ext4, also the payload of branchgate-bundle) must fit a slot.
@@ -70,6 +67,7 @@ OVERLAYFS_ETC_CREATE_MOUNT_DIRS = "0"
 
 ROOTFS_POSTPROCESS_COMMAND += "branchgate_data_mountpoint"
 
+branchgate_data_mountpoint[doc] = "Creates /data, the data partition's mount point, in the read-only rootfs"
 branchgate_data_mountpoint() {
     install -d -m 0755 ${IMAGE_ROOTFS}/data
 }

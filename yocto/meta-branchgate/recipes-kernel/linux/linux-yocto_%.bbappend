@@ -1,7 +1,8 @@
-# Kernel options the branchgate box relies on (linux-yocto: qemux86-64, qemuarm64).
-FILESEXTRAPATHS:prepend := "${THISDIR}/${PN}:"
+# Kernel options the branchgate box relies on (linux-yocto: qemux86-64, qemuarm64), with
+# DISTRO = "branchgate".
+FILESEXTRAPATHS:prepend:branchgate := "${THISDIR}/${PN}:"
 
-SRC_URI += "file://branchgate.cfg"
-# Virtual test devices (vivid camera, snd-aloop/snd-dummy) for test images only; production
-# images leave BRANCHGATE_TEST_DEVICES unset.
-SRC_URI += "${@oe.utils.vartrue('BRANCHGATE_TEST_DEVICES', 'file://branchgate-test-devices.cfg', '', d)}"
+SRC_URI:append:branchgate = " file://branchgate.cfg"
+# Virtual test devices (vivid camera, snd-aloop/snd-dummy) for test images only: set
+# BRANCHGATE_TEST_DEVICES = "1"; production images leave it unset.
+SRC_URI:append:branchgate = " ${@'file://branchgate-test-devices.cfg' if bb.utils.to_boolean(d.getVar('BRANCHGATE_TEST_DEVICES'), False) else ''}"

@@ -1,8 +1,12 @@
 SUMMARY = "Signed RAUC update bundle of branchgate-image"
 DESCRIPTION = "A verity bundle with the branchgate-image rootfs for the inactive slot, as the box \
-accepts it (web UI upload, USB stick, `rauc install`): compatible BRANCHGATE_COMPATIBLE, version \
-BRANCHGATE_VERSION, signed by the vendor key."
+               accepts it (web UI upload, USB stick, `rauc install`): compatible BRANCHGATE_COMPATIBLE, version \
+               BRANCHGATE_VERSION, signed by the vendor key."
+SECTION = "firmware"
 LICENSE = "MIT"
+
+# A bundle has no sources of its own: the rootfs image comes from branchgate-image.
+SRC_URI = ""
 
 inherit bundle
 

@@ -1,9 +1,13 @@
 SUMMARY = "A/B boot glue for branchgate's EFI machines (GRUB environment, ESP mount)"
 DESCRIPTION = "Deploys the initial GRUB environment block that wic puts on the ESP \
-(EFI/BOOT/grubenv: ORDER, A_OK, A_TRY, ... of RAUC's grub backend) and mounts the ESP at \
-/boot/efi so RAUC can switch slots with grub-editenv. The boot menu itself is \
-wic/branchgate-grub.cfg."
+               (EFI/BOOT/grubenv: ORDER, A_OK, A_TRY, ... of RAUC's grub backend) and mounts the ESP at \
+               /boot/efi so RAUC can switch slots with grub-editenv. The boot menu itself is \
+               wic/branchgate-grub.cfg."
+SECTION = "bootloaders"
+# The unit and the environment block are this layer's own files: no upstream source to take a
+# licence file from.
 LICENSE = "MIT"
+# nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
 SRC_URI = "file://boot-efi.mount"
