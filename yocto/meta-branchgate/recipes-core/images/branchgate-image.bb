@@ -45,13 +45,13 @@ IMAGE_ROOTFS_MAXSIZE = "${BRANCHGATE_SLOT_SIZE_KB}"
 IMAGE_FSTYPES = "ext4 wic.zst wic.bmap"
 WKS_FILE = "branchgate-efi.wks.in"
 WKS_FILE:raspberrypi4-64 = "branchgate-rpi.wks.in"
-WKS_FILE_DEPENDS:append = " grub-efi branchgate-boot"
-WKS_FILE_DEPENDS:raspberrypi4-64 = "${WKS_FILE_DEPENDS_DEFAULT}"
-# What bootimg-efi puts on the ESP besides GRUB and branchgate-grub.cfg.
+# EFI machines: GRUB and branchgate-boot's grubenv must be deployed before wic assembles the ESP,
+# which also gets IMAGE_EFI_BOOT_FILES. The Pi's boot partition comes from meta-raspberrypi.
+BRANCHGATE_EFI_RECIPES = "grub-efi branchgate-boot"
+BRANCHGATE_EFI_RECIPES:raspberrypi4-64 = ""
+WKS_FILE_DEPENDS:append = " ${BRANCHGATE_EFI_RECIPES}"
+do_image_wic[depends] += "${@' '.join('%s:do_deploy' % r for r in d.getVar('BRANCHGATE_EFI_RECIPES').split())}"
 IMAGE_EFI_BOOT_FILES = "grubenv;EFI/BOOT/grubenv"
-BRANCHGATE_WIC_DEPLOYS = "grub-efi:do_deploy branchgate-boot:do_deploy"
-BRANCHGATE_WIC_DEPLOYS:raspberrypi4-64 = ""
-do_image_wic[depends] += "${BRANCHGATE_WIC_DEPLOYS}"
 # The kernel boots from the slot's /boot, not from the Pi's boot partition.
 RPI_EXTRA_IMAGE_BOOT_FILES:remove:raspberrypi4-64 = "${KERNEL_IMAGETYPE}"
 
