@@ -23,6 +23,9 @@ BRANCHGATE_GST_PLUGINS = "gstreamer1.0-plugins-base-alsa gstreamer1.0-plugins-go
 BRANCHGATE_BOOT_INSTALL = "branchgate-boot grub-editenv"
 BRANCHGATE_BOOT_INSTALL:raspberrypi4-64 = ""
 
+# util-linux-mount: the /etc overlay's preinit mounts the data partition by LABEL= before udev
+# runs, which util-linux's mount resolves by probing (libblkid). kernel-image: each slot boots
+# its own /boot/<KERNEL_IMAGETYPE>.
 IMAGE_INSTALL = "packagegroup-core-boot \
                  systemd-conf \
                  util-linux-mount \
