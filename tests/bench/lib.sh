@@ -14,6 +14,9 @@ start_box() {
   rm -rf "$work/data"
   RUST_LOG=warn "$BIN" run --data-dir "$work/data" --provision "$work/provision.json" >"$work/bg.log" 2>&1 &
   bg_pid=$!
-  until grep -q "admin UI ready" "$work/bg.log"; do sleep 0.1; done
+  until grep -q "admin UI ready" "$work/bg.log"; do
+    kill -0 "$bg_pid" 2>/dev/null || { echo "branchgate did not start:" >&2; cat "$work/bg.log" >&2; exit 1; }
+    sleep 0.1
+  done
   sleep 0.5
 }

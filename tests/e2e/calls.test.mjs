@@ -74,9 +74,17 @@ test("a user calls out through a trunk: digest, topology hiding, media anchored 
     assert.equal(live.caller, "1001");
     assert.equal(live.callee, "95551234");
     assert.equal(live.destination, "pstn");
+    // Call details: sipp plays PCMA (its g711a.pcap) and the callee echoes it, over plain RTP.
+    for (const media of [live.caller_media, live.callee_media]) {
+      assert.equal(media?.codec, "PCMA", JSON.stringify(live));
+      assert.equal(media.webrtc, false);
+      assert.equal(media.transcoded, false);
+      assert.ok(media.packets > 0 && media.mos >= 1 && media.mos <= 4.5, JSON.stringify(media));
+    }
     const page = await api.get("/calls");
     assert.equal(page.status, 200);
     assert.match(page.text, /<td>1001<\/td><td>95551234<\/td><td>pstn<\/td><td>answered<\/td>/);
+    assert.match(page.text, /PCMA · \d+ pkts · loss [\d.]+% · jitter [\d.]+ ms · MOS [\d.]+/);
     assert.equal(await callee, 0, "callee scenario (no caller identifiers leaked, Subject passed, hold/resume seen)");
     assert.equal(await caller, 0, "caller scenario (answer SDP on the box's relay, hold/resume answered)");
     assert.deepEqual((await api.get("/api/v1/sip/calls")).json.calls, [], "no call left");

@@ -4,6 +4,7 @@
 // statistics rising, sends a DTMF key baresip hears as RFC 4733, holds, mutes and hangs up;
 // a wrong password says so; baresip calls the page, which rings, answers and hangs up.
 // `sip.ws_allowed_origins` names only some other web app: the box's own origin still works.
+import { createHmac } from "node:crypto";
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, mkdtempSync } from "node:fs";
@@ -18,6 +19,7 @@ import { toneWav } from "./lib/softphone.mjs";
 const DOMAIN = "branch.example";
 const USERS = [{ username: "1001", password: "pw-1001-secret" }, { username: "1002", password: "pw-1002-secret" }];
 let box, api, phone, browser;
+const TURN_SECRET = "phone-turn-secret-1";
 /** Console errors of every page (a CSP violation shows up here). */
 const pageErrors = [];
 
@@ -26,6 +28,7 @@ before(async () => {
     provision: {
       admin: { password: "installer-secret-1" },
       sip: { domain: DOMAIN, ws_allowed_origins: ["https://softphone.customer.example"], users: USERS },
+      turn: { auth_secret: TURN_SECRET },
     },
   });
   api = new Api(box.url);
@@ -106,9 +109,22 @@ test("a wrong SIP password is refused with a clear message", async () => {
 test("register, dial with the pad, call baresip, stats rise, DTMF, mute, hold, hang up", async () => {
   const page = await openPhone();
   try {
+    const ice = page.waitForResponse((r) => r.url().endsWith("/phone/ice-servers"));
     await logIn(page, "1001", "pw-1001-secret");
     await page.waitForSelector("#reg-state[data-state=registered]", { timeout: 10000 });
     assert.equal(await page.textContent("#reg-state"), "Registered as 1001");
+    // Once registered, the page gets the box's TURN with REST credentials minted for 1001.
+    const offered = await (await ice).json();
+    const [server] = offered.iceServers ?? [];
+    assert.ok(server, `TURN offered: ${JSON.stringify(offered)}`);
+    assert.ok(server.urls.some((u) => /^turn:127\.0\.0\.1:\d+\?transport=udp$/.test(u)), JSON.stringify(server));
+    assert.ok(server.urls.some((u) => /^turns:127\.0\.0\.1:\d+\?transport=tcp$/.test(u)), JSON.stringify(server));
+    const [expiry, user] = server.username.split(":");
+    assert.equal(user, "1001");
+    assert.ok(Number(expiry) > Date.now() / 1000 + 3600, "valid for hours");
+    assert.equal(server.credential, createHmac("sha1", TURN_SECRET).update(server.username).digest("base64"));
+    const refused = await api.post("/phone/ice-servers", { username: "1001", password: "wrong-password" });
+    assert.equal(refused.status, 401, "wrong SIP credentials get no TURN");
     await waitForRegistration("1001");
     await checkAccessibility(page, "/phone registered");
     for (const key of "1002") await page.click(`.keypad button[data-key="${key}"]`);

@@ -19,7 +19,7 @@ const DOMAIN = "branch.example";
  * A box with users 1001 (the browser) and 1002 (baresip), a page with JsSIP
  * in headless Chromium sending a 440 Hz tone, and baresip sending 1 kHz.
  */
-async function lab(t, sip = {}) {
+async function lab(t, sip = {}, phoneCodecs = "PCMU") {
   const pagePort = await freePort();
   const origin = `http://127.0.0.1:${pagePort}`;
   const box = await startBox({
@@ -33,7 +33,7 @@ async function lab(t, sip = {}) {
     },
   });
   const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
-  const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: "PCMU" });
+  const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: phoneCodecs });
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: [...CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -75,15 +75,43 @@ async function waitForRegistration(api, user) {
   throw new Error(`${user} did not register`);
 }
 
+/**
+ * The call's details while it is up: what the box receives from each side, once both
+ * sides have sent a second of media.
+ */
+async function callDetails(api) {
+  for (let i = 0; i < 100; i++) {
+    const [call] = (await api.get("/api/v1/sip/calls")).json.calls;
+    if (call?.caller_media?.packets > 50 && call?.callee_media?.packets > 50) return call;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("no call with media both ways in the call list");
+}
+
+/** The call details an installer reads: each side's codec, WebRTC or not, transcoding, quality. */
+function checkDetails(call, { browser, phone, transcoded }) {
+  const [fromBrowser, fromPhone] = browser === "caller" ? [call.caller_media, call.callee_media] : [call.callee_media, call.caller_media];
+  assert.equal(fromBrowser.webrtc, true, JSON.stringify(call));
+  assert.equal(fromPhone.webrtc, false, JSON.stringify(call));
+  assert.equal(fromBrowser.codec.toLowerCase(), transcoded ? "opus" : phone.toLowerCase(), JSON.stringify(call));
+  assert.equal(fromPhone.codec, phone, JSON.stringify(call));
+  for (const leg of [fromBrowser, fromPhone]) {
+    assert.equal(leg.transcoded, transcoded, JSON.stringify(call));
+    assert.ok(leg.loss_percent < 5 && leg.jitter_ms < 40 && leg.mos > 3.5, `quality on loopback: ${JSON.stringify(leg)}`);
+  }
+}
+
 test("a browser (JsSIP over WSS) calls a SIP phone (baresip over UDP): G.711 passes through, audio both ways", async (t) => {
   const { api, page, phone, cleanup } = await lab(t);
   try {
-    const result = await page.evaluate(async (domain) => {
+    const call = page.evaluate(async (domain) => {
       await softphone.call(`sip:1002@${domain}`);
       const measured = await softphone.measure();
       await softphone.hangUp();
       return measured;
     }, DOMAIN);
+    checkDetails(await callDetails(api), { browser: "caller", phone: "PCMU", transcoded: false });
+    const result = await call;
     await checkAudioBothWays(result, phone, "audio/PCMU");
     // The call's record: answered, ended by the caller (the browser).
     const csv = new TextDecoder().decode((await api.get("/api/v1/sip/cdr.csv")).bytes);
@@ -112,15 +140,35 @@ test("a SIP phone (baresip over UDP) calls a browser registered over WSS: the bo
 });
 
 test("a browser that speaks only Opus calls a SIP phone: the box transcodes Opus <-> PCMU, audio both ways", async (t) => {
-  const { page, phone, cleanup } = await lab(t);
+  const { api, page, phone, cleanup } = await lab(t);
   try {
-    const result = await page.evaluate(async (domain) => {
+    const call = page.evaluate(async (domain) => {
       softphone.opusOnly = true;
       await softphone.call(`sip:1002@${domain}`);
       const measured = await softphone.measure();
       await softphone.hangUp();
       return measured;
     }, DOMAIN);
+    checkDetails(await callDetails(api), { browser: "caller", phone: "PCMU", transcoded: true });
+    const result = await call;
+    await checkAudioBothWays(result, phone, "audio/opus");
+  } finally {
+    await cleanup();
+  }
+});
+
+test("a browser that speaks only Opus calls a wideband SIP phone: the box transcodes Opus <-> G.722 at 16 kHz, audio both ways", async (t) => {
+  const { api, page, phone, cleanup } = await lab(t, {}, "G722");
+  try {
+    const call = page.evaluate(async (domain) => {
+      softphone.opusOnly = true;
+      await softphone.call(`sip:1002@${domain}`);
+      const measured = await softphone.measure();
+      await softphone.hangUp();
+      return measured;
+    }, DOMAIN);
+    checkDetails(await callDetails(api), { browser: "caller", phone: "G722", transcoded: true });
+    const result = await call;
     await checkAudioBothWays(result, phone, "audio/opus");
   } finally {
     await cleanup();
@@ -188,6 +236,24 @@ test("a trunk configured for SIP INFO DTMF gets the browser's RFC 4733 keys as I
       await softphone.hangUp();
     }, DOMAIN);
     assert.equal(await ivr, 0, "the trunk got 1, 5, 9, # as SIP INFO, then the BYE");
+  } finally {
+    await cleanup();
+  }
+});
+
+test("a SIP phone's RFC 4733 keys reach a trunk configured for SIP INFO as INFO application/dtmf-relay", async (t) => {
+  const trunkPort = await freePort();
+  const trunks = [{ name: "ivr", host: "127.0.0.1", port: trunkPort, transport: "udp", dtmf: "info", keepalive_seconds: 0 }];
+  // The trunk answers PCMA (with telephone events).
+  const { box, phone, cleanup } = await lab(t, { trunks, routes: [{ prefix: "8", strip: 1, trunk: "ivr" }] }, "PCMA");
+  try {
+    const ivr = sipp(box, "ivr", ["-sf", SCENARIOS + "uas_info_dtmf.xml", "-p", String(trunkPort), "-mp", String(await freePort()), "-rtp_echo"]);
+    phone.dial(`sip:8123@${DOMAIN}`);
+    await new Promise((r) => setTimeout(r, 1500));
+    await phone.press("159#");
+    await new Promise((r) => setTimeout(r, 500));
+    phone.hangUp();
+    assert.equal(await ivr, 0, "the trunk got 1, 5, 9, # as SIP INFO (not as RTP events), then the BYE");
   } finally {
     await cleanup();
   }

@@ -83,6 +83,26 @@
     start(extension, password);
   });
 
+  /**
+   * The box's TURN server as ICE servers (short-lived credentials minted for this SIP user),
+   * for a browser whose network lets no UDP through; none when the box offers no TURN.
+   */
+  let iceServers = [];
+  /** How long ICE gathering may go on after the first candidate (see `handlers`). */
+  const ICE_GATHERING_MS = 1500;
+  async function loadIceServers(extension, password) {
+    try {
+      const response = await fetch("/phone/ice-servers", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ username: extension, password }),
+      });
+      if (response.ok) iceServers = (await response.json()).iceServers || [];
+    } catch {
+      iceServers = [];
+    }
+  }
+
   function start(extension, password) {
     stop();
     everRegistered = false;
@@ -121,6 +141,8 @@
     });
     ua.on("registered", () => {
       if (ua !== me) return;
+      // The credentials are right: ask for the box's TURN (once per login), then forget them.
+      if (!everRegistered) loadIceServers(extension, password);
       everRegistered = true;
       el.loginButton.disabled = false;
       setReg("registered", `Registered as ${extension}`);
@@ -148,6 +170,7 @@
   /** Ends the user agent (unregisters when connected) and shows the login form. */
   function stop() {
     endCall();
+    iceServers = [];
     if (ua) {
       const old = ua;
       ua = null;
@@ -187,9 +210,9 @@
     try {
       const options = {
         mediaConstraints: { audio: true, video: false },
-        // No STUN/TURN by default: the box answers with its own candidates (ICE-lite), which
-        // is enough on the branch LAN. A browser behind a NAT would list the box's TURN here.
-        pcConfig: { iceServers: [] },
+        // The box answers with its own candidates (ICE-lite), enough on the branch LAN; its
+        // TURN (when offered) is for browsers whose network blocks UDP.
+        pcConfig: { iceServers },
         eventHandlers: handlers(number),
       };
       session = ua.call(target(number), options);
@@ -225,7 +248,7 @@
     stopTone();
     el.incoming.hidden = true;
     setCall("calling", "Answering…");
-    session.answer({ mediaConstraints: { audio: true, video: false }, pcConfig: { iceServers: [] } });
+    session.answer({ mediaConstraints: { audio: true, video: false }, pcConfig: { iceServers } });
   });
 
   el.decline.addEventListener("click", () => {
@@ -240,7 +263,14 @@
   /** The session's event handlers; `who` names the other side in messages. */
   function handlers(who) {
     peer = who;
+    let gathering = null;
     return {
+      // JsSIP sends the offer or answer once ICE gathering completes; a TURN server that cannot
+      // be reached from this network would hold that for tens of seconds. The box is ICE-lite
+      // and needs no trickle: what was gathered within a moment of the first candidate is enough.
+      icecandidate: (e) => {
+        if (!gathering) gathering = setTimeout(e.ready, ICE_GATHERING_MS);
+      },
       peerconnection: (e) => {
         e.peerconnection.addEventListener("track", (t) => {
           el.audio.srcObject = t.streams[0] || new MediaStream([t.track]);

@@ -64,9 +64,14 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Re
 }
 
 impl AppState {
-    /// Restoring a revision with other logins changes who may log in: admin only.
+    /// Restoring a revision that changes an admin-only section (other logins, other update
+    /// policy) is admin only, like changing that section directly.
     pub fn restore_needs_admin(&self, rev: u64) -> bool {
-        matches!(self.store.revision(rev), Ok(Some(old)) if old.config.admin != self.store.current().config.admin)
+        let Ok(Some(old)) = self.store.revision(rev) else { return false };
+        let current = self.store.current();
+        ADMIN_SECTIONS
+            .iter()
+            .any(|section| section_value(&old.config, section) != section_value(&current.config, section))
     }
 
     pub fn audit(&self, user: &str, peer: Option<SocketAddr>, action: &str, detail: impl Into<String>) {
@@ -264,8 +269,13 @@ pub async fn get_config(State(state): State<AppState>, ApiUser(user): ApiUser) -
 }
 
 /// Sections an installer may change; `admin` holds logins and needs the admin role.
+/// Sections only an admin may change.
+const ADMIN_SECTIONS: &[&str] = &["admin", "update"];
+
+/// `admin` decides who may log in; `update` can open the box to older (possibly vulnerable)
+/// firmware and points it at a fleet server: both are the owner's decision, not an installer's.
 pub fn section_role(section: &str) -> Role {
-    if section == "admin" { Role::Admin } else { Role::Installer }
+    if ADMIN_SECTIONS.contains(&section) { Role::Admin } else { Role::Installer }
 }
 
 pub fn section_value(config: &Config, section: &str) -> Option<Value> {
@@ -391,7 +401,10 @@ pub async fn restore_revision(
         return r;
     }
     if state.restore_needs_admin(rev) && user.role < Role::Admin {
-        return json_error(StatusCode::FORBIDDEN, "that revision has other logins; restoring it needs the admin role");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "that revision has other logins or another update policy; restoring it needs the admin role",
+        );
     }
     match state.store.restore(rev, &user.username, now_ms()) {
         Ok(outcome) => {
@@ -825,15 +838,12 @@ pub fn cdr_to_csv(jsonl: &str) -> String {
     out
 }
 
-/// Where the kernel lists V4L2 devices.
-const VIDEO4LINUX: &str = "/sys/class/video4linux";
-
 /// The box's cameras (real V4L2 devices, or the simulated one where there is none).
 pub async fn cameras(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
-    let list: Vec<Value> = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX))
+    let list: Vec<Value> = branchgate_capture::cameras()
         .into_iter()
         .map(|c| {
             let viewers = state.whep.hub.viewers(&c.id);
@@ -854,7 +864,7 @@ pub async fn camera_snapshot(
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
-    let cameras = branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX));
+    let cameras = branchgate_capture::cameras();
     let Some(camera) = cameras.iter().find(|c| c.id == id) else {
         return json_error(StatusCode::NOT_FOUND, &format!("no camera {id}"));
     };

@@ -110,6 +110,18 @@ pub struct BundleQuery {
     force: bool,
 }
 
+/// How long an upload may go without a byte arriving.
+const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Space an upload leaves free on the data partition (configuration store, logs, CDRs).
+const KEEP_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
+}
+
 fn accept_status(error: &AcceptError) -> StatusCode {
     if error.is_internal() {
         return StatusCode::SERVICE_UNAVAILABLE;
@@ -162,6 +174,20 @@ pub async fn post_bundle(
         guard.fail(&message);
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, &message);
     }
+    // The data partition also holds the configuration store: an upload leaves room for it.
+    let budget = match free_bytes(&dir) {
+        Some(free) => free.saturating_sub(KEEP_FREE_BYTES),
+        None => u64::MAX,
+    };
+    if declared.is_some_and(|len| len > budget) {
+        let message = format!(
+            "not enough space on the data partition for this bundle ({} MB; {} MB can be used)",
+            declared.unwrap_or(0) / 1_000_000,
+            budget / 1_000_000
+        );
+        guard.fail(&message);
+        return refused(StatusCode::INSUFFICIENT_STORAGE, "no_space", &message);
+    }
     let mut file = match tokio::fs::File::create(&path).await {
         Ok(file) => file,
         Err(e) => {
@@ -172,13 +198,23 @@ pub async fn post_bundle(
     };
     let mut received = 0u64;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
+    loop {
+        // A client that stops sending would hold the one upload slot for ever.
+        let chunk = match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, stream.next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(e))) => {
                 let message = format!("the upload broke off after {received} bytes: {e}");
                 guard.fail(&message);
                 return refused(StatusCode::BAD_REQUEST, "upload", &message);
+            }
+            Err(_) => {
+                let message = format!(
+                    "the upload stalled: nothing arrived for {} s after {received} bytes",
+                    UPLOAD_IDLE_TIMEOUT.as_secs()
+                );
+                guard.fail(&message);
+                return refused(StatusCode::REQUEST_TIMEOUT, "upload", &message);
             }
         };
         received += chunk.len() as u64;
@@ -186,6 +222,14 @@ pub async fn post_bundle(
             let message = format!("a bundle may have at most {MAX_BUNDLE_BYTES} bytes");
             guard.fail(&message);
             return refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &message);
+        }
+        if received > budget {
+            let message = format!(
+                "not enough space on the data partition: the upload passed the {} MB that can be used",
+                budget / 1_000_000
+            );
+            guard.fail(&message);
+            return refused(StatusCode::INSUFFICIENT_STORAGE, "no_space", &message);
         }
         if let Err(e) = file.write_all(&chunk).await {
             let message = format!("cannot write {}: {e}", path.display());

@@ -10,6 +10,7 @@ pub mod firmware;
 pub mod logs;
 mod openapi;
 mod pages;
+mod phone;
 pub mod security;
 pub mod sip_ws;
 pub mod status;
@@ -624,9 +625,9 @@ fn bind_nonblocking(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> 
     Ok(listener)
 }
 
-fn redirect_to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Response {
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    // Strip a port (keeping IPv6 brackets) and put the HTTPS one.
+/// A `Host` value without its port (IPv6 brackets kept), when it is a plausible host name
+/// or address literal (it goes into URLs the box hands out).
+pub(crate) fn bare_host(host: &str) -> Option<String> {
     let bare = if host.starts_with('[') {
         host.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| host.to_string())
     } else {
@@ -634,7 +635,12 @@ fn redirect_to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Respons
     };
     let valid =
         !bare.is_empty() && bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
-    let bare = if valid { bare } else { "localhost".to_string() };
+    valid.then_some(bare)
+}
+
+fn redirect_to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Response {
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let bare = bare_host(host).unwrap_or_else(|| "localhost".to_string());
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let location =
         if https_port == 443 { format!("https://{bare}{path}") } else { format!("https://{bare}:{https_port}{path}") };

@@ -105,7 +105,7 @@ fn document_without_firmware() -> Value {
             "/api/v1/turn/allocations": { "get": op("Live TURN allocations", "viewer", ok("{running, allocations, stats}")) },
             "/api/v1/sip/registrations": { "get": op("Registered SIP contacts", "viewer", ok("{registrations: [{user, contact, source, transport, expires_in}]}")) },
             "/api/v1/sip/calls": { "get": op("Calls in progress and the trunks' keepalive state", "viewer",
-                ok("{calls: [{id, caller, callee, destination, state, age_seconds, packets_a_to_b, packets_b_to_a}], trunks: [{name, address, up}]}")) },
+                ok("{calls: [{id, caller, callee, destination, state, age_seconds, packets_a_to_b, packets_b_to_a, caller_media, callee_media}] (each media: {codec, webrtc, transcoded, packets, lost, loss_percent, jitter_ms, mos} or null), trunks: [{name, address, up}]}")) },
             "/api/v1/sip/calls/{id}": { "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
                 "delete": op("Hang up a call (BYE to both legs, or 480 to the caller before answer)", "installer",
                     json!({"204": {"description": "Hung up"}, "404": {"description": "No such call"}, "503": {"description": "SIP not running"}})) },
@@ -184,6 +184,21 @@ fn whep_paths() -> Value {
                                "404": { "description": "No such session" } }
             },
             "patch": { "summary": "Trickle ICE / ICE restart: not supported", "responses": { "405": { "description": "Every candidate is in the answer" } } }
+        },
+        "/phone/ice-servers": {
+            "post": {
+                "summary": "The box's TURN for the /phone page: RTCIceServer entries with TURN REST credentials (12 h) minted for a SIP user",
+                "description": "Needs the SIP user's own credentials in the body; wrong ones count towards the per-address login lockout. Empty when TURN is off or turn.auth_secret is not set.",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["username", "password"],
+                    "properties": { "username": { "type": "string" }, "password": { "type": "string" } } } } } },
+                "responses": {
+                    "200": { "description": "{iceServers: [{urls, username, credential}]} (Cache-Control: no-store)" },
+                    "400": { "description": "Not the JSON object" },
+                    "401": { "description": "Wrong SIP username or password" },
+                    "429": { "description": "Locked out after failed logins" }
+                }
+            }
         },
         "/api/v1/cameras/{id}/viewer-token": {
             "parameters": [id],

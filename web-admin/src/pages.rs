@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/calls", get(calls_page))
         .route("/calls/{id}/hangup", post(call_hang_up))
         .route("/phone", get(phone_page))
+        .route("/phone/ice-servers", post(crate::phone::ice_servers))
         .route("/assets/{*file}", get(asset))
 }
 
@@ -960,7 +961,11 @@ async fn restore_submit(
         return forbidden(&state, &user, "Restoring needs the installer role.");
     }
     if state.restore_needs_admin(rev) && user.role < Role::Admin {
-        return forbidden(&state, &user, "That revision has other logins; restoring it needs the admin role.");
+        return forbidden(
+            &state,
+            &user,
+            "That revision has other logins or another update policy; restoring it needs the admin role.",
+        );
     }
     match state.store.restore(rev, &user.username, now_ms()) {
         Ok(outcome) => {
@@ -1360,8 +1365,24 @@ struct CallRow {
     destination: String,
     state: &'static str,
     age: String,
-    packets_a_to_b: u64,
-    packets_b_to_a: u64,
+    caller_media: String,
+    callee_media: String,
+}
+
+/// One side's media in a sentence for the calls table.
+fn media_summary(packets: u64, media: Option<&branchgate_gateway::LegQuality>) -> String {
+    match media {
+        None => format!("{packets} pkts"),
+        Some(m) => format!(
+            "{} {}{}· {packets} pkts · loss {:.1}% · jitter {:.1} ms · MOS {:.1}",
+            if m.codec.is_empty() { "?" } else { &m.codec },
+            if m.webrtc { "(WebRTC) " } else { "" },
+            if m.transcoded { "transcoded " } else { "" },
+            m.loss_percent,
+            m.jitter_ms,
+            m.mos
+        ),
+    }
 }
 
 struct RegistrationRow {
@@ -1395,8 +1416,8 @@ fn calls_view(state: &AppState, user: &User, flash: Option<String>) -> CallsPage
             destination: c.destination,
             state: c.state,
             age: crate::status::format_duration(std::time::Duration::from_secs(c.age_seconds)),
-            packets_a_to_b: c.packets_a_to_b,
-            packets_b_to_a: c.packets_b_to_a,
+            caller_media: media_summary(c.packets_a_to_b, c.caller_media.as_ref()),
+            callee_media: media_summary(c.packets_b_to_a, c.callee_media.as_ref()),
         })
         .collect();
     let registrations = state

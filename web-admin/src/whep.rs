@@ -46,9 +46,6 @@ pub const MAX_VIEWERS: usize = 16;
 /// Longest lifetime of a viewer token.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
-/// Where the kernel lists V4L2 devices.
-const VIDEO4LINUX: &str = "/sys/class/video4linux";
-
 /// The key viewer tokens are signed with.
 #[derive(Clone)]
 pub struct ViewerKey(std::sync::Arc<[u8; 32]>);
@@ -196,7 +193,7 @@ pub async fn post_offer(
 }
 
 async fn offer(state: &AppState, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let cameras = branchgate_hal::camera::enumerate(Path::new(VIDEO4LINUX));
+    let cameras = branchgate_capture::cameras();
     let Some(camera) = cameras.iter().find(|c| c.id == id) else {
         return json_error(StatusCode::NOT_FOUND, &format!("no camera {id}"));
     };
@@ -211,7 +208,8 @@ async fn offer(state: &AppState, id: &str, headers: &HeaderMap, body: &[u8]) -> 
         return json_error(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
     };
     let media = &state.store.current().config.media;
-    let limits = WhepLimits { port_min: media.rtp_port_min, port_max: media.rtp_port_max, max_viewers: MAX_VIEWERS };
+    let (port_min, port_max) = media.viewer_ports();
+    let limits = WhepLimits { port_min, port_max, max_viewers: MAX_VIEWERS };
     match state.whep.open(camera, offer, &candidate_addresses(), limits).await {
         Ok(answer) => (
             StatusCode::CREATED,
@@ -274,7 +272,7 @@ pub async fn post_viewer_token(
             Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad request body: {e}")),
         }
     };
-    if !branchgate_hal::camera::enumerate(Path::new(VIDEO4LINUX)).iter().any(|c| c.id == id) {
+    if !branchgate_capture::cameras().iter().any(|c| c.id == id) {
         return json_error(StatusCode::NOT_FOUND, &format!("no camera {id}"));
     }
     let ttl = request.ttl_seconds.map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);

@@ -138,6 +138,7 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, Role, bool)> {
         (M::GET, "/api/v1/config/revisions/1", None, Role::Viewer, false),
         (M::POST, "/api/v1/config/revisions/1/restore", None, Role::Installer, false),
         (M::POST, "/api/v1/config/confirm", None, Role::Installer, false),
+        (M::PUT, "/api/v1/config/update", Some(json!({"allow_downgrade": true})), Role::Admin, false),
         (M::GET, "/api/v1/config/export", None, Role::Admin, false),
         (M::POST, "/api/v1/config/import", Some(backup_keeping_logins()), Role::Admin, false),
         (M::GET, "/api/v1/logs", None, Role::Viewer, false),
@@ -506,4 +507,63 @@ async fn firmware_uploads_are_capped_before_reading() {
     let slots = h.call(Method::GET, "/api/v1/firmware", Some(&cookie), None).await.json();
     assert_eq!(slots["slots"][0]["booted"], true);
     assert_eq!(slots["slots"][1]["name"], "B");
+}
+
+#[tokio::test]
+async fn the_update_policy_is_the_admins_to_change_or_restore() {
+    let h = harness();
+    let admin = h.login("admin", ADMIN_PW).await;
+    let installer = h.login("inst", INSTALLER_PW).await;
+    let before = h.store.current().revision;
+    let reply =
+        h.call(Method::PUT, "/api/v1/config/update", Some(&installer), Some(json!({"allow_downgrade": true}))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    let reply =
+        h.call(Method::PUT, "/api/v1/config/update", Some(&admin), Some(json!({"allow_downgrade": true}))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(h.store.current().config.update.allow_downgrade);
+    // Restoring the older revision would change the update policy back: not an installer's call either.
+    let path = format!("/api/v1/config/revisions/{before}/restore");
+    assert_eq!(h.call(Method::POST, &path, Some(&installer), None).await.status, StatusCode::FORBIDDEN);
+    assert!(h.store.current().config.update.allow_downgrade, "nothing changed");
+    assert_eq!(h.call(Method::POST, &path, Some(&admin), None).await.status, StatusCode::OK);
+    assert!(!h.store.current().config.update.allow_downgrade);
+}
+
+#[tokio::test]
+async fn the_phone_page_gets_turn_credentials_only_with_right_sip_credentials() {
+    let h = harness();
+    let ask = |password: &str| {
+        let body = json!({"username": "1001", "password": password});
+        h.call_from(
+            peer(9),
+            Method::POST,
+            "/phone/ice-servers",
+            None,
+            Some(body),
+            &[("Origin", "https://box.test:8443")],
+        )
+    };
+    let mut config = h.store.current().config.clone();
+    config.sip.domain = "branch.example".into();
+    config.sip.users.push(branchgate_config::SipUser {
+        username: "1001".into(),
+        password: HashedSecret::new("pw-1001-secret"),
+        display_name: None,
+    });
+    h.store.apply(config.clone(), ApplyOptions::new("test", "sip user").confirm(Confirm::Never), 2).expect("apply");
+    assert_eq!(ask("wrong").await.status, StatusCode::UNAUTHORIZED);
+    // No REST secret: nothing to mint credentials with, so no TURN (direct media only).
+    let reply = ask("pw-1001-secret").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["iceServers"], json!([]));
+    config.turn.auth_secret = Some(branchgate_config::PlainSecret::new("turn-secret"));
+    h.store.apply(config, ApplyOptions::new("test", "turn secret").confirm(Confirm::Never), 3).expect("apply");
+    let reply = ask("pw-1001-secret").await;
+    assert_eq!(reply.headers[header::CACHE_CONTROL], "no-store");
+    let server = &reply.json()["iceServers"][0];
+    assert!(server["username"].as_str().is_some_and(|u| u.ends_with(":1001")), "{}", reply.body);
+    let urls: Vec<&str> = server["urls"].as_array().expect("urls").iter().filter_map(Value::as_str).collect();
+    assert!(urls.contains(&"turn:box.test:3478?transport=udp"), "{urls:?}");
+    assert!(urls.iter().any(|u| u.starts_with("turns:box.test:")), "{urls:?}");
 }

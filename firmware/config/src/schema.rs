@@ -66,6 +66,8 @@ pub struct NetworkConfig {
     pub admin_http_port: u16,
     /// Optional unauthenticated Prometheus listener (e.g. on a management VLAN).
     pub metrics_listen: Option<SocketAddr>,
+    /// RTSP for players that do not speak WebRTC (`rtsp://<box>:<port>/<camera>`); 0 turns it off.
+    pub rtsp_port: u16,
 }
 
 impl Default for NetworkConfig {
@@ -79,6 +81,7 @@ impl Default for NetworkConfig {
             admin_https_port: 8443,
             admin_http_port: 8080,
             metrics_listen: None,
+            rtsp_port: 8554,
         }
     }
 }
@@ -339,6 +342,31 @@ pub struct MediaConfig {
     pub codecs: Vec<String>,
     /// An answered call with no media (RTP or RTCP) either way for this long is hung up.
     pub timeout_seconds: u32,
+    /// Calls the box may transcode at once (Opus <-> G.711/G.722 costs CPU; a core does
+    /// ~150 in real time: `./x bench transcode`). Beyond it, browser calls are offered only
+    /// the codecs that pass through. 0: never transcode.
+    pub max_transcoded_calls: u32,
+}
+
+impl MediaConfig {
+    /// How many ports at the top of the range are the camera viewers' (WHEP): a quarter of the
+    /// range, at most 32 (two per viewer at the most viewers the box serves, and spare).
+    fn viewer_port_count(&self) -> u16 {
+        let span = u32::from(self.rtp_port_max.saturating_sub(self.rtp_port_min)) + 1;
+        (span / 4).min(32) as u16
+    }
+
+    /// Ports for calls (RTP/RTCP pairs from the bottom of the range). Calls and camera viewers
+    /// each have their own part: the gateway hands out ports without binding them first, so a
+    /// port a viewer had taken would leave a call without media.
+    pub fn call_ports(&self) -> (u16, u16) {
+        (self.rtp_port_min, self.rtp_port_max - self.viewer_port_count())
+    }
+
+    /// Ports for camera viewers (WHEP), the top of the range.
+    pub fn viewer_ports(&self) -> (u16, u16) {
+        (self.rtp_port_max - self.viewer_port_count().max(1) + 1, self.rtp_port_max)
+    }
 }
 
 /// Codec names the media engine knows.
@@ -351,6 +379,7 @@ impl Default for MediaConfig {
             rtp_port_max: 29999,
             codecs: vec!["opus".into(), "G722".into(), "PCMU".into(), "PCMA".into()],
             timeout_seconds: 60,
+            max_transcoded_calls: 100,
         }
     }
 }

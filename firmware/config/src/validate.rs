@@ -323,6 +323,7 @@ impl Config {
         );
         r.check(!m.codecs.is_empty(), "media.codecs", "list at least one codec");
         r.check((5..=86_400).contains(&m.timeout_seconds), "media.timeout_seconds", "between 5 seconds and a day");
+        r.check(m.max_transcoded_calls <= 10_000, "media.max_transcoded_calls", "at most 10000");
         let mut seen = HashSet::new();
         for (i, codec) in m.codecs.iter().enumerate() {
             r.check(
@@ -357,10 +358,11 @@ impl Config {
         let mut tcp: HashMap<u16, &str> = HashMap::new();
         let mut udp: HashMap<u16, &str> = HashMap::new();
         let metrics_port = self.network.metrics_listen.map_or(0, |a| a.port());
-        let listeners: [(&str, u16, bool); 9] = [
+        let listeners: [(&str, u16, bool); 10] = [
             ("network.metrics_listen", metrics_port, true),
             ("network.admin_https_port", self.network.admin_https_port, true),
             ("network.admin_http_port", self.network.admin_http_port, true),
+            ("network.rtsp_port", self.network.rtsp_port, true),
             ("sip.tcp_port", self.sip.tcp_port, true),
             ("sip.tls_port", self.sip.tls_port, true),
             ("turn.tcp_port", self.turn.tcp_port, true),
@@ -520,5 +522,16 @@ mod tests {
         config.sip.users.push(user);
         config.media.codecs.push("speex".into());
         assert_eq!(paths(&config), ["sip.users[1].username", "media.codecs[4]"]);
+    }
+
+    #[test]
+    fn calls_and_camera_viewers_share_the_media_range_without_overlap() {
+        let mut config = Config::default();
+        assert_eq!(config.media.call_ports(), (20000, 29967));
+        assert_eq!(config.media.viewer_ports(), (29968, 29999));
+        // The smallest range the validation accepts still has a call pair and a viewer port.
+        config.media.rtp_port_max = 20003;
+        assert_eq!(config.media.call_ports(), (20000, 20002));
+        assert_eq!(config.media.viewer_ports(), (20003, 20003));
     }
 }

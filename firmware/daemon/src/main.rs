@@ -496,6 +496,21 @@ async fn serve(
 
     {
         let store = store.clone();
+        let hub = state.whep.hub.clone();
+        supervisor.spawn("rtsp", move |shutdown| {
+            let config_rx = store.subscribe();
+            let hub = hub.clone();
+            async move {
+                let cameras: branchgate_capture::rtsp_server::CameraSource = Arc::new(branchgate_capture::cameras);
+                branchgate_capture::rtsp_server::run(config_rx, shutdown, hub, cameras)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        });
+    }
+
+    {
+        let store = store.clone();
         let monitor = state.sip.clone();
         let data_dir = data_dir.clone();
         let certificates = certificates.clone();

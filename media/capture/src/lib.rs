@@ -10,6 +10,8 @@
 //! The simulated camera is `hal`'s [`simulated_frame`] pushed through
 //! `appsrc`, so the snapshot and the video show the same picture.
 
+pub mod rtsp;
+pub mod rtsp_server;
 pub mod whep;
 
 use std::collections::HashMap;
@@ -24,6 +26,14 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::broadcast;
+
+/// Where the kernel lists V4L2 devices.
+pub const VIDEO4LINUX: &str = "/sys/class/video4linux";
+
+/// The box's cameras now: its V4L2 devices, or the simulated one when it has none.
+pub fn cameras() -> Vec<CameraInfo> {
+    branchgate_hal::camera::enumerate(std::path::Path::new(VIDEO4LINUX))
+}
 
 /// Frame rate of the simulated camera.
 pub const SIM_FPS: u32 = 15;

@@ -38,6 +38,8 @@ pub enum WhepError {
     NoAddress,
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error("the WebRTC session could not be set up: {0}")]
+    Session(String),
 }
 
 /// An answered viewer.
@@ -90,6 +92,7 @@ impl Whep {
         let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
         let (leg, sdp) = WebRtcLeg::answer_video(Instant::now(), offer, &locals, &codec)
             .map_err(|e| WhepError::BadOffer(e.to_string()))?;
+        let ice_password = ice_password(&sdp).ok_or(WhepError::Session("the answer has no ICE password".into()))?;
         let subscription = self.hub.subscribe(camera)?;
         let session = new_session_id();
         let mut sessions = self.lock();
@@ -102,7 +105,7 @@ impl Whep {
             session.clone(),
             sockets,
             Box::new(leg),
-            codec.payload_type,
+            ViewerMedia { payload_type: codec.payload_type, ice_password },
             subscription,
         ));
         sessions.insert(session.clone(), Viewer { camera: camera.id.clone(), task: task.abort_handle() });
@@ -133,14 +136,39 @@ impl Whep {
     }
 }
 
+/// The box's `a=ice-pwd` in its answer: the key of the viewer's ICE checks.
+fn ice_password(answer: &str) -> Option<String> {
+    answer.lines().find_map(|l| l.trim().strip_prefix("a=ice-pwd:")).map(str::to_string)
+}
+
+/// A STUN Binding request whose MESSAGE-INTEGRITY is keyed with the box's ICE password: the
+/// viewer's consent (RFC 7675). Anything else — junk, or packets from someone who does not
+/// know the password — must not keep the box streaming at the viewer's address.
+fn is_consent(datagram: &[u8], ice_password: &str) -> bool {
+    use branchgate_turn::stun;
+    stun::is_stun(datagram)
+        && stun::Message::parse(datagram).is_ok_and(|m| {
+            m.class == stun::Class::Request
+                && m.method == stun::method::BINDING
+                && m.integrity_ok(ice_password.as_bytes())
+        })
+}
+
+/// What the viewer's task needs besides its leg: the video payload type it was answered
+/// with, and the box's ICE password (consent checks).
+struct ViewerMedia {
+    payload_type: u8,
+    ice_password: String,
+}
+
 /// 128 random bits: the session's URL is unguessable.
 fn new_session_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// One UDP port for the viewer, bound on every address. Ports are tried
-/// from the top of the media range down, starting at a random even port,
-/// because the SIP gateway hands out ports from the bottom up.
+/// One UDP port for the viewer, bound on every address, from the viewers' part
+/// of the media range (`MediaConfig::viewer_ports`: calls have the rest), starting
+/// at a random port; ports another program holds are skipped.
 async fn bind_viewer_port(addresses: &[IpAddr], min: u16, max: u16) -> Result<Vec<Arc<UdpSocket>>, WhepError> {
     if addresses.is_empty() {
         return Err(WhepError::NoAddress);
@@ -176,9 +204,10 @@ async fn run_viewer(
     session: String,
     sockets: Vec<Arc<UdpSocket>>,
     mut leg: Box<WebRtcLeg>,
-    payload_type: u8,
+    media: ViewerMedia,
     mut video: Subscription,
 ) {
+    let payload_type = media.payload_type;
     // One reader per socket feeding the leg's loop; they end with it.
     let (datagrams, mut incoming) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(256);
     let mut readers = tokio::task::JoinSet::new();
@@ -221,12 +250,15 @@ async fn run_viewer(
         tokio::select! {
             datagram = incoming.recv() => {
                 let Some((local, from, data)) = datagram else { break "sockets closed" };
-                last_heard = Instant::now();
+                if is_consent(&data, &media.ice_password) {
+                    last_heard = Instant::now();
+                }
                 leg.handle_datagram_at(Instant::now(), local, from, &data);
             }
             packet = video.recv() => match packet {
                 Ok(packet) => {
                     let rtp = Rtp {
+                        ssrc: 0,
                         payload_type,
                         sequence: packet.sequence,
                         timestamp: packet.timestamp,
@@ -257,6 +289,24 @@ async fn run_viewer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_checks_keyed_with_the_boxs_ice_password_are_consent() {
+        use branchgate_turn::stun::{Class, Writer, attr, method};
+        let check = |class, key: &str| {
+            let mut buf = Vec::new();
+            Writer::new(&mut buf, class, method::BINDING, [7; 12])
+                .attr(attr::USERNAME, b"box:viewer")
+                .integrity(key.as_bytes())
+                .fingerprint();
+            buf
+        };
+        assert!(is_consent(&check(Class::Request, "box-ice-password"), "box-ice-password"));
+        assert!(!is_consent(&check(Class::Request, "guessed"), "box-ice-password"), "wrong key");
+        assert!(!is_consent(&check(Class::Indication, "box-ice-password"), "box-ice-password"));
+        assert!(!is_consent(&[0x80, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], "box-ice-password"), "RTP is no consent");
+        assert_eq!(ice_password("v=0\r\na=ice-ufrag:u\r\na=ice-pwd:secret123\r\n").as_deref(), Some("secret123"));
+    }
 
     #[tokio::test]
     async fn a_viewer_port_is_bound_on_every_address_in_the_range() {

@@ -1,4 +1,4 @@
-//! `./x bench media` (transcoding part; `cargo run --release -p branchgate-dsp --example transcode_capacity`): how many Opus <-> G.711 calls one
+//! `./x bench transcode` (ours beside ffmpeg's libopus): how many Opus <-> G.711 calls one
 //! core transcodes in real time. Each call is two `Transcoder`s (the
 //! browser's Opus to PCMU, the phone's PCMU to Opus) fed one 20 ms packet
 //! each per tick; a tick is late when its calls take longer than 20 ms of
@@ -62,8 +62,8 @@ fn main() {
             for call in &mut set {
                 frames.clear();
                 let (sequence, opus_ts, pcmu_ts) = (tick as u16, tick as u32 * 960, tick as u32 * 160);
-                call.from_browser.push(sequence, opus_ts, &opus[tick], &mut frames).expect("opus in");
-                call.to_browser.push(sequence, pcmu_ts, &pcmu[tick], &mut frames).expect("pcmu in");
+                call.from_browser.push(1, sequence, opus_ts, &opus[tick], &mut frames).expect("opus in");
+                call.to_browser.push(2, sequence, pcmu_ts, &pcmu[tick], &mut frames).expect("pcmu in");
             }
             let took = started.elapsed();
             total += took;

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use branchgate_sdp::SessionDescription;
+use branchgate_sdp::{RtpMap, SessionDescription};
 use branchgate_sip::message::param;
 use branchgate_sip::server::{Binding, uri_of, user_of, with_warning};
 use branchgate_sip::transaction::{ClientKey, ServerKey};
@@ -64,6 +64,8 @@ pub struct CallConfig {
     pub failover_after: Duration,
     /// `media.codecs`: codec order for offers, and which codecs may be used.
     pub codecs: Vec<String>,
+    /// `media.max_transcoded_calls`: calls transcoded at once, at most.
+    pub max_transcoded: usize,
 }
 
 impl CallConfig {
@@ -78,6 +80,7 @@ impl CallConfig {
             rtp_ports: (20000, 29999),
             failover_after: Duration::from_secs(4),
             codecs: ["opus", "G722", "PCMU", "PCMA"].map(String::from).to_vec(),
+            max_transcoded: 100,
         }
     }
 }
@@ -97,7 +100,7 @@ impl Side {
         }
     }
 
-    fn other(self) -> Side {
+    pub(crate) fn other(self) -> Side {
         match self {
             Side::A => Side::B,
             Side::B => Side::A,
@@ -143,17 +146,37 @@ pub enum Action {
         payloads: PayloadMap,
         dtmf_as_info: bool,
     },
+    /// `toward` takes DTMF as SIP INFO (`info`), or as RFC 4733 events: the relays take the
+    /// other side's events out of plain streams and report them (see `handle_dtmf`).
+    DtmfMode { call: u64, toward: Side, info: bool },
     /// Send a DTMF key as RFC 4733 telephone events to `toward` on a stream
     /// (converted from a SIP INFO the other side sent).
     SendDtmf { call: u64, index: usize, toward: Side, event: u8, duration_ms: u32 },
-    /// Where one side announced it receives a stream (until its media arrives and latches),
-    /// and where that side's SIP comes from (media may come from and go to only there,
-    /// or to a LAN address its SDP names: see [`branchgate_rtp::Latch`]).
-    Peer { call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr },
+    /// Where one side receives a stream, as its SDP and SIP say.
+    Peer { call: u64, index: usize, side: Side, peer: MediaPeer },
     /// Close every relay of the call.
     Close { call: u64 },
     /// The call's record, once it ended.
     Record(CallRecord),
+}
+
+/// Where one side of a stream is, as its SDP and SIP say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaPeer {
+    /// The address its SDP announces for the stream (used until its media arrives and latches).
+    pub destination: Option<SocketAddr>,
+    /// Where that side's SIP comes from: media may come from and go to only there, or to a
+    /// LAN address its SDP names (see [`branchgate_rtp::Latch`]).
+    pub signalling: IpAddr,
+    /// The payload formats its SDP names (call details: codec, and the clock for the jitter).
+    pub formats: Vec<RtpMap>,
+}
+
+impl MediaPeer {
+    /// The announced RTCP address: the RTP port + 1 (RFC 3550 §11).
+    pub fn rtcp_destination(&self) -> Option<SocketAddr> {
+        self.destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1)))
+    }
 }
 
 /// A call detail record (times relative: the driver stamps wall-clock time).
@@ -754,7 +777,7 @@ impl B2bua {
         // A browser's offer is terminated here; the SIP side is offered plain RTP.
         let browser = offer.as_ref().filter(|o| webrtc::is_browser_offer(o)).cloned();
         let offer = match &browser {
-            Some(browser) => match webrtc::sip_offer(browser, CodecPreferences(&self.config.codecs)) {
+            Some(browser) => match webrtc::sip_offer(browser, CodecPreferences(&self.codec_preferences())) {
                 Ok(plain) => Some(plain),
                 Err(reason) => {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
@@ -793,7 +816,7 @@ impl B2bua {
             }
             (Some(offer), false, _) => Some(BrowserMedia::new(Side::A, offer)),
             (None, true, Some(offer)) => {
-                if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.config.codecs)) {
+                if let Err(reason) = webrtc::browser_offer_codecs(offer, CodecPreferences(&self.codec_preferences())) {
                     let response = with_warning(request.response(488, "Not Acceptable Here"), reason);
                     return self.sip.respond(now, &key, response);
                 }
@@ -856,6 +879,9 @@ impl B2bua {
                 dtmf_info: [from_trunk.as_ref().is_some_and(|t| t.dtmf_info), false],
             },
         );
+        if from_trunk.as_ref().is_some_and(|t| t.dtmf_info) {
+            self.actions.push_back(Action::DtmfMode { call: id, toward: Side::A, info: true });
+        }
         if let Some(offer) = offer {
             match self.anchor(id, Side::A, offer) {
                 Some(anchored) => {
@@ -955,7 +981,9 @@ impl B2bua {
         let local_tag = self.token();
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.destination = target.name();
-        call.dtmf_info[Side::B.index()] = matches!(&target, Target::Trunk { trunk, .. } if trunk.dtmf_info);
+        let info = matches!(&target, Target::Trunk { trunk, .. } if trunk.dtmf_info);
+        call.dtmf_info[Side::B.index()] = info;
+        self.actions.push_back(Action::DtmfMode { call: id, toward: Side::B, info });
         let display = call
             .a_request
             .get("From")
@@ -1180,8 +1208,12 @@ impl B2bua {
         }
         let signalling = leg(self.calls.get(&id)?, from)?.flow.remote.ip();
         for index in (0..count).filter(|_| browser_side != Some(from)) {
-            let destination = sdp.media_destination(index);
-            self.actions.push_back(Action::Peer { call: id, index, side: from, destination, signalling });
+            let peer = MediaPeer {
+                destination: sdp.media_destination(index),
+                signalling,
+                formats: sdp.media.get(index).map(|m| m.rtp_maps()).unwrap_or_default(),
+            };
+            self.actions.push_back(Action::Peer { call: id, index, side: from, peer });
         }
         let call = self.calls.get(&id)?;
         let to = from.other();
@@ -1207,12 +1239,33 @@ impl B2bua {
         }
     }
 
+    /// `media.codecs` for a new browser call: without Opus (the codec the box transcodes to and
+    /// from) while `media.max_transcoded_calls` calls are transcoded, so the call gets only
+    /// codecs that pass through, or is refused with 488 if there are none.
+    fn codec_preferences(&self) -> Vec<String> {
+        let transcoded = self
+            .calls
+            .values()
+            .filter(|c| c.browser.as_ref().and_then(|b| b.payloads).is_some_and(|p| p.transcode.is_some()))
+            .count();
+        let mut codecs = self.config.codecs.clone();
+        if transcoded >= self.config.max_transcoded {
+            codecs.retain(|c| !c.eq_ignore_ascii_case(branchgate_dsp::Codec::Opus.name()));
+            if codecs.is_empty() {
+                // An empty list would allow every codec: a name no codec has allows none.
+                codecs.push("-".into());
+            }
+        }
+        codecs
+    }
+
     /// The box's WebRTC offer to a browser callee, on the stream's B port.
     fn offer_browser(&mut self, now: Instant, id: u64, local_ip: IpAddr) -> Result<Vec<u8>, &'static str> {
+        let preferences = self.codec_preferences();
         let call = self.calls.get_mut(&id).ok_or("call gone")?;
         let ports = *call.streams.first().ok_or("no media stream")?;
         let browser = call.browser.as_mut().ok_or("no browser")?;
-        let codecs = webrtc::browser_offer_codecs(&browser.offer, CodecPreferences(&self.config.codecs))?;
+        let codecs = webrtc::browser_offer_codecs(&browser.offer, CodecPreferences(&preferences))?;
         let (leg, offer) = WebRtcLeg::offer(now, SocketAddr::new(local_ip, ports.b_port), &codecs)
             .map_err(|_| "the WebRTC session could not be set up")?;
         browser.offering = Some(Box::new(leg));
@@ -1237,6 +1290,7 @@ impl B2bua {
         let mut leg = browser.offering.take().ok_or("no WebRTC offer was made")?;
         leg.accept_answer(now, &sdp.to_string()).map_err(|e| e.to_string())?;
         let destination = browser.offer.media_destination(0);
+        let formats = browser.offer.media.first().map(|m| m.rtp_maps()).unwrap_or_default();
         answer.anchor(a_ip, &[ports.a_port]);
         let answer = answer.to_bytes();
         browser.answer = Some(answer.clone());
@@ -1252,7 +1306,8 @@ impl B2bua {
             dtmf_as_info,
         });
         // The caller's address, given again now that the relay exists.
-        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, destination, signalling });
+        let peer = MediaPeer { destination, signalling, formats };
+        self.actions.push_back(Action::Peer { call: id, index: 0, side: Side::A, peer });
         Ok(Some(answer))
     }
 
@@ -2095,29 +2150,43 @@ fn contact_of(leg: &Leg) -> String {
     format!("<sip:{}{transport}>", host_port(SocketAddr::new(leg.local_ip, leg.flow.local.port())))
 }
 
-/// The media type of a message's body (`Content-Type` without parameters, lower case).
+/// The longest key the box plays from a SIP INFO (a longer `Duration` is a mistake or abuse).
+const MAX_INFO_KEY_MS: u32 = 5000;
+
 /// The key and duration (ms) of a DTMF SIP INFO: `application/dtmf-relay`
-/// (`Signal=5` / `Duration=160` lines) or `application/dtmf` (the key alone).
+/// (`Signal=5` / `Duration=160` lines) or `application/dtmf` (the key alone). A signal
+/// is a key (`0`-`9`, `*`, `#`, `A`-`D`) or, as some PBXs send, its RFC 4733 event number
+/// (`10` is `*`, `11` is `#`).
 fn dtmf_of_info(request: &Message) -> Option<(u8, u32)> {
     let body = std::str::from_utf8(&request.body).ok()?;
-    let (mut key, mut duration) = (None, 160);
+    let (mut signal, mut duration) = (None, 160);
     match media_type(request).as_deref() {
         Some("application/dtmf-relay") => {
             for line in body.lines() {
                 let Some((name, value)) = line.split_once('=') else { continue };
                 match name.trim().to_ascii_lowercase().as_str() {
-                    "signal" => key = value.trim().chars().next(),
+                    "signal" => signal = Some(value.trim()),
                     "duration" => duration = value.trim().parse().unwrap_or(160),
                     _ => {}
                 }
             }
         }
-        Some("application/dtmf") => key = body.trim().chars().next(),
+        Some("application/dtmf") => signal = Some(body.trim()),
         _ => return None,
     }
-    Some((branchgate_rtp::dtmf_event(key?)?, duration))
+    let event = match signal?.parse::<u8>() {
+        Ok(number) => (number <= 15).then_some(number)?,
+        Err(_) => {
+            let mut chars = signal?.chars();
+            let key = chars.next()?;
+            chars.next().is_none().then_some(())?;
+            branchgate_rtp::dtmf_event(key)?
+        }
+    };
+    Some((event, duration.clamp(40, MAX_INFO_KEY_MS)))
 }
 
+/// The media type of a message's body (`Content-Type` without parameters, lower case).
 fn media_type(message: &Message) -> Option<String> {
     message.get("Content-Type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
@@ -2132,4 +2201,33 @@ fn sdp_of(message: &Message) -> Result<Option<SessionDescription>, String> {
         return Err("only application/sdp bodies are relayed".into());
     }
     SessionDescription::parse(&message.body).map(Some).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(content_type: &str, body: &str) -> Message {
+        let text = format!(
+            "INFO sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\n\
+To: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 2 INFO\r\nContent-Type: {content_type}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Message::parse(text.as_bytes()).expect("message")
+    }
+
+    #[test]
+    fn info_keys_by_name_or_event_number() {
+        let relay = |body: &str| dtmf_of_info(&info("application/dtmf-relay", body));
+        assert_eq!(relay("Signal=5\r\nDuration=160\r\n"), Some((5, 160)));
+        assert_eq!(relay("Signal= #\r\nDuration=250\r\n"), Some((11, 250)));
+        assert_eq!(relay("Signal=10\r\nDuration=100\r\n"), Some((10, 100)), "10 is *, not 1");
+        assert_eq!(relay("Signal=11\r\n"), Some((11, 160)), "11 is #");
+        assert_eq!(relay("Signal=16\r\n"), None, "16 is flash, not a key");
+        assert_eq!(relay("Signal=12x\r\n"), None);
+        assert_eq!(relay("Signal=5\r\nDuration=86400000\r\n"), Some((5, MAX_INFO_KEY_MS)), "capped");
+        assert_eq!(dtmf_of_info(&info("application/dtmf", "*")), Some((10, 160)));
+        assert_eq!(dtmf_of_info(&info("text/plain", "5")), None);
+    }
 }

@@ -18,6 +18,7 @@ use branchgate_sip::{Flow, Server, ServerConfig, Transport, UserKeys};
 pub use branchgate_streams::CertificateSource;
 use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop, spawn_connect, tls_acceptor};
 use rand::RngCore;
+pub use relay::LegQuality;
 use relay::{BrowserLeg, MediaEvent, MediaRelay};
 use std::collections::HashMap;
 use tokio::net::{TcpListener, UdpSocket};
@@ -62,6 +63,7 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
     let sip = &config.sip;
     let mut call = CallConfig::new(sip.domain.clone());
     call.codecs = config.media.codecs.clone();
+    call.max_transcoded = config.media.max_transcoded_calls as usize;
     for trunk in &sip.trunks {
         let transport = match trunk.transport {
             SipTransport::Udp => Transport::Udp,
@@ -100,7 +102,7 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
     call.emergency_numbers = sip.emergency_numbers.clone();
     call.advertise_ip = branchgate_streams::primary_ip();
     call.sip_port = sip.udp_port;
-    call.rtp_ports = (config.media.rtp_port_min, config.media.rtp_port_max);
+    call.rtp_ports = config.media.call_ports();
     call
 }
 
@@ -115,6 +117,10 @@ pub struct CallView {
     pub age_seconds: u64,
     pub packets_a_to_b: u64,
     pub packets_b_to_a: u64,
+    /// What the box receives from the caller (side A) and from the callee (side B): codec,
+    /// WebRTC or plain RTP, transcoded, loss, jitter, MOS. `None` until media flows.
+    pub caller_media: Option<relay::LegQuality>,
+    pub callee_media: Option<relay::LegQuality>,
 }
 
 /// A trunk's keepalive state for the admin UI.
@@ -339,9 +345,8 @@ pub async fn run(
                             tracing::warn!(call, error = %e, "media relay ports unavailable");
                         }
                     }
-                    Action::Peer { call, index, side, destination, signalling } => {
-                        relay.peer(call, index, side, destination, signalling)
-                    }
+                    Action::DtmfMode { call, toward, info } => relay.dtmf_mode(call, toward, info),
+                    Action::Peer { call, index, side, peer } => relay.peer(call, index, side, peer),
                     Action::SendDtmf { call, index, toward, event, duration_ms } => {
                         relay.send_dtmf(call, index, toward, event, duration_ms)
                     }
@@ -426,6 +431,7 @@ fn publish(monitor: &SipMonitor, b2bua: &B2bua, relay: &MediaRelay, now: Instant
             let count = |f: fn(&relay::Counters) -> &std::sync::atomic::AtomicU64| {
                 counters.as_deref().map(|c| f(c).load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0)
             };
+            let [caller_media, callee_media] = counters.as_deref().map(relay::Counters::quality).unwrap_or_default();
             CallView {
                 id: c.id,
                 caller: c.caller,
@@ -435,6 +441,8 @@ fn publish(monitor: &SipMonitor, b2bua: &B2bua, relay: &MediaRelay, now: Instant
                 age_seconds: c.age.as_secs(),
                 packets_a_to_b: count(|c| &c.a_to_b),
                 packets_b_to_a: count(|c| &c.b_to_a),
+                caller_media,
+                callee_media,
             }
         })
         .collect();

@@ -9,16 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use branchgate_dsp::{Frame, Transcoder};
+use branchgate_dsp::{Frame, JitterBuffer, Transcoder};
 use branchgate_rtp::{
-    Latch, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload, telephone_event_packets,
+    Latch, ReceptionStats, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload,
+    telephone_event_packets,
 };
+use branchgate_sdp::RtpMap;
 use branchgate_webrtc::{LegState, Rtp, WebRtcLeg};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::b2bua::{Side, StreamPorts};
+use crate::b2bua::{MediaPeer, Side, StreamPorts};
 use crate::webrtc::PayloadMap;
 
 /// Packets relayed per direction of one call (for the calls table and metrics),
@@ -29,6 +31,25 @@ pub struct Counters {
     pub b_to_a: AtomicU64,
     epoch: Instant,
     last_activity_ms: AtomicU64,
+    /// What the box receives from each side (A, B), as the relays last published it.
+    quality: std::sync::Mutex<[Option<LegQuality>; 2]>,
+}
+
+/// The media the box receives from one side of a call, for the call details.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LegQuality {
+    /// The codec that side sends (its SDP's name for the payload type, e.g. `PCMU`, `opus`).
+    pub codec: String,
+    /// A browser (ICE, DTLS-SRTP) rather than plain RTP.
+    pub webrtc: bool,
+    /// The box transcodes between this side's codec and the other side's.
+    pub transcoded: bool,
+    pub packets: u64,
+    pub lost: u64,
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+    /// ITU-T G.107 E-model estimate from the loss and jitter (see [`branchgate_rtp::mos`]).
+    pub mos: f64,
 }
 
 impl Counters {
@@ -38,7 +59,17 @@ impl Counters {
             b_to_a: AtomicU64::new(0),
             epoch: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            quality: std::sync::Mutex::new([None, None]),
         }
+    }
+
+    /// What the box receives from each side: `[A, B]`.
+    pub fn quality(&self) -> [Option<LegQuality>; 2] {
+        self.quality.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, side: Side, quality: LegQuality) {
+        self.quality.lock().unwrap_or_else(|p| p.into_inner())[side_index(side)] = Some(quality);
     }
 
     fn touch(&self) {
@@ -56,8 +87,12 @@ impl Counters {
 enum Control {
     Peer {
         side: Side,
-        destination: Option<SocketAddr>,
-        signalling: IpAddr,
+        peer: MediaPeer,
+    },
+    /// `toward` takes DTMF as SIP INFO (or no longer does).
+    DtmfMode {
+        toward: Side,
+        info: bool,
     },
     /// A DTMF key to send to `toward` as RFC 4733 events.
     Dtmf {
@@ -90,6 +125,15 @@ pub struct BrowserLeg {
 struct CallMedia {
     streams: HashMap<usize, (mpsc::UnboundedSender<Control>, JoinHandle<()>)>,
     counters: Arc<Counters>,
+    /// Per side (A, B): it takes DTMF as SIP INFO, so the other side's telephone events
+    /// are taken out of plain streams and reported instead of relayed.
+    dtmf_info: [bool; 2],
+}
+
+impl CallMedia {
+    fn new() -> CallMedia {
+        CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()), dtmf_info: [false; 2] }
+    }
 }
 
 /// Every call's relays; the driver's main loop owns it.
@@ -124,10 +168,7 @@ impl MediaRelay {
             bind(ports.b_port).await?,
             bind(ports.b_port + 1).await?,
         ];
-        let entry = self
-            .calls
-            .entry(call)
-            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
+        let entry = self.calls.entry(call).or_insert_with(CallMedia::new);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(relay_stream(
             sockets,
@@ -136,6 +177,7 @@ impl MediaRelay {
             self.events.clone(),
             call,
             self.timeout,
+            entry.dtmf_info,
         ));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
             old.abort();
@@ -163,10 +205,7 @@ impl MediaRelay {
             sip_rtp: bind(sip_port).await?,
             sip_rtcp: bind(sip_port + 1).await?,
         };
-        let entry = self
-            .calls
-            .entry(call)
-            .or_insert_with(|| CallMedia { streams: HashMap::new(), counters: Arc::new(Counters::new()) });
+        let entry = self.calls.entry(call).or_insert_with(CallMedia::new);
         let (to_sip, to_browser) = match payloads.transcode {
             Some(t) => (
                 Some(Transcoder::new(t.browser, t.sip, PTIME_MS).map_err(std::io::Error::other)?),
@@ -175,13 +214,35 @@ impl MediaRelay {
             None => (None, None),
         };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        // Transcoding needs the SIP side's packets in order (a passed-through stream is put in
+        // order by the browser's own jitter buffer).
+        let sip_jitter = to_browser.is_some().then(|| JitterBuffer::new(branchgate_dsp::jitter::DEFAULT_MAX_WAIT));
+        let transcoded = payloads.transcode.is_some();
+        let mut from_browser = Reception::new(side, true, transcoded);
+        if let Some(t) = payloads.transcode {
+            from_browser.formats.push(RtpMap {
+                payload_type: payloads.voice.browser,
+                name: t.browser.name().to_string(),
+                clock_rate: t.browser.rtp_clock(),
+                channels: 1,
+            });
+            from_browser.formats.extend(payloads.dtmf.map(|d| RtpMap {
+                payload_type: d.browser,
+                name: "telephone-event".into(),
+                clock_rate: payloads.browser_event_clock(),
+                channels: 1,
+            }));
+        }
         let stream = BrowserStream {
             leg,
             payloads,
+            sip_jitter,
+            from_browser,
+            from_sip: Reception::new(side.other(), false, transcoded),
             to_sip: Crossing::new(to_sip),
             to_browser: Crossing::new(to_browser),
             dtmf_as_info,
-            last_event: None,
+            keys: KeyReporter::default(),
             injected: VecDeque::new(),
             browser_side: side,
             counters: entry.counters.clone(),
@@ -203,9 +264,20 @@ impl MediaRelay {
         }
     }
 
-    pub fn peer(&mut self, call: u64, index: usize, side: Side, destination: Option<SocketAddr>, signalling: IpAddr) {
+    pub fn peer(&mut self, call: u64, index: usize, side: Side, peer: MediaPeer) {
         if let Some((control, _)) = self.calls.get(&call).and_then(|c| c.streams.get(&index)) {
-            let _ = control.send(Control::Peer { side, destination, signalling });
+            let _ = control.send(Control::Peer { side, peer });
+        }
+    }
+
+    /// Whether `toward` takes DTMF as SIP INFO (a trunk with `dtmf = "info"`): the other
+    /// side's telephone events on plain streams are then reported, not relayed. Given before
+    /// the streams open, and again when the call fails over to another trunk.
+    pub fn dtmf_mode(&mut self, call: u64, toward: Side, info: bool) {
+        let entry = self.calls.entry(call).or_insert_with(CallMedia::new);
+        entry.dtmf_info[side_index(toward)] = info;
+        for (control, _) in entry.streams.values() {
+            let _ = control.send(Control::DtmfMode { toward, info });
         }
     }
 
@@ -230,6 +302,95 @@ fn rtcp_destination(rtcp: &Latch, rtp: &Latch) -> Option<SocketAddr> {
     rtcp.destination().or_else(|| rtp.destination().map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))))
 }
 
+/// One side of a plain stream: the box's sockets facing it, where it is, what it sends.
+struct PlainSide {
+    side: Side,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    latch: Latch,
+    rtcp_latch: Latch,
+    reception: Reception,
+    keys: KeyReporter,
+}
+
+/// Datagrams read from one socket per wakeup at most: a busy socket cannot starve the others.
+const BURST: usize = 32;
+
+/// What every packet of a plain stream reports to.
+struct StreamContext<'a> {
+    counters: &'a Counters,
+    events: &'a mpsc::UnboundedSender<MediaEvent>,
+    call: u64,
+}
+
+impl PlainSide {
+    fn new(side: Side, rtp: UdpSocket, rtcp: UdpSocket) -> PlainSide {
+        PlainSide {
+            side,
+            rtp,
+            rtcp,
+            latch: Latch::new(),
+            rtcp_latch: Latch::new(),
+            reception: Reception::new(side, false, false),
+            keys: KeyReporter::default(),
+        }
+    }
+
+    fn signal(&mut self, peer: MediaPeer) {
+        self.latch.signal(peer.destination, peer.signalling);
+        self.rtcp_latch.signal(peer.rtcp_destination(), peer.signalling);
+        self.reception.formats = peer.formats;
+    }
+
+    /// The RTP waiting from this side, relayed to `other` — every datagram already there (up to
+    /// [`BURST`]), read without waiting: one wakeup serves a burst, and no read is tried on an
+    /// idle socket.
+    /// `other_takes_info`: the other side wants DTMF as SIP INFO (this side's events are reported).
+    async fn relay_rtp(
+        &mut self,
+        other: &PlainSide,
+        other_takes_info: bool,
+        buf: &mut [u8],
+        context: &StreamContext<'_>,
+    ) {
+        for _ in 0..BURST {
+            let Ok((len, source)) = self.rtp.try_recv_from(buf) else { return };
+            let now = Instant::now();
+            // Latched even while the other side is unknown: its answer may come any moment.
+            let accepted = self.latch.accept(now, source);
+            let Some(to) = other.latch.destination().filter(|_| accepted) else { continue };
+            let packet = &buf[..len];
+            if let (false, Ok(header)) = (is_rtcp(packet), parse_rtp(packet)) {
+                self.reception.received(now, &header, context.counters);
+                if other_takes_info && let Some(clock) = self.reception.event_clock(header.payload_type) {
+                    context.counters.touch();
+                    if let Some(key) = key_event(&mut self.keys, packet, &header, clock, context.call, self.side) {
+                        let _ = context.events.send(key);
+                    }
+                    continue;
+                }
+            }
+            context.counters.touch();
+            let counter = if self.side == Side::A { &context.counters.a_to_b } else { &context.counters.b_to_a };
+            counter.fetch_add(1, Ordering::Relaxed);
+            branchgate_streams::send_datagram(&other.rtp, packet, to).await;
+        }
+    }
+
+    /// The RTCP waiting from this side, relayed to `other`.
+    async fn relay_rtcp(&mut self, other: &PlainSide, buf: &mut [u8], context: &StreamContext<'_>) {
+        for _ in 0..BURST {
+            let Ok((len, source)) = self.rtcp.try_recv_from(buf) else { return };
+            if self.rtcp_latch.accept(Instant::now(), source)
+                && let Some(to) = rtcp_destination(&other.rtcp_latch, &other.latch)
+            {
+                context.counters.touch();
+                branchgate_streams::send_datagram(&other.rtcp, &buf[..len], to).await;
+            }
+        }
+    }
+}
+
 async fn relay_stream(
     sockets: [UdpSocket; 4],
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -237,57 +398,26 @@ async fn relay_stream(
     events: mpsc::UnboundedSender<MediaEvent>,
     call: u64,
     timeout: Duration,
+    mut dtmf_info: [bool; 2],
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
-    // Latches of where each side is, for RTP and RTCP.
-    let (mut a_latch, mut a_rtcp_latch) = (Latch::new(None), Latch::new(None));
-    let (mut b_latch, mut b_rtcp_latch) = (Latch::new(None), Latch::new(None));
-    let (mut buf_a, mut buf_b, mut buf_ac, mut buf_bc) = ([0u8; 2048], [0u8; 2048], [0u8; 1500], [0u8; 1500]);
+    let (mut a, mut b) = (PlainSide::new(Side::A, a_rtp, a_rtcp), PlainSide::new(Side::B, b_rtp, b_rtcp));
+    let context = StreamContext { counters: &counters, events: &events, call };
+    let mut buf = [0u8; 2048];
     let mut reported = false;
     let mut check = tokio::time::interval((timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
     loop {
+        // Readiness, then non-blocking reads: polling a `recv_from` on each of the four sockets
+        // at every wakeup cost a failed read on the idle ones.
         tokio::select! {
-            received = a_rtp.recv_from(&mut buf_a) => {
-                let Ok((len, source)) = received else { continue };
-                let now = Instant::now();
-                if a_latch.accept(now, source) && let Some(to) = b_latch.destination() {
-                    counters.touch();
-                    counters.a_to_b.fetch_add(1, Ordering::Relaxed);
-                    let _ = b_rtp.send_to(&buf_a[..len], to).await;
-                }
-            }
-            received = b_rtp.recv_from(&mut buf_b) => {
-                let Ok((len, source)) = received else { continue };
-                let now = Instant::now();
-                if b_latch.accept(now, source) && let Some(to) = a_latch.destination() {
-                    counters.touch();
-                    counters.b_to_a.fetch_add(1, Ordering::Relaxed);
-                    let _ = a_rtp.send_to(&buf_b[..len], to).await;
-                }
-            }
-            received = a_rtcp.recv_from(&mut buf_ac) => {
-                let Ok((len, source)) = received else { continue };
-                if a_rtcp_latch.accept(Instant::now(), source) && let Some(to) = rtcp_destination(&b_rtcp_latch, &b_latch) {
-                    counters.touch();
-                    let _ = b_rtcp.send_to(&buf_ac[..len], to).await;
-                }
-            }
-            received = b_rtcp.recv_from(&mut buf_bc) => {
-                let Ok((len, source)) = received else { continue };
-                if b_rtcp_latch.accept(Instant::now(), source) && let Some(to) = rtcp_destination(&a_rtcp_latch, &a_latch) {
-                    counters.touch();
-                    let _ = a_rtcp.send_to(&buf_bc[..len], to).await;
-                }
-            }
+            Ok(()) = a.rtp.readable() => a.relay_rtp(&b, dtmf_info[1], &mut buf, &context).await,
+            Ok(()) = b.rtp.readable() => b.relay_rtp(&a, dtmf_info[0], &mut buf, &context).await,
+            Ok(()) = a.rtcp.readable() => a.relay_rtcp(&b, &mut buf, &context).await,
+            Ok(()) = b.rtcp.readable() => b.relay_rtcp(&a, &mut buf, &context).await,
             command = control.recv() => match command {
-                Some(Control::Peer { side: Side::A, destination, signalling }) => {
-                    a_latch.signal(destination, signalling);
-                    a_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
-                }
-                Some(Control::Peer { side: Side::B, destination, signalling }) => {
-                    b_latch.signal(destination, signalling);
-                    b_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
-                }
+                Some(Control::Peer { side: Side::A, peer }) => a.signal(peer),
+                Some(Control::Peer { side: Side::B, peer }) => b.signal(peer),
+                Some(Control::DtmfMode { toward, info }) => dtmf_info[side_index(toward)] = info,
                 // Plain streams pass the callers' own events; the B2BUA relays INFO there.
                 Some(Control::Dtmf { .. }) => {}
                 None => return,
@@ -302,6 +432,124 @@ async fn relay_stream(
         }
     }
 }
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+/// Telephone events taken out of a stream for a side that takes DTMF as SIP INFO:
+/// one report per key, at its end (sent three times, RFC 4733 §2.5.1.4).
+#[derive(Debug, Default)]
+struct KeyReporter {
+    /// The timestamp of the last key reported.
+    last: Option<u32>,
+}
+
+impl KeyReporter {
+    /// The key and its duration in ms, once per key; `clock` is the events' RTP clock.
+    fn report(&mut self, payload: &[u8], timestamp: u32, clock: u32) -> Option<(u8, u32)> {
+        let event = TelephoneEvent::parse(payload)?;
+        if !event.end || self.last == Some(timestamp) {
+            return None;
+        }
+        self.last = Some(timestamp);
+        Some((event.event, u32::from(event.duration) * 1000 / clock.max(1)))
+    }
+}
+
+/// How often a relay publishes its reception statistics (a per-packet lock would cost
+/// more than the rest of the forwarding).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Reception statistics of what one side sends, published to the call's counters.
+#[derive(Debug)]
+struct Reception {
+    side: Side,
+    stats: ReceptionStats,
+    /// The side's payload formats (from its SDP).
+    formats: Vec<RtpMap>,
+    /// The payload type of the side's last voice packet.
+    payload_type: Option<u8>,
+    webrtc: bool,
+    transcoded: bool,
+    published: Option<Instant>,
+}
+
+impl Reception {
+    fn new(side: Side, webrtc: bool, transcoded: bool) -> Reception {
+        Reception {
+            side,
+            stats: ReceptionStats::default(),
+            formats: Vec::new(),
+            payload_type: None,
+            webrtc,
+            transcoded,
+            published: None,
+        }
+    }
+
+    fn format(&self, payload_type: u8) -> Option<&RtpMap> {
+        self.formats.iter().find(|f| f.payload_type == payload_type)
+    }
+
+    /// The clock of `payload_type` when it is this side's telephone events.
+    fn event_clock(&self, payload_type: u8) -> Option<u32> {
+        self.format(payload_type).filter(|f| f.name.eq_ignore_ascii_case("telephone-event")).map(|f| f.clock_rate)
+    }
+
+    /// A packet from this side (telephone events count for loss, not for the codec).
+    fn received(&mut self, now: Instant, header: &RtpHeader, counters: &Counters) {
+        let format = self.format(header.payload_type);
+        let clock = format.map_or(8000, |f| f.clock_rate);
+        if !format.is_some_and(|f| f.name.eq_ignore_ascii_case("telephone-event")) {
+            self.payload_type = Some(header.payload_type);
+        }
+        self.stats.received(now, header.ssrc, header.sequence, header.timestamp, clock);
+        if self.published.is_none_or(|at| now.saturating_duration_since(at) >= PUBLISH_EVERY) {
+            self.published = Some(now);
+            counters.publish(self.side, self.snapshot());
+        }
+    }
+
+    fn snapshot(&self) -> LegQuality {
+        let quality = self.stats.quality();
+        let codec = match self.payload_type {
+            Some(pt) => self.format(pt).map_or_else(|| format!("PT {pt}"), |f| f.name.clone()),
+            None => String::new(),
+        };
+        LegQuality {
+            mos: branchgate_rtp::mos(&codec, &quality),
+            codec,
+            webrtc: self.webrtc,
+            transcoded: self.transcoded,
+            packets: quality.packets,
+            lost: quality.lost,
+            loss_percent: (quality.loss_percent * 100.0).round() / 100.0,
+            jitter_ms: (quality.jitter_ms * 10.0).round() / 10.0,
+        }
+    }
+}
+
+/// A telephone event from `from` on a plain stream whose other side takes SIP INFO: not
+/// relayed; the key, once (at its end), for the B2BUA to send as INFO.
+fn key_event(
+    keys: &mut KeyReporter,
+    packet: &[u8],
+    header: &RtpHeader,
+    clock: u32,
+    call: u64,
+    from: Side,
+) -> Option<MediaEvent> {
+    let (event, duration_ms) = keys.report(rtp_payload(packet).ok()?, header.timestamp, clock)?;
+    Some(MediaEvent::Dtmf { call, from, event, duration_ms })
+}
+
+/// Packets of the box's own DTMF waiting to be sent on one stream: 32 keys (7 packets each).
+/// SIP INFOs arrive faster than keys play out; beyond this they are dropped, not queued.
+const MAX_QUEUED_DTMF_PACKETS: usize = 32 * 7;
 
 /// Silence between two keys the box sends back to back.
 const DTMF_GAP: Duration = Duration::from_millis(60);
@@ -354,6 +602,9 @@ struct Crossing {
     last_timestamp: u32,
     /// The timestamp every packet of the event the box is sending carries (RFC 4733 §2.5.1.2).
     event_timestamp: u32,
+    /// The SSRC of the packets crossing: another one (a PBX transferring the call or
+    /// restarting its media) continues the box's sequence instead of jumping it.
+    source: Option<u32>,
     frames: Vec<Frame>,
 }
 
@@ -365,6 +616,7 @@ impl Crossing {
             last_sequence: None,
             last_timestamp: 0,
             event_timestamp: 0,
+            source: None,
             frames: Vec::new(),
         }
     }
@@ -392,6 +644,7 @@ impl Crossing {
         self.offset = self.offset.wrapping_add(1);
         let sequence = self.next_sequence();
         Rtp {
+            ssrc: self.source.unwrap_or_default(),
             payload_type,
             sequence,
             timestamp: self.event_timestamp,
@@ -402,7 +655,15 @@ impl Crossing {
 
     /// `rtp` for the other leg, where it is `payload_type`; what to send is
     /// appended to `out`.
-    fn cross(&mut self, rtp: Rtp, payload_type: u8, kind: Payload, out: &mut Vec<Rtp>) {
+    fn cross(&mut self, mut rtp: Rtp, payload_type: u8, kind: Payload, out: &mut Vec<Rtp>) {
+        if self.source.is_some_and(|source| source != rtp.ssrc)
+            && let Some(last) = self.last_sequence
+        {
+            // Passed packets of the new source follow the last one sent, marked as a new talkspurt.
+            self.offset = last.wrapping_add(1).wrapping_sub(rtp.sequence);
+            rtp.marker = true;
+        }
+        self.source = Some(rtp.ssrc);
         if kind != Payload::Event {
             self.last_timestamp = rtp.timestamp;
         }
@@ -426,11 +687,18 @@ impl Crossing {
                 payload[..4].copy_from_slice(&event.to_bytes());
             }
             let sequence = self.next_sequence();
-            out.push(Rtp { payload_type, sequence, timestamp, marker: rtp.marker, payload: payload.into() });
+            out.push(Rtp {
+                ssrc: rtp.ssrc,
+                payload_type,
+                sequence,
+                timestamp,
+                marker: rtp.marker,
+                payload: payload.into(),
+            });
             return;
         }
         self.frames.clear();
-        if let Err(e) = transcoder.push(rtp.sequence, rtp.timestamp, &rtp.payload, &mut self.frames) {
+        if let Err(e) = transcoder.push(rtp.ssrc, rtp.sequence, rtp.timestamp, &rtp.payload, &mut self.frames) {
             tracing::debug!(error = %e, "undecodable voice packet dropped");
             return;
         }
@@ -439,6 +707,7 @@ impl Crossing {
             let sequence = self.next_sequence();
             self.last_timestamp = frame.timestamp;
             out.push(Rtp {
+                ssrc: rtp.ssrc,
                 payload_type,
                 sequence,
                 timestamp: frame.timestamp,
@@ -453,6 +722,11 @@ impl Crossing {
 struct BrowserStream {
     leg: Box<WebRtcLeg>,
     payloads: PayloadMap,
+    /// The SIP side's packets (voice and events: one sequence) put back in order before
+    /// transcoding; `None` when the stream is passed through.
+    sip_jitter: Option<JitterBuffer<(Rtp, u8, Payload)>>,
+    from_browser: Reception,
+    from_sip: Reception,
     to_sip: Crossing,
     to_browser: Crossing,
     browser_side: Side,
@@ -462,8 +736,8 @@ struct BrowserStream {
     timeout: Duration,
     /// The other side takes DTMF as SIP INFO: the browser's events are reported, not relayed.
     dtmf_as_info: bool,
-    /// The timestamp of the browser's last event reported (its end is sent three times).
-    last_event: Option<u32>,
+    /// The browser's keys reported for SIP INFO.
+    keys: KeyReporter,
     /// The box's own DTMF packets to the SIP side, with when each is due.
     injected: VecDeque<(Instant, u8, bool, [u8; 4])>,
 }
@@ -472,14 +746,23 @@ impl BrowserStream {
     /// A browser's telephone event, reported once per key (at its end) for
     /// the B2BUA to send as SIP INFO.
     fn report_event(&mut self, rtp: &Rtp) {
-        let Some(event) = TelephoneEvent::parse(&rtp.payload) else { return };
-        if !event.end || self.last_event == Some(rtp.timestamp) {
-            return;
+        let clock = self.payloads.browser_event_clock();
+        if let Some((event, duration_ms)) = self.keys.report(&rtp.payload, rtp.timestamp, clock) {
+            let _ = self.events.send(MediaEvent::Dtmf { call: self.call, from: self.browser_side, event, duration_ms });
         }
-        self.last_event = Some(rtp.timestamp);
-        let duration_ms = u32::from(event.duration) * 1000 / self.payloads.browser_event_clock();
-        let dtmf = MediaEvent::Dtmf { call: self.call, from: self.browser_side, event: event.event, duration_ms };
-        let _ = self.events.send(dtmf);
+    }
+
+    /// What is ready for the browser: the packets crossed, and those the jitter buffer lets go.
+    fn send_to_browser(&mut self, crossing: &mut Vec<Rtp>) {
+        let now = Instant::now();
+        while let Some((rtp, payload_type, kind)) = self.sip_jitter.as_mut().and_then(|jitter| jitter.pop(now)) {
+            self.to_browser.cross(rtp, payload_type, kind, crossing);
+        }
+        for rtp in crossing.drain(..) {
+            if let Err(e) = self.leg.send_rtp(now, rtp) {
+                tracing::debug!(call = self.call, error = %e, "RTP not sent to the browser");
+            }
+        }
     }
 
     /// Counts one packet from the browser (`true`) or to it.
@@ -501,7 +784,7 @@ async fn relay_browser_stream(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     let BrowserSockets { browser, sip_rtp, sip_rtcp } = sockets;
-    let (mut sip_latch, mut sip_rtcp_latch) = (Latch::new(None), Latch::new(None));
+    let (mut sip_latch, mut sip_rtcp_latch) = (Latch::new(), Latch::new());
     let sip_ssrc: u32 = rand::random();
     let (mut buf_browser, mut buf_sip, mut buf_rtcp) = ([0u8; 2048], [0u8; 2048], [0u8; 1500]);
     let mut packet = Vec::with_capacity(1500);
@@ -513,6 +796,14 @@ async fn relay_browser_stream(
             let _ = browser.send_to(&data, to).await;
         }
         while let Some(rtp) = stream.leg.poll_rtp() {
+            let header = RtpHeader {
+                payload_type: rtp.payload_type,
+                marker: rtp.marker,
+                sequence: rtp.sequence,
+                timestamp: rtp.timestamp,
+                ssrc: rtp.ssrc,
+            };
+            stream.from_browser.received(Instant::now(), &header, &stream.counters);
             let (Some(payload_type), Some(to)) = (stream.payloads.to_sip(rtp.payload_type), sip_latch.destination())
             else {
                 continue;
@@ -559,6 +850,7 @@ async fn relay_browser_stream(
         }
         let wake = stream.leg.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let wake = stream.injected.front().map_or(wake, |(due, ..)| wake.min(*due));
+        let wake = stream.sip_jitter.as_ref().and_then(JitterBuffer::deadline).map_or(wake, |due| wake.min(due));
         tokio::select! {
             received = browser.recv_from(&mut buf_browser) => {
                 let Ok((len, source)) = received else { continue };
@@ -571,22 +863,27 @@ async fn relay_browser_stream(
                     continue;
                 }
                 let (Ok(header), Ok(payload)) = (parse_rtp(data), rtp_payload(data)) else { continue };
+                stream.from_sip.received(Instant::now(), &header, &stream.counters);
                 let Some(payload_type) = stream.payloads.to_browser(header.payload_type) else { continue };
                 let rtp = Rtp {
+                    ssrc: header.ssrc,
                     payload_type: header.payload_type,
                     sequence: header.sequence,
                     timestamp: header.timestamp,
                     marker: header.marker,
                     payload: bytes::Bytes::copy_from_slice(payload),
                 };
-                let event = stream.payloads.dtmf.is_some_and(|d| d.sip == header.payload_type);
+                let kind = if stream.payloads.dtmf.is_some_and(|d| d.sip == header.payload_type) {
+                    Payload::Event
+                } else {
+                    Payload::Voice
+                };
                 stream.count(false);
-                stream.to_browser.cross(rtp, payload_type, if event { Payload::Event } else { Payload::Voice }, &mut crossing);
-                for rtp in crossing.drain(..) {
-                    if let Err(e) = stream.leg.send_rtp(Instant::now(), rtp) {
-                        tracing::debug!(call = stream.call, error = %e, "RTP not sent to the browser");
-                    }
+                match stream.sip_jitter.as_mut() {
+                    Some(jitter) => jitter.push(Instant::now(), header.ssrc, header.sequence, (rtp, payload_type, kind)),
+                    None => stream.to_browser.cross(rtp, payload_type, kind, &mut crossing),
                 }
+                stream.send_to_browser(&mut crossing);
             }
             received = sip_rtcp.recv_from(&mut buf_rtcp) => {
                 let Ok((_, source)) = received else { continue };
@@ -594,16 +891,33 @@ async fn relay_browser_stream(
                     stream.counters.touch();
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => stream.leg.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(wake.into()) => {
+                stream.leg.handle_timeout(Instant::now());
+                stream.send_to_browser(&mut crossing);
+            }
             command = control.recv() => match command {
-                Some(Control::Peer { side, destination, signalling }) if side != stream.browser_side => {
-                    sip_latch.signal(destination, signalling);
-                    sip_rtcp_latch.signal(destination.map(|d| SocketAddr::new(d.ip(), d.port().wrapping_add(1))), signalling);
+                Some(Control::Peer { side, peer }) if side != stream.browser_side => {
+                    sip_latch.signal(peer.destination, peer.signalling);
+                    sip_rtcp_latch.signal(peer.rtcp_destination(), peer.signalling);
+                    if stream.payloads.transcode.is_none() {
+                        // Passed through: the browser sends the SIP side's codecs under its own numbers.
+                        stream.from_browser.formats = peer
+                            .formats
+                            .iter()
+                            .filter_map(|f| {
+                                let browser = stream.payloads.to_browser(f.payload_type)?;
+                                Some(RtpMap { payload_type: browser, ..f.clone() })
+                            })
+                            .collect();
+                    }
+                    stream.from_sip.formats = peer.formats;
                 }
                 Some(Control::Peer { .. }) => {}
                 Some(Control::Dtmf { toward, event, duration_ms }) if toward != stream.browser_side => {
                     // The SIP side's telephone events are always 8 kHz (see `webrtc::is_dtmf`).
-                    if let Some(dtmf) = stream.payloads.dtmf {
+                    if stream.injected.len() >= MAX_QUEUED_DTMF_PACKETS {
+                        tracing::info!(call = stream.call, "DTMF key dropped: too many keys queued (INFO flood?)");
+                    } else if let Some(dtmf) = stream.payloads.dtmf {
                         let start = stream.injected.back().map_or_else(Instant::now, |(due, ..)| *due + DTMF_GAP);
                         for (after, marker, payload) in telephone_event_packets(event, duration_ms, 8000) {
                             stream.injected.push_back((start + after, dtmf.sip, marker, payload));
@@ -611,6 +925,8 @@ async fn relay_browser_stream(
                     }
                 }
                 Some(Control::Dtmf { .. }) => {}
+                // A browser stream's DTMF mode is fixed when it opens (`dtmf_as_info`).
+                Some(Control::DtmfMode { .. }) => {}
                 None => return,
             },
             _ = check.tick() => {
@@ -627,12 +943,16 @@ async fn relay_browser_stream(
 mod tests {
     use super::*;
 
+    /// An empty PCMU packet of `ssrc` with `sequence`.
+    fn packet(ssrc: u32, sequence: u16) -> Rtp {
+        Rtp { ssrc, payload_type: 0, sequence, timestamp: 0, marker: false, payload: bytes::Bytes::new() }
+    }
+
     #[test]
     fn the_boxs_own_packets_follow_the_passed_ones_whatever_their_numbers() {
         for first in [0u16, 1000, 32768, 40000, 65535] {
             let mut crossing = Crossing::new(None);
-            let rtp =
-                |sequence| Rtp { payload_type: 0, sequence, timestamp: 0, marker: false, payload: bytes::Bytes::new() };
+            let rtp = |sequence| packet(7, sequence);
             let mut out = Vec::new();
             crossing.cross(rtp(first), 0, Payload::Voice, &mut out);
             let own = crossing.own(101, true, &[1, 10, 0, 0]);
@@ -640,5 +960,19 @@ mod tests {
             assert_eq!(own.sequence, out[0].sequence.wrapping_add(1), "first {first}");
             assert_eq!(out[1].sequence, own.sequence.wrapping_add(1), "first {first}");
         }
+    }
+
+    #[test]
+    fn a_new_source_passed_through_continues_the_sequence() {
+        let mut crossing = Crossing::new(None);
+        let rtp = packet;
+        let mut out = Vec::new();
+        crossing.cross(rtp(1, 5000), 0, Payload::Voice, &mut out);
+        crossing.cross(rtp(1, 5001), 0, Payload::Voice, &mut out);
+        crossing.cross(rtp(2, 17), 0, Payload::Voice, &mut out);
+        crossing.cross(rtp(2, 18), 0, Payload::Voice, &mut out);
+        let sequences: Vec<u16> = out.iter().map(|r| r.sequence.wrapping_sub(out[0].sequence)).collect();
+        assert_eq!(sequences, [0, 1, 2, 3]);
+        assert!(out[2].marker && !out[3].marker);
     }
 }

@@ -2,8 +2,9 @@
 //! terminates the browser's DTLS-SRTP (see `branchgate_webrtc`) and offers
 //! the SIP side a plain `RTP/AVP` stream. Codecs both legs speak (G.711 and
 //! G.722 are WebRTC codecs too) pass through untouched; a browser that
-//! speaks only Opus gets Opus, transcoded on the box to the G.711 the SIP
-//! side chose (`branchgate_dsp`). Payload types are renumbered between the
+//! speaks only Opus gets Opus, transcoded on the box to the G.722 or G.711
+//! the SIP side chose (`branchgate_dsp`; G.722 first by default: wideband
+//! both ways). Payload types are renumbered between the
 //! legs as each side named them. `media.codecs` orders the codecs and says
 //! which may be used at all.
 
@@ -14,8 +15,9 @@ use branchgate_webrtc::AudioCodec;
 /// Encodings a browser and a plain SIP phone both speak: passed through as they are.
 const PASSTHROUGH: [(&str, u32); 3] = [("PCMU", 8000), ("PCMA", 8000), ("G722", 8000)];
 
-/// What the SIP side may be offered for a browser's Opus, with their static payload types.
-const TRANSCODABLE: [(u8, Codec); 2] = [(0, Codec::Pcmu), (8, Codec::Pcma)];
+/// What the SIP side may be offered for a browser's Opus, with their static payload types
+/// (in `media.codecs` order when offered).
+const TRANSCODABLE: [(u8, Codec); 3] = [(9, Codec::G722), (0, Codec::Pcmu), (8, Codec::Pcma)];
 
 /// Opus parameters towards a browser (RFC 7587 §7): 10 ms frames allowed, FEC welcome.
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
@@ -155,8 +157,8 @@ fn session_header() -> String {
 
 /// The offer the SIP side gets for a browser's offer: one plain audio
 /// stream with the browser's passthrough codecs (preferred order), then, if
-/// the browser speaks Opus, the G.711 laws it lacks (transcoded), and
-/// telephone events.
+/// the browser speaks Opus, the G.722 and G.711 laws it lacks (transcoded),
+/// and telephone events.
 pub fn sip_offer(
     browser: &SessionDescription,
     preferences: CodecPreferences,
@@ -236,7 +238,7 @@ fn audio_codec(map: &RtpMap, fmtp: &str) -> AudioCodec {
 /// What the box offers a browser for a SIP caller's offer: the caller's
 /// passthrough codecs (preferred order) with its payload types, so the
 /// browser answers with the same numbers; Opus after them when the caller
-/// speaks G.711 (transcoded if the browser picks it); telephone events.
+/// speaks G.711 or G.722 (transcoded if the browser picks it); telephone events.
 pub fn browser_offer_codecs(
     sip: &SessionDescription,
     preferences: CodecPreferences,
@@ -248,9 +250,9 @@ pub fn browser_offer_codecs(
         .iter()
         .map(|m| audio_codec(m, ""))
         .collect();
-    let g711 =
+    let transcodable =
         maps.iter().any(|m| TRANSCODABLE.iter().any(|(_, c)| Codec::from_rtpmap(&m.name, m.clock_rate) == Some(*c)));
-    if g711 && preferences.rank(Codec::Opus.name()).is_some() {
+    if transcodable && preferences.rank(Codec::Opus.name()).is_some() {
         // Opus's usual number unless the caller's offer already uses it.
         let taken = |pt: &u8| media.formats.iter().any(|f| f.parse::<u8>().ok() == Some(*pt));
         if let Some(payload_type) = std::iter::once(111).chain(96..=127).find(|pt| !taken(pt)) {
@@ -267,7 +269,7 @@ pub fn browser_offer_codecs(
 
 /// The SIP caller's answer once the browser answered the box's offer: the
 /// codec the browser chose (first in its answer), passed through, or the
-/// caller's first G.711 law transcoded when the browser chose Opus;
+/// caller's first G.722/G.711 codec transcoded when the browser chose Opus;
 /// telephone events when both have them (not yet on a transcoded call);
 /// every other stream of the caller's offer declined (port 0).
 pub fn sip_answer(
@@ -285,7 +287,7 @@ pub fn sip_answer(
             let (voice, codec) = offered_maps
                 .iter()
                 .find_map(|m| Codec::from_rtpmap(&m.name, m.clock_rate).filter(|c| *c != Codec::Opus).map(|c| (m, c)))
-                .ok_or("the caller offered no G.711 to transcode the browser's Opus to")?;
+                .ok_or("the caller offered no G.711 or G.722 to transcode the browser's Opus to")?;
             (voice, Some(Transcode { browser: Codec::Opus, sip: codec }))
         } else {
             return Err("the browser answered with no codec the caller offered");
@@ -445,7 +447,7 @@ m=video 4002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n",
     }
 
     #[test]
-    fn a_browser_with_only_opus_is_transcoded_to_the_g711_the_sip_side_chose() {
+    fn a_browser_with_only_opus_is_transcoded_to_the_g722_or_g711_the_sip_side_chose() {
         let opus_only = SessionDescription::parse(
             b"v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 110 126\r\na=fingerprint:sha-256 AA\r\n\
 a=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 telephone-event/8000\r\n",
@@ -453,7 +455,7 @@ a=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 
         .expect("offer");
         let all = preferences(&["opus", "G722", "PCMU", "PCMA"]);
         let offer = sip_offer(&opus_only, CodecPreferences(&all)).expect("sip offer");
-        assert_eq!(offer.media[0].formats, ["0", "8", "126"], "G.711 laws to transcode to, then DTMF");
+        assert_eq!(offer.media[0].formats, ["9", "0", "8", "126"], "G.722 and G.711 to transcode to, then DTMF");
         let answer = SessionDescription::parse(
             b"v=0\r\nc=IN IP4 192.0.2.5\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n",
         )
@@ -471,6 +473,12 @@ a=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 
         let chromium = SessionDescription::parse(CHROMIUM_OFFER.as_bytes()).expect("offer");
         let (_, map) = browser_codecs(&chromium, &answer).expect("codecs");
         assert_eq!(map.transcode, None);
+        // A wideband phone that picks G.722: Opus <-> G.722, wideband both ways.
+        let g722 =
+            SessionDescription::parse(b"v=0\r\nc=IN IP4 192.0.2.5\r\nm=audio 4000 RTP/AVP 9\r\n").expect("answer");
+        let (_, map) = browser_codecs(&opus_only, &g722).expect("codecs");
+        assert_eq!(map.transcode, Some(Transcode { browser: Codec::Opus, sip: Codec::G722 }));
+        assert_eq!(map.to_sip(111), Some(9));
     }
 
     #[test]

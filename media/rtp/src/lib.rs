@@ -1,6 +1,11 @@
 //! RTP/RTCP for the box, sans-IO: just enough of the packet to tell RTP from
 //! RTCP and to count streams (RFC 3550, RFC 5761), and the symmetric-RTP
-//! latch that finds a phone's real address behind NAT (RFC 4961 practice).
+//! latch that finds a phone's real address behind NAT (RFC 4961 practice),
+//! and reception quality (loss, jitter, MOS) for the call details.
+
+pub mod quality;
+
+pub use quality::{ReceptionStats, StreamQuality, mos};
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -156,7 +161,7 @@ pub fn is_rtcp(packet: &[u8]) -> bool {
 /// NAT sends from its public mapping). Once latched, other sources are
 /// ignored (nobody can hijack the stream mid-call) unless the latched source
 /// has been silent for [`RELATCH_AFTER`] (the phone's NAT mapping changed).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Latch {
     signalled: Option<SocketAddr>,
     latched: Option<SocketAddr>,
@@ -182,8 +187,11 @@ fn local_scope(ip: IpAddr) -> bool {
 pub const RELATCH_AFTER: Duration = Duration::from_secs(2);
 
 impl Latch {
-    pub fn new(signalled: Option<SocketAddr>) -> Self {
-        Latch { signalled, latched: None, last_heard: None, allowed: Vec::new() }
+    /// A side nobody has signalled yet: it refuses everything until [`Latch::signal`] (while a
+    /// call rings, its callee's port is open and anyone — a TURN user, a scanner — could
+    /// otherwise latch it and inject media into the caller's ear).
+    pub fn new() -> Self {
+        Latch::default()
     }
 
     /// New SDP from this side (the offer, or a re-INVITE) and where its SIP comes from:
@@ -203,7 +211,7 @@ impl Latch {
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
-        self.allowed.is_empty() || self.allowed.contains(&ip)
+        self.allowed.contains(&ip)
     }
 
     /// A packet arrived from `source`; `false` means drop it.
@@ -302,7 +310,9 @@ mod tests {
     #[test]
     fn latch_follows_the_first_source_and_refuses_hijack() {
         let t0 = Instant::now();
-        let mut latch = Latch::new(Some(addr("10.0.0.5:4000")));
+        let mut latch = Latch::new();
+        assert!(!latch.accept(t0, addr("198.51.100.7:61000")), "nothing is accepted before the side is signalled");
+        latch.signal(Some(addr("10.0.0.5:4000")), "198.51.100.7".parse().expect("ip"));
         assert_eq!(latch.destination(), Some(addr("10.0.0.5:4000")));
         assert!(latch.accept(t0, addr("198.51.100.7:61000")), "the NAT's public mapping");
         assert_eq!(latch.destination(), Some(addr("198.51.100.7:61000")));
@@ -319,14 +329,14 @@ mod tests {
     #[test]
     fn only_the_sides_own_addresses_latch_or_receive() {
         let t0 = Instant::now();
-        let mut latch = Latch::new(None);
+        let mut latch = Latch::new();
         // A phone behind NAT: SIP from its public address, SDP with its LAN address.
         latch.signal(Some(addr("192.168.1.20:4000")), "198.51.100.7".parse().expect("ip"));
         assert_eq!(latch.destination(), Some(addr("192.168.1.20:4000")), "a LAN address is fine to try");
         assert!(!latch.accept(t0, addr("203.0.113.66:5000")), "a stranger cannot latch");
         assert!(latch.accept(t0, addr("198.51.100.7:61000")));
         // A caller pointing the media at a public victim gets nothing sent there.
-        let mut latch = Latch::new(None);
+        let mut latch = Latch::new();
         latch.signal(Some(addr("203.0.113.99:9")), "198.51.100.7".parse().expect("ip"));
         assert_eq!(latch.destination(), None, "no media to an address only the SDP names");
         assert!(latch.accept(t0, addr("198.51.100.7:4000")));

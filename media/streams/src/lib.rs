@@ -85,6 +85,17 @@ pub fn primary_ip() -> std::net::IpAddr {
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
+/// Sends a datagram at once when the socket buffer has room (nearly always) and waits for
+/// room otherwise: a burst the kernel cannot take at once is delayed, not lost. Other send
+/// errors (an unreachable destination) drop the datagram, as a router would.
+pub async fn send_datagram(socket: &tokio::net::UdpSocket, packet: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.try_send_to(packet, to)
+        && e.kind() == std::io::ErrorKind::WouldBlock
+    {
+        let _ = socket.send_to(packet, to).await;
+    }
+}
+
 /// Turns a connection's framing off (see [`StreamEvent::Opened`]).
 pub type RawSwitch = std::sync::Arc<std::sync::atomic::AtomicBool>;
 

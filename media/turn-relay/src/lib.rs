@@ -46,6 +46,7 @@ pub fn own_ports(config: &branchgate_config::Config) -> Vec<u16> {
     let mut ports = vec![
         config.network.admin_https_port,
         config.network.admin_http_port,
+        config.network.rtsp_port,
         config.sip.udp_port,
         config.sip.tcp_port,
         config.sip.tls_port,
@@ -81,6 +82,10 @@ pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
     config.max_allocations = turn.total_quota as usize;
     config.policy.own_ports = own_ports(box_config);
     config.policy.media_ports = Some((box_config.media.rtp_port_min, box_config.media.rtp_port_max));
+    // Where the gateway and the camera viewers offer media: the address they advertise and
+    // the public mapping browsers behind NAT are told about.
+    config.policy.media_addresses =
+        [Some(branchgate_streams::primary_ip()), turn.external_ip].into_iter().flatten().collect();
     config
 }
 
@@ -219,12 +224,19 @@ fn listeners_changed(old: &TurnConfig, new: &TurnConfig) -> bool {
     old.udp_port != new.udp_port || old.tcp_port != new.tcp_port || old.tls_port != new.tls_port || !new.enabled
 }
 
-/// Sends to a client on its transport; drops when the way is full (like any router).
-fn to_client(udp: &UdpSocket, streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>, tuple: FiveTuple, data: &[u8]) {
+/// Datagrams handled per wakeup at most, so one busy source cannot starve the rest.
+const BURST: usize = 64;
+
+/// Sends to a client on its transport: UDP waits for socket room (a burst is delayed, not lost);
+/// a TCP/TLS client's queue drops when full, so one slow client never holds up the rest.
+async fn to_client(
+    udp: &UdpSocket,
+    streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    tuple: FiveTuple,
+    data: &[u8],
+) {
     match tuple.transport {
-        Transport::Udp => {
-            let _ = udp.try_send_to(data, tuple.client);
-        }
+        Transport::Udp => branchgate_streams::send_datagram(udp, data, tuple.client).await,
         Transport::Tcp | Transport::Tls => {
             if let Some(writer) = streams.get(&tuple) {
                 let _ = writer.try_send(data.to_vec());
@@ -233,7 +245,7 @@ fn to_client(udp: &UdpSocket, streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>
     }
 }
 
-fn forward(
+async fn forward(
     forward: Forward<'_>,
     udp: &UdpSocket,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
@@ -242,10 +254,10 @@ fn forward(
     match forward {
         Forward::ToPeer { relay_port, peer, payload } => {
             if let Some(relay) = relays.get(&relay_port) {
-                let _ = relay.socket.try_send_to(payload, peer);
+                branchgate_streams::send_datagram(&relay.socket, payload, peer).await;
             }
         }
-        Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet),
+        Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet).await,
         Forward::None => {}
     }
 }
@@ -274,11 +286,20 @@ async fn serve(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let restart = loop {
         tokio::select! {
-            received = udp.recv_from(&mut buf) => {
-                let (len, client) = received?;
-                let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
-                let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
-                forward(result, udp, &streams, &relays);
+            // Readiness, then every datagram already there (up to a burst): one wakeup serves
+            // many, and the idle listener is not read at every turn of the loop.
+            readable = udp.readable() => {
+                readable?;
+                for _ in 0..BURST {
+                    let (len, client) = match udp.try_recv_from(&mut buf) {
+                        Ok(received) => received,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
+                    let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
+                    forward(result, udp, &streams, &relays).await;
+                }
             }
             Some(event) = stream_rx.recv() => match event {
                 StreamEvent::Opened { connection, writer, raw } => {
@@ -292,7 +313,7 @@ async fn serve(
                         Some(peer) => if !tcp_relays.to_peer(peer, data) { server.peer_closed(peer) },
                         None => {
                             let result = server.handle_client_packet(Instant::now(), tuple, &data);
-                            forward(result, udp, &streams, &relays);
+                            forward(result, udp, &streams, &relays).await;
                         }
                     }
                 }
@@ -305,8 +326,16 @@ async fn serve(
             },
             Some(event) = tcp_rx.recv() => tcp::handle_event(&mut server, &mut tcp_relays, &streams, event),
             Some(mut packet) = peer_rx.recv() => {
-                let result = server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
-                forward(result, udp, &streams, &relays);
+                // This one and the others already queued, without going round the loop for each.
+                for _ in 0..BURST {
+                    let result =
+                        server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
+                    forward(result, udp, &streams, &relays).await;
+                    match peer_rx.try_recv() {
+                        Ok(next) => packet = next,
+                        Err(_) => break,
+                    }
+                }
             }
             _ = tick.tick() => {
                 server.handle_timeout(Instant::now());

@@ -88,10 +88,22 @@ pub struct PeerPolicy {
     /// The box's own service ports (admin UI, SIP, TURN, metrics): never reachable
     /// through the relay on the box itself, even where `allowed` opens the address.
     pub own_ports: Vec<u16>,
-    /// The box's media ports (`media.rtp_port_min..=max`), open on the box's own
-    /// non-loopback addresses: a browser behind a NAT reaches the box's calls
+    /// The box's media ports (`media.rtp_port_min..=max`), open to UDP relays on
+    /// [`PeerPolicy::media_addresses`]: a browser behind a NAT reaches the box's calls
     /// and camera viewers through the relay, which is why the box has one.
     pub media_ports: Option<(u16, u16)>,
+    /// The addresses the box's media is offered on (its SDP/ICE address and its public
+    /// mapping) — not every address it has: its management, VPN and link-local
+    /// addresses stay closed.
+    pub media_addresses: Vec<IpAddr>,
+}
+
+/// What a relayed connection to a peer carries: the box's media ports take UDP only
+/// (RFC 6062 TCP connections to them serve no call and would reach its RTP sockets' neighbours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayProtocol {
+    Udp,
+    Tcp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +124,7 @@ impl PeerPolicy {
         ip.is_loopback() || self.own_addresses.iter().any(|own| canonical(*own) == ip)
     }
 
-    pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
+    pub fn check(&self, peer: SocketAddr, protocol: RelayProtocol) -> Result<(), Denied> {
         let ip = canonical(peer.ip());
         if never_allowed(ip) || never_allowed(peer.ip()) {
             return Err(Denied::Unspecified);
@@ -120,9 +132,10 @@ impl PeerPolicy {
         if self.own_ports.contains(&peer.port()) && self.is_self(ip) {
             return Err(Denied::OwnService);
         }
-        if self.media_ports.is_some_and(|(first, last)| (first..=last).contains(&peer.port()))
+        if protocol == RelayProtocol::Udp
+            && self.media_ports.is_some_and(|(first, last)| (first..=last).contains(&peer.port()))
             && !ip.is_loopback()
-            && self.own_addresses.iter().any(|own| canonical(*own) == ip)
+            && self.media_addresses.iter().any(|media| canonical(*media) == ip)
         {
             return Ok(());
         }
@@ -185,10 +198,10 @@ mod tests {
             "2001:db8::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
-            assert!(policy.check(peer(bad)).is_err(), "{bad} must be refused");
+            assert!(policy.check(peer(bad), RelayProtocol::Udp).is_err(), "{bad} must be refused");
         }
         for good in ["8.8.8.8", "2a00:1450:4001:80b::200e", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
-            assert_eq!(policy.check(peer(good)), Ok(()), "{good} is public");
+            assert_eq!(policy.check(peer(good), RelayProtocol::Udp), Ok(()), "{good} is public");
         }
     }
 
@@ -202,24 +215,29 @@ mod tests {
             ],
             ..PeerPolicy::default()
         };
-        assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
-        assert_eq!(policy.check(peer("::ffff:127.0.0.1")), Ok(()), "the same address in IPv6 form");
-        assert_eq!(policy.check(peer("10.0.0.1")), Ok(()));
-        assert_eq!(policy.check(peer("0.0.0.0")), Err(Denied::Unspecified));
-        assert_eq!(policy.check(peer("::ffff:0.0.0.0")), Err(Denied::Unspecified));
-        assert_eq!(policy.check(peer("::")), Err(Denied::Unspecified));
+        assert_eq!(policy.check(peer("127.0.0.1"), RelayProtocol::Udp), Ok(()));
+        assert_eq!(policy.check(peer("::ffff:127.0.0.1"), RelayProtocol::Udp), Ok(()), "the same address in IPv6 form");
+        assert_eq!(policy.check(peer("10.0.0.1"), RelayProtocol::Udp), Ok(()));
+        assert_eq!(policy.check(peer("0.0.0.0"), RelayProtocol::Udp), Err(Denied::Unspecified));
+        assert_eq!(policy.check(peer("::ffff:0.0.0.0"), RelayProtocol::Udp), Err(Denied::Unspecified));
+        assert_eq!(policy.check(peer("::"), RelayProtocol::Udp), Err(Denied::Unspecified));
     }
 
     #[test]
     fn the_boxs_media_ports_on_its_own_addresses_are_open_by_default() {
         let policy = PeerPolicy {
-            own_addresses: vec!["203.0.113.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
+            own_addresses: vec![
+                "203.0.113.10".parse().expect("ip"),
+                "127.0.0.1".parse().expect("ip"),
+                "10.8.0.1".parse().expect("ip"),
+            ],
             own_ports: vec![8443, 5060],
             media_ports: Some((20000, 29999)),
+            media_addresses: vec!["203.0.113.10".parse().expect("ip")],
             ..PeerPolicy::default()
         };
         for open in ["203.0.113.10:20000", "203.0.113.10:29999", "[::ffff:203.0.113.10]:24000"] {
-            assert_eq!(policy.check(open.parse().expect("addr")), Ok(()), "{open}");
+            assert_eq!(policy.check(open.parse().expect("addr"), RelayProtocol::Udp), Ok(()), "{open}");
         }
         // Other ports of the box, its services, and loopback stay closed.
         for (closed, why) in [
@@ -228,9 +246,16 @@ mod tests {
             ("203.0.113.10:5060", Denied::OwnService),
             ("127.0.0.1:20000", Denied::OwnAddress),
             ("[::1]:20000", Denied::OwnAddress),
+            ("10.8.0.1:20000", Denied::OwnAddress),
         ] {
-            assert_eq!(policy.check(closed.parse().expect("addr")), Err(why), "{closed}");
+            assert_eq!(policy.check(closed.parse().expect("addr"), RelayProtocol::Udp), Err(why), "{closed}");
         }
+        // A box address that carries no media (a VPN or management interface) stays closed,
+        // and TCP relays (RFC 6062) never reach the media ports.
+        assert_eq!(
+            policy.check("203.0.113.10:20000".parse().expect("addr"), RelayProtocol::Tcp),
+            Err(Denied::OwnAddress)
+        );
     }
 
     #[test]
@@ -240,16 +265,17 @@ mod tests {
             own_addresses: vec!["203.0.113.10".parse().expect("ip")],
             own_ports: vec![8443, 5060],
             media_ports: None,
+            media_addresses: Vec::new(),
         };
-        assert_eq!(policy.check(peer("8.8.4.4")), Ok(()));
-        assert!(policy.check(peer("203.0.113.10")).is_err());
-        assert!(policy.check(peer("::ffff:203.0.113.10")).is_err());
+        assert_eq!(policy.check(peer("8.8.4.4"), RelayProtocol::Udp), Ok(()));
+        assert!(policy.check(peer("203.0.113.10"), RelayProtocol::Udp).is_err());
+        assert!(policy.check(peer("::ffff:203.0.113.10"), RelayProtocol::Udp).is_err());
         // Loopback opened for a lab (exact host): still not the box's own services.
-        assert_eq!(policy.check(peer("127.0.0.1")), Ok(()));
-        assert!(policy.check(peer("127.0.0.2")).is_err(), "only the exact host was opened");
-        assert_eq!(policy.check(peer("203.0.113.11")), Ok(()), "the range opens its other hosts");
+        assert_eq!(policy.check(peer("127.0.0.1"), RelayProtocol::Udp), Ok(()));
+        assert!(policy.check(peer("127.0.0.2"), RelayProtocol::Udp).is_err(), "only the exact host was opened");
+        assert_eq!(policy.check(peer("203.0.113.11"), RelayProtocol::Udp), Ok(()), "the range opens its other hosts");
         for own in ["127.0.0.1:8443", "127.0.0.2:5060", "[::ffff:127.0.0.1]:8443", "[::1]:8443"] {
-            assert_eq!(policy.check(own.parse().expect("addr")), Err(Denied::OwnService), "{own}");
+            assert_eq!(policy.check(own.parse().expect("addr"), RelayProtocol::Udp), Err(Denied::OwnService), "{own}");
         }
     }
 }

@@ -13,7 +13,7 @@ use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use crate::auth::{NonceCheck, Nonces, long_term_key, long_term_key_sha256, rest_expiry, rest_password, userhash};
-use crate::policy::{PeerPolicy, canonical};
+use crate::policy::{PeerPolicy, RelayProtocol, canonical};
 use crate::stun::{Class, HEADER_LEN, Message, Writer, attr, method, reason};
 
 /// Bytes the driver leaves free before a peer's payload: the largest Data
@@ -251,6 +251,12 @@ struct Allocation {
     reservation_token: Option<[u8; 8]>,
     to_peer: Counter,
     to_client: Counter,
+}
+
+impl Allocation {
+    fn relay_protocol(&self) -> RelayProtocol {
+        if self.tcp { RelayProtocol::Tcp } else { RelayProtocol::Udp }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -544,8 +550,8 @@ impl Server {
             let peer = xor_peer(&msg)?;
             let payload = msg.get(attr::DATA)?.value;
             // Permissions are per address; the box's own service ports are checked per packet.
-            self.config.policy.check(peer).ok()?;
             let allocation = self.allocations.get_mut(&id)?;
+            self.config.policy.check(peer, allocation.relay_protocol()).ok()?;
             let ip = canonical(peer.ip());
             allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;
             allocation.to_peer.add(payload.len());
@@ -1087,7 +1093,8 @@ impl Server {
         if canonical(peer.ip()).is_ipv4() != canonical(relay.ip()).is_ipv4() {
             return Err(443);
         }
-        if self.config.policy.check(peer).is_err() {
+        let protocol = self.allocations.get(&id).map_or(RelayProtocol::Udp, Allocation::relay_protocol);
+        if self.config.policy.check(peer, protocol).is_err() {
             self.stats.denied_peers += 1;
             return Err(403);
         }

@@ -150,6 +150,8 @@ impl VideoCodec {
 /// One RTP packet's fields that cross between legs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rtp {
+    /// The sender's SSRC on a received packet; ignored when sending (a leg sends with its own).
+    pub ssrc: u32,
     pub payload_type: u8,
     pub sequence: u16,
     pub timestamp: u32,
@@ -324,6 +326,7 @@ impl WebRtcLeg {
             }
             if let RTCMessage::RtpPacket(_, packet) = message {
                 return Some(Rtp {
+                    ssrc: packet.header.ssrc,
                     payload_type: packet.header.payload_type,
                     sequence: packet.header.sequence_number,
                     timestamp: packet.header.timestamp,

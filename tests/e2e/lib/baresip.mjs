@@ -53,6 +53,14 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
   for (let i = 0; i < 100 && !/200 OK|registered/i.test(phone.output); i++) await new Promise((r) => setTimeout(r, 100));
   /** Calls `uri` (baresip's menu command on its stdin). */
   phone.dial = (uri) => child.stdin.write(`/dial ${uri}\n`);
+  /** Keys pressed in a call (baresip sends each digit as RFC 4733 events), one every 300 ms. */
+  phone.press = async (keys) => {
+    for (const key of keys) {
+      child.stdin.write(key);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  };
+  phone.hangUp = () => child.stdin.write("/hangup\n");
   phone.stop = () => new Promise((resolve) => {
     if (child.exitCode !== null) return resolve();
     child.once("exit", resolve);

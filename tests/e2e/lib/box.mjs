@@ -50,7 +50,7 @@ export async function startBox({ provision = {}, dataDir } = {}) {
   const https = await freePort();
   const http = await freePort();
   const doc = structuredClone(provision);
-  doc.network = { admin_bind: "127.0.0.1", admin_https_port: https, admin_http_port: http, ...(doc.network || {}) };
+  doc.network = { admin_bind: "127.0.0.1", admin_https_port: https, admin_http_port: http, rtsp_port: await freePort(), ...(doc.network || {}) };
   // SIP and TURN listen too: give them free ports unless the test chose its own.
   const sip = await freePort();
   doc.sip = { udp_port: sip, tcp_port: sip, tls_port: await freePort(), ...(doc.sip || {}) };
@@ -61,7 +61,7 @@ export async function startBox({ provision = {}, dataDir } = {}) {
   writeFileSync(provisionFile, JSON.stringify(doc));
   const box = {
     dataDir, httpsPort: doc.network.admin_https_port, httpPort: doc.network.admin_http_port, sipPort: doc.sip.udp_port, sipTlsPort: doc.sip.tls_port,
-    turnPort: doc.turn.udp_port, turnTlsPort: doc.turn.tls_port,
+    turnPort: doc.turn.udp_port, turnTlsPort: doc.turn.tls_port, rtspPort: doc.network.rtsp_port,
   };
   box.url = `https://127.0.0.1:${box.httpsPort}`;
   await launch(box, provisionFile);
