@@ -1,0 +1,1 @@
+"""Stand-in for hashserv.client (see __init__.py)."""

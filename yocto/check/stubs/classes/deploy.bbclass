@@ -1,0 +1,2 @@
+# Stub of oe-core's deploy class.
+DEPLOYDIR = "${WORKDIR}/deploy-${PN}"

@@ -1,0 +1,2 @@
+# Stub of oe-core's pkgconfig class.
+DEPENDS:prepend = "pkgconfig-native "

@@ -1,0 +1,3 @@
+# Stub of oe-core's systemd class: which packages carry which units.
+SYSTEMD_PACKAGES ??= "${PN}"
+SYSTEMD_AUTO_ENABLE ??= "enable"
