@@ -7,13 +7,20 @@ SECTION = "net"
 LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=25;endline=25;md5=2507bd5f0713f05419cd2f22fa06fe62"
 
-# What the workspace links (Cargo.lock has no bindgen, so no clang-native):
+# What the workspace links:
 #   openssl-sys        CMS signatures of firmware bundles           -> openssl
 #   audiopus_sys       libopus through pkg-config (opus 0.3)        -> libopus
 #   glib-sys, gobject-sys, gio-sys, gstreamer(-base,-app)-sys       -> glib-2.0, gstreamer1.0,
 #                      through system-deps/pkg-config                  gstreamer1.0-plugins-base
 #   ring               C and assembly, built with the target compiler
-DEPENDS = "glib-2.0 gstreamer1.0 gstreamer1.0-plugins-base libopus openssl"
+#   alsa-sys           libasound through pkg-config (hal's ALSA)   -> alsa-lib
+#   v4l2-sys-mit       bindgen over the kernel's videodev2.h, which needs libclang at build time
+#                      -> clang-native (meta-clang)
+DEPENDS = "alsa-lib clang-native glib-2.0 gstreamer1.0 gstreamer1.0-plugins-base libopus openssl"
+
+# bindgen finds the native libclang and parses the target's headers, not the build host's.
+export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
+export BINDGEN_EXTRA_CLANG_ARGS = "--sysroot=${STAGING_DIR_TARGET} --target=${TARGET_SYS}"
 
 # The workspace version (BRANCHGATE_VERSION, layer.conf); ./x yocto-check compares it with Cargo.toml.
 PV = "${BRANCHGATE_VERSION}+git"
