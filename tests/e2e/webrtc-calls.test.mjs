@@ -6,12 +6,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 import { startBox, freePort, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs";
 import { startBaresip, receivedDtmf } from "./lib/baresip.mjs";
 import { sipp, SCENARIOS } from "./lib/sipp.mjs";
-import { serveSoftphone, checkAudioBothWays } from "./lib/softphone.mjs";
+import { serveSoftphone, checkAudioBothWays, toneWav } from "./lib/softphone.mjs";
 
 const DOMAIN = "branch.example";
 
@@ -256,5 +256,73 @@ test("a SIP phone's RFC 4733 keys reach a trunk configured for SIP INFO as INFO 
     assert.equal(await ivr, 0, "the trunk got 1, 5, 9, # as SIP INFO (not as RTP events), then the BYE");
   } finally {
     await cleanup();
+  }
+});
+
+test("a browser calls a browser (both JsSIP over WSS): the box terminates both WebRTC sessions, audio both ways", async (t) => {
+  const pagePort = await freePort();
+  const origin = `http://127.0.0.1:${pagePort}`;
+  const box = await startBox({
+    provision: {
+      admin: { password: "installer-secret-1" },
+      sip: {
+        domain: DOMAIN, ws_allowed_origins: [origin],
+        users: [{ username: "1001", password: "pw-1001-secret" }, { username: "1002", password: "pw-1002-secret" }],
+      },
+    },
+  });
+  // Each browser its own Chromium: the fake microphone is per process (440 Hz and 1 kHz).
+  const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
+  const tone1k = join(dirname(tone), "tone-1000.wav");
+  toneWav(tone1k, 1000);
+  const launch = (file) => chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: [...CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+      `--use-file-for-fake-audio-capture=${file}`, "--allow-loopback-in-peer-connection",
+      "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required"],
+  });
+  const browsers = [await launch(tone), await launch(tone1k)];
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const [caller, callee] = await Promise.all(browsers.map(async (browser, i) => {
+      const page = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+      page.on("console", (m) => { if (process.env.PAGE_LOG || m.type() === "error") console.log(`page ${i}:`, m.text()); });
+      await page.goto(`${origin}/`);
+      const user = i === 0 ? "1001" : "1002";
+      await page.evaluate(({ wss, domain, user }) => softphone.register(wss, user, `pw-${user}-secret`, domain),
+        { wss: `wss://127.0.0.1:${box.httpsPort}/sip`, domain: DOMAIN, user });
+      return page;
+    }));
+    await waitForRegistration(api, "1002");
+    const answered = callee.evaluate(async () => {
+      await softphone.answer();
+      return softphone.measure();
+    });
+    const called = caller.evaluate(async (domain) => {
+      await softphone.call(`sip:1002@${domain}`);
+      const measured = await softphone.measure();
+      return measured;
+    }, DOMAIN);
+    const [heardByCaller, heardByCallee] = await Promise.all([called, answered]);
+    console.log(JSON.stringify({ heardByCaller, heardByCallee }));
+    for (const [result, hz] of [[heardByCaller, 1000], [heardByCallee, 440]]) {
+      assert.ok(result.second.pair, "ICE selected a pair with the box");
+      assert.equal(result.second.codec, "audio/G722", "G.722, which both browsers speak, passes through untranscoded");
+      assert.ok(result.second.packetsReceived > result.first.packetsReceived + 50, "RTP keeps arriving");
+      assert.ok(result.second.energy > result.first.energy, "what arrives is not silence");
+      assert.ok(Math.abs(result.second.dominantHz - hz) < 30, `the other browser's ${hz} Hz tone is heard (loudest: ${result.second.dominantHz} Hz)`);
+    }
+    // The caller hangs up; the callee's browser gets the BYE and both halves end.
+    await caller.evaluate(() => softphone.hangUp());
+    for (let i = 0; i < 50 && (await api.get("/api/v1/sip/calls")).json.calls.length; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual((await api.get("/api/v1/sip/calls")).json.calls, [], "no call left");
+    const ended = await callee.evaluate(() => softphone.session.isEnded());
+    assert.ok(ended, "the callee's session ended with the caller's hang-up");
+  } finally {
+    await Promise.all(browsers.map((b) => b.close()));
+    server.close();
+    await box.stop();
+    writeFileSync(join(ARTIFACTS, "browser-to-browser-box.log"), box.stderr ?? "");
   }
 });

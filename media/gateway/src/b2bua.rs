@@ -444,6 +444,11 @@ pub struct B2bua {
     trunks: HashMap<String, TrunkHealth>,
     ports: PortPool,
     actions: VecDeque<Action>,
+    /// SIP messages for the network, once those for the box itself ([`Transport::Loop`]) are
+    /// taken out and delivered.
+    outbox: VecDeque<Output>,
+    /// The time of the latest input: internal deliveries happen at it.
+    now: Instant,
     /// Tags, branches, Call-IDs and relay ports come from here: unpredictable
     /// (ChaCha seeded by the driver), so nobody off the path can forge answers or media.
     random: rand::rngs::StdRng,
@@ -467,6 +472,8 @@ impl B2bua {
             trunks: HashMap::new(),
             ports,
             actions: VecDeque::new(),
+            outbox: VecDeque::new(),
+            now,
             random,
             calls_started: 0,
         };
@@ -556,11 +563,30 @@ impl B2bua {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.sip.poll_output()
+        self.deliver_internal();
+        self.outbox.pop_front()
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
+        self.deliver_internal();
         self.actions.pop_front()
+    }
+
+    /// Hands the messages the box sent to itself (a browser-to-browser call's internal leg)
+    /// back to its SIP server, and keeps the rest for the network. Both polls start here, so
+    /// the actions an internal message leads to are out before the driver looks for them.
+    fn deliver_internal(&mut self) {
+        while let Some(output) = self.sip.poll_output() {
+            if output.flow.transport != Transport::Loop {
+                self.outbox.push_back(output);
+                continue;
+            }
+            // What one end of the loop sends, the other receives.
+            let flow = Flow { transport: Transport::Loop, local: output.flow.remote, remote: output.flow.local };
+            let now = self.now;
+            self.sip.handle_input(now, flow, &output.data);
+            self.drain(now);
+        }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -584,11 +610,17 @@ impl B2bua {
     }
 
     pub fn handle_input(&mut self, now: Instant, flow: Flow, bytes: &[u8]) {
+        self.now = now;
+        // Only the box itself speaks on its internal leg.
+        if flow.transport == Transport::Loop {
+            return;
+        }
         self.sip.handle_input(now, flow, bytes);
         self.drain(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         self.sip.handle_timeout(now);
         let stalled: Vec<u64> = self
             .calls
@@ -610,6 +642,7 @@ impl B2bua {
 
     /// The relay saw no media on a call for too long: hang it up.
     pub fn handle_media_timeout(&mut self, now: Instant, call: u64) {
+        self.now = now;
         if self.calls.get(&call).is_some_and(|c| c.state == CallState::Answered) {
             self.send_in_dialog(now, call, Side::A, "BYE", None);
             self.send_in_dialog(now, call, Side::B, "BYE", None);
@@ -621,6 +654,7 @@ impl B2bua {
     /// other side takes DTMF as SIP INFO (`sip.trunks[].dtmf = "info"`):
     /// sent there as INFO `application/dtmf-relay` (its answer is the box's).
     pub fn handle_dtmf(&mut self, now: Instant, call: u64, from: Side, event: u8, duration_ms: u32) {
+        self.now = now;
         let toward = from.other();
         let Some(c) = self.calls.get(&call) else { return };
         if c.state != CallState::Answered || !c.dtmf_info[toward.index()] {
@@ -646,6 +680,7 @@ impl B2bua {
 
     /// Hangs up a call from the admin UI; `false` when there is no such call.
     pub fn hang_up(&mut self, now: Instant, call: u64) -> bool {
+        self.now = now;
         let Some(state) = self.calls.get(&call).map(|c| c.state) else { return false };
         match state {
             CallState::Answered => {
@@ -668,7 +703,7 @@ impl B2bua {
         while let Some(incoming) = self.sip.poll_incoming() {
             match incoming {
                 Incoming::Request { key, flow, request } => self.on_request(now, key, flow, request),
-                Incoming::Ack { request, .. } => self.on_ack(&request),
+                Incoming::Ack { request, flow } => self.on_ack(&request, &flow),
                 Incoming::Response { key, response } => self.on_response(now, &key, response),
                 Incoming::Timeout { key } => self.on_timeout(now, &key),
                 Incoming::NoAck { key } => self.on_no_ack(now, &key),
@@ -696,7 +731,7 @@ impl B2bua {
             return self.on_cancel(now, key, &request);
         }
         if to_tag.is_some() {
-            return match self.dialogs.get(&call_id).copied() {
+            return match self.dialogs.get(&dialog_key(&call_id, &flow)).copied() {
                 Some((call, side)) if self.leg_matches(call, side, &request) => {
                     self.on_in_dialog(now, key, call, side, request)
                 }
@@ -759,13 +794,17 @@ impl B2bua {
         // Callers: a trunk (by its address and port: trunks send from where they
         // listen, RFC 3261 §18.2.1 symmetric SIP) may reach users only; anyone else
         // proves who they are with digest (RFC 3261 §22.3) and may call anything routable.
+        // The box's own internal leg (the second half of a browser-to-browser call) is trusted
+        // like a trunk: its caller was authenticated on the first half.
         let from_trunk = self.config.trunks.iter().find(|t| t.addr == flow.remote).cloned();
-        let caller = match &from_trunk {
-            Some(_) => request.get("From").map(uri_of).and_then(user_of).unwrap_or("anonymous").to_string(),
-            None => match self.sip.authenticate(now, &key, flow, &request, true) {
+        let trusted = from_trunk.is_some() || flow.transport == Transport::Loop;
+        let caller = if trusted {
+            request.get("From").map(uri_of).and_then(user_of).unwrap_or("anonymous").to_string()
+        } else {
+            match self.sip.authenticate(now, &key, flow, &request, true) {
                 Some(user) => user,
                 None => return,
-            },
+            }
         };
         let offer = match sdp_of(&request) {
             Ok(offer) => offer,
@@ -787,19 +826,19 @@ impl B2bua {
             None => offer,
         };
         // A Call-ID already in a call here is a merged or looped request (RFC 3261 §8.2.2.2).
-        if self.dialogs.contains_key(request.get("Call-ID").unwrap_or("")) {
+        if self.dialogs.contains_key(&dialog_key(request.get("Call-ID").unwrap_or(""), &flow)) {
             return self.reply(now, &key, &request, 482, "Loop Detected");
         }
         // Bounded resources: calls in all, calls per user, relay streams per call.
         let per_caller = self.calls.values().filter(|c| c.caller == caller && !c.from_trunk).count();
-        if self.calls.len() >= MAX_CALLS || (from_trunk.is_none() && per_caller >= MAX_CALLS_PER_USER) {
+        if self.calls.len() >= MAX_CALLS || (!trusted && per_caller >= MAX_CALLS_PER_USER) {
             return self.reply(now, &key, &request, 503, "Service Unavailable");
         }
         if offer.as_ref().is_some_and(|o| o.media.len() > MAX_STREAMS) {
             let response = with_warning(request.response(488, "Not Acceptable Here"), "too many media streams");
             return self.sip.respond(now, &key, response);
         }
-        let targets = match self.route(now, &number, from_trunk.is_some()) {
+        let mut targets = match self.route(now, &number, trusted) {
             Ok(targets) => targets,
             Err((code, reason)) => return self.reply(now, &key, &request, code, reason),
         };
@@ -807,12 +846,13 @@ impl B2bua {
         let to_browser =
             matches!(targets.first(), Some(Target::User { binding, .. }) if binding.flow.transport == Transport::Ws);
         let browser_media = match (browser, to_browser, &offer) {
-            (Some(_), true, _) => {
-                let response = with_warning(
-                    request.response(488, "Not Acceptable Here"),
-                    "browser-to-browser calls are not supported yet",
-                );
-                return self.sip.respond(now, &key, response);
+            // Browser to browser: the box terminates both WebRTC sessions. The call goes to
+            // the box itself over an internal SIP leg with plain RTP (passthrough codecs the
+            // browser offered, else G.722/G.711 transcoded); the second call that leg makes
+            // reaches the callee's browser like any SIP caller does.
+            (Some(offer), true, _) => {
+                targets = vec![self.internal_target(now, &number)];
+                Some(BrowserMedia::new(Side::A, offer))
             }
             (Some(offer), false, _) => Some(BrowserMedia::new(Side::A, offer)),
             (None, true, Some(offer)) => {
@@ -846,7 +886,7 @@ impl B2bua {
             local_cseq: 0,
             local_ip,
         };
-        self.dialogs.insert(a.call_id.clone(), (id, Side::A));
+        self.dialogs.insert(dialog_key(&a.call_id, &a.flow), (id, Side::A));
         self.calls.insert(
             id,
             Call {
@@ -868,7 +908,7 @@ impl B2bua {
                 streams: Vec::new(),
                 caller,
                 callee: number,
-                from_trunk: from_trunk.is_some(),
+                from_trunk: trusted,
                 redirected: false,
                 started: now,
                 answered: None,
@@ -953,6 +993,21 @@ impl B2bua {
         if alive.is_empty() { Err((503, "Service Unavailable")) } else { Ok(alive) }
     }
 
+    /// The box itself as the callee of `user`, reached over its internal leg.
+    fn internal_target(&self, now: Instant, user: &str) -> Target {
+        let (caller_end, callee_end) = internal_ends();
+        Target::User {
+            user: user.to_string(),
+            binding: Binding {
+                contact: format!("sip:{user}@{}", self.config.domain),
+                expires: now + Duration::from_secs(3600),
+                flow: Flow { transport: Transport::Loop, local: caller_end, remote: callee_end },
+                call_id: String::new(),
+                cseq: 0,
+            },
+        }
+    }
+
     fn try_next_target(&mut self, now: Instant, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(target) = call.targets.pop_front() else {
@@ -964,7 +1019,7 @@ impl B2bua {
             return self.end(now, id, code, "no-route-answered");
         };
         if let Some(old) = call.b.take() {
-            self.dialogs.remove(&old.call_id);
+            self.dialogs.remove(&dialog_key(&old.call_id, &old.flow));
         }
         let (flow, request_uri, to_uri) = match &target {
             Target::User { binding, user } => {
@@ -1016,7 +1071,7 @@ impl B2bua {
         let offer = call.offer.clone();
         let browser_callee = call.browser.as_ref().is_some_and(|b| b.side == Side::B);
         call.b = Some(leg);
-        self.dialogs.insert(call_id, (id, Side::B));
+        self.dialogs.insert(dialog_key(&call_id, &flow), (id, Side::B));
         let body = if browser_callee {
             match self.offer_browser(now, id, local_ip) {
                 Ok(body) => Some(body),
@@ -1795,9 +1850,9 @@ impl B2bua {
 
     /// The ACK of a 2xx the box sent on either leg: stop retransmitting it.
     /// (An ACK carrying the answer to a late offer is not relayed yet.)
-    fn on_ack(&mut self, request: &Message) {
+    fn on_ack(&mut self, request: &Message, flow: &Flow) {
         let call_id = request.get("Call-ID").unwrap_or("");
-        let Some(&(id, side)) = self.dialogs.get(call_id) else { return };
+        let Some(&(id, side)) = self.dialogs.get(&dialog_key(call_id, flow)) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         for key in std::mem::take(&mut call.awaiting_ack) {
             self.sip.ack_2xx(&key);
@@ -1863,9 +1918,9 @@ impl B2bua {
             let response = relay.request.response(code, reason);
             self.sip.respond(now, &relay.origin, response);
         }
-        self.dialogs.remove(&call.a.call_id);
+        self.dialogs.remove(&dialog_key(&call.a.call_id, &call.a.flow));
         if let Some(b) = &call.b {
-            self.dialogs.remove(&b.call_id);
+            self.dialogs.remove(&dialog_key(&b.call_id, &b.flow));
         }
         for stream in &call.streams {
             self.ports.release(stream.a_port);
@@ -2102,6 +2157,22 @@ fn strip_tag(value: &str) -> String {
 /// is the one the REGISTER came from is not behind NAT: its own port counts
 /// (phones often register from another port than they listen on). Otherwise,
 /// and on connections, the REGISTER's flow is the way back (NAT traversal).
+/// The key of a leg in `B2bua::dialogs`: its Call-ID, and on the internal leg, where both ends
+/// are the box's and share the Call-ID, which end.
+fn dialog_key(call_id: &str, flow: &Flow) -> String {
+    match flow.transport {
+        Transport::Loop => format!("{call_id} loop:{}", flow.local.port()),
+        _ => call_id.to_string(),
+    }
+}
+
+/// The two ends of the box's internal leg (loopback addresses: its SDP anchors media on
+/// 127.0.0.1, where the relays of both calls meet; no socket ever has these SIP addresses).
+fn internal_ends() -> (SocketAddr, SocketAddr) {
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    (SocketAddr::new(localhost, 1), SocketAddr::new(localhost, 2))
+}
+
 fn user_flow(binding: &Binding) -> Flow {
     let mut flow = binding.flow;
     if flow.transport == Transport::Udp
@@ -2146,6 +2217,7 @@ fn contact_of(leg: &Leg) -> String {
         Transport::Tcp => ";transport=tcp",
         Transport::Tls => ";transport=tls",
         Transport::Ws => ";transport=ws",
+        Transport::Loop => ";transport=loop",
     };
     format!("<sip:{}{transport}>", host_port(SocketAddr::new(leg.local_ip, leg.flow.local.port())))
 }

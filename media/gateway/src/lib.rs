@@ -391,6 +391,8 @@ pub async fn run(
                                 to = %output.flow.remote,
                                 "outgoing SIP over TLS (a TLS trunk) is not supported yet; message dropped"
                             ),
+                            // The B2BUA delivers its internal leg's messages itself.
+                            (None, Transport::Loop) => {}
                             (None, _) => {
                                 tracing::debug!(to = %output.flow.remote, "SIP connection gone; message dropped")
                             }

@@ -684,3 +684,123 @@ Call-ID: {call_id}\r\nCSeq: 9 INVITE\r\nContact: <sip:t1@192.0.2.99>\r\nContent-
     assert!(body.contains("a=recvonly") && body.contains("RTP/AVP"), "{body}");
     assert!(!out.iter().any(|(to, _)| *to == addr(CALLER)), "the browser's session is left alone");
 }
+
+/// Where the browser 1002 is connected (its WebSocket as the box's SIP server sees it).
+const BROWSER_B: &str = "10.1.1.7:50123";
+
+/// Registers 1002 over a WebSocket (what JsSIP does), digest included.
+fn register_browser(lab: &mut Lab) {
+    let ha1 = hex::encode(Md5::digest(format!("1002:{DOMAIN}:secret2").as_bytes()));
+    let mut config = lab.b2bua.sip().config().clone();
+    config.users.insert("1002".into(), UserKeys { md5: ha1.clone(), sha256: String::new() });
+    lab.b2bua.sip_mut().set_config(config);
+    let ws = Flow { transport: Transport::Ws, local: addr("0.0.0.0:8443"), remote: addr(BROWSER_B) };
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS abc.invalid;branch=z9hG4bKreg{cseq}\r\n\
+From: <sip:1002@{DOMAIN}>;tag=regtag\r\nTo: <sip:1002@{DOMAIN}>\r\nCall-ID: reg-1002\r\nCSeq: {cseq} REGISTER\r\n\
+Contact: <sip:x7@abc.invalid;transport=ws>\r\nExpires: 600\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    lab.b2bua.handle_input(lab.now, ws, register(1, "").as_bytes());
+    let challenge = lab
+        .sent()
+        .iter()
+        .find(|(_, m)| code(m) == 401)
+        .and_then(|(_, m)| m.get("WWW-Authenticate").map(str::to_string))
+        .expect("a 401 challenge");
+    let nonce = parse_credentials(&challenge).expect("digest").nonce;
+    let uri = format!("sip:{DOMAIN}");
+    let c = parse_credentials(&format!(
+        "Digest username=\"1002\", uri=\"{uri}\", nonce=\"{nonce}\", qop=auth, nc=00000001, cnonce=\"c\""
+    ))
+    .expect("credentials");
+    let response = expected_response(Algorithm::Md5, &ha1, "REGISTER", &c);
+    let auth = format!(
+        "Authorization: Digest username=\"1002\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+    );
+    lab.b2bua.handle_input(lab.now, ws, register(2, &auth).as_bytes());
+    assert!(lab.sent().iter().any(|(_, m)| code(m) == 200), "1002 registered");
+}
+
+#[test]
+fn a_browser_calls_a_browser_through_the_boxs_internal_leg() {
+    let mut lab = Lab::new(vec![], vec![]);
+    register_browser(&mut lab);
+    lab.offer = CHROMIUM_OFFER.to_string();
+    let out = lab.call("1002");
+    assert!(!out.iter().any(|(_, m)| code(m) == 488), "no longer refused");
+    let (to, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the browser").clone();
+    assert_eq!(to, addr(BROWSER_B), "over the callee's own WebSocket");
+    assert!(
+        invite.get("From").is_some_and(|f| f.contains("sip:1001@")),
+        "the caller is 1001: {:?}",
+        invite.get("From")
+    );
+    let offer = String::from_utf8_lossy(&invite.body).into_owned();
+    // The box's own WebRTC session: its ICE and fingerprint, nothing of the calling browser's.
+    assert!(offer.contains("UDP/TLS/RTP/SAVPF") && offer.contains("a=ice-lite"), "{offer}");
+    for leak in ["wX4X", "3A:96:6D", "192.0.2.10", "127.0.0.1 ", "3735928559"] {
+        assert!(!offer.contains(leak), "{leak} in the callee's offer\n{offer}");
+    }
+    // Two calls joined inside the box: 1001 -> 1002 (to the box) and 1001 -> 1002 (to the browser).
+    let calls = lab.b2bua.calls(lab.now);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls.iter().all(|c| c.caller == "1001" && c.callee == "1002"), "{calls:?}");
+
+    // The callee's browser answers with G.722 (the first codec both browsers offered).
+    let answer_sdp = CHROMIUM_OFFER
+        .replace("SAVPF 111 63 9 0 8 13 110 126", "SAVPF 9 126")
+        .replace("a=setup:actpass", "a=setup:active")
+        .replace("a=ice-ufrag:wX4X", "a=ice-ufrag:bBbB");
+    let ws = Flow { transport: Transport::Ws, local: addr("0.0.0.0:8443"), remote: addr(BROWSER_B) };
+    lab.b2bua.handle_input(lab.now, ws, answer(&invite, 200, "b2", &answer_sdp).as_bytes());
+    let out = lab.sent();
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the caller").1.clone();
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("UDP/TLS/RTP/SAVPF 9") && body.contains("a=fingerprint:sha-256"), "{body}");
+    assert!(!body.contains("bBbB") && !body.contains("10.1.1.7"), "the callee browser is hidden\n{body}");
+    let actions = lab.actions();
+    let sessions: Vec<(Side, u16, u16)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::OpenWebRtc { side, ports, payloads, .. } => {
+                assert_eq!(payloads.transcode, None, "G.722 passes through both sessions");
+                Some((*side, ports.a_port, ports.b_port))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "one WebRTC session per browser: {actions:?}");
+    // Each session's plain side sends to the other's, on loopback.
+    let peers: Vec<SocketAddr> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Peer { peer, .. } => peer.destination.filter(|d| d.ip().is_loopback()),
+            _ => None,
+        })
+        .collect();
+    let (caller_session, callee_session) = match sessions[..] {
+        [(Side::A, _, _), (Side::B, _, _)] => (sessions[0], sessions[1]),
+        [(Side::B, _, _), (Side::A, _, _)] => (sessions[1], sessions[0]),
+        _ => panic!("sessions {sessions:?}"),
+    };
+    assert!(peers.iter().any(|p| p.port() == callee_session.1), "caller's relay sends to the callee's: {peers:?}");
+    assert!(peers.iter().any(|p| p.port() == caller_session.2), "callee's relay sends to the caller's: {peers:?}");
+
+    // The caller hangs up: both calls end, the callee's browser gets the BYE.
+    let bye = format!(
+        "BYE sip:x@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKbye1\r\n\
+From: \"Alice\" <sip:1001@{DOMAIN}>;tag=alicetag\r\nTo: {}\r\nCall-ID: alice-call@10.1.1.5\r\nCSeq: 3 BYE\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        ok.get("To").expect("to")
+    );
+    let out = lab.send(CALLER, &bye);
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 200), "the caller's BYE is answered");
+    let (to, bye_b) = out.iter().find(|(_, m)| method(m) == "BYE").expect("BYE to the callee").clone();
+    assert_eq!(to, addr(BROWSER_B));
+    lab.b2bua.handle_input(lab.now, ws, answer(&bye_b, 200, "b2", "").as_bytes());
+    let _ = lab.sent();
+    assert!(lab.b2bua.calls(lab.now).is_empty(), "both halves ended");
+}

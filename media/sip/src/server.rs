@@ -25,6 +25,9 @@ pub enum Transport {
     Tcp,
     Tls,
     Ws,
+    /// Inside the box: a B2BUA's leg to itself (a browser calling a browser is two calls joined
+    /// here, like a PBX's local channel). Reliable and instant; it never reaches a socket.
+    Loop,
 }
 
 impl Transport {
@@ -34,6 +37,7 @@ impl Transport {
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
             Transport::Ws => "WSS",
+            Transport::Loop => "LOOP",
         }
     }
 }
