@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ipnet::IpNet;
+pub use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::{HashedSecret, PlainSecret};
@@ -346,9 +346,39 @@ pub struct MediaConfig {
     /// ~150 in real time: `./x bench transcode`). Beyond it, browser calls are offered only
     /// the codecs that pass through. 0: never transcode.
     pub max_transcoded_calls: u32,
+    /// The public address of the NAT in front of the box, when it forwards SIP and the media
+    /// ports to the box one to one (a branch router's port forwarding): what peers outside
+    /// `local_networks` get in SDP, Contact/Via and as the WebRTC candidate. None: the box's
+    /// own address everywhere.
+    pub public_ip: Option<IpAddr>,
+    /// Networks that reach the box without that NAT: peers here get the box's own address.
+    pub local_networks: Vec<IpNet>,
+}
+
+/// The box's address as `peer` must see it (`media.public_ip`, `media.local_networks`): the
+/// NAT's public one for a peer outside the local networks, else the box's `own`.
+pub fn announced_address(public_ip: Option<IpAddr>, local_networks: &[IpNet], peer: IpAddr, own: IpAddr) -> IpAddr {
+    let peer = peer.to_canonical();
+    match public_ip {
+        Some(public) if !peer.is_loopback() && !local_networks.iter().any(|n| n.contains(&peer)) => public,
+        _ => own,
+    }
+}
+
+/// Networks behind a branch router: private (RFC 1918, RFC 4193), shared (RFC 6598), link-local.
+fn default_local_networks() -> Vec<IpNet> {
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 impl MediaConfig {
+    /// The address to announce to `peer`: see [`announced_address`].
+    pub fn announced_to(&self, peer: IpAddr, own: IpAddr) -> IpAddr {
+        announced_address(self.public_ip, &self.local_networks, peer, own)
+    }
+
     /// How many ports at the top of the range are the camera viewers' (WHEP): a quarter of the
     /// range, at most 32 (two per viewer at the most viewers the box serves, and spare).
     fn viewer_port_count(&self) -> u16 {
@@ -380,6 +410,8 @@ impl Default for MediaConfig {
             codecs: vec!["opus".into(), "G722".into(), "PCMU".into(), "PCMA".into()],
             timeout_seconds: 60,
             max_transcoded_calls: 100,
+            public_ip: None,
+            local_networks: default_local_networks(),
         }
     }
 }
@@ -431,6 +463,7 @@ impl Config {
         config.network.address = "192.168.1.10/24".parse().ok();
         config.network.gateway = "192.168.1.1".parse().ok();
         config.network.metrics_listen = "127.0.0.1:9100".parse().ok();
+        config.media.public_ip = "203.0.113.20".parse().ok();
         config.sip.users.push(SipUser {
             username: "1001".into(),
             password: HashedSecret::new("secret1001"),

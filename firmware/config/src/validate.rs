@@ -324,6 +324,14 @@ impl Config {
         r.check(!m.codecs.is_empty(), "media.codecs", "list at least one codec");
         r.check((5..=86_400).contains(&m.timeout_seconds), "media.timeout_seconds", "between 5 seconds and a day");
         r.check(m.max_transcoded_calls <= 10_000, "media.max_transcoded_calls", "at most 10000");
+        if let Some(ip) = m.public_ip {
+            r.check(
+                !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()),
+                "media.public_ip",
+                "the NAT's public unicast address (not 0.0.0.0, loopback or multicast)",
+            );
+        }
+        r.check(m.local_networks.len() <= 64, "media.local_networks", "at most 64 networks");
         let mut seen = HashSet::new();
         for (i, codec) in m.codecs.iter().enumerate() {
             r.check(
@@ -533,5 +541,23 @@ mod tests {
         config.media.rtp_port_max = 20003;
         assert_eq!(config.media.call_ports(), (20000, 20002));
         assert_eq!(config.media.viewer_ports(), (20003, 20003));
+    }
+
+    #[test]
+    fn behind_a_one_to_one_nat_outside_peers_get_the_public_address() {
+        let mut config = Config::default();
+        let own: IpAddr = "192.168.1.10".parse().expect("ip");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(config.media.announced_to(ip("198.51.100.7"), own), own, "no NAT configured");
+        config.media.public_ip = Some(ip("203.0.113.20"));
+        assert_eq!(config.media.announced_to(ip("198.51.100.7"), own), ip("203.0.113.20"));
+        assert_eq!(config.media.announced_to(ip("::ffff:198.51.100.7"), own), ip("203.0.113.20"));
+        for local in ["192.168.1.50", "10.9.8.7", "172.20.0.1", "100.64.1.1", "127.0.0.1", "::ffff:10.0.0.1", "fd00::1"]
+        {
+            assert_eq!(config.media.announced_to(ip(local), own), own, "{local} is on the LAN");
+        }
+        let mut config = valid();
+        config.media.public_ip = Some(ip("0.0.0.0"));
+        assert_eq!(paths(&config), ["media.public_ip"]);
     }
 }

@@ -55,6 +55,10 @@ pub struct CallConfig {
     pub emergency_numbers: Vec<String>,
     /// The box's address in SIP and SDP towards peers that are not on loopback.
     pub advertise_ip: IpAddr,
+    /// `media.public_ip` and `media.local_networks`: behind a one-to-one NAT, peers outside
+    /// the local networks get the NAT's public address instead of `advertise_ip`.
+    pub public_ip: Option<IpAddr>,
+    pub local_networks: Vec<branchgate_config::IpNet>,
     /// The port SIP listens on (Via and Contact of requests the box sends).
     pub sip_port: u16,
     /// First and last port of the media relay range.
@@ -76,6 +80,8 @@ impl CallConfig {
             routes: Vec::new(),
             emergency_numbers: Vec::new(),
             advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            public_ip: None,
+            local_networks: Vec::new(),
             sip_port: 5060,
             rtp_ports: (20000, 29999),
             failover_after: Duration::from_secs(4),
@@ -606,7 +612,16 @@ impl B2bua {
 
     /// The box's address as seen from `remote`.
     fn local_ip_toward(&self, remote: IpAddr) -> IpAddr {
-        if remote.is_loopback() { remote } else { self.config.advertise_ip }
+        let remote = remote.to_canonical();
+        if remote.is_loopback() {
+            return remote;
+        }
+        branchgate_config::announced_address(
+            self.config.public_ip,
+            &self.config.local_networks,
+            remote,
+            self.config.advertise_ip,
+        )
     }
 
     pub fn handle_input(&mut self, now: Instant, flow: Flow, bytes: &[u8]) {

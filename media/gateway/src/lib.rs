@@ -101,6 +101,8 @@ pub async fn call_config(config: &branchgate_config::Config) -> CallConfig {
         .collect();
     call.emergency_numbers = sip.emergency_numbers.clone();
     call.advertise_ip = branchgate_streams::primary_ip();
+    call.public_ip = config.media.public_ip;
+    call.local_networks = config.media.local_networks.clone();
     call.sip_port = sip.udp_port;
     call.rtp_ports = config.media.call_ports();
     call

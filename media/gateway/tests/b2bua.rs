@@ -804,3 +804,28 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
     let _ = lab.sent();
     assert!(lab.b2bua.calls(lab.now).is_empty(), "both halves ended");
 }
+
+#[test]
+fn behind_a_one_to_one_nat_the_trunk_gets_the_public_address_and_the_lan_phone_the_boxs_own() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    let mut config = lab.b2bua.config().clone();
+    config.public_ip = "198.51.100.1".parse().ok();
+    config.local_networks = branchgate_config::MediaConfig::default().local_networks;
+    lab.b2bua.set_config(config, lab.now);
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE to the trunk").clone();
+    let offer = String::from_utf8_lossy(&invite.body).into_owned();
+    assert!(offer.contains("c=IN IP4 198.51.100.1"), "the trunk (outside) is offered the public address\n{offer}");
+    for header in ["Via", "Contact", "From"] {
+        assert!(invite.get(header).is_some_and(|v| v.contains("198.51.100.1")), "{header}: {:?}", invite.get(header));
+    }
+    let answer_sdp =
+        "v=0\r\no=bob 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    let out = lab.send(T1, &answer(&invite, 200, "t1", answer_sdp));
+    let ok = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the caller").1.clone();
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(
+        body.contains("c=IN IP4 203.0.113.1") && !body.contains("198.51.100.1"),
+        "the LAN phone gets the box's own\n{body}"
+    );
+}
