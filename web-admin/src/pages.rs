@@ -522,7 +522,7 @@ pub struct FieldView {
 pub struct ColumnView {
     pub name: String,
     pub label: String,
-    /// `text`, `number`, `checkbox`, `select` or `secret`.
+    /// `text`, `number`, `checkbox`, `select`, `secret` or `pem` (a multi-line certificate).
     pub kind: &'static str,
     pub options: Vec<String>,
 }
@@ -541,6 +541,8 @@ fn columns_of(path: &str, sample: &Map<String, Value>) -> Vec<ColumnView> {
             let column_path = format!("{path}.{name}");
             let kind = if name == "password" {
                 "secret"
+            } else if PEM_COLUMNS.contains(&column_path.as_str()) {
+                "pem"
             } else if choices(&column_path).is_some() {
                 "select"
             } else {
@@ -589,6 +591,9 @@ const HIDDEN_FIELDS: &[&str] = &[
 ];
 
 const SECRET_FIELDS: &[&str] = &["turn.auth_secret"];
+
+/// Record columns holding PEM text: a text box keeps its line breaks, a text field would not.
+const PEM_COLUMNS: &[&str] = &["sip.trunks.tls_ca"];
 
 fn choices(path: &str) -> Option<&'static [&'static str]> {
     match path {

@@ -251,6 +251,10 @@ pub struct SipTrunk {
     pub keepalive_seconds: u32,
     /// How DTMF from the other side of a call reaches this trunk.
     pub dtmf: DtmfMode,
+    /// With `transport: tls`: PEM certificate(s) trusted for this trunk besides the system's
+    /// CAs — a private CA, or the trunk's self-signed certificate. The trunk's certificate
+    /// must name `host` either way.
+    pub tls_ca: Option<String>,
 }
 
 impl Default for SipTrunk {
@@ -266,6 +270,7 @@ impl Default for SipTrunk {
             priority: 10,
             keepalive_seconds: 30,
             dtmf: DtmfMode::Rfc4733,
+            tls_ca: None,
         }
     }
 }

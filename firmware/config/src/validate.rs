@@ -237,11 +237,18 @@ impl Config {
                     "registration needs a password",
                 );
             }
-            if trunk.transport == SipTransport::Tls {
+            // A TLS trunk's certificate must name `host` (a DNS name, or an IP address in its
+            // subjectAltName): checked when the box connects.
+            if let Some(pem) = &trunk.tls_ca {
                 r.check(
-                    trunk.host.parse::<IpAddr>().is_err(),
-                    format!("{path}.host"),
-                    "TLS trunks need a host name to check the certificate against",
+                    trunk.transport == SipTransport::Tls,
+                    format!("{path}.tls_ca"),
+                    "only TLS trunks use a CA certificate",
+                );
+                r.check(
+                    pem.contains("-----BEGIN CERTIFICATE-----") && pem.len() <= 64 * 1024,
+                    format!("{path}.tls_ca"),
+                    "PEM certificate(s) (-----BEGIN CERTIFICATE-----), at most 64 KiB",
                 );
             }
         }

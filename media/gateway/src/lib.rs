@@ -16,7 +16,7 @@ use branchgate_config::{SipConfig, SipTransport, Snapshot};
 use branchgate_sip::server::RegistrationInfo;
 use branchgate_sip::{Flow, Server, ServerConfig, Transport, UserKeys};
 pub use branchgate_streams::CertificateSource;
-use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop, spawn_connect, tls_acceptor};
+use branchgate_streams::{Connection, StreamEvent, TlsClient, spawn_accept_loop, spawn_connect, tls_acceptor};
 use rand::RngCore;
 pub use relay::LegQuality;
 use relay::{BrowserLeg, MediaEvent, MediaRelay};
@@ -40,6 +40,21 @@ fn flow_of(c: Connection) -> Flow {
         (false, false) => Transport::Tcp,
     };
     Flow { transport, local: c.local, remote: c.remote }
+}
+
+/// How the box opens TLS to the trunk at `remote`: the trunk's configured host name is what its
+/// certificate must name; trusted are the system's CAs and the trunk's own `tls_ca`.
+fn trunk_tls_client(
+    b2bua: &B2bua,
+    config: &watch::Receiver<Arc<Snapshot>>,
+    remote: SocketAddr,
+) -> Result<TlsClient, String> {
+    let name = b2bua.config().trunks.iter().find(|t| t.addr == remote).map(|t| t.name.clone());
+    let snapshot = config.borrow();
+    let trunk = name
+        .and_then(|name| snapshot.config.sip.trunks.iter().find(|t| t.name == name))
+        .ok_or("not a configured TLS trunk")?;
+    TlsClient::new(&trunk.host, trunk.tls_ca.as_deref())
 }
 
 /// The sans-IO server's configuration from the box's.
@@ -304,6 +319,7 @@ pub async fn run(
                         // The transaction layer times the requests out (and the B2BUA fails over).
                         tracing::info!(%remote, "SIP connection failed");
                         connecting.remove(&(Transport::Tcp, remote));
+                        connecting.remove(&(Transport::Tls, remote));
                     }
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)) => b2bua.handle_timeout(Instant::now()),
@@ -379,20 +395,27 @@ pub async fn run(
                             (Some(writer), _) => {
                                 let _ = writer.try_send(output.data);
                             }
-                            (None, Transport::Tcp) => {
-                                let queue = connecting.entry((transport, output.flow.remote)).or_default();
+                            (None, Transport::Tcp | Transport::Tls) => {
+                                let remote = output.flow.remote;
+                                let queue = connecting.entry((transport, remote)).or_default();
                                 if queue.is_empty() {
-                                    spawn_connect(output.flow.remote, branchgate_sip::frame_len, stream_tx.clone());
+                                    let tls = match transport {
+                                        Transport::Tls => match trunk_tls_client(&b2bua, &config_rx, remote) {
+                                            Ok(client) => Some(client),
+                                            Err(e) => {
+                                                tracing::warn!(to = %remote, error = %e, "no TLS to this trunk; message dropped");
+                                                continue;
+                                            }
+                                        },
+                                        _ => None,
+                                    };
+                                    spawn_connect(remote, tls, branchgate_sip::frame_len, stream_tx.clone());
                                 }
                                 // Retransmissions while connecting need not pile up.
                                 if queue.len() < 32 {
                                     queue.push(output.data);
                                 }
                             }
-                            (None, Transport::Tls) => tracing::warn!(
-                                to = %output.flow.remote,
-                                "outgoing SIP over TLS (a TLS trunk) is not supported yet; message dropped"
-                            ),
                             // The B2BUA delivers its internal leg's messages itself.
                             (None, Transport::Loop) => {}
                             (None, _) => {

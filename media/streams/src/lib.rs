@@ -104,7 +104,125 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a TCP connection to `remote` (the box as the client: SIP to a trunk);
 /// once open it reports and behaves like an accepted one.
-pub fn spawn_connect(remote: SocketAddr, framer: Framer, events: mpsc::Sender<StreamEvent>) -> JoinHandle<()> {
+/// The Debian (and Yocto) bundle of the system's trusted CA certificates.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What the box needs to open a TLS connection as a client: whom it trusts and the name the
+/// server's certificate must carry.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// A client for `host` (a DNS name or an IP literal, checked against the certificate's
+    /// names) trusting the system's CAs and `extra_ca_pem` (a private CA, or a server's
+    /// self-signed certificate). The system bundle may be missing (a box without
+    /// ca-certificates): then only `extra_ca_pem` is trusted.
+    pub fn new(host: &str, extra_ca_pem: Option<&str>) -> Result<TlsClient, String> {
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| format!("{host:?} is not a name a certificate can carry"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Ok(bundle) = std::fs::read(SYSTEM_CA_BUNDLE) {
+            // Certificates rustls cannot use (old, odd encodings) are skipped, as browsers do.
+            let mut reader = bundle.as_slice();
+            roots.add_parsable_certificates(rustls_pemfile::certs(&mut reader).filter_map(Result::ok));
+        }
+        let mut pinned = Vec::new();
+        if let Some(pem) = extra_ca_pem {
+            let certificates =
+                rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            if certificates.is_empty() {
+                return Err("no certificate in the PEM text".into());
+            }
+            for certificate in certificates {
+                // A self-signed server certificate made with `openssl req -x509` says CA:TRUE,
+                // which path validation refuses as a server's own; such a one is trusted by
+                // being exactly the certificate given (pinned) instead.
+                let _ = roots.add(certificate.clone());
+                pinned.push(certificate);
+            }
+        }
+        if roots.is_empty() && pinned.is_empty() {
+            return Err(format!("no trusted certificates ({SYSTEM_CA_BUNDLE} is missing and none were given)"));
+        }
+        let webpki = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+            .build()
+            .map_err(|e| format!("no usable trusted certificate: {e}"))?;
+        let verifier = PinnedOrWebPki { webpki, pinned };
+        let config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(TlsClient { connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), server_name })
+    }
+}
+
+/// A server certificate is good when it chains to a trusted CA and names the server (WebPKI),
+/// or when it is exactly one of the certificates given for this server.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            result => result,
+        }
+    }
+
+    // The handshake signatures are checked as always: a pinned certificate proves nothing
+    // unless the server holds its key.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Connects to `remote` (with `tls`, a TLS client handshake follows, the server's certificate
+/// checked) and serves the connection like an accepted one.
+pub fn spawn_connect(
+    remote: SocketAddr,
+    tls: Option<TlsClient>,
+    framer: Framer,
+    events: mpsc::Sender<StreamEvent>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(remote)).await {
             Ok(Ok(stream)) => stream,
@@ -121,8 +239,23 @@ pub fn spawn_connect(remote: SocketAddr, framer: Framer, events: mpsc::Sender<St
         };
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else { return };
-        let connection = Connection { local, remote, tls: false, websocket: false };
-        serve(stream, connection, framer, events).await;
+        let connection = Connection { local, remote, tls: tls.is_some(), websocket: false };
+        let Some(tls) = tls else {
+            return serve(stream, connection, framer, events).await;
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => serve(stream, connection, framer, events).await,
+            Ok(Err(e)) => {
+                // Said at warn: a trunk whose certificate the box refuses is an installer's problem.
+                tracing::warn!(%remote, server = ?tls.server_name, error = %e, "TLS handshake failed");
+                let _ = events.send(StreamEvent::ConnectFailed { remote }).await;
+            }
+            Err(_) => {
+                tracing::warn!(%remote, "TLS handshake timed out");
+                let _ = events.send(StreamEvent::ConnectFailed { remote }).await;
+            }
+        }
     })
 }
 

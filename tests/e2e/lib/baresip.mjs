@@ -10,8 +10,11 @@ import { freePort } from "./box.mjs";
 /**
  * Starts baresip registered as `user` at the box. Returns {heard(), stop(), output}.
  * `codecs` is baresip's audio codec list for the account (e.g. "PCMU,PCMA").
+ * With `certificate` (PEM file of certificate and key) baresip also takes SIP over TLS, on
+ * `phone.tlsPort` (its UDP/TCP port + 1); with `trunk` it registers nowhere and answers
+ * whatever reaches it, as a SIP trunk would.
  */
-export async function startBaresip({ box, user, password, domain, codecs = "PCMU,PCMA", tone = 1000 }) {
+export async function startBaresip({ box, user, password, domain, codecs = "PCMU,PCMA", tone = 1000, certificate, trunk = false }) {
   const home = mkdtempSync(join(tmpdir(), "baresip-"));
   mkdirSync(join(home, ".baresip"));
   const sipPort = await freePort();
@@ -19,6 +22,7 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
   writeFileSync(join(home, ".baresip", "config"), [
     "poll_method epoll",
     `sip_listen 127.0.0.1:${sipPort}`,
+    ...(certificate ? [`sip_certificate ${certificate}`] : []),
     // No player (user-space ALSA devices are not paced in real time): the sndfile
     // filter records what baresip decodes, as the RTP arrives.
     "audio_player none,none",
@@ -41,16 +45,18 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
     "module_app menu.so",
     "",
   ].join("\n"));
-  writeFileSync(join(home, ".baresip", "accounts"),
-    `<sip:${user}@${domain}>;outbound="sip:127.0.0.1:${box.sipPort}";auth_pass=${password};` +
-    `answermode=auto;audio_codecs=${codecs};regint=60\n`);
+  writeFileSync(join(home, ".baresip", "accounts"), trunk
+    ? `<sip:${user}@127.0.0.1>;answermode=auto;audio_codecs=${codecs};regint=0\n`
+    : `<sip:${user}@${domain}>;outbound="sip:127.0.0.1:${box.sipPort}";auth_pass=${password};` +
+      `answermode=auto;audio_codecs=${codecs};regint=60\n`);
   const child = spawn("baresip", [...(process.env.BARESIP_TRACE ? ["-s"] : []), "-f", join(home, ".baresip")], { env: { ...process.env, HOME: home }, stdio: ["pipe", "pipe", "pipe"] });
-  const phone = { home, output: "", child };
+  const phone = { home, output: "", child, sipPort, tlsPort: sipPort + 1 };
   /** The WAV file of what baresip decoded in its last call (sndfile names it by date). */
   phone.heard = () => readdirSync(home).filter((f) => f.endsWith("-dec.wav")).sort().map((f) => join(home, f)).pop();
   child.stdout.on("data", (d) => { phone.output += d; });
   child.stderr.on("data", (d) => { phone.output += d; });
-  for (let i = 0; i < 100 && !/200 OK|registered/i.test(phone.output); i++) await new Promise((r) => setTimeout(r, 100));
+  const ready = trunk ? /baresip is ready/ : /200 OK|registered/i;
+  for (let i = 0; i < 100 && !ready.test(phone.output); i++) await new Promise((r) => setTimeout(r, 100));
   /** Calls `uri` (baresip's menu command on its stdin). */
   phone.dial = (uri) => child.stdin.write(`/dial ${uri}\n`);
   /** Keys pressed in a call (baresip sends each digit as RFC 4733 events), one every 300 ms. */
