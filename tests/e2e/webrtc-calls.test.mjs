@@ -15,14 +15,9 @@ import { serveSoftphone, checkAudioBothWays, toneWav } from "./lib/softphone.mjs
 
 const DOMAIN = "branch.example";
 
-/**
- * A box with users 1001 (the browser) and 1002 (baresip), a page with JsSIP
- * in headless Chromium sending a 440 Hz tone, and baresip sending 1 kHz.
- */
-async function lab(t, sip = {}, phoneCodecs = "PCMU") {
-  const pagePort = await freePort();
-  const origin = `http://127.0.0.1:${pagePort}`;
-  const box = await startBox({
+/** A box with users 1001 and 1002 whose `/sip` accepts the softphone page's `origin`. */
+function startCallBox(origin, sip = {}) {
+  return startBox({
     provision: {
       admin: { password: "installer-secret-1" },
       sip: {
@@ -32,14 +27,29 @@ async function lab(t, sip = {}, phoneCodecs = "PCMU") {
       },
     },
   });
-  const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
-  const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: phoneCodecs });
-  const browser = await chromium.launch({
+}
+
+/** Headless Chromium whose fake microphone plays the WAV file `tone`. */
+function launchChromium(tone) {
+  return chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: [...CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
       `--use-file-for-fake-audio-capture=${tone}`, "--allow-loopback-in-peer-connection",
       "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required"],
   });
+}
+
+/**
+ * A box with users 1001 (the browser) and 1002 (baresip), a page with JsSIP
+ * in headless Chromium sending a 440 Hz tone, and baresip sending 1 kHz.
+ */
+async function lab(t, sip = {}, phoneCodecs = "PCMU") {
+  const pagePort = await freePort();
+  const origin = `http://127.0.0.1:${pagePort}`;
+  const box = await startCallBox(origin, sip);
+  const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
+  const phone = await startBaresip({ box, user: "1002", password: "pw-1002-secret", domain: DOMAIN, codecs: phoneCodecs });
+  const browser = await launchChromium(tone);
   const name = t.name.replace(/[^a-z0-9]+/gi, "-").slice(0, 40);
   const cleanup = async () => {
     await browser.close();
@@ -262,26 +272,12 @@ test("a SIP phone's RFC 4733 keys reach a trunk configured for SIP INFO as INFO 
 test("a browser calls a browser (both JsSIP over WSS): the box terminates both WebRTC sessions, audio both ways", async (t) => {
   const pagePort = await freePort();
   const origin = `http://127.0.0.1:${pagePort}`;
-  const box = await startBox({
-    provision: {
-      admin: { password: "installer-secret-1" },
-      sip: {
-        domain: DOMAIN, ws_allowed_origins: [origin],
-        users: [{ username: "1001", password: "pw-1001-secret" }, { username: "1002", password: "pw-1002-secret" }],
-      },
-    },
-  });
+  const box = await startCallBox(origin);
   // Each browser its own Chromium: the fake microphone is per process (440 Hz and 1 kHz).
   const { server, tone } = await serveSoftphone("127.0.0.1", pagePort);
   const tone1k = join(dirname(tone), "tone-1000.wav");
   toneWav(tone1k, 1000);
-  const launch = (file) => chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [...CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${file}`, "--allow-loopback-in-peer-connection",
-      "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required"],
-  });
-  const browsers = [await launch(tone), await launch(tone1k)];
+  const browsers = [await launchChromium(tone), await launchChromium(tone1k)];
   try {
     const api = new Api(box.url);
     await api.login("admin", "installer-secret-1");
