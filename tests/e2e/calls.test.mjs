@@ -110,6 +110,17 @@ test("the callee hangs up", async () => {
   } finally { await box.stop(); }
 });
 
+test("a callee with reliable early media (100rel): the box PRACKs the 183 itself, the caller gets it unreliably", async () => {
+  const { box, trunkPort } = await boxWithTrunk();
+  try {
+    const callee = uas(box, "uas_100rel.xml", trunkPort);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "call_uac.xml", "95550000", ["caller_bye"]);
+    assert.equal(await callee, 0, "INVITE offered 100rel, the 183 was PRACKed with the INVITE's CSeq, the ACK too");
+    assert.equal(await caller, 0, "the caller (no 100rel) got the 183 and the 200");
+  } finally { await box.stop(); }
+});
+
 test("the installer hangs up a live call from the API: both sides get a BYE", async () => {
   const { box, api, trunkPort } = await boxWithTrunk();
   try {

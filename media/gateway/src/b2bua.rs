@@ -242,6 +242,11 @@ struct Leg {
     remote_uri: String,
     remote_target: String,
     local_cseq: u32,
+    /// The CSeq of the box's last INVITE in this dialog: its ACK carries it (a PRACK in
+    /// between advances `local_cseq`).
+    invite_cseq: u32,
+    /// The RSeq of the last reliable provisional response the box PRACKed (RFC 3262).
+    prack_rseq: Option<u32>,
     /// Where the box says it is (Via, Contact, SDP).
     local_ip: IpAddr,
 }
@@ -899,6 +904,8 @@ impl B2bua {
             remote_uri: request.get("From").map(strip_tag).unwrap_or_default(),
             remote_target: request.get("Contact").map(uri_of).unwrap_or("").to_string(),
             local_cseq: 0,
+            invite_cseq: 0,
+            prack_rseq: None,
             local_ip,
         };
         self.dialogs.insert(dialog_key(&a.call_id, &a.flow), (id, Side::A));
@@ -1072,6 +1079,8 @@ impl B2bua {
             remote_uri: to_uri,
             remote_target: request_uri,
             local_cseq: 0,
+            invite_cseq: 0,
+            prack_rseq: None,
             local_ip,
         };
         let max_forwards =
@@ -1106,6 +1115,9 @@ impl B2bua {
         };
         let Some(mut request) = self.dialog_request(id, Side::B, "INVITE", body) else { return };
         request.set("Max-Forwards", max_forwards.to_string());
+        // Early media from gateways often comes reliably (RFC 3262): the box PRACKs it itself
+        // and passes it to the caller unreliably, so callers need not support 100rel.
+        request.push("Supported", "100rel");
         for (name, value) in passed {
             request.push(&name, value);
         }
@@ -1151,6 +1163,7 @@ impl B2bua {
             return false;
         };
         leg.local_cseq += 1;
+        leg.invite_cseq = leg.local_cseq;
         let via = request.get("Via").unwrap_or("").to_string();
         let old_branch = param(&via, "branch").unwrap_or("").to_string();
         request.set("Via", via.replace(&old_branch, &branch));
@@ -1176,6 +1189,9 @@ impl B2bua {
         if method != "ACK" {
             leg.local_cseq += 1;
         }
+        if method == "INVITE" {
+            leg.invite_cseq = leg.local_cseq;
+        }
         let mut m = Message {
             start: StartLine::Request { method: method.into(), uri: leg.remote_target.clone() },
             headers: Vec::new(),
@@ -1197,7 +1213,8 @@ impl B2bua {
         m.push("From", from);
         m.push("To", to);
         m.push("Call-ID", leg.call_id.clone());
-        m.push("CSeq", format!("{} {method}", leg.local_cseq.max(1)));
+        let cseq = if method == "ACK" { leg.invite_cseq } else { leg.local_cseq };
+        m.push("CSeq", format!("{} {method}", cseq.max(1)));
         m.push("Contact", contact_of(leg));
         if method == "INVITE" {
             m.push("Allow", branchgate_sip::server::ALLOW);
@@ -1487,10 +1504,17 @@ impl B2bua {
                 self.forget(now, id);
             }
             (CallState::Cancelled, _) if code >= 200 => self.forget(now, id),
-            (CallState::Setup, 101..=199) => match self.setup_body(now, id, &response) {
-                Ok(body) => self.answer_a(now, id, code, &reason, body),
-                Err(e) => tracing::info!("{}", format!("call {id}: bad SDP in {code}: {e}")),
-            },
+            (CallState::Setup, 101..=199) => {
+                if let Some(rseq) = reliable_rseq(&response)
+                    && !self.prack_b(now, id, rseq, &response)
+                {
+                    return; // a retransmission, relayed already
+                }
+                match self.setup_body(now, id, &response) {
+                    Ok(body) => self.answer_a(now, id, code, &reason, body),
+                    Err(e) => tracing::info!("{}", format!("call {id}: bad SDP in {code}: {e}")),
+                }
+            }
             (CallState::Setup, 200..=299) => {
                 call.b_ack_waits_for_answer = call.offer.is_none() && !response.body.is_empty();
                 self.ack_b(id);
@@ -1529,6 +1553,23 @@ impl B2bua {
             }
             _ => {}
         }
+    }
+
+    /// PRACKs a reliable provisional response on leg B (RFC 3262 §7.2), once per RSeq;
+    /// `false` for one PRACKed already (a retransmission, which is dropped).
+    fn prack_b(&mut self, now: Instant, id: u64, rseq: u32, response: &Message) -> bool {
+        let Some(leg) = self.calls.get_mut(&id).and_then(|c| c.b.as_mut()) else { return false };
+        if leg.prack_rseq.is_some_and(|last| rseq <= last) {
+            return false;
+        }
+        leg.prack_rseq = Some(rseq);
+        let flow = leg.flow;
+        let Some((invite_cseq, _)) = response.cseq() else { return false };
+        let Some(mut prack) = self.dialog_request(id, Side::B, "PRACK", None) else { return false };
+        prack.push("RAck", format!("{rseq} {invite_cseq} INVITE"));
+        let key = self.sip.send_request(now, flow, prack);
+        self.sent.insert(key, id);
+        true
     }
 
     /// Routes the number a 3xx's Contact names, once per call; `false` when it cannot.
@@ -2136,6 +2177,16 @@ impl B2bua {
         health.probe = None;
         health.next_probe = interval.map(|i| now + i);
     }
+}
+
+/// The RSeq of a provisional response sent reliably (`Require: 100rel`, RFC 3262 §7.1).
+fn reliable_rseq(response: &Message) -> Option<u32> {
+    let required =
+        response.lines("Require").flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("100rel"));
+    if !required {
+        return None;
+    }
+    response.get("RSeq")?.trim().parse().ok()
 }
 
 fn leg(call: &Call, side: Side) -> Option<&Leg> {

@@ -330,6 +330,38 @@ Call-ID: alice-call@10.1.1.5\r\nCSeq: 2 CANCEL\r\n\r\n";
 }
 
 #[test]
+fn a_reliable_183_is_pracked_by_the_box_and_relayed_unreliably() {
+    let mut lab = Lab::new(vec![trunk("second", T2, 2)], routes());
+    let out = lab.call("0800");
+    let invite = out.into_iter().find(|(_, m)| method(m) == "INVITE").expect("INVITE").1;
+    assert!(invite.lines("Supported").any(|s| s.contains("100rel")), "leg B offers 100rel");
+    let invite_cseq = invite.cseq().expect("cseq").0;
+    let mut early = Message::parse(answer(&invite, 183, "t2", ANSWER).as_bytes()).expect("183");
+    early.push("Require", "100rel");
+    early.push("RSeq", "7");
+    let early = String::from_utf8(early.to_bytes()).expect("utf8");
+    let out = lab.send(T2, &early);
+    let prack = out.iter().find(|(_, m)| method(m) == "PRACK").expect("the box PRACKs the 183");
+    assert_eq!(prack.0, addr(T2), "over the trunk's flow");
+    assert!(
+        matches!(&prack.1.start, StartLine::Request { uri, .. } if uri == "sip:far@192.0.2.99:5060"),
+        "to the 183's Contact"
+    );
+    assert_eq!(prack.1.get("RAck"), Some(format!("7 {invite_cseq} INVITE").as_str()));
+    assert!(prack.1.get("To").is_some_and(|t| t.contains("tag=t2")));
+    let relayed = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 183).expect("183 to the caller");
+    assert!(relayed.1.get("Require").is_none() && relayed.1.get("RSeq").is_none(), "unreliable toward the caller");
+    // A retransmission of the same reliable 183 is neither PRACKed again nor relayed.
+    let out = lab.send(T2, &early);
+    assert!(!out.iter().any(|(_, m)| method(m) == "PRACK" || code(m) == 183), "{out:?}");
+    // The answer: the ACK carries the INVITE's CSeq, not the PRACK's.
+    let out = lab.send(T2, &answer(&invite, 200, "t2", ANSWER));
+    let ack = out.iter().find(|(_, m)| method(m) == "ACK").expect("ACK");
+    assert_eq!(ack.1.cseq(), Some((invite_cseq, "ACK")));
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 200));
+}
+
+#[test]
 fn a_trunk_407_is_answered_once_with_the_trunk_credentials() {
     let mut with_credentials = trunk("second", T2, 2);
     with_credentials.credentials = Some(("trunkuser".into(), "trunk-secret".into()));
