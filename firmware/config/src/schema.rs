@@ -358,6 +358,10 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// Networks that reach the box without that NAT: peers here get the box's own address.
     pub local_networks: Vec<IpNet>,
+    /// Listen for DTMF keys sent as audio tones (analogue gateways, old phones) and pass them
+    /// as SIP INFO to a side that takes INFO (`sip.trunks[].dtmf = "info"`). Off by default:
+    /// speech or music can imitate a key (talk-off), and most phones send RFC 4733 events.
+    pub inband_dtmf: bool,
 }
 
 /// The box's address as `peer` must see it (`media.public_ip`, `media.local_networks`): the
@@ -417,6 +421,7 @@ impl Default for MediaConfig {
             max_transcoded_calls: 100,
             public_ip: None,
             local_networks: default_local_networks(),
+            inband_dtmf: false,
         }
     }
 }

@@ -19,7 +19,7 @@ pub use branchgate_streams::CertificateSource;
 use branchgate_streams::{Connection, StreamEvent, TlsClient, spawn_accept_loop, spawn_connect, tls_acceptor};
 use rand::RngCore;
 pub use relay::LegQuality;
-use relay::{BrowserLeg, MediaEvent, MediaRelay};
+use relay::{BrowserLeg, MediaEvent, MediaRelay, RelaySettings};
 use std::collections::HashMap;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -285,8 +285,11 @@ pub async fn run(
         let mut b2bua =
             B2bua::new(server, call_config(&snapshot.config).await, rand::random::<[u8; 32]>(), Instant::now());
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-        let media_timeout = |c: &branchgate_config::Config| Duration::from_secs(u64::from(c.media.timeout_seconds));
-        let mut relay = MediaRelay::new(events_tx, media_timeout(&snapshot.config));
+        let relay_settings = |c: &branchgate_config::Config| RelaySettings {
+            timeout: Duration::from_secs(u64::from(c.media.timeout_seconds)),
+            inband_dtmf: c.media.inband_dtmf,
+        };
+        let mut relay = MediaRelay::new(events_tx, relay_settings(&snapshot.config));
         let (hangup_tx, mut hangup_rx) = mpsc::unbounded_channel();
         {
             let mut state = monitor.lock();
@@ -344,7 +347,7 @@ pub async fn run(
                         || certificate_changed { break true; }
                     b2bua.sip_mut().set_config(server_config(new));
                     b2bua.set_config(call_config(&snapshot.config).await, Instant::now());
-                    relay.set_timeout(media_timeout(&snapshot.config));
+                    relay.set_settings(relay_settings(&snapshot.config));
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() { break false; }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use branchgate_dsp::{Frame, JitterBuffer, Transcoder};
+use branchgate_dsp::{Codec, Frame, InbandKeys, JitterBuffer, Transcoder};
 use branchgate_rtp::{
     Latch, ReceptionStats, RtpHeader, TelephoneEvent, build_rtp, is_rtcp, parse_rtp, rtp_payload,
     telephone_event_packets,
@@ -142,18 +142,26 @@ pub struct MediaRelay {
     calls: HashMap<u64, CallMedia>,
     /// What the relays report to the B2BUA (silent calls, DTMF for INFO trunks).
     events: mpsc::UnboundedSender<MediaEvent>,
+    settings: RelaySettings,
+}
+
+/// What the configuration says about relaying (`media.*`); streams opened from then on follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelaySettings {
     /// How long a call may go without media.
-    timeout: Duration,
+    pub timeout: Duration,
+    /// Listen for keys sent as audio tones on plain streams (`media.inband_dtmf`).
+    pub inband_dtmf: bool,
 }
 
 impl MediaRelay {
-    pub fn new(events: mpsc::UnboundedSender<MediaEvent>, timeout: Duration) -> Self {
-        MediaRelay { calls: HashMap::new(), events, timeout }
+    pub fn new(events: mpsc::UnboundedSender<MediaEvent>, settings: RelaySettings) -> Self {
+        MediaRelay { calls: HashMap::new(), events, settings }
     }
 
-    /// A new media timeout for calls set up from now on.
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
+    /// New settings for streams opened from now on.
+    pub fn set_settings(&mut self, settings: RelaySettings) {
+        self.settings = settings;
     }
 
     pub fn counters(&self, call: u64) -> Option<Arc<Counters>> {
@@ -176,7 +184,7 @@ impl MediaRelay {
             entry.counters.clone(),
             self.events.clone(),
             call,
-            self.timeout,
+            self.settings,
             entry.dtmf_info,
         ));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
@@ -248,7 +256,7 @@ impl MediaRelay {
             counters: entry.counters.clone(),
             events: self.events.clone(),
             call,
-            timeout: self.timeout,
+            timeout: self.settings.timeout,
         };
         let task = tokio::spawn(relay_browser_stream(sockets, stream, control_rx));
         if let Some((_, old)) = entry.streams.insert(index, (control_tx, task)) {
@@ -311,6 +319,8 @@ struct PlainSide {
     rtcp_latch: Latch,
     reception: Reception,
     keys: KeyReporter,
+    /// Keys this side sends as audio tones, heard while the other side takes SIP INFO.
+    inband: Option<InbandKeys>,
 }
 
 /// Datagrams read from one socket per wakeup at most: a busy socket cannot starve the others.
@@ -321,6 +331,8 @@ struct StreamContext<'a> {
     counters: &'a Counters,
     events: &'a mpsc::UnboundedSender<MediaEvent>,
     call: u64,
+    /// Listen for keys sent as audio tones (`media.inband_dtmf`).
+    inband_dtmf: bool,
 }
 
 impl PlainSide {
@@ -333,7 +345,18 @@ impl PlainSide {
             rtcp_latch: Latch::new(),
             reception: Reception::new(side, false, false),
             keys: KeyReporter::default(),
+            inband: None,
         }
+    }
+
+    /// Where RTP for this side goes: the box's socket facing it and its address once known.
+    fn rtp_out(&self) -> (&UdpSocket, Option<SocketAddr>) {
+        (&self.rtp, self.latch.destination())
+    }
+
+    /// Where RTCP for this side goes.
+    fn rtcp_out(&self) -> (&UdpSocket, Option<SocketAddr>) {
+        (&self.rtcp, rtcp_destination(&self.rtcp_latch, &self.latch))
     }
 
     fn signal(&mut self, peer: MediaPeer) {
@@ -346,9 +369,11 @@ impl PlainSide {
     /// [`BURST`]), read without waiting: one wakeup serves a burst, and no read is tried on an
     /// idle socket.
     /// `other_takes_info`: the other side wants DTMF as SIP INFO (this side's events are reported).
+    /// (The other side comes as its socket and address, not as a whole: its key listener
+    /// holds codec state that must not be shared across the await.)
     async fn relay_rtp(
         &mut self,
-        other: &PlainSide,
+        (other_rtp, other_destination): (&UdpSocket, Option<SocketAddr>),
         other_takes_info: bool,
         buf: &mut [u8],
         context: &StreamContext<'_>,
@@ -358,7 +383,7 @@ impl PlainSide {
             let now = Instant::now();
             // Latched even while the other side is unknown: its answer may come any moment.
             let accepted = self.latch.accept(now, source);
-            let Some(to) = other.latch.destination().filter(|_| accepted) else { continue };
+            let Some(to) = other_destination.filter(|_| accepted) else { continue };
             let packet = &buf[..len];
             if let (false, Ok(header)) = (is_rtcp(packet), parse_rtp(packet)) {
                 self.reception.received(now, &header, context.counters);
@@ -369,23 +394,49 @@ impl PlainSide {
                     }
                     continue;
                 }
+                if other_takes_info && context.inband_dtmf {
+                    self.listen_for_keys(packet, &header, context);
+                }
             }
             context.counters.touch();
             let counter = if self.side == Side::A { &context.counters.a_to_b } else { &context.counters.b_to_a };
             counter.fetch_add(1, Ordering::Relaxed);
-            branchgate_streams::send_datagram(&other.rtp, packet, to).await;
+            branchgate_streams::send_datagram(other_rtp, packet, to).await;
+        }
+    }
+
+    /// Listens to a voice packet for keys sent as tones; a key heard goes to the B2BUA (as a
+    /// telephone event would). The packet itself is relayed unchanged.
+    fn listen_for_keys(&mut self, packet: &[u8], header: &RtpHeader, context: &StreamContext<'_>) {
+        let Some(codec) =
+            self.reception.format(header.payload_type).and_then(|f| Codec::from_rtpmap(&f.name, f.clock_rate))
+        else {
+            return;
+        };
+        if self.inband.as_ref().is_none_or(|k| k.codec() != codec) {
+            self.inband = InbandKeys::new(codec).ok();
+        }
+        if let (Some(keys), Ok(payload)) = (self.inband.as_mut(), rtp_payload(packet))
+            && let Some((event, duration_ms)) = keys.listen(payload)
+        {
+            let _ = context.events.send(MediaEvent::Dtmf { call: context.call, from: self.side, event, duration_ms });
         }
     }
 
     /// The RTCP waiting from this side, relayed to `other`.
-    async fn relay_rtcp(&mut self, other: &PlainSide, buf: &mut [u8], context: &StreamContext<'_>) {
+    async fn relay_rtcp(
+        &mut self,
+        (other_rtcp, other_destination): (&UdpSocket, Option<SocketAddr>),
+        buf: &mut [u8],
+        context: &StreamContext<'_>,
+    ) {
         for _ in 0..BURST {
             let Ok((len, source)) = self.rtcp.try_recv_from(buf) else { return };
             if self.rtcp_latch.accept(Instant::now(), source)
-                && let Some(to) = rtcp_destination(&other.rtcp_latch, &other.latch)
+                && let Some(to) = other_destination
             {
                 context.counters.touch();
-                branchgate_streams::send_datagram(&other.rtcp, &buf[..len], to).await;
+                branchgate_streams::send_datagram(other_rtcp, &buf[..len], to).await;
             }
         }
     }
@@ -397,12 +448,13 @@ async fn relay_stream(
     counters: Arc<Counters>,
     events: mpsc::UnboundedSender<MediaEvent>,
     call: u64,
-    timeout: Duration,
+    settings: RelaySettings,
     mut dtmf_info: [bool; 2],
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
     let (mut a, mut b) = (PlainSide::new(Side::A, a_rtp, a_rtcp), PlainSide::new(Side::B, b_rtp, b_rtcp));
-    let context = StreamContext { counters: &counters, events: &events, call };
+    let timeout = settings.timeout;
+    let context = StreamContext { counters: &counters, events: &events, call, inband_dtmf: settings.inband_dtmf };
     let mut buf = [0u8; 2048];
     let mut reported = false;
     let mut check = tokio::time::interval((timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5)));
@@ -410,10 +462,10 @@ async fn relay_stream(
         // Readiness, then non-blocking reads: polling a `recv_from` on each of the four sockets
         // at every wakeup cost a failed read on the idle ones.
         tokio::select! {
-            Ok(()) = a.rtp.readable() => a.relay_rtp(&b, dtmf_info[1], &mut buf, &context).await,
-            Ok(()) = b.rtp.readable() => b.relay_rtp(&a, dtmf_info[0], &mut buf, &context).await,
-            Ok(()) = a.rtcp.readable() => a.relay_rtcp(&b, &mut buf, &context).await,
-            Ok(()) = b.rtcp.readable() => b.relay_rtcp(&a, &mut buf, &context).await,
+            Ok(()) = a.rtp.readable() => a.relay_rtp(b.rtp_out(), dtmf_info[1], &mut buf, &context).await,
+            Ok(()) = b.rtp.readable() => b.relay_rtp(a.rtp_out(), dtmf_info[0], &mut buf, &context).await,
+            Ok(()) = a.rtcp.readable() => a.relay_rtcp(b.rtcp_out(), &mut buf, &context).await,
+            Ok(()) = b.rtcp.readable() => b.relay_rtcp(a.rtcp_out(), &mut buf, &context).await,
             command = control.recv() => match command {
                 Some(Control::Peer { side: Side::A, peer }) => a.signal(peer),
                 Some(Control::Peer { side: Side::B, peer }) => b.signal(peer),

@@ -12,9 +12,10 @@ import { freePort } from "./box.mjs";
  * `codecs` is baresip's audio codec list for the account (e.g. "PCMU,PCMA").
  * With `certificate` (PEM file of certificate and key) baresip also takes SIP over TLS, on
  * `phone.tlsPort` (its UDP/TCP port + 1); with `trunk` it registers nowhere and answers
- * whatever reaches it, as a SIP trunk would.
+ * whatever reaches it, as a SIP trunk would. With `source` (a mono 48 kHz WAV file, e.g. from
+ * `dtmfWav`) baresip sends that file instead of the sine tone.
  */
-export async function startBaresip({ box, user, password, domain, codecs = "PCMU,PCMA", tone = 1000, certificate, trunk = false }) {
+export async function startBaresip({ box, user, password, domain, codecs = "PCMU,PCMA", tone = 1000, certificate, trunk = false, source }) {
   const home = mkdtempSync(join(tmpdir(), "baresip-"));
   mkdirSync(join(home, ".baresip"));
   const sipPort = await freePort();
@@ -27,10 +28,10 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
     // filter records what baresip decodes, as the RTP arrives.
     "audio_player none,none",
     `snd_path ${home}`,
-    `audio_source ausine,${tone}`,
-    // ausine produces 48 kHz stereo only; baresip resamples to the codec's rate.
-    "ausrc_srate 48000",
-    "ausrc_channels 2",
+    ...(source
+      ? [`audio_source aufile,${source}`, "ausrc_srate 48000", "ausrc_channels 1"]
+      // ausine produces 48 kHz stereo only; baresip resamples to the codec's rate.
+      : [`audio_source ausine,${tone}`, "ausrc_srate 48000", "ausrc_channels 2"]),
     "audio_alert aufile,/dev/null",
     `rtp_ports ${rtpStart}-${rtpStart + 10}`,
     "module_path /usr/lib/baresip/modules",
@@ -74,6 +75,37 @@ export async function startBaresip({ box, user, password, domain, codecs = "PCMU
     setTimeout(() => child.kill("SIGKILL"), 2000);
   });
   return phone;
+}
+
+/**
+ * Writes a mono 48 kHz WAV file of DTMF keys played as audio (ITU-T Q.23 tone pairs, each
+ * tone at -10 dBm0-ish), as an old phone or an analogue gateway sends them: `lead` seconds of
+ * silence, each key for `toneMs` with `gapMs` of silence after it, then `tail` seconds of silence.
+ */
+export function dtmfWav(path, keys, { lead = 2, toneMs = 120, gapMs = 120, tail = 2, rate = 48000 } = {}) {
+  const pairs = { 1: [697, 1209], 2: [697, 1336], 3: [697, 1477], 4: [770, 1209], 5: [770, 1336], 6: [770, 1477],
+    7: [852, 1209], 8: [852, 1336], 9: [852, 1477], "*": [941, 1209], 0: [941, 1336], "#": [941, 1477] };
+  const pcm = [...new Array(Math.round(lead * rate)).fill(0)];
+  for (const key of keys) {
+    const [low, high] = pairs[key];
+    for (let i = 0; i < (toneMs * rate) / 1000; i++) {
+      pcm.push(Math.round(5000 * (Math.sin((2 * Math.PI * low * i) / rate) + Math.sin((2 * Math.PI * high * i) / rate))));
+    }
+    pcm.push(...new Array(Math.round((gapMs * rate) / 1000)).fill(0));
+  }
+  pcm.push(...new Array(Math.round(tail * rate)).fill(0));
+  writeWav(path, pcm, rate);
+}
+
+/** Writes mono 16-bit PCM samples (an array of integers) as a WAV file. */
+export function writeWav(path, pcm, rate) {
+  const data = Buffer.alloc(44 + pcm.length * 2);
+  data.write("RIFF", 0); data.writeUInt32LE(36 + pcm.length * 2, 4); data.write("WAVE", 8);
+  data.write("fmt ", 12); data.writeUInt32LE(16, 16); data.writeUInt16LE(1, 20); data.writeUInt16LE(1, 22);
+  data.writeUInt32LE(rate, 24); data.writeUInt32LE(rate * 2, 28); data.writeUInt16LE(2, 32); data.writeUInt16LE(16, 34);
+  data.write("data", 36); data.writeUInt32LE(pcm.length * 2, 40);
+  pcm.forEach((v, i) => data.writeInt16LE(v, 44 + 2 * i));
+  writeFileSync(path, data);
 }
 
 /** Reads a 16-bit PCM WAV file: {sampleRate, samples (Int16Array)}, or null when absent. */

@@ -2,11 +2,11 @@
 // they check of a call: shared by the loopback tests and the NAT test.
 import assert from "node:assert/strict";
 import http from "node:http";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createRequire } from "node:module";
-import { readWav, toneShare } from "./baresip.mjs";
+import { readWav, toneShare, writeWav } from "./baresip.mjs";
 
 const require = createRequire(import.meta.url);
 const esbuild = require("esbuild");
@@ -21,14 +21,7 @@ export async function jssipBundle() {
 
 /** A 16-bit mono WAV file of a sine tone, for Chromium's fake microphone. */
 export function toneWav(path, frequency, seconds = 10, rate = 48000) {
-  const samples = rate * seconds;
-  const data = Buffer.alloc(44 + samples * 2);
-  data.write("RIFF", 0); data.writeUInt32LE(36 + samples * 2, 4); data.write("WAVE", 8);
-  data.write("fmt ", 12); data.writeUInt32LE(16, 16); data.writeUInt16LE(1, 20); data.writeUInt16LE(1, 22);
-  data.writeUInt32LE(rate, 24); data.writeUInt32LE(rate * 2, 28); data.writeUInt16LE(2, 32); data.writeUInt16LE(16, 34);
-  data.write("data", 36); data.writeUInt32LE(samples * 2, 40);
-  for (let i = 0; i < samples; i++) data.writeInt16LE(Math.round(8000 * Math.sin((2 * Math.PI * frequency * i) / rate)), 44 + 2 * i);
-  writeFileSync(path, data);
+  writeWav(path, Array.from({ length: rate * seconds }, (_, i) => Math.round(8000 * Math.sin((2 * Math.PI * frequency * i) / rate))), rate);
 }
 
 /** The page: JsSIP and the softphone helpers. */
