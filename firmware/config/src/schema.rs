@@ -307,6 +307,9 @@ pub struct TurnConfig {
     pub user_quota: u32,
     /// Allocations the box holds at once (508 beyond).
     pub total_quota: u32,
+    /// Bandwidth one allocation may relay in each direction, kbit/s (0: no cap); datagrams
+    /// beyond it are dropped. The default leaves room for HD video, not for a flood.
+    pub max_allocation_kbps: u32,
 }
 
 impl Default for TurnConfig {
@@ -326,6 +329,7 @@ impl Default for TurnConfig {
             relay_port_max: 65535,
             user_quota: 100,
             total_quota: 5000,
+            max_allocation_kbps: 20_000,
         }
     }
 }

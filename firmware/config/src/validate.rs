@@ -308,6 +308,11 @@ impl Config {
             "turn.total_quota",
             "at least the per-user quota, at most 100000",
         );
+        r.check(
+            t.max_allocation_kbps == 0 || (64..=10_000_000).contains(&t.max_allocation_kbps),
+            "turn.max_allocation_kbps",
+            "0 (no cap) or between 64 kbit/s (one voice call) and 10000000",
+        );
         let media = &self.media;
         r.check(
             t.relay_port_max < media.rtp_port_min || t.relay_port_min > media.rtp_port_max,

@@ -79,6 +79,7 @@ pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
     config.advertised_relay_ip = turn.external_ip;
     config.relay_ports = turn.relay_port_min..=turn.relay_port_max;
     config.max_allocations_per_user = turn.user_quota as usize;
+    config.max_allocation_bytes_per_second = u64::from(turn.max_allocation_kbps) * 1000 / 8;
     config.max_allocations = turn.total_quota as usize;
     config.policy.own_ports = own_ports(box_config);
     config.policy.media_ports = Some((box_config.media.rtp_port_min, box_config.media.rtp_port_max));

@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
     pub nonce_lifetime_secs: u64,
+    /// Bytes per second one allocation may relay in each direction (0: no cap). Beyond it
+    /// datagrams are dropped, as a congested link would, so one user cannot starve the box.
+    pub max_allocation_bytes_per_second: u64,
 }
 
 impl ServerConfig {
@@ -82,6 +85,7 @@ impl ServerConfig {
             max_allocations: 10_000,
             max_allocations_per_user: 100,
             nonce_lifetime_secs: 600,
+            max_allocation_bytes_per_second: 0,
         }
     }
 }
@@ -251,6 +255,45 @@ struct Allocation {
     reservation_token: Option<[u8; 8]>,
     to_peer: Counter,
     to_client: Counter,
+    /// The bandwidth cap's budget toward the peer and toward the client.
+    to_peer_budget: Budget,
+    to_client_budget: Budget,
+}
+
+/// A token bucket over bytes: refilled at the cap's rate, holding at most one second of it
+/// (a video keyframe may burst; a sustained flood may not).
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    bytes: u64,
+    refilled: Instant,
+}
+
+impl Budget {
+    fn full(now: Instant, rate: u64) -> Budget {
+        Budget { bytes: rate, refilled: now }
+    }
+
+    /// Takes `len` bytes from the budget; `false` (nothing taken) when there are not enough.
+    /// `rate` 0 means no cap.
+    fn take(&mut self, now: Instant, rate: u64, len: usize) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let earned =
+            u64::try_from(elapsed.as_micros().saturating_mul(u128::from(rate)) / 1_000_000).unwrap_or(u64::MAX);
+        // The instant moves only when whole bytes were earned: fractions keep accruing.
+        if earned > 0 {
+            self.bytes = self.bytes.saturating_add(earned).min(rate);
+            self.refilled = now;
+        }
+        let len = len as u64;
+        if self.bytes < len {
+            return false;
+        }
+        self.bytes -= len;
+        true
+    }
 }
 
 impl Allocation {
@@ -529,6 +572,10 @@ impl Server {
             let peer = channel.peer;
             let ip = canonical(peer.ip());
             allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;
+            allocation
+                .to_peer_budget
+                .take(now, self.config.max_allocation_bytes_per_second, payload.len())
+                .then_some(())?;
             allocation.to_peer.add(payload.len());
             Some(Forward::ToPeer { relay_port: allocation.relay_port, peer, payload })
         })();
@@ -554,6 +601,10 @@ impl Server {
             self.config.policy.check(peer, allocation.relay_protocol()).ok()?;
             let ip = canonical(peer.ip());
             allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;
+            allocation
+                .to_peer_budget
+                .take(now, self.config.max_allocation_bytes_per_second, payload.len())
+                .then_some(())?;
             allocation.to_peer.add(payload.len());
             Some((allocation.relay_port, peer, payload))
         })();
@@ -588,7 +639,10 @@ impl Server {
             return Forward::None;
         };
         let ip = canonical(peer.ip());
-        if allocation.expires <= now || !allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now) {
+        if allocation.expires <= now
+            || !allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now)
+            || !allocation.to_client_budget.take(now, self.config.max_allocation_bytes_per_second, len)
+        {
             self.stats.dropped += 1;
             return Forward::None;
         }
@@ -1046,6 +1100,8 @@ impl Server {
                 reservation_token,
                 to_peer: Counter::default(),
                 to_client: Counter::default(),
+                to_peer_budget: Budget::full(now, self.config.max_allocation_bytes_per_second),
+                to_client_budget: Budget::full(now, self.config.max_allocation_bytes_per_second),
             },
         );
         self.by_tuple.insert(tuple, id);

@@ -705,3 +705,42 @@ fn challenges_to_one_address_are_rate_limited() {
     h.server.handle_timeout(h.now);
     h.learn_nonce();
 }
+
+#[test]
+fn an_allocation_beyond_its_bandwidth_cap_is_dropped_each_way_and_recovers_with_time() {
+    let mut config = allowing_loopback();
+    // 10 000 bytes a second each way, a second of it at once.
+    config.max_allocation_bytes_per_second = 10_000;
+    let mut h = Harness::new(config);
+    h.learn_nonce();
+    h.allocate(CLIENT);
+    let (reply, _) = h.request(CLIENT, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    let mut channel_data = vec![0x40, 0x01, 0x03, 0xe8];
+    channel_data.extend([7u8; 1000]);
+    let mut buf = vec![0u8; HEADROOM + 1500 + TAILROOM];
+    let mut relayed = |h: &mut Harness| {
+        let to_peer = (0..30)
+            .filter(|_| {
+                matches!(h.server.handle_client_packet(h.now, udp(CLIENT), &channel_data), Forward::ToPeer { .. })
+            })
+            .count();
+        let to_client = (0..30)
+            .filter(|_| {
+                matches!(
+                    h.server.handle_peer_packet(h.now, 50000, addr(PEER), &mut buf, 1000),
+                    Forward::ToClient { .. }
+                )
+            })
+            .count();
+        (to_peer, to_client)
+    };
+    assert_eq!(relayed(&mut h), (10, 10), "a second's worth passes at once, the rest is dropped");
+    h.now += Duration::from_millis(500);
+    assert_eq!(relayed(&mut h), (5, 5), "half a second later, half a second's worth");
+    h.now += Duration::from_secs(10);
+    assert_eq!(relayed(&mut h), (10, 10), "the budget holds at most a second");
+    assert_eq!(h.server.stats.dropped, 3 * 2 * 30 - 50);
+}
