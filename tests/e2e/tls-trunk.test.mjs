@@ -81,6 +81,16 @@ test("a TLS trunk whose self-signed certificate is not trusted is refused; once 
     console.log(`1 kHz share of what the caller heard from the TLS trunk: ${share.toFixed(2)}`);
     assert.ok(share > 0.5, `the trunk's 1 kHz tone is ${(share * 100).toFixed(0)}% of what the caller heard`);
     assert.match(await cdr(), /"1001","95551234","secure","200"/);
+
+    // The installer replaces tls_ca with another certificate: the connection opened under the
+    // old trust is closed, and the next call's handshake fails (no reuse of a withdrawn trust).
+    sip.trunks[0].tls_ca = selfSigned().certificate;
+    const replaced = await api.put("/api/v1/config/sip", sip);
+    assert.equal(replaced.status, 200, JSON.stringify(replaced.json));
+    await waitFor("the old connection to close", async () => /TLS trust changed: connection closed/.test(box.stderr ?? ""));
+    caller = await startBaresip({ box, user: "1001", password: "pw-1001-secret", domain: DOMAIN, codecs: "PCMU", tone: 440 });
+    caller.dial(`sip:95551234@${DOMAIN}`);
+    await waitFor("the refused call's record", async () => (await cdr()).match(/"1001","95551234","secure","50[34]"/g)?.length === 2);
   } finally {
     await caller?.stop();
     await trunk.stop();

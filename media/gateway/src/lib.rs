@@ -57,6 +57,21 @@ fn trunk_tls_client(
     TlsClient::new(&trunk.host, trunk.tls_ca.as_deref())
 }
 
+/// What each TLS connection to a trunk was opened trusting: the trunk's address, the name its
+/// certificate must carry and its `tls_ca`. When that changes, the connection must go.
+fn tls_trust(b2bua: &B2bua, sip: &SipConfig) -> Vec<(SocketAddr, String, Option<String>)> {
+    b2bua
+        .config()
+        .trunks
+        .iter()
+        .filter(|t| t.transport == Transport::Tls)
+        .filter_map(|t| {
+            let trunk = sip.trunks.iter().find(|c| c.name == t.name)?;
+            Some((t.addr, trunk.host.clone(), trunk.tls_ca.clone()))
+        })
+        .collect()
+}
+
 /// The sans-IO server's configuration from the box's.
 pub fn server_config(sip: &SipConfig) -> ServerConfig {
     let mut config = ServerConfig::new(sip.domain.clone());
@@ -296,6 +311,7 @@ pub async fn run(
             state.hangups = Some(hangup_tx);
             state.websocket = Some(stream_tx.clone());
         }
+        let mut trusted = tls_trust(&b2bua, &sip);
         let mut buf = vec![0u8; 65536];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let restart = loop {
@@ -347,6 +363,20 @@ pub async fn run(
                         || certificate_changed { break true; }
                     b2bua.sip_mut().set_config(server_config(new));
                     b2bua.set_config(call_config(&snapshot.config).await, Instant::now());
+                    // A TLS connection opened under a trust the installer withdrew (another
+                    // tls_ca, host or address) is closed; the next request opens one under the new.
+                    let trust = tls_trust(&b2bua, new);
+                    for (addr, ..) in trusted.iter().filter(|old| !trust.contains(old)) {
+                        streams.retain(|flow, writer| {
+                            let stale = flow.transport == Transport::Tls && flow.remote == *addr;
+                            if stale {
+                                tracing::info!(to = %addr, "trunk's TLS trust changed: connection closed");
+                                let _ = writer.try_send(Vec::new()); // an empty message closes it
+                            }
+                            !stale
+                        });
+                    }
+                    trusted = trust;
                     relay.set_settings(relay_settings(&snapshot.config));
                 }
                 changed = shutdown.changed() => {
