@@ -57,7 +57,12 @@ pub fn init(ring: LogRing) {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd the journal adds its own timestamps.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(true);
+    // Colours only for a person at a terminal: in the journal, a log file or a test's capture
+    // the escape codes are noise a field tech has to read around.
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let stderr = if under_journald { stderr.without_time().boxed() } else { stderr.boxed() };
     let _ = tracing_subscriber::registry()
         .with(stderr.with_filter(filter()))
