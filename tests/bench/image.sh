@@ -24,7 +24,7 @@ QEMU_SERIAL=$serial QEMU_TIMEOUT=300 QEMU_PIDFILE=$WORK/bench-qemu.pid ADMIN_POR
   bash "$ROOT/tests/image/qemu.sh" "$WORK/bench-disk.img" &
 guard=$!
 trap 'kill "$(cat "$WORK/bench-qemu.pid" 2>/dev/null)" 2>/dev/null || true; wait $guard 2>/dev/null || true; rm -f "$WORK/bench-disk.img"*' EXIT
-until curl -ksf -o /dev/null "https://127.0.0.1:$PORT/login"; do
+until curl -ks -o /dev/null "https://127.0.0.1:$PORT/"; do
   kill -0 $guard 2>/dev/null || { echo "qemu exited; see $serial"; exit 1; }
   sleep 0.5
 done
