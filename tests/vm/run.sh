@@ -30,41 +30,11 @@ log() { printf 'vm: %s\n' "$*" >&2; }
 mkdir -p "$CACHE"
 
 # --- packages: busybox (static, so the initramfs needs no libc for it), kmod's depmod,
-# binutils' objcopy, and qemu-system-x86 from bookworm-backports (bookworm's 7.2 conflicts
-# with the qemu-utils 10 installed from backports on these machines).
-need=()
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
-command -v depmod >/dev/null || need+=(kmod)
-command -v objcopy >/dev/null || need+=(binutils)
-if ((${#need[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
-  [[ $(id -u) -eq 0 ]] || { log "run as root to install: ${need[*]} qemu-system-x86"; exit 2; }
-  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo 'deb http://deb.debian.org/debian bookworm-backports main' >/etc/apt/sources.list.d/bookworm-backports.list
-  fi
-  apt-get update -qq
-  ((${#need[@]})) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  command -v qemu-system-x86_64 >/dev/null \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
-fi
+# binutils' objcopy, qemu-system-x86; and the kernel (tests/vm/kernel.sh).
+source "$HERE/kernel.sh"
+vm_install_packages busybox-static kmod binutils
 BUSYBOX=/bin/busybox
-
-# --- the kernel: the package linux-image-amd64 points at, cached as a .deb.
-deb=$(ls -t "$CACHE"/linux-image-*-amd64_*.deb 2>/dev/null | head -1 || true)
-if [[ -z $deb ]]; then
-  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  if [[ -z $pkg ]]; then apt-get update -qq; pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
-  log "downloading $pkg"
-  (cd "$CACHE" && apt-get download -q "$pkg" 2>&1 | grep -v "unsandboxed" >&2 || true)
-  deb=$(ls -t "$CACHE"/linux-image-*-amd64_*.deb | head -1)
-fi
-KDIR=$WORK/kernel
-if [[ ! -f $KDIR/.from || $(cat "$KDIR/.from") != "$(basename "$deb")" ]]; then
-  rm -rf "$KDIR"; mkdir -p "$KDIR"
-  dpkg -x "$deb" "$KDIR"
-  basename "$deb" >"$KDIR/.from"
-fi
-KVER=$(ls "$KDIR/lib/modules" | head -1)
-VMLINUZ=$KDIR/boot/vmlinuz-$KVER
+vm_kernel "$CACHE" "$WORK/kernel"
 
 # --- the initramfs.
 RD=$WORK/root
@@ -79,21 +49,8 @@ done
 # libasound reads its configuration to resolve names like hw:Loopback,0,0.
 mkdir -p "$RD/usr/share"; cp -r /usr/share/alsa "$RD/usr/share/alsa"
 
-# The modules and what they depend on (modinfo's `depends`), indexed with depmod -b.
-MODSRC=$KDIR/lib/modules/$KVER
-declare -A seen=()
-add_module() {
-  local name=$1 file dep
-  [[ -n ${seen[$name]:-} ]] && return; seen[$name]=1
-  file=$(find "$MODSRC/kernel" -name "$name.ko" -o -name "${name//-/_}.ko" | head -1)
-  [[ -n $file ]] || { log "module $name not found"; exit 1; }
-  mkdir -p "$RD/lib/modules/$KVER/$(dirname "${file#"$MODSRC"/}")"
-  cp "$file" "$RD/lib/modules/$KVER/${file#"$MODSRC"/}"
-  for dep in $(modinfo -F depends "$file" | tr ',' ' '); do add_module "$dep"; done
-}
-for m in vivid snd-aloop snd-dummy i6300esb; do add_module "$m"; done
-cp "$MODSRC"/modules.{order,builtin,builtin.modinfo} "$RD/lib/modules/$KVER/" 2>/dev/null || true
-depmod -b "$RD" "$KVER"
+# The modules and what they depend on, indexed with depmod -b.
+vm_add_modules "$RD" vivid snd-aloop snd-dummy i6300esb
 
 cat >"$RD/init" <<'INIT'
 #!/bin/busybox sh

@@ -1,6 +1,7 @@
 //! `branchgate`: the box's one daemon and its command line.
 
 mod devices;
+mod health;
 mod logging;
 mod memory;
 mod supervisor;
@@ -24,6 +25,13 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::supervisor::Supervisor;
+
+/// The firmware version this build reports (and compares bundles against): set at build time
+/// with `BRANCHGATE_FIRMWARE_VERSION`, else the crate version; `run --firmware-version` overrides.
+const FIRMWARE_VERSION: &str = match option_env!("BRANCHGATE_FIRMWARE_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// The file the first start writes the admin password to.
 const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
@@ -51,6 +59,14 @@ enum Command {
         /// The vendor CA certificate(s) bundles must be signed under [default: DATA_DIR/firmware/keyring.pem].
         #[arg(long)]
         firmware_keyring: Option<PathBuf>,
+        /// The firmware version of the running slot (what bundles are compared against).
+        #[arg(long, default_value = FIRMWARE_VERSION)]
+        firmware_version: String,
+        /// Seconds after start within which a newly booted slot must prove healthy (admin UI
+        /// answers, services running) to be marked good; otherwise the box reboots and the
+        /// bootloader falls back to the other slot. Only with RAUC's D-Bus service.
+        #[arg(long, default_value_t = 60)]
+        boot_health_deadline: u64,
         #[command(flatten)]
         devices: DeviceOptions,
     },
@@ -232,9 +248,25 @@ enum ConfigCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { data_dir, provision, compatible, firmware_keyring, devices } => {
-            run(data_dir, provision, FirmwareOptions { compatible, keyring: firmware_keyring }, devices)
-        }
+        Command::Run {
+            data_dir,
+            provision,
+            compatible,
+            firmware_keyring,
+            firmware_version,
+            boot_health_deadline,
+            devices,
+        } => run(
+            data_dir,
+            provision,
+            FirmwareOptions {
+                compatible,
+                keyring: firmware_keyring,
+                version: firmware_version,
+                health_deadline: Duration::from_secs(boot_health_deadline),
+            },
+            devices,
+        ),
         Command::Hal { command } => hal_command(command),
         Command::Bundle { command } => bundle_command(command),
         Command::Config { command: ConfigCommand::Validate { file } } => validate(&file),
@@ -471,6 +503,8 @@ fn first_start(store: &ConfigStore, data_dir: &Path, provision: Option<&Path>) -
 struct FirmwareOptions {
     compatible: String,
     keyring: Option<PathBuf>,
+    version: String,
+    health_deadline: Duration,
 }
 
 fn run(
@@ -530,13 +564,42 @@ async fn serve(
     if let Some(keyring) = firmware.keyring {
         state.firmware.keyring = keyring;
     }
-    // The RAUC D-Bus backend is not built yet: every machine gets the simulated slots.
-    tracing::info!(
-        compatible = %state.firmware.compatible,
-        keyring = %state.firmware.keyring.display(),
-        "firmware updates: simulated A/B slots in {}",
-        data_dir.join("firmware").display()
-    );
+    state.firmware.running_version = firmware.version.clone();
+    // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere.
+    let rauc = match tokio::time::timeout(
+        Duration::from_secs(3),
+        branchgate_update::RaucSlots::connect(firmware.version.clone()),
+    )
+    .await
+    {
+        Ok(Ok(rauc)) => Some(Arc::new(rauc)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "no RAUC service");
+            None
+        }
+        Err(_) => None,
+    };
+    if let Some(rauc) = &rauc {
+        state.firmware.backend = rauc.clone();
+        tracing::info!(
+            version = %firmware.version,
+            compatible = %state.firmware.compatible,
+            keyring = %state.firmware.keyring.display(),
+            "firmware updates: RAUC (D-Bus)"
+        );
+    } else {
+        state.firmware.backend = Arc::new(branchgate_update::SimulatedSlots::new(
+            branchgate_web_admin::firmware::firmware_dir(&data_dir),
+            firmware.version.clone(),
+        ));
+        tracing::info!(
+            version = %firmware.version,
+            compatible = %state.firmware.compatible,
+            keyring = %state.firmware.keyring.display(),
+            "firmware updates: simulated A/B slots in {}",
+            data_dir.join("firmware").display()
+        );
+    }
     let mut supervisor = Supervisor::new(board.clone(), shutdown_rx.clone());
 
     let (ready_tx, mut ready_rx) = watch::channel(None::<SocketAddr>);
@@ -698,6 +761,23 @@ async fn serve(
         tracing::info!(kind = ?info.kind, device = ?info.device, timeout_seconds = ?info.timeout_seconds, "watchdog");
     }
     supervisor.spawn_task(devices::health_loop(watchdogs, board.clone(), state.devices.clone(), supervisor.shutdown()));
+    // A slot booted for the first time proves itself before it is marked good.
+    if rauc.is_some() {
+        let check = health::boot_health_check(
+            state.firmware.backend.clone(),
+            board.clone(),
+            ready_rx.clone(),
+            firmware.health_deadline,
+            started,
+        );
+        let mut shutdown = supervisor.shutdown();
+        supervisor.spawn_task(async move {
+            tokio::select! {
+                _ = check => {}
+                _ = shutdown.changed() => {}
+            }
+        });
+    }
 
     wait_for_signal().await;
     tracing::info!("shutting down");

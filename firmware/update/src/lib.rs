@@ -1,9 +1,11 @@
 //! Signed firmware updates: RAUC-compatible verity bundles (create, sign, verify), the
-//! manifest and version rules, and the A/B slots the box installs into.
+//! manifest and version rules, and the A/B slots the box installs into (RAUC's D-Bus service
+//! on a real box, simulated slots elsewhere).
 
 pub mod agent;
 pub mod bundle;
 pub mod manifest;
+pub mod rauc;
 pub mod slots;
 pub mod verity;
 pub mod version;
@@ -11,9 +13,10 @@ pub mod version;
 pub use agent::{AcceptError, Agent};
 pub use bundle::{BundleError, CreateOptions, Keyring, PolicyError, Trailer, check_policy, create, verify};
 pub use manifest::{Image, Manifest, ManifestError};
+pub use rauc::RaucSlots;
 pub use slots::{
     InstallState, InstallStatus, InstallTracker, RebootPlan, SimulatedSlots, SlotBackend, SlotError, SlotInfo,
-    SlotsStatus,
+    SlotsStatus, restart_machine,
 };
 pub use version::{Version, VersionError};
 

@@ -4,10 +4,9 @@
 //! - [`SimulatedSlots`] (here): for machines without RAUC's D-Bus service (development, CI,
 //!   the e2e tests). State in `DATA_DIR/firmware/slots.json`, written atomically; an install
 //!   copies the bundle's rootfs image into `DATA_DIR/firmware/slot-<X>.img`.
-//! - the RAUC backend (not yet): `de.pengutronix.rauc.Installer` on the system bus —
-//!   `InstallBundle(source, {})`, the `Progress` property (percentage, message, depth) and
-//!   `Completed` signal, `LastError`, `GetSlotStatus()` for the slot table, `Mark("good",
-//!   "booted")` after the health check; reboot through systemd (`org.freedesktop.login1`).
+//! - [`crate::rauc::RaucSlots`]: RAUC's D-Bus service on a real box (`InstallBundle`,
+//!   `Progress`, `Completed`, `LastError`, `GetSlotStatus`, `Mark("good", "booted")` after the
+//!   daemon's boot health check); reboot with reboot(2) after a sync.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +35,10 @@ pub enum SlotError {
     Mismatch(String),
     #[error("no installed slot to boot into: install a bundle first")]
     NothingInstalled,
+    #[error("RAUC: {0}")]
+    Rauc(String),
+    #[error("reboot: {0}")]
+    Reboot(String),
 }
 
 /// One slot as the API shows it.
@@ -77,6 +80,26 @@ pub trait SlotBackend: Send + Sync + fmt::Debug {
     fn install(&self, bundle: &Path, manifest: &Manifest, progress: &mut dyn FnMut(u8)) -> Result<String, SlotError>;
     /// Boots the slot installed last (or arranges for it).
     fn reboot(&self) -> Result<RebootPlan, SlotError>;
+    /// Whether the booted slot is marked good. False after booting a new (or fallen-back-to)
+    /// slot until the boot health check marks it: the bootloader tries an unmarked slot once.
+    /// Backends without a bootloader (simulated) have nothing to check.
+    fn booted_is_good(&self) -> Result<bool, SlotError> {
+        Ok(true)
+    }
+    /// Marks the booted slot good after a passed health check; returns the slot's name.
+    fn mark_booted_good(&self) -> Result<String, SlotError> {
+        Ok(self.status()?.booted)
+    }
+}
+
+/// Restarts the machine now (sync, then reboot(2)); returns only on failure. For a box whose
+/// daemon is its main program (no systemd to ask): the bootloader then picks the slot.
+pub fn restart_machine() -> Result<(), SlotError> {
+    nix::unistd::sync();
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Ok(never) => match never {},
+        Err(e) => Err(SlotError::Reboot(e.to_string())),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
