@@ -8,10 +8,12 @@
 //! [`CaptureHub::encoders_running`] makes it observable.
 //!
 //! The simulated camera is `hal`'s [`simulated_frame`] pushed through
-//! `appsrc`, so the snapshot and the video show the same picture.
+//! `appsrc`, so the snapshot and the video show the same picture. A real
+//! camera is `v4l2src` in the format, size and encoder [`v4l2`] chooses.
 
 pub mod rtsp;
 pub mod rtsp_server;
+pub mod v4l2;
 pub mod whep;
 
 use std::collections::HashMap;
@@ -39,7 +41,7 @@ pub fn cameras() -> Vec<CameraInfo> {
 pub const SIM_FPS: u32 = 15;
 /// RTP payload type inside the pipeline; each viewer's leg renumbers it to
 /// what that viewer's offer chose.
-const PIPELINE_PAYLOAD_TYPE: u8 = 96;
+pub(crate) const PIPELINE_PAYLOAD_TYPE: u8 = 96;
 /// Packets buffered per viewer before a slow one starts losing them (about
 /// two seconds of 640x360 video); a viewer that lags asks for a keyframe.
 const FANOUT_DEPTH: usize = 512;
@@ -48,8 +50,37 @@ const FANOUT_DEPTH: usize = 512;
 pub enum CaptureError {
     #[error("GStreamer: {0}")]
     Gstreamer(String),
-    #[error("capture from {0} is not available yet (only the simulated camera streams in this version)")]
-    Unsupported(String),
+    #[error("camera {0} has no device node")]
+    NoDevice(String),
+    #[error("camera {camera}: {source}")]
+    Device {
+        camera: String,
+        #[source]
+        source: branchgate_hal::camera::CameraError,
+    },
+    #[error("camera {camera} offers no format we can stream (H.264, MJPEG or raw YUV/RGB); it has {formats}")]
+    NoUsableFormat { camera: String, formats: String },
+    #[error("no H.264 encoder element on this machine (v4l2h264enc, x264enc or openh264enc)")]
+    NoEncoder,
+}
+
+/// How a real camera is captured and encoded (the simulated one is fixed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CameraSettings {
+    /// The size wished for; the device's nearest is taken ([`v4l2::choose_size`]).
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second; `None` lets the device choose.
+    pub fps: Option<u32>,
+    pub bitrate_kbps: u32,
+    /// Tried first when the machine has it; otherwise the usual order.
+    pub encoder: Option<v4l2::EncoderKind>,
+}
+
+impl Default for CameraSettings {
+    fn default() -> Self {
+        CameraSettings { width: 1280, height: 720, fps: None, bitrate_kbps: 1500, encoder: None }
+    }
 }
 
 fn gst_error(e: impl std::fmt::Display) -> CaptureError {
@@ -69,6 +100,7 @@ pub struct VideoPacket {
 #[derive(Clone, Debug, Default)]
 pub struct CaptureHub {
     encoders: Arc<Mutex<HashMap<String, Encoder>>>,
+    settings: Arc<Mutex<HashMap<String, CameraSettings>>>,
 }
 
 impl CaptureHub {
@@ -77,7 +109,10 @@ impl CaptureHub {
         let mut encoders = self.lock();
         let encoder = match encoders.get_mut(&camera.id) {
             Some(encoder) => encoder,
-            None => encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera)?),
+            None => {
+                let settings = self.settings(&camera.id);
+                encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera, &settings)?)
+            }
         };
         encoder.viewers += 1;
         // A new viewer needs a keyframe to start decoding; asking now saves
@@ -89,6 +124,16 @@ impl CaptureHub {
             packets: encoder.packets.subscribe(),
             keyframes: encoder.keyframes.clone(),
         })
+    }
+
+    /// Settings for `camera`'s next pipeline (a running one keeps its own).
+    pub fn configure(&self, camera: &str, settings: CameraSettings) {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).insert(camera.to_string(), settings);
+    }
+
+    /// The settings `camera`'s pipeline starts with.
+    pub fn settings(&self, camera: &str) -> CameraSettings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).get(camera).cloned().unwrap_or_default()
     }
 
     /// Pipelines running now (one per watched camera).
@@ -215,22 +260,51 @@ fn simulated_pipeline_description() -> String {
     )
 }
 
+/// A real camera's pipeline plan: the device's formats read through `hal`,
+/// the encoder probed in GStreamer's registry.
+fn plan(camera: &CameraInfo, settings: &CameraSettings) -> Result<v4l2::PipelinePlan, CaptureError> {
+    let device = camera.device.clone().ok_or_else(|| CaptureError::NoDevice(camera.id.clone()))?;
+    let details = branchgate_hal::v4l2::details(std::path::Path::new(&device))
+        .map_err(|source| CaptureError::Device { camera: camera.id.clone(), source })?;
+    let (input, format) = v4l2::choose_input(&details.formats).ok_or_else(|| CaptureError::NoUsableFormat {
+        camera: camera.id.clone(),
+        formats: details.formats.iter().map(|f| f.fourcc.trim()).collect::<Vec<_>>().join(", "),
+    })?;
+    let encoder = if input == v4l2::Input::H264 {
+        None
+    } else {
+        Some(
+            v4l2::choose_encoder(settings.encoder, |name| gst::ElementFactory::find(name).is_some())
+                .ok_or(CaptureError::NoEncoder)?,
+        )
+    };
+    Ok(v4l2::PipelinePlan {
+        device,
+        size: v4l2::choose_size(format, (settings.width, settings.height)),
+        input,
+        fps: settings.fps,
+        encoder,
+        bitrate_kbps: settings.bitrate_kbps,
+    })
+}
+
 impl Encoder {
-    fn start(camera: &CameraInfo) -> Result<Encoder, CaptureError> {
-        if !camera.simulated {
-            return Err(CaptureError::Unsupported(camera.id.clone()));
-        }
+    fn start(camera: &CameraInfo, settings: &CameraSettings) -> Result<Encoder, CaptureError> {
         gst::init().map_err(gst_error)?;
-        let pipeline = gst::parse::launch(&simulated_pipeline_description())
+        let description = if camera.simulated {
+            simulated_pipeline_description()
+        } else {
+            let plan = plan(camera, settings)?;
+            tracing::info!(camera = %camera.id, input = ?plan.input, size = ?plan.size, encoder = ?plan.encoder, "camera pipeline planned");
+            v4l2::pipeline_description(&plan)
+        };
+        let pipeline = gst::parse::launch(&description)
             .map_err(gst_error)?
             .downcast::<gst::Pipeline>()
             .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
         let element = |name: &str| {
             pipeline.by_name(name).ok_or_else(|| CaptureError::Gstreamer(format!("no element {name} in the pipeline")))
         };
-        let source = element("src")?
-            .downcast::<gst_app::AppSrc>()
-            .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?;
         let sink = element("sink")?
             .downcast::<gst_app::AppSink>()
             .map_err(|_| CaptureError::Gstreamer("sink is not an appsink".into()))?;
@@ -249,7 +323,19 @@ impl Encoder {
                 })
                 .build(),
         );
-        pipeline.set_state(gst::State::Playing).map_err(gst_error)?;
+        let source = if camera.simulated {
+            Some(
+                element("src")?
+                    .downcast::<gst_app::AppSrc>()
+                    .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?,
+            )
+        } else {
+            None
+        };
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(gst_error(e));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = {
             let stop = stop.clone();
@@ -257,11 +343,28 @@ impl Encoder {
             let camera = camera.id.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{camera}"))
-                .spawn(move || feed_simulated(&source, bus.as_ref(), &stop, &camera))
+                .spawn(move || match source {
+                    Some(source) => feed_simulated(&source, bus.as_ref(), &stop, &camera),
+                    None => watch_bus(bus.as_ref(), &stop, &camera),
+                })
                 .map_err(gst_error)?
         };
         tracing::info!(camera = %camera.id, "camera pipeline started");
         Ok(Encoder { pipeline, packets, keyframes, viewers: 0, stop, feeder: Some(feeder) })
+    }
+}
+
+/// A real camera's pipeline runs by itself; this reports its end (an
+/// unplugged camera, a driver error) until told to stop.
+fn watch_bus(bus: Option<&gst::Bus>, stop: &AtomicBool, camera: &str) {
+    let Some(bus) = bus else { return };
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(message) = bus
+            .timed_pop_filtered(gst::ClockTime::from_mseconds(200), &[gst::MessageType::Error, gst::MessageType::Eos])
+        {
+            tracing::warn!(camera, message = ?message, "camera pipeline failed");
+            return;
+        }
     }
 }
 
@@ -339,10 +442,12 @@ mod tests {
     }
 
     #[test]
-    fn real_cameras_are_refused_until_their_pipeline_exists() {
+    fn a_real_camera_that_cannot_be_opened_starts_nothing() {
         let hub = CaptureHub::default();
         let real = CameraInfo { simulated: false, id: "video0".into(), ..sim() };
-        assert!(matches!(hub.subscribe(&real), Err(CaptureError::Unsupported(_))));
+        assert!(matches!(hub.subscribe(&real), Err(CaptureError::NoDevice(_))));
+        let gone = CameraInfo { device: Some("/nonexistent/video9".into()), ..real };
+        assert!(matches!(hub.subscribe(&gone), Err(CaptureError::Device { .. })));
         assert_eq!(hub.encoders_running(), 0);
     }
 
