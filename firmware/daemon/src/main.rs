@@ -118,6 +118,14 @@ enum HalCommand {
         /// Frames to capture from each V4L2 camera.
         #[arg(long, default_value_t = 3)]
         camera_frames: u32,
+        /// Seconds of each camera's encoded H.264 stream to watch through its pipeline (0: none).
+        #[arg(long, default_value_t = 0)]
+        camera_encode_secs: u64,
+        /// The size wished for in that encode check (the device's nearest is taken).
+        #[arg(long, default_value_t = 640)]
+        camera_encode_width: u32,
+        #[arg(long, default_value_t = 360)]
+        camera_encode_height: u32,
         /// A watchdog device to open and pet.
         #[arg(long)]
         watchdog: Option<PathBuf>,
@@ -259,6 +267,9 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
             tone_ms,
             mixer_card,
             camera_frames,
+            camera_encode_secs,
+            camera_encode_width,
+            camera_encode_height,
             watchdog,
             watchdog_timeout,
             pets,
@@ -271,6 +282,8 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
                 tone_ms,
                 mixer_card,
                 camera_frames,
+                camera_encode_secs,
+                camera_encode_size: (camera_encode_width, camera_encode_height),
                 watchdog,
                 watchdog_timeout,
                 pets,
