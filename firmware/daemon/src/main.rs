@@ -641,6 +641,16 @@ async fn serve(
     {
         let store = store.clone();
         let hub = state.whep.hub.clone();
+        supervisor.spawn("cameras", move |shutdown| {
+            let config_rx = store.subscribe();
+            let hub = hub.clone();
+            async move { branchgate_capture::follow_config(config_rx, shutdown, hub).await.map_err(anyhow::Error::from) }
+        });
+    }
+
+    {
+        let store = store.clone();
+        let hub = state.whep.hub.clone();
         supervisor.spawn("rtsp", move |shutdown| {
             let config_rx = store.subscribe();
             let hub = hub.clone();

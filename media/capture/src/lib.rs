@@ -77,6 +77,19 @@ pub struct CameraSettings {
     pub encoder: Option<v4l2::EncoderKind>,
 }
 
+impl CameraSettings {
+    /// A camera's entry of the `cameras` configuration section (already validated).
+    pub fn from_config(device: &branchgate_config::CameraDevice) -> CameraSettings {
+        CameraSettings {
+            width: device.width,
+            height: device.height,
+            fps: (device.fps > 0).then_some(device.fps),
+            bitrate_kbps: device.bitrate_kbps,
+            encoder: v4l2::EncoderKind::ALL.into_iter().find(|k| k.element() == device.encoder),
+        }
+    }
+}
+
 impl Default for CameraSettings {
     fn default() -> Self {
         CameraSettings { width: 1280, height: 720, fps: None, bitrate_kbps: 1500, encoder: None }
@@ -111,7 +124,9 @@ impl CaptureHub {
             Some(encoder) => encoder,
             None => {
                 let settings = self.settings(&camera.id);
-                encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera, &settings)?)
+                let (packets, _) = broadcast::channel(FANOUT_DEPTH);
+                let keyframes = KeyframeRequester::default();
+                encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera, &settings, packets, keyframes)?)
             }
         };
         encoder.viewers += 1;
@@ -126,9 +141,54 @@ impl CaptureHub {
         })
     }
 
-    /// Settings for `camera`'s next pipeline (a running one keeps its own).
+    /// Settings for `camera`'s pipeline. A running pipeline of a real camera
+    /// whose settings change is restarted with them; its viewers stay (the
+    /// same fan-out, a keyframe asked for at once). Blocks while the old
+    /// pipeline stops and the new one starts.
     pub fn configure(&self, camera: &str, settings: CameraSettings) {
-        self.settings.lock().unwrap_or_else(|p| p.into_inner()).insert(camera.to_string(), settings);
+        let previous =
+            self.settings.lock().unwrap_or_else(|p| p.into_inner()).insert(camera.to_string(), settings.clone());
+        if previous.as_ref() == Some(&settings) || (previous.is_none() && settings == CameraSettings::default()) {
+            return;
+        }
+        let mut encoders = self.lock();
+        let Some(running) = encoders.remove(camera) else { return };
+        if running.camera.simulated {
+            encoders.insert(camera.to_string(), running);
+            return;
+        }
+        let (info, packets, keyframes, viewers) =
+            (running.camera.clone(), running.packets.clone(), running.keyframes.clone(), running.viewers);
+        // The device is free only once the old pipeline has stopped.
+        drop(running);
+        let restarted = Encoder::start(&info, &settings, packets.clone(), keyframes.clone()).or_else(|e| {
+            tracing::warn!(camera, error = %e, "the new camera settings do not work; keeping the old ones");
+            Encoder::start(&info, &previous.unwrap_or_default(), packets, keyframes)
+        });
+        match restarted {
+            Ok(mut encoder) => {
+                encoder.viewers = viewers;
+                encoder.keyframes.request();
+                encoders.insert(camera.to_string(), encoder);
+                tracing::info!(camera, "camera pipeline restarted with new settings");
+            }
+            // Viewers see the stream end.
+            Err(e) => tracing::warn!(camera, error = %e, "camera pipeline could not be restarted"),
+        }
+    }
+
+    /// Applies the `cameras` configuration section: every listed camera's
+    /// settings, the defaults for the others that were configured before.
+    pub fn apply_config(&self, config: &branchgate_config::CamerasConfig) {
+        let listed: HashMap<String, CameraSettings> =
+            config.devices.iter().map(|d| (d.id.clone(), CameraSettings::from_config(d))).collect();
+        let before: Vec<String> = self.settings.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for camera in before.into_iter().filter(|c| !listed.contains_key(c)) {
+            self.configure(&camera, CameraSettings::default());
+        }
+        for (camera, settings) in listed {
+            self.configure(&camera, settings);
+        }
     }
 
     /// The settings `camera`'s pipeline starts with.
@@ -201,13 +261,18 @@ impl Drop for Subscription {
 }
 
 /// Sends GStreamer's force-key-unit event to the encoder, rate-limited.
-#[derive(Clone, Debug)]
+/// The element it sends to is replaced when the pipeline restarts.
+#[derive(Clone, Debug, Default)]
 struct KeyframeRequester {
-    encoder: gst::Element,
+    encoder: Arc<Mutex<Option<gst::Element>>>,
     last: Arc<Mutex<Option<Instant>>>,
 }
 
 impl KeyframeRequester {
+    fn set_encoder(&self, encoder: gst::Element) {
+        *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = Some(encoder);
+    }
+
     fn request(&self) {
         let now = Instant::now();
         {
@@ -224,7 +289,8 @@ impl KeyframeRequester {
             .field("all-headers", true)
             .field("count", 0u32)
             .build();
-        if let Some(pad) = self.encoder.static_pad("src")
+        let encoder = self.encoder.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(pad) = encoder.and_then(|e| e.static_pad("src"))
             && !pad.send_event(gst::event::CustomUpstream::new(structure))
         {
             tracing::debug!("the encoder did not take the keyframe request");
@@ -235,6 +301,7 @@ impl KeyframeRequester {
 /// A running pipeline and its viewers.
 #[derive(Debug)]
 struct Encoder {
+    camera: CameraInfo,
     pipeline: gst::Pipeline,
     packets: broadcast::Sender<VideoPacket>,
     keyframes: KeyframeRequester,
@@ -289,7 +356,13 @@ fn plan(camera: &CameraInfo, settings: &CameraSettings) -> Result<v4l2::Pipeline
 }
 
 impl Encoder {
-    fn start(camera: &CameraInfo, settings: &CameraSettings) -> Result<Encoder, CaptureError> {
+    /// Starts `camera`'s pipeline into `packets`, its encoder taking `keyframes`' requests.
+    fn start(
+        camera: &CameraInfo,
+        settings: &CameraSettings,
+        packets: broadcast::Sender<VideoPacket>,
+        keyframes: KeyframeRequester,
+    ) -> Result<Encoder, CaptureError> {
         gst::init().map_err(gst_error)?;
         let description = if camera.simulated {
             simulated_pipeline_description()
@@ -308,8 +381,7 @@ impl Encoder {
         let sink = element("sink")?
             .downcast::<gst_app::AppSink>()
             .map_err(|_| CaptureError::Gstreamer("sink is not an appsink".into()))?;
-        let keyframes = KeyframeRequester { encoder: element("enc")?, last: Arc::default() };
-        let (packets, _) = broadcast::channel(FANOUT_DEPTH);
+        keyframes.set_encoder(element("enc")?);
         let fanout = packets.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -350,7 +422,7 @@ impl Encoder {
                 .map_err(gst_error)?
         };
         tracing::info!(camera = %camera.id, "camera pipeline started");
-        Ok(Encoder { pipeline, packets, keyframes, viewers: 0, stop, feeder: Some(feeder) })
+        Ok(Encoder { camera: camera.clone(), pipeline, packets, keyframes, viewers: 0, stop, feeder: Some(feeder) })
     }
 }
 
@@ -405,6 +477,25 @@ fn feed_simulated(source: &gst_app::AppSrc, bus: Option<&gst::Bus>, stop: &Atomi
         } else {
             // Behind (a slow machine): drop the backlog rather than burst.
             next = now;
+        }
+    }
+}
+
+/// Keeps `hub` on the `cameras` configuration section until shutdown: each
+/// change is applied (a running camera whose settings change restarts).
+pub async fn follow_config(
+    mut config_rx: tokio::sync::watch::Receiver<Arc<branchgate_config::Snapshot>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    hub: CaptureHub,
+) -> std::io::Result<()> {
+    loop {
+        let cameras = config_rx.borrow_and_update().config.cameras.clone();
+        let applier = hub.clone();
+        // Stopping and starting pipelines blocks.
+        tokio::task::spawn_blocking(move || applier.apply_config(&cameras)).await.map_err(std::io::Error::other)?;
+        tokio::select! {
+            changed = config_rx.changed() => if changed.is_err() { return Ok(()) },
+            _ = shutdown.changed() => return Ok(()),
         }
     }
 }
@@ -519,6 +610,39 @@ mod tests {
 
     fn sim() -> CameraInfo {
         branchgate_hal::camera::enumerate(std::path::Path::new("/nonexistent")).remove(0)
+    }
+
+    #[test]
+    fn the_cameras_section_becomes_settings_and_leaves_the_simulated_camera_alone() {
+        let hub = CaptureHub::default();
+        let mut config = branchgate_config::CamerasConfig::default();
+        config.devices.push(branchgate_config::CameraDevice {
+            id: "video0".into(),
+            width: 640,
+            height: 480,
+            fps: 0,
+            bitrate_kbps: 800,
+            encoder: "openh264enc".into(),
+        });
+        config.devices.push(branchgate_config::CameraDevice { id: "sim0".into(), fps: 25, ..Default::default() });
+        let viewer = hub.subscribe(&sim()).expect("pipeline");
+        hub.apply_config(&config);
+        assert_eq!(
+            hub.settings("video0"),
+            CameraSettings {
+                width: 640,
+                height: 480,
+                fps: None,
+                bitrate_kbps: 800,
+                encoder: Some(v4l2::EncoderKind::OpenH264)
+            }
+        );
+        assert_eq!(hub.settings("sim0").fps, Some(25));
+        assert_eq!((hub.encoders_running(), hub.viewers("sim0")), (1, 1), "the simulated camera keeps running");
+        hub.apply_config(&branchgate_config::CamerasConfig::default());
+        assert_eq!(hub.settings("video0"), CameraSettings::default(), "unlisted: back to the defaults");
+        drop(viewer);
+        assert_eq!(hub.encoders_running(), 0);
     }
 
     #[test]
