@@ -128,6 +128,7 @@ ls /dev/watchdog /dev/video* /dev/snd/
 echo "BGVM: selftest"
 export GST_PLUGIN_SYSTEM_PATH=/gst-plugins GST_REGISTRY=/tmp/gst-registry.bin GST_REGISTRY_FORK=no
 /bin/branchgate hal selftest --json --camera-encode-secs 4 --camera-encode-width 640 --camera-encode-height 360 \
+  --camera-restart-size 320x180 \
   --audio-playback hw:Loopback,0,0 --audio-capture hw:Loopback,1,0 --tone-hz 1000 --tone-ms 1000 \
   --mixer-card Dummy --camera-frames 3 \
   --watchdog /dev/watchdog --watchdog-timeout 5 --pets 4 >/tmp/report.json 2>/tmp/stderr

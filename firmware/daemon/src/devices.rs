@@ -174,6 +174,8 @@ pub struct SelftestOptions {
     /// Seconds of each camera's encoded stream to watch (0: none).
     pub camera_encode_secs: u64,
     pub camera_encode_size: (u32, u32),
+    /// Reconfigure to this size half-way through the encode check (the pipeline restarts).
+    pub camera_restart_size: Option<(u32, u32)>,
     pub watchdog: Option<PathBuf>,
     pub watchdog_timeout: u64,
     pub pets: u32,
@@ -326,8 +328,17 @@ pub fn camera_report(options: &SelftestOptions, errors: &mut Vec<String>) -> Val
         if options.camera_encode_secs > 0 {
             let (width, height) = options.camera_encode_size;
             let settings = branchgate_capture::CameraSettings { width, height, ..Default::default() };
-            match branchgate_capture::encode_check(camera, settings, Duration::from_secs(options.camera_encode_secs)) {
+            let then = options.camera_restart_size.map(|(width, height)| branchgate_capture::CameraSettings {
+                width,
+                height,
+                ..settings.clone()
+            });
+            let duration = Duration::from_secs(options.camera_encode_secs);
+            match branchgate_capture::encode_check(camera, settings, duration, then) {
                 Ok(check) => {
+                    if options.camera_restart_size.is_some() && check.frames_after_restart == 0 {
+                        errors.push(format!("camera {} encode: no frames after the restart", camera.id));
+                    }
                     if check.frames == 0 || check.keyframes == 0 {
                         errors.push(format!(
                             "camera {} encode: {} frames, {} keyframes in {} s",
@@ -339,6 +350,9 @@ pub fn camera_report(options: &SelftestOptions, errors: &mut Vec<String>) -> Val
                         "seconds": options.camera_encode_secs, "packets": check.packets, "bytes": check.bytes,
                         "frames": check.frames, "keyframes": check.keyframes,
                         "first_packet_ms": check.first_packet_ms,
+                        "restarted_size": check.restarted_size,
+                        "frames_after_restart": check.frames_after_restart,
+                        "keyframes_after_restart": check.keyframes_after_restart,
                     });
                 }
                 Err(e) => errors.push(format!("camera {} encode: {e}", camera.id)),
@@ -394,6 +408,7 @@ mod tests {
             camera_frames: 1,
             camera_encode_secs: 0,
             camera_encode_size: (640, 360),
+            camera_restart_size: None,
             watchdog: None,
             watchdog_timeout: 10,
             pets: 0,

@@ -126,6 +126,10 @@ enum HalCommand {
         camera_encode_width: u32,
         #[arg(long, default_value_t = 360)]
         camera_encode_height: u32,
+        /// Half-way through the encode check, reconfigure to this size ("WIDTHxHEIGHT"):
+        /// the pipeline restarts and the same viewer must keep receiving.
+        #[arg(long, value_parser = parse_size)]
+        camera_restart_size: Option<(u32, u32)>,
         /// A watchdog device to open and pet.
         #[arg(long)]
         watchdog: Option<PathBuf>,
@@ -270,6 +274,7 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
             camera_encode_secs,
             camera_encode_width,
             camera_encode_height,
+            camera_restart_size,
             watchdog,
             watchdog_timeout,
             pets,
@@ -284,6 +289,7 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
                 camera_frames,
                 camera_encode_secs,
                 camera_encode_size: (camera_encode_width, camera_encode_height),
+                camera_restart_size,
                 watchdog,
                 watchdog_timeout,
                 pets,
@@ -741,4 +747,10 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `WIDTHxHEIGHT`, as `--camera-restart-size` takes it.
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text.split_once('x').ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    Ok((w.parse().map_err(|e| format!("width: {e}"))?, h.parse().map_err(|e| format!("height: {e}"))?))
 }

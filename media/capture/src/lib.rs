@@ -516,15 +516,23 @@ pub struct EncodeCheck {
     pub keyframes: u64,
     /// Milliseconds from the start until the first packet.
     pub first_packet_ms: Option<u64>,
+    /// After the restart with other settings half-way (when asked): the size
+    /// planned, and the frames and keyframes the same subscription received.
+    pub restarted_size: Option<(u32, u32)>,
+    pub frames_after_restart: u64,
+    pub keyframes_after_restart: u64,
 }
 
 /// Runs `camera`'s pipeline as one viewer for `duration` and counts what
 /// comes out: the proof that frames are captured AND encoded (the VM test
-/// runs it against the kernel's vivid driver).
+/// runs it against the kernel's vivid driver). With `then`, the camera is
+/// reconfigured half-way, as a change of the `cameras` section does: the
+/// subscription must go on receiving from the restarted pipeline.
 pub fn encode_check(
     camera: &CameraInfo,
     settings: CameraSettings,
     duration: Duration,
+    then: Option<CameraSettings>,
 ) -> Result<EncodeCheck, CaptureError> {
     gst::init().map_err(gst_error)?;
     let mut check = if camera.simulated {
@@ -552,8 +560,23 @@ pub fn encode_check(
     hub.configure(&camera.id, settings);
     let mut subscription = hub.subscribe(camera)?;
     let started = Instant::now();
+    let mut then = then;
+    let mut restarted = false;
     while started.elapsed() < duration {
+        if started.elapsed() >= duration / 2
+            && let Some(next) = then.take()
+        {
+            if !camera.simulated {
+                check.restarted_size = plan(camera, &next)?.size;
+            }
+            hub.configure(&camera.id, next);
+            restarted = true;
+        }
         match subscription.packets.try_recv() {
+            Ok(packet) if restarted => {
+                check.frames_after_restart += u64::from(packet.marker);
+                check.keyframes_after_restart += u64::from(starts_idr(&packet.payload));
+            }
             Ok(packet) => {
                 check.first_packet_ms.get_or_insert(started.elapsed().as_millis() as u64);
                 check.packets += 1;
@@ -658,7 +681,7 @@ mod tests {
 
     #[test]
     fn the_simulated_camera_passes_the_encode_check() {
-        let check = encode_check(&sim(), CameraSettings::default(), Duration::from_millis(1500)).expect("check");
+        let check = encode_check(&sim(), CameraSettings::default(), Duration::from_millis(1500), None).expect("check");
         assert!(check.frames >= 5 && check.keyframes >= 1, "{check:?}");
     }
 
