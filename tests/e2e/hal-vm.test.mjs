@@ -1,7 +1,9 @@
 // The HAL against real kernel drivers: tests/vm/run.sh boots Debian's kernel in qemu (TCG)
 // with our binary, vivid, snd-aloop, snd-dummy and i6300esb; `branchgate hal selftest` runs
 // inside. Checked here: the real backends were chosen (nothing simulated), vivid's formats,
-// frame sizes and controls were enumerated and frames captured, the 1 kHz tone
+// frame sizes and controls were enumerated and frames captured, vivid's picture went through
+// our camera pipeline (v4l2src in YUYV, videoconvert, x264enc, RTP) for 4 s — restarted at
+// another size half-way, the viewer kept —, the 1 kHz tone
 // came back through the ALSA loopback, the mixer's volume was set and read back, the
 // watchdog (i6300ESB) was petted and disarmed; then the daemon's health loop kept the VM up
 // past three timeouts, and once the daemon was killed the watchdog reset the VM (a second boot).
@@ -47,6 +49,18 @@ test("hal in a VM: vivid, ALSA loopback tone, mixer, i6300esb petted by the daem
     assert.ok(f.width === w && f.height === h && f.bytes > 0 && f.nonzero, JSON.stringify(f));
   }
   assert.ok(camera.frames[2].sequence > camera.frames[0].sequence, "successive frames");
+  // Captured AND encoded by our pipeline: raw YUYV from the driver, H.264 out of x264enc.
+  const encode = camera.encode;
+  assert.ok(encode, "an encode check ran");
+  assert.equal(encode.input, "YUY2");
+  assert.equal(encode.encoder, "x264enc");
+  assert.deepEqual(encode.size, [640, 360]);
+  assert.ok(encode.frames >= 20, `at least 5 encoded frames a second under TCG: ${JSON.stringify(encode)}`);
+  assert.ok(encode.keyframes >= 1 && encode.bytes > 10_000, JSON.stringify(encode));
+  // Reconfigured half-way (as a change of the cameras section does): the pipeline restarted at
+  // the new size and the same viewer went on receiving, from a keyframe.
+  assert.deepEqual(encode.restarted_size, [320, 180]);
+  assert.ok(encode.frames_after_restart >= 5 && encode.keyframes_after_restart >= 1, JSON.stringify(encode));
 
   assert.equal(report.audio.backend, "alsa");
   assert.equal(report.audio.simulated, false);

@@ -4,7 +4,8 @@
 # holding our binary and the modules vivid (V4L2 camera), snd-aloop (ALSA loopback),
 # snd-dummy (a card with a mixer) and i6300esb (the watchdog of qemu's `-device i6300esb`).
 #
-# Inside, /init runs `branchgate hal selftest` (cameras, a 1 kHz tone through the loopback,
+# Inside, /init runs `branchgate hal selftest` (cameras: frames read through V4L2, then 4 s of
+# vivid's picture through our GStreamer pipeline — v4l2src, x264enc, RTP —; a 1 kHz tone through the loopback,
 # the mixer, the watchdog petted and closed with the magic 'V'), then `branchgate run` with
 # `--watchdog-device /dev/watchdog --watchdog-timeout 5`: its health loop keeps the VM up for
 # 15 s, then the daemon is killed with SIGKILL (no magic close) and the watchdog must reset
@@ -46,6 +47,20 @@ objcopy --strip-debug "$BIN" "$RD/bin/branchgate"
 for lib in $(ldd "$BIN" | grep -o '/[^ ]*'); do
   mkdir -p "$RD$(dirname "$lib")"; cp -L "$lib" "$RD$lib"
 done
+# GStreamer: only the plugins a vivid camera's pipeline uses (v4l2src, videoconvert, queue and
+# identity, x264enc, rtph264pay, appsink) and the libraries they link; the registry is built
+# in-process at the first use (no gst-plugin-scanner in the guest).
+GST_PLUGINS=$(pkg-config --variable=pluginsdir gstreamer-1.0 2>/dev/null || echo /usr/lib/x86_64-linux-gnu/gstreamer-1.0)
+mkdir -p "$RD/gst-plugins"
+for p in coreelements video4linux2 videoconvertscale x264 rtp app; do
+  so=$GST_PLUGINS/libgst$p.so
+  [[ -f $so ]] || { log "GStreamer plugin $so missing (apt-get install gstreamer1.0-plugins-{base,good,ugly})"; exit 1; }
+  cp -L "$so" "$RD/gst-plugins/"
+  for lib in $(ldd "$so" | grep -o '/[^ ]*'); do
+    [[ -e $RD$lib ]] && continue
+    mkdir -p "$RD$(dirname "$lib")"; cp -L "$lib" "$RD$lib"
+  done
+done
 # libasound reads its configuration to resolve names like hw:Loopback,0,0.
 mkdir -p "$RD/usr/share"; cp -r /usr/share/alsa "$RD/usr/share/alsa"
 
@@ -68,7 +83,9 @@ for i in $(seq 50); do
 done
 ls /dev/watchdog /dev/video* /dev/snd/
 echo "BGVM: selftest"
-/bin/branchgate hal selftest --json \
+export GST_PLUGIN_SYSTEM_PATH=/gst-plugins GST_REGISTRY=/tmp/gst-registry.bin GST_REGISTRY_FORK=no
+/bin/branchgate hal selftest --json --camera-encode-secs 4 --camera-encode-width 640 --camera-encode-height 360 \
+  --camera-restart-size 320x180 \
   --audio-playback hw:Loopback,0,0 --audio-capture hw:Loopback,1,0 --tone-hz 1000 --tone-ms 1000 \
   --mixer-card Dummy --camera-frames 3 \
   --watchdog /dev/watchdog --watchdog-timeout 5 --pets 4 >/tmp/report.json 2>/tmp/stderr

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::secret::{HashedSecret, PlainSecret};
 
 /// Names of the sections, in the order the UI lists them.
-pub const SECTIONS: &[&str] = &["system", "network", "admin", "sip", "turn", "media", "audio", "update"];
+pub const SECTIONS: &[&str] = &["system", "network", "admin", "sip", "turn", "media", "audio", "cameras", "update"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +24,7 @@ pub struct Config {
     pub turn: TurnConfig,
     pub media: MediaConfig,
     pub audio: AudioConfig,
+    pub cameras: CamerasConfig,
     pub update: UpdateConfig,
 }
 
@@ -447,6 +448,38 @@ impl Default for AudioConfig {
     }
 }
 
+/// Capture and encoding of real (V4L2) cameras; a camera not listed uses the
+/// defaults of [`CameraDevice`]. The simulated camera is fixed (640x360, 15 fps).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CamerasConfig {
+    pub devices: Vec<CameraDevice>,
+}
+
+/// The H.264 encoders a camera may ask for (`auto`: the first the box has).
+pub const CAMERA_ENCODERS: &[&str] = &["auto", "v4l2h264enc", "x264enc", "openh264enc"];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CameraDevice {
+    /// The camera's id as in `/api/v1/cameras` (`video0` for /dev/video0).
+    pub id: String,
+    /// The size wished for; the device's nearest is taken.
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second; 0 lets the device choose.
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    /// One of [`CAMERA_ENCODERS`]; a named one the box lacks falls back to `auto`'s order.
+    pub encoder: String,
+}
+
+impl Default for CameraDevice {
+    fn default() -> Self {
+        Self { id: String::new(), width: 1280, height: 720, fps: 0, bitrate_kbps: 1500, encoder: "auto".into() }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpdateConfig {
@@ -497,6 +530,7 @@ impl Config {
         config.turn.external_ip = "203.0.113.10".parse().ok();
         config.turn.relay_ip = "192.168.1.10".parse().ok();
         config.update.hawkbit_url = Some("https://hawkbit.example".into());
+        config.cameras.devices.push(CameraDevice { id: "video0".into(), fps: 30, ..CameraDevice::default() });
         config
     }
 }

@@ -90,6 +90,7 @@ impl Config {
         self.validate_turn(&mut r);
         self.validate_media(&mut r);
         self.validate_audio_update(&mut r);
+        self.validate_cameras(&mut r);
         self.validate_port_clashes(&mut r);
         r.0
     }
@@ -373,6 +374,32 @@ impl Config {
         );
     }
 
+    fn validate_cameras(&self, r: &mut Report) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.cameras.devices.iter().enumerate() {
+            let at = |field: &str| format!("cameras.devices[{i}].{field}");
+            r.check(is_username(&c.id), at("id"), "a camera id such as video0");
+            r.check(seen.insert(c.id.as_str()), at("id"), "listed twice");
+            r.check(
+                (16..=4096).contains(&c.width) && c.width % 2 == 0,
+                at("width"),
+                "an even number of pixels, 16-4096",
+            );
+            r.check(
+                (16..=2160).contains(&c.height) && c.height % 2 == 0,
+                at("height"),
+                "an even number of pixels, 16-2160",
+            );
+            r.check(c.fps <= 120, at("fps"), "0 (the device's rate) to 120");
+            r.check((64..=50_000).contains(&c.bitrate_kbps), at("bitrate_kbps"), "64-50000 kbit/s");
+            r.check(
+                crate::schema::CAMERA_ENCODERS.contains(&c.encoder.as_str()),
+                at("encoder"),
+                format!("one of {}", crate::schema::CAMERA_ENCODERS.join(", ")),
+            );
+        }
+    }
+
     /// Two services cannot listen on the same port and protocol.
     fn validate_port_clashes(&self, r: &mut Report) {
         let mut tcp: HashMap<u16, &str> = HashMap::new();
@@ -460,6 +487,29 @@ mod tests {
     fn the_defaults_need_only_an_admin_password() {
         let config = Config::default();
         assert_eq!(paths(&config), ["admin.password"]);
+    }
+
+    #[test]
+    fn camera_settings_are_checked_field_by_field() {
+        let mut config = valid();
+        let good = config.cameras.devices[0].clone();
+        config.cameras.devices = vec![
+            crate::schema::CameraDevice { width: 641, height: 0, fps: 500, ..good.clone() },
+            crate::schema::CameraDevice { bitrate_kbps: 1, encoder: "vp8enc".into(), ..good.clone() },
+            crate::schema::CameraDevice { id: "bad id".into(), ..good },
+        ];
+        assert_eq!(
+            paths(&config),
+            [
+                "cameras.devices[0].width",
+                "cameras.devices[0].height",
+                "cameras.devices[0].fps",
+                "cameras.devices[1].id",
+                "cameras.devices[1].bitrate_kbps",
+                "cameras.devices[1].encoder",
+                "cameras.devices[2].id",
+            ]
+        );
     }
 
     #[test]

@@ -171,6 +171,11 @@ pub struct SelftestOptions {
     pub tone_ms: u64,
     pub mixer_card: Option<String>,
     pub camera_frames: u32,
+    /// Seconds of each camera's encoded stream to watch (0: none).
+    pub camera_encode_secs: u64,
+    pub camera_encode_size: (u32, u32),
+    /// Reconfigure to this size half-way through the encode check (the pipeline restarts).
+    pub camera_restart_size: Option<(u32, u32)>,
     pub watchdog: Option<PathBuf>,
     pub watchdog_timeout: u64,
     pub pets: u32,
@@ -182,7 +187,7 @@ pub struct SelftestOptions {
 pub fn selftest(options: &SelftestOptions) -> Value {
     let mut errors: Vec<String> = Vec::new();
 
-    let cameras = crate::devices::camera_report(options.camera_frames, &mut errors);
+    let cameras = crate::devices::camera_report(options, &mut errors);
 
     let backend = audio::backend();
     let devices = backend.devices().unwrap_or_else(|e| {
@@ -291,8 +296,10 @@ fn watchdog_report(path: &Path, options: &SelftestOptions, errors: &mut Vec<Stri
     json!({ "info": info, "pets": pets, "stopped": stopped, "armed": !stopped })
 }
 
-/// The cameras, with formats, controls and `frames` captured frames where V4L2 gives them.
-pub fn camera_report(frames: u32, errors: &mut Vec<String>) -> Value {
+/// The cameras, with formats, controls and captured frames where V4L2 gives
+/// them, and what their pipeline encodes in `camera_encode_secs`.
+pub fn camera_report(options: &SelftestOptions, errors: &mut Vec<String>) -> Value {
+    let frames = options.camera_frames;
     let cameras = branchgate_capture::cameras();
     let mut out = Vec::new();
     for camera in &cameras {
@@ -317,6 +324,39 @@ pub fn camera_report(frames: u32, errors: &mut Vec<String>) -> Value {
                 );
             }
             Err(e) => errors.push(format!("camera {} capture: {e}", camera.id)),
+        }
+        if options.camera_encode_secs > 0 {
+            let (width, height) = options.camera_encode_size;
+            let settings = branchgate_capture::CameraSettings { width, height, ..Default::default() };
+            let then = options.camera_restart_size.map(|(width, height)| branchgate_capture::CameraSettings {
+                width,
+                height,
+                ..settings.clone()
+            });
+            let duration = Duration::from_secs(options.camera_encode_secs);
+            match branchgate_capture::encode_check(camera, settings, duration, then) {
+                Ok(check) => {
+                    if options.camera_restart_size.is_some() && check.frames_after_restart == 0 {
+                        errors.push(format!("camera {} encode: no frames after the restart", camera.id));
+                    }
+                    if check.frames == 0 || check.keyframes == 0 {
+                        errors.push(format!(
+                            "camera {} encode: {} frames, {} keyframes in {} s",
+                            camera.id, check.frames, check.keyframes, options.camera_encode_secs
+                        ));
+                    }
+                    entry["encode"] = json!({
+                        "input": check.input, "encoder": check.encoder, "size": check.size,
+                        "seconds": options.camera_encode_secs, "packets": check.packets, "bytes": check.bytes,
+                        "frames": check.frames, "keyframes": check.keyframes,
+                        "first_packet_ms": check.first_packet_ms,
+                        "restarted_size": check.restarted_size,
+                        "frames_after_restart": check.frames_after_restart,
+                        "keyframes_after_restart": check.keyframes_after_restart,
+                    });
+                }
+                Err(e) => errors.push(format!("camera {} encode: {e}", camera.id)),
+            }
         }
         out.push(entry);
     }
@@ -366,6 +406,9 @@ mod tests {
             tone_ms: 200,
             mixer_card: Some(audio::SIM_CARD.into()),
             camera_frames: 1,
+            camera_encode_secs: 0,
+            camera_encode_size: (640, 360),
+            camera_restart_size: None,
             watchdog: None,
             watchdog_timeout: 10,
             pets: 0,

@@ -134,6 +134,18 @@ enum HalCommand {
         /// Frames to capture from each V4L2 camera.
         #[arg(long, default_value_t = 3)]
         camera_frames: u32,
+        /// Seconds of each camera's encoded H.264 stream to watch through its pipeline (0: none).
+        #[arg(long, default_value_t = 0)]
+        camera_encode_secs: u64,
+        /// The size wished for in that encode check (the device's nearest is taken).
+        #[arg(long, default_value_t = 640)]
+        camera_encode_width: u32,
+        #[arg(long, default_value_t = 360)]
+        camera_encode_height: u32,
+        /// Half-way through the encode check, reconfigure to this size ("WIDTHxHEIGHT"):
+        /// the pipeline restarts and the same viewer must keep receiving.
+        #[arg(long, value_parser = parse_size)]
+        camera_restart_size: Option<(u32, u32)>,
         /// A watchdog device to open and pet.
         #[arg(long)]
         watchdog: Option<PathBuf>,
@@ -291,6 +303,10 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
             tone_ms,
             mixer_card,
             camera_frames,
+            camera_encode_secs,
+            camera_encode_width,
+            camera_encode_height,
+            camera_restart_size,
             watchdog,
             watchdog_timeout,
             pets,
@@ -303,6 +319,9 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
                 tone_ms,
                 mixer_card,
                 camera_frames,
+                camera_encode_secs,
+                camera_encode_size: (camera_encode_width, camera_encode_height),
+                camera_restart_size,
                 watchdog,
                 watchdog_timeout,
                 pets,
@@ -691,6 +710,16 @@ async fn serve(
     {
         let store = store.clone();
         let hub = state.whep.hub.clone();
+        supervisor.spawn("cameras", move |shutdown| {
+            let config_rx = store.subscribe();
+            let hub = hub.clone();
+            async move { branchgate_capture::follow_config(config_rx, shutdown, hub).await.map_err(anyhow::Error::from) }
+        });
+    }
+
+    {
+        let store = store.clone();
+        let hub = state.whep.hub.clone();
         supervisor.spawn("rtsp", move |shutdown| {
             let config_rx = store.subscribe();
             let hub = hub.clone();
@@ -798,4 +827,10 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `WIDTHxHEIGHT`, as `--camera-restart-size` takes it.
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text.split_once('x').ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    Ok((w.parse().map_err(|e| format!("width: {e}"))?, h.parse().map_err(|e| format!("height: {e}"))?))
 }

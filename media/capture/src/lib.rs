@@ -8,10 +8,12 @@
 //! [`CaptureHub::encoders_running`] makes it observable.
 //!
 //! The simulated camera is `hal`'s [`simulated_frame`] pushed through
-//! `appsrc`, so the snapshot and the video show the same picture.
+//! `appsrc`, so the snapshot and the video show the same picture. A real
+//! camera is `v4l2src` in the format, size and encoder [`v4l2`] chooses.
 
 pub mod rtsp;
 pub mod rtsp_server;
+pub mod v4l2;
 pub mod whep;
 
 use std::collections::HashMap;
@@ -39,7 +41,7 @@ pub fn cameras() -> Vec<CameraInfo> {
 pub const SIM_FPS: u32 = 15;
 /// RTP payload type inside the pipeline; each viewer's leg renumbers it to
 /// what that viewer's offer chose.
-const PIPELINE_PAYLOAD_TYPE: u8 = 96;
+pub(crate) const PIPELINE_PAYLOAD_TYPE: u8 = 96;
 /// Packets buffered per viewer before a slow one starts losing them (about
 /// two seconds of 640x360 video); a viewer that lags asks for a keyframe.
 const FANOUT_DEPTH: usize = 512;
@@ -48,8 +50,50 @@ const FANOUT_DEPTH: usize = 512;
 pub enum CaptureError {
     #[error("GStreamer: {0}")]
     Gstreamer(String),
-    #[error("capture from {0} is not available yet (only the simulated camera streams in this version)")]
-    Unsupported(String),
+    #[error("camera {0} has no device node")]
+    NoDevice(String),
+    #[error("camera {camera}: {source}")]
+    Device {
+        camera: String,
+        #[source]
+        source: branchgate_hal::camera::CameraError,
+    },
+    #[error("camera {camera} offers no format we can stream (H.264, MJPEG or raw YUV/RGB); it has {formats}")]
+    NoUsableFormat { camera: String, formats: String },
+    #[error("no H.264 encoder element on this machine (v4l2h264enc, x264enc or openh264enc)")]
+    NoEncoder,
+}
+
+/// How a real camera is captured and encoded (the simulated one is fixed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CameraSettings {
+    /// The size wished for; the device's nearest is taken ([`v4l2::choose_size`]).
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second; `None` lets the device choose.
+    pub fps: Option<u32>,
+    pub bitrate_kbps: u32,
+    /// Tried first when the machine has it; otherwise the usual order.
+    pub encoder: Option<v4l2::EncoderKind>,
+}
+
+impl CameraSettings {
+    /// A camera's entry of the `cameras` configuration section (already validated).
+    pub fn from_config(device: &branchgate_config::CameraDevice) -> CameraSettings {
+        CameraSettings {
+            width: device.width,
+            height: device.height,
+            fps: (device.fps > 0).then_some(device.fps),
+            bitrate_kbps: device.bitrate_kbps,
+            encoder: v4l2::EncoderKind::ALL.into_iter().find(|k| k.element() == device.encoder),
+        }
+    }
+}
+
+impl Default for CameraSettings {
+    fn default() -> Self {
+        CameraSettings { width: 1280, height: 720, fps: None, bitrate_kbps: 1500, encoder: None }
+    }
 }
 
 fn gst_error(e: impl std::fmt::Display) -> CaptureError {
@@ -69,6 +113,7 @@ pub struct VideoPacket {
 #[derive(Clone, Debug, Default)]
 pub struct CaptureHub {
     encoders: Arc<Mutex<HashMap<String, Encoder>>>,
+    settings: Arc<Mutex<HashMap<String, CameraSettings>>>,
 }
 
 impl CaptureHub {
@@ -77,7 +122,12 @@ impl CaptureHub {
         let mut encoders = self.lock();
         let encoder = match encoders.get_mut(&camera.id) {
             Some(encoder) => encoder,
-            None => encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera)?),
+            None => {
+                let settings = self.settings(&camera.id);
+                let (packets, _) = broadcast::channel(FANOUT_DEPTH);
+                let keyframes = KeyframeRequester::default();
+                encoders.entry(camera.id.clone()).or_insert(Encoder::start(camera, &settings, packets, keyframes)?)
+            }
         };
         encoder.viewers += 1;
         // A new viewer needs a keyframe to start decoding; asking now saves
@@ -89,6 +139,61 @@ impl CaptureHub {
             packets: encoder.packets.subscribe(),
             keyframes: encoder.keyframes.clone(),
         })
+    }
+
+    /// Settings for `camera`'s pipeline. A running pipeline of a real camera
+    /// whose settings change is restarted with them; its viewers stay (the
+    /// same fan-out, a keyframe asked for at once). Blocks while the old
+    /// pipeline stops and the new one starts.
+    pub fn configure(&self, camera: &str, settings: CameraSettings) {
+        let previous =
+            self.settings.lock().unwrap_or_else(|p| p.into_inner()).insert(camera.to_string(), settings.clone());
+        if previous.as_ref() == Some(&settings) || (previous.is_none() && settings == CameraSettings::default()) {
+            return;
+        }
+        let mut encoders = self.lock();
+        let Some(running) = encoders.remove(camera) else { return };
+        if running.camera.simulated {
+            encoders.insert(camera.to_string(), running);
+            return;
+        }
+        let (info, packets, keyframes, viewers) =
+            (running.camera.clone(), running.packets.clone(), running.keyframes.clone(), running.viewers);
+        // The device is free only once the old pipeline has stopped.
+        drop(running);
+        let restarted = Encoder::start(&info, &settings, packets.clone(), keyframes.clone()).or_else(|e| {
+            tracing::warn!(camera, error = %e, "the new camera settings do not work; keeping the old ones");
+            Encoder::start(&info, &previous.unwrap_or_default(), packets, keyframes)
+        });
+        match restarted {
+            Ok(mut encoder) => {
+                encoder.viewers = viewers;
+                encoder.keyframes.request();
+                encoders.insert(camera.to_string(), encoder);
+                tracing::info!(camera, "camera pipeline restarted with new settings");
+            }
+            // Viewers see the stream end.
+            Err(e) => tracing::warn!(camera, error = %e, "camera pipeline could not be restarted"),
+        }
+    }
+
+    /// Applies the `cameras` configuration section: every listed camera's
+    /// settings, the defaults for the others that were configured before.
+    pub fn apply_config(&self, config: &branchgate_config::CamerasConfig) {
+        let listed: HashMap<String, CameraSettings> =
+            config.devices.iter().map(|d| (d.id.clone(), CameraSettings::from_config(d))).collect();
+        let before: Vec<String> = self.settings.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for camera in before.into_iter().filter(|c| !listed.contains_key(c)) {
+            self.configure(&camera, CameraSettings::default());
+        }
+        for (camera, settings) in listed {
+            self.configure(&camera, settings);
+        }
+    }
+
+    /// The settings `camera`'s pipeline starts with.
+    pub fn settings(&self, camera: &str) -> CameraSettings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).get(camera).cloned().unwrap_or_default()
     }
 
     /// Pipelines running now (one per watched camera).
@@ -156,13 +261,18 @@ impl Drop for Subscription {
 }
 
 /// Sends GStreamer's force-key-unit event to the encoder, rate-limited.
-#[derive(Clone, Debug)]
+/// The element it sends to is replaced when the pipeline restarts.
+#[derive(Clone, Debug, Default)]
 struct KeyframeRequester {
-    encoder: gst::Element,
+    encoder: Arc<Mutex<Option<gst::Element>>>,
     last: Arc<Mutex<Option<Instant>>>,
 }
 
 impl KeyframeRequester {
+    fn set_encoder(&self, encoder: gst::Element) {
+        *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = Some(encoder);
+    }
+
     fn request(&self) {
         let now = Instant::now();
         {
@@ -179,7 +289,8 @@ impl KeyframeRequester {
             .field("all-headers", true)
             .field("count", 0u32)
             .build();
-        if let Some(pad) = self.encoder.static_pad("src")
+        let encoder = self.encoder.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(pad) = encoder.and_then(|e| e.static_pad("src"))
             && !pad.send_event(gst::event::CustomUpstream::new(structure))
         {
             tracing::debug!("the encoder did not take the keyframe request");
@@ -190,6 +301,7 @@ impl KeyframeRequester {
 /// A running pipeline and its viewers.
 #[derive(Debug)]
 struct Encoder {
+    camera: CameraInfo,
     pipeline: gst::Pipeline,
     packets: broadcast::Sender<VideoPacket>,
     keyframes: KeyframeRequester,
@@ -215,27 +327,61 @@ fn simulated_pipeline_description() -> String {
     )
 }
 
+/// A real camera's pipeline plan: the device's formats read through `hal`,
+/// the encoder probed in GStreamer's registry.
+fn plan(camera: &CameraInfo, settings: &CameraSettings) -> Result<v4l2::PipelinePlan, CaptureError> {
+    let device = camera.device.clone().ok_or_else(|| CaptureError::NoDevice(camera.id.clone()))?;
+    let details = branchgate_hal::v4l2::details(std::path::Path::new(&device))
+        .map_err(|source| CaptureError::Device { camera: camera.id.clone(), source })?;
+    let (input, format) = v4l2::choose_input(&details.formats).ok_or_else(|| CaptureError::NoUsableFormat {
+        camera: camera.id.clone(),
+        formats: details.formats.iter().map(|f| f.fourcc.trim()).collect::<Vec<_>>().join(", "),
+    })?;
+    let encoder = if input == v4l2::Input::H264 {
+        None
+    } else {
+        Some(
+            v4l2::choose_encoder(settings.encoder, |name| gst::ElementFactory::find(name).is_some())
+                .ok_or(CaptureError::NoEncoder)?,
+        )
+    };
+    Ok(v4l2::PipelinePlan {
+        device,
+        size: v4l2::choose_size(format, (settings.width, settings.height)),
+        input,
+        fps: settings.fps,
+        encoder,
+        bitrate_kbps: settings.bitrate_kbps,
+    })
+}
+
 impl Encoder {
-    fn start(camera: &CameraInfo) -> Result<Encoder, CaptureError> {
-        if !camera.simulated {
-            return Err(CaptureError::Unsupported(camera.id.clone()));
-        }
+    /// Starts `camera`'s pipeline into `packets`, its encoder taking `keyframes`' requests.
+    fn start(
+        camera: &CameraInfo,
+        settings: &CameraSettings,
+        packets: broadcast::Sender<VideoPacket>,
+        keyframes: KeyframeRequester,
+    ) -> Result<Encoder, CaptureError> {
         gst::init().map_err(gst_error)?;
-        let pipeline = gst::parse::launch(&simulated_pipeline_description())
+        let description = if camera.simulated {
+            simulated_pipeline_description()
+        } else {
+            let plan = plan(camera, settings)?;
+            tracing::info!(camera = %camera.id, input = ?plan.input, size = ?plan.size, encoder = ?plan.encoder, "camera pipeline planned");
+            v4l2::pipeline_description(&plan)
+        };
+        let pipeline = gst::parse::launch(&description)
             .map_err(gst_error)?
             .downcast::<gst::Pipeline>()
             .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
         let element = |name: &str| {
             pipeline.by_name(name).ok_or_else(|| CaptureError::Gstreamer(format!("no element {name} in the pipeline")))
         };
-        let source = element("src")?
-            .downcast::<gst_app::AppSrc>()
-            .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?;
         let sink = element("sink")?
             .downcast::<gst_app::AppSink>()
             .map_err(|_| CaptureError::Gstreamer("sink is not an appsink".into()))?;
-        let keyframes = KeyframeRequester { encoder: element("enc")?, last: Arc::default() };
-        let (packets, _) = broadcast::channel(FANOUT_DEPTH);
+        keyframes.set_encoder(element("enc")?);
         let fanout = packets.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -249,7 +395,19 @@ impl Encoder {
                 })
                 .build(),
         );
-        pipeline.set_state(gst::State::Playing).map_err(gst_error)?;
+        let source = if camera.simulated {
+            Some(
+                element("src")?
+                    .downcast::<gst_app::AppSrc>()
+                    .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?,
+            )
+        } else {
+            None
+        };
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(gst_error(e));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = {
             let stop = stop.clone();
@@ -257,11 +415,28 @@ impl Encoder {
             let camera = camera.id.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{camera}"))
-                .spawn(move || feed_simulated(&source, bus.as_ref(), &stop, &camera))
+                .spawn(move || match source {
+                    Some(source) => feed_simulated(&source, bus.as_ref(), &stop, &camera),
+                    None => watch_bus(bus.as_ref(), &stop, &camera),
+                })
                 .map_err(gst_error)?
         };
         tracing::info!(camera = %camera.id, "camera pipeline started");
-        Ok(Encoder { pipeline, packets, keyframes, viewers: 0, stop, feeder: Some(feeder) })
+        Ok(Encoder { camera: camera.clone(), pipeline, packets, keyframes, viewers: 0, stop, feeder: Some(feeder) })
+    }
+}
+
+/// A real camera's pipeline runs by itself; this reports its end (an
+/// unplugged camera, a driver error) until told to stop.
+fn watch_bus(bus: Option<&gst::Bus>, stop: &AtomicBool, camera: &str) {
+    let Some(bus) = bus else { return };
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(message) = bus
+            .timed_pop_filtered(gst::ClockTime::from_mseconds(200), &[gst::MessageType::Error, gst::MessageType::Eos])
+        {
+            tracing::warn!(camera, message = ?message, "camera pipeline failed");
+            return;
+        }
     }
 }
 
@@ -306,6 +481,140 @@ fn feed_simulated(source: &gst_app::AppSrc, bus: Option<&gst::Bus>, stop: &Atomi
     }
 }
 
+/// Keeps `hub` on the `cameras` configuration section until shutdown: each
+/// change is applied (a running camera whose settings change restarts).
+pub async fn follow_config(
+    mut config_rx: tokio::sync::watch::Receiver<Arc<branchgate_config::Snapshot>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    hub: CaptureHub,
+) -> std::io::Result<()> {
+    loop {
+        let cameras = config_rx.borrow_and_update().config.cameras.clone();
+        let applier = hub.clone();
+        // Stopping and starting pipelines blocks.
+        tokio::task::spawn_blocking(move || applier.apply_config(&cameras)).await.map_err(std::io::Error::other)?;
+        tokio::select! {
+            changed = config_rx.changed() => if changed.is_err() { return Ok(()) },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// What [`encode_check`] saw of a camera's encoded stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodeCheck {
+    /// The input format chosen (`H264`, `MJPEG`, a raw GStreamer format, or `simulated`).
+    pub input: String,
+    /// The encoder element, `None` when H.264 is passed through.
+    pub encoder: Option<&'static str>,
+    pub size: Option<(u32, u32)>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Access units (RTP marker bits).
+    pub frames: u64,
+    /// IDR pictures started.
+    pub keyframes: u64,
+    /// Milliseconds from the start until the first packet.
+    pub first_packet_ms: Option<u64>,
+    /// After the restart with other settings half-way (when asked): the size
+    /// planned, and the frames and keyframes the same subscription received.
+    pub restarted_size: Option<(u32, u32)>,
+    pub frames_after_restart: u64,
+    pub keyframes_after_restart: u64,
+}
+
+/// Runs `camera`'s pipeline as one viewer for `duration` and counts what
+/// comes out: the proof that frames are captured AND encoded (the VM test
+/// runs it against the kernel's vivid driver). With `then`, the camera is
+/// reconfigured half-way, as a change of the `cameras` section does: the
+/// subscription must go on receiving from the restarted pipeline.
+pub fn encode_check(
+    camera: &CameraInfo,
+    settings: CameraSettings,
+    duration: Duration,
+    then: Option<CameraSettings>,
+) -> Result<EncodeCheck, CaptureError> {
+    gst::init().map_err(gst_error)?;
+    let mut check = if camera.simulated {
+        EncodeCheck {
+            input: "simulated".into(),
+            encoder: Some("x264enc"),
+            size: Some((SIM_WIDTH, SIM_HEIGHT)),
+            ..EncodeCheck::default()
+        }
+    } else {
+        let plan = plan(camera, &settings)?;
+        let input = match plan.input {
+            v4l2::Input::H264 => "H264".to_string(),
+            v4l2::Input::Mjpeg => "MJPEG".to_string(),
+            v4l2::Input::Raw(name) => name.to_string(),
+        };
+        EncodeCheck {
+            input,
+            encoder: plan.encoder.map(v4l2::EncoderKind::element),
+            size: plan.size,
+            ..EncodeCheck::default()
+        }
+    };
+    let hub = CaptureHub::default();
+    hub.configure(&camera.id, settings);
+    let mut subscription = hub.subscribe(camera)?;
+    let started = Instant::now();
+    let mut then = then;
+    let mut restarted = false;
+    while started.elapsed() < duration {
+        if started.elapsed() >= duration / 2
+            && let Some(next) = then.take()
+        {
+            if !camera.simulated {
+                check.restarted_size = plan(camera, &next)?.size;
+            }
+            hub.configure(&camera.id, next);
+            restarted = true;
+        }
+        match subscription.packets.try_recv() {
+            Ok(packet) if restarted => {
+                check.frames_after_restart += u64::from(packet.marker);
+                check.keyframes_after_restart += u64::from(starts_idr(&packet.payload));
+            }
+            Ok(packet) => {
+                check.first_packet_ms.get_or_insert(started.elapsed().as_millis() as u64);
+                check.packets += 1;
+                check.bytes += packet.payload.len() as u64;
+                check.frames += u64::from(packet.marker);
+                check.keyframes += u64::from(starts_idr(&packet.payload));
+            }
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Lagged(_)) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(broadcast::error::TryRecvError::Closed) => break,
+        }
+    }
+    Ok(check)
+}
+
+/// Whether an RTP H.264 payload (RFC 6184) starts an IDR picture: a single
+/// IDR NAL unit, a STAP-A holding one, or the first fragment of one.
+fn starts_idr(payload: &[u8]) -> bool {
+    const IDR: u8 = 5;
+    match payload.first().map(|b| b & 0x1f) {
+        Some(IDR) => true,
+        Some(24) => {
+            let mut rest = &payload[1..];
+            while rest.len() > 2 {
+                let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                if rest.get(2).is_some_and(|n| n & 0x1f == IDR) {
+                    return true;
+                }
+                rest = rest.get(2 + size..).unwrap_or_default();
+            }
+            false
+        }
+        Some(28) => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
+        _ => false,
+    }
+}
+
 /// The RTP fields a viewer's leg needs from one payloader output buffer.
 fn parse(packet: &[u8]) -> Option<VideoPacket> {
     let header = branchgate_rtp::parse_rtp(packet).ok()?;
@@ -327,6 +636,56 @@ mod tests {
     }
 
     #[test]
+    fn the_cameras_section_becomes_settings_and_leaves_the_simulated_camera_alone() {
+        let hub = CaptureHub::default();
+        let mut config = branchgate_config::CamerasConfig::default();
+        config.devices.push(branchgate_config::CameraDevice {
+            id: "video0".into(),
+            width: 640,
+            height: 480,
+            fps: 0,
+            bitrate_kbps: 800,
+            encoder: "openh264enc".into(),
+        });
+        config.devices.push(branchgate_config::CameraDevice { id: "sim0".into(), fps: 25, ..Default::default() });
+        let viewer = hub.subscribe(&sim()).expect("pipeline");
+        hub.apply_config(&config);
+        assert_eq!(
+            hub.settings("video0"),
+            CameraSettings {
+                width: 640,
+                height: 480,
+                fps: None,
+                bitrate_kbps: 800,
+                encoder: Some(v4l2::EncoderKind::OpenH264)
+            }
+        );
+        assert_eq!(hub.settings("sim0").fps, Some(25));
+        assert_eq!((hub.encoders_running(), hub.viewers("sim0")), (1, 1), "the simulated camera keeps running");
+        hub.apply_config(&branchgate_config::CamerasConfig::default());
+        assert_eq!(hub.settings("video0"), CameraSettings::default(), "unlisted: back to the defaults");
+        drop(viewer);
+        assert_eq!(hub.encoders_running(), 0);
+    }
+
+    #[test]
+    fn idr_starts_are_found() {
+        assert!(starts_idr(&[0x65, 1]));
+        assert!(!starts_idr(&[0x41, 1]), "P slice");
+        assert!(starts_idr(&[0x7c, 0x85, 1]), "FU-A start of an IDR");
+        assert!(!starts_idr(&[0x7c, 0x45, 1]), "FU-A end");
+        assert!(starts_idr(&[0x78, 0, 2, 0x67, 1, 0, 1, 0x65]), "STAP-A with SPS then IDR");
+        assert!(!starts_idr(&[0x78, 0, 2, 0x67, 1, 0, 9]), "STAP-A cut short");
+        assert!(!starts_idr(&[]));
+    }
+
+    #[test]
+    fn the_simulated_camera_passes_the_encode_check() {
+        let check = encode_check(&sim(), CameraSettings::default(), Duration::from_millis(1500), None).expect("check");
+        assert!(check.frames >= 5 && check.keyframes >= 1, "{check:?}");
+    }
+
+    #[test]
     fn parses_payloader_output() {
         let mut out = Vec::new();
         let header =
@@ -339,10 +698,12 @@ mod tests {
     }
 
     #[test]
-    fn real_cameras_are_refused_until_their_pipeline_exists() {
+    fn a_real_camera_that_cannot_be_opened_starts_nothing() {
         let hub = CaptureHub::default();
         let real = CameraInfo { simulated: false, id: "video0".into(), ..sim() };
-        assert!(matches!(hub.subscribe(&real), Err(CaptureError::Unsupported(_))));
+        assert!(matches!(hub.subscribe(&real), Err(CaptureError::NoDevice(_))));
+        let gone = CameraInfo { device: Some("/nonexistent/video9".into()), ..real };
+        assert!(matches!(hub.subscribe(&gone), Err(CaptureError::Device { .. })));
         assert_eq!(hub.encoders_running(), 0);
     }
 
