@@ -232,12 +232,7 @@ fn strongest(group: &[f32]) -> Option<(usize, f32)> {
     group.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-/// The RFC 4733 event code of a dial-pad key (`0-9 * # A-D`), for tests and tone generation.
-pub fn event_of_key(key: char) -> Option<u8> {
-    EVENTS.iter().flatten().copied().zip("123A456B789C*0#D".chars()).find(|&(_, k)| k == key).map(|(e, _)| e)
-}
-
-/// The two frequencies (low, high) of an RFC 4733 event code 0-15.
+/// The two frequencies (low, high) of an RFC 4733 event code 0-15, for tone generation.
 pub fn frequencies_of(event: u8) -> Option<(f32, f32)> {
     EVENTS.iter().enumerate().find_map(|(r, row)| row.iter().position(|&e| e == event).map(|c| (ROWS[r], COLUMNS[c])))
 }
@@ -245,6 +240,7 @@ pub fn frequencies_of(event: u8) -> Option<(f32, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use branchgate_rtp::dtmf_event as event_of_key;
 
     /// `ms` of the digit's two tones at `amplitude` each (16-bit linear), frequencies scaled by `detune`.
     fn tone(rate: u32, event: u8, ms: u32, amplitude: f32, detune: f32, twist_db: f32) -> Vec<i16> {
