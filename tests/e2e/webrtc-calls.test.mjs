@@ -111,17 +111,28 @@ function checkDetails(call, { browser, phone, transcoded }) {
   }
 }
 
-test("a browser (JsSIP over WSS) calls a SIP phone (baresip over UDP): G.711 passes through, audio both ways", async (t) => {
+test("a browser (JsSIP over WSS) calls a SIP phone (baresip over UDP): G.711 passes through, audio both ways, ICE restart", async (t) => {
   const { api, page, phone, cleanup } = await lab(t);
   try {
     const call = page.evaluate(async (domain) => {
       await softphone.call(`sip:1002@${domain}`);
       const measured = await softphone.measure();
+      // An ICE restart mid-call (what a browser does when its network changes): new
+      // credentials on both ends, the same DTLS-SRTP session, the audio goes on.
+      measured.restart = await softphone.restartIce();
+      measured.afterRestart = await softphone.measure();
       await softphone.hangUp();
       return measured;
     }, DOMAIN);
     checkDetails(await callDetails(api), { browser: "caller", phone: "PCMU", transcoded: false });
     const result = await call;
+    const { restart, afterRestart } = result;
+    assert.ok(restart.before.local && restart.after.local !== restart.before.local, `the browser restarted ICE: ${JSON.stringify(restart)}`);
+    assert.ok(restart.before.remote && restart.after.remote !== restart.before.remote, `the box answered with new credentials: ${JSON.stringify(restart)}`);
+    assert.ok(afterRestart.second.pair, "ICE selected a pair again");
+    assert.ok(afterRestart.second.packetsReceived > afterRestart.first.packetsReceived + 50, "audio from the phone goes on after the restart");
+    assert.ok(afterRestart.second.packetsSent > afterRestart.first.packetsSent + 50, "audio to the phone goes on after the restart");
+    assert.ok(Math.abs(afterRestart.second.dominantHz - 1000) < 30, `still baresip's tone (${afterRestart.second.dominantHz} Hz)`);
     await checkAudioBothWays(result, phone, "audio/PCMU");
     // The call's record: answered, ended by the caller (the browser).
     const csv = new TextDecoder().decode((await api.get("/api/v1/sip/cdr.csv")).bytes);

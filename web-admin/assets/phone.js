@@ -116,7 +116,7 @@
         password,
         register: true,
         // The box neither asks for nor refreshes session timers; on browser calls it takes
-        // re-INVITEs that change the direction (hold) and answers others with 488, which
+        // re-INVITEs that change the direction (hold) or restart ICE and answers others with 488, which
         // JsSIP would take as a reason to end the call.
         session_timers: false,
         user_agent: "branchgate-phone (JsSIP)",
@@ -272,8 +272,16 @@
         if (!gathering) gathering = setTimeout(e.ready, ICE_GATHERING_MS);
       },
       peerconnection: (e) => {
-        e.peerconnection.addEventListener("track", (t) => {
+        const pc = e.peerconnection;
+        pc.addEventListener("track", (t) => {
           el.audio.srcObject = t.streams[0] || new MediaStream([t.track]);
+        });
+        // A changed network (Wi-Fi to cable, a new address) fails the ICE pair; an ICE restart
+        // (a re-INVITE the box answers with new credentials) finds a new one and keeps the call.
+        pc.addEventListener("iceconnectionstatechange", () => {
+          if (pc.iceConnectionState === "failed" && session && session.isEstablished()) {
+            session.renegotiate({ rtcOfferConstraints: { iceRestart: true } });
+          }
         });
       },
       progress: (e) => {

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use branchgate_sdp::{RtpMap, SessionDescription};
+use branchgate_sdp::{Direction, RtpMap, SessionDescription};
 use branchgate_sip::message::param;
 use branchgate_sip::server::{Binding, uri_of, user_of, with_warning};
 use branchgate_sip::transaction::{ClientKey, ServerKey};
@@ -160,6 +160,9 @@ pub enum Action {
     SendDtmf { call: u64, index: usize, toward: Side, event: u8, duration_ms: u32 },
     /// Where one side receives a stream, as its SDP and SIP say.
     Peer { call: u64, index: usize, side: Side, peer: MediaPeer },
+    /// A browser's new offer (ICE restart) for the WebRTC session of a stream;
+    /// its answer comes back through [`B2bua::handle_renegotiated`].
+    Renegotiate { call: u64, index: usize, offer: String },
     /// Close every relay of the call.
     Close { call: u64 },
     /// The call's record, once it ended.
@@ -333,6 +336,16 @@ struct BrowserMedia {
     to_sip: Option<Vec<u8>>,
     /// The answer a browser's hold/resume gets once the SIP side took it.
     pending_answer: Option<Vec<u8>>,
+    /// A browser's re-INVITE the box's WebRTC session is answering (ICE restart).
+    renegotiating: Option<Renegotiation>,
+}
+
+/// A browser's re-INVITE waiting for its WebRTC session's answer.
+#[derive(Debug)]
+struct Renegotiation {
+    key: ServerKey,
+    request: Message,
+    offer: SessionDescription,
 }
 
 impl BrowserMedia {
@@ -347,6 +360,7 @@ impl BrowserMedia {
             to_browser: None,
             to_sip: None,
             pending_answer: None,
+            renegotiating: None,
         }
     }
 }
@@ -1870,25 +1884,81 @@ impl B2bua {
             }
             return;
         }
-        if !browser.remote.as_ref().is_some_and(|before| webrtc::same_session(before, &offer)) {
-            return refuse(self, "only hold and resume can be renegotiated on a WebRTC call");
+        if browser.pending_answer.is_some() || browser.renegotiating.is_some() {
+            // RFC 3261 §14.2: one offer at a time.
+            return self.reply(now, &key, &request, 491, "Request Pending");
         }
-        let (Ok(sip_offer), Ok(answer)) =
-            (webrtc::redirected(&to_sip, direction), webrtc::redirected(&to_browser, direction.answer()))
-        else {
-            return refuse(self, "the box could not offer the new direction");
+        if !browser.remote.as_ref().is_some_and(|before| webrtc::same_session(before, &offer)) {
+            // New ICE credentials (an ICE restart): the box's WebRTC session answers it.
+            let offer_text = offer.to_string();
+            browser.renegotiating = Some(Renegotiation { key, request, offer });
+            return self.actions.push_back(Action::Renegotiate { call: id, index: 0, offer: offer_text });
+        }
+        let Ok(answer) = webrtc::redirected(&to_browser, direction.answer()) else {
+            return refuse(self, "the box could not answer the new direction");
+        };
+        browser.remote = Some(offer);
+        self.reoffer_direction(now, id, key, request, direction, answer);
+    }
+
+    /// The browser's new direction goes to the SIP side as a re-INVITE with
+    /// the box's plain SDP saying it; `answer` goes to the browser once the
+    /// SIP side agreed (see `relay_response`).
+    fn reoffer_direction(
+        &mut self,
+        now: Instant,
+        id: u64,
+        key: ServerKey,
+        request: Message,
+        direction: Direction,
+        answer: Vec<u8>,
+    ) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(browser) = call.browser.as_mut() else { return };
+        let Some(Ok(sip_offer)) = browser.to_sip.as_deref().map(|sdp| webrtc::redirected(sdp, direction)) else {
+            let response =
+                with_warning(request.response(488, "Not Acceptable Here"), "the box could not offer the new direction");
+            return self.sip.respond(now, &key, response);
         };
         browser.to_sip = Some(sip_offer.clone());
         browser.to_browser = Some(answer.clone());
         browser.pending_answer = Some(answer);
-        browser.remote = Some(offer);
-        let other = side.other();
+        let other = browser.side.other();
         let Some(flow) = leg(call, other).map(|l| l.flow) else { return };
         let Some(relayed) = self.dialog_request(id, other, "INVITE", Some(sip_offer)) else { return };
         let sent = self.sip.send_request(now, flow, relayed);
         self.sent.insert(sent.clone(), id);
         if let Some(call) = self.calls.get_mut(&id) {
             call.relays.insert(sent, Relay { origin: key, request, to: other, answered: false });
+        }
+    }
+
+    /// The browser session's answer to a re-INVITE handed to it (an ICE
+    /// restart), or why it refused. The browser gets it at once; when the
+    /// offer also changed the direction, once the SIP side took that too.
+    pub fn handle_renegotiated(&mut self, now: Instant, call: u64, answer: Result<String, String>) {
+        self.now = now;
+        let Some(c) = self.calls.get_mut(&call) else { return };
+        let Some(browser) = c.browser.as_mut() else { return };
+        let Some(Renegotiation { key, request, offer }) = browser.renegotiating.take() else { return };
+        let answer = match answer {
+            Ok(answer) => answer.into_bytes(),
+            Err(reason) => {
+                let response = with_warning(request.response(488, "Not Acceptable Here"), &reason);
+                return self.sip.respond(now, &key, response);
+            }
+        };
+        let direction = webrtc::offered_direction(&offer);
+        let before = browser.remote.as_ref().map(webrtc::offered_direction);
+        browser.remote = Some(offer);
+        if before.is_some_and(|before| before != direction) {
+            return self.reoffer_direction(now, call, key, request, direction, answer);
+        }
+        browser.to_browser = Some(answer.clone());
+        c.awaiting_ack.push(key.clone());
+        let side = browser.side;
+        if let Some(response) = self.dialog_response(call, side, &request, 200, "OK", Some(answer)) {
+            self.sip.respond(now, &key, response);
         }
     }
 
@@ -1973,6 +2043,9 @@ impl B2bua {
             };
             let response = relay.request.response(code, reason);
             self.sip.respond(now, &relay.origin, response);
+        }
+        if let Some(Renegotiation { key, request, .. }) = call.browser.and_then(|b| b.renegotiating) {
+            self.sip.respond(now, &key, request.response(487, "Request Terminated"));
         }
         self.dialogs.remove(&dialog_key(&call.a.call_id, &call.a.flow));
         if let Some(b) = &call.b {

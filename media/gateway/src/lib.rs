@@ -347,6 +347,7 @@ pub async fn run(
                     MediaEvent::Dtmf { call, from, event, duration_ms } => {
                         b2bua.handle_dtmf(Instant::now(), call, from, event, duration_ms)
                     }
+                    MediaEvent::Renegotiated { call, answer } => b2bua.handle_renegotiated(Instant::now(), call, answer),
                 },
                 Some(call) = hangup_rx.recv() => { b2bua.hang_up(Instant::now(), call); }
                 _ = tick.tick() => {
@@ -398,6 +399,7 @@ pub async fn run(
                     }
                     Action::DtmfMode { call, toward, info } => relay.dtmf_mode(call, toward, info),
                     Action::Peer { call, index, side, peer } => relay.peer(call, index, side, peer),
+                    Action::Renegotiate { call, index, offer } => relay.renegotiate(call, index, offer),
                     Action::SendDtmf { call, index, toward, event, duration_ms } => {
                         relay.send_dtmf(call, index, toward, event, duration_ms)
                     }

@@ -100,15 +100,22 @@ enum Control {
         event: u8,
         duration_ms: u32,
     },
+    /// The browser's new offer on its running session (ICE restart): answered
+    /// with [`MediaEvent::Renegotiated`].
+    Renegotiate {
+        offer: String,
+    },
 }
 
 /// What the relays tell the B2BUA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MediaEvent {
     /// The call's media went silent (`media.timeout_seconds`) or its browser is gone.
     Timeout(u64),
     /// A key from `from`'s telephone events, for a side that takes DTMF as SIP INFO.
     Dtmf { call: u64, from: Side, event: u8, duration_ms: u32 },
+    /// The browser session's answer to a new offer, or why there is none.
+    Renegotiated { call: u64, answer: Result<String, String> },
 }
 
 /// A browser's end of a stream as the B2BUA hands it over.
@@ -269,6 +276,17 @@ impl MediaRelay {
     pub fn send_dtmf(&mut self, call: u64, index: usize, toward: Side, event: u8, duration_ms: u32) {
         if let Some((control, _)) = self.calls.get(&call).and_then(|c| c.streams.get(&index)) {
             let _ = control.send(Control::Dtmf { toward, event, duration_ms });
+        }
+    }
+
+    /// Hands a browser's new offer to its stream's WebRTC session; the answer
+    /// comes back as [`MediaEvent::Renegotiated`] (at once, with an error, when
+    /// the stream is gone).
+    pub fn renegotiate(&mut self, call: u64, index: usize, offer: String) {
+        let control = self.calls.get(&call).and_then(|c| c.streams.get(&index)).map(|(control, _)| control);
+        if control.is_none_or(|control| control.send(Control::Renegotiate { offer }).is_err()) {
+            let answer = Err("the call's browser stream is gone".to_string());
+            let _ = self.events.send(MediaEvent::Renegotiated { call, answer });
         }
     }
 
@@ -472,6 +490,10 @@ async fn relay_stream(
                 Some(Control::DtmfMode { toward, info }) => dtmf_info[side_index(toward)] = info,
                 // Plain streams pass the callers' own events; the B2BUA relays INFO there.
                 Some(Control::Dtmf { .. }) => {}
+                Some(Control::Renegotiate { .. }) => {
+                    let answer = Err("a plain stream has no WebRTC session".to_string());
+                    let _ = events.send(MediaEvent::Renegotiated { call, answer });
+                }
                 None => return,
             },
             _ = check.tick() => {
@@ -979,6 +1001,13 @@ async fn relay_browser_stream(
                 Some(Control::Dtmf { .. }) => {}
                 // A browser stream's DTMF mode is fixed when it opens (`dtmf_as_info`).
                 Some(Control::DtmfMode { .. }) => {}
+                Some(Control::Renegotiate { offer }) => {
+                    let answer = stream.leg.renegotiate(Instant::now(), &offer).map_err(|e| e.to_string());
+                    if let Err(e) = &answer {
+                        tracing::info!(call = stream.call, error = %e, "browser's new offer refused");
+                    }
+                    let _ = stream.events.send(MediaEvent::Renegotiated { call: stream.call, answer });
+                }
                 None => return,
             },
             _ = check.tick() => {

@@ -687,14 +687,73 @@ m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\
     let (_, held) = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser");
     let body = String::from_utf8_lossy(&held.body).into_owned();
     assert!(body.contains("a=recvonly") && body.contains("a=fingerprint:sha-256") && body.contains("SAVPF"), "{body}");
-    // An ICE restart is more than a hold: refused, the call goes on.
+}
+
+/// The action that hands a browser's re-offer to its WebRTC session.
+fn renegotiation(actions: &[Action]) -> Option<&str> {
+    actions.iter().find_map(|a| match a {
+        Action::Renegotiate { call: 1, index: 0, offer } => Some(offer.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_browsers_ice_restart_is_answered_by_its_webrtc_session_without_the_trunk() {
+    let (mut lab, ok, _, _) = answered_browser_call(false);
     let restart = CHROMIUM_OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:new");
-    let second = from_caller(&ok, "INVITE", "application/sdp", &restart)
+    let reinvite = from_caller(&ok, "INVITE", "application/sdp", &restart);
+    let out = lab.send(CALLER, &reinvite);
+    assert!(!out.iter().any(|(to, _)| *to == addr(T1)), "the trunk's media does not change");
+    assert!(!out.iter().any(|(_, m)| code(m) >= 200), "the answer is the WebRTC session's");
+    let actions = lab.actions();
+    let offer = renegotiation(&actions).expect("the offer goes to the browser's stream");
+    assert!(offer.contains("a=ice-ufrag:new"), "{offer}");
+    // Another offer while that one is open: 491 (RFC 3261 §14.2).
+    let again = reinvite.replace("CSeq: 5", "CSeq: 6").replace("INVITE1", "INVITE2");
+    let out = lab.send(CALLER, &again);
+    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 491));
+    // The session's answer goes to the browser in a 200.
+    let box_answer = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n\
+c=IN IP4 0.0.0.0\r\na=ice-ufrag:fresh\r\na=ice-pwd:freshfreshfreshfreshfresh\r\na=sendrecv\r\n";
+    lab.b2bua.handle_renegotiated(lab.now, 1, Ok(box_answer.to_string()));
+    let out = lab.sent();
+    let (_, answered) = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser");
+    assert!(String::from_utf8_lossy(&answered.body).contains("a=ice-ufrag:fresh"));
+    assert!(answered.get("To").is_some_and(|t| t.contains("tag=")), "in the browser's dialog");
+    assert!(!out.iter().any(|(to, _)| *to == addr(T1)));
+    // A re-offer the session refuses (a new DTLS identity): 488 with the reason; the call goes on.
+    let other = restart.replace("a=ice-ufrag:new", "a=ice-ufrag:third");
+    let third = from_caller(&ok, "INVITE", "application/sdp", &other)
         .replace("CSeq: 5", "CSeq: 7")
-        .replace("INVITE1", "INVITE2");
-    let out = lab.send(CALLER, &second);
-    assert!(out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 488));
+        .replace("INVITE1", "INVITE3");
+    lab.send(CALLER, &third);
+    assert!(renegotiation(&lab.actions()).is_some());
+    lab.b2bua.handle_renegotiated(lab.now, 1, Err("a new DTLS fingerprint".into()));
+    let out = lab.sent();
+    let (_, refused) = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 488).expect("488");
+    assert!(refused.get("Warning").is_some_and(|w| w.contains("DTLS fingerprint")));
     assert_eq!(lab.b2bua.calls(lab.now).len(), 1);
+}
+
+#[test]
+fn an_ice_restart_that_also_holds_goes_to_the_trunk_as_a_hold() {
+    let (mut lab, ok, _, _) = answered_browser_call(false);
+    let restart = CHROMIUM_OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:new").replace("a=sendrecv", "a=sendonly");
+    lab.send(CALLER, &from_caller(&ok, "INVITE", "application/sdp", &restart));
+    assert!(renegotiation(&lab.actions()).is_some());
+    let box_answer = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n\
+c=IN IP4 0.0.0.0\r\na=ice-ufrag:fresh\r\na=ice-pwd:freshfreshfreshfreshfresh\r\na=recvonly\r\n";
+    lab.b2bua.handle_renegotiated(lab.now, 1, Ok(box_answer.to_string()));
+    let out = lab.sent();
+    assert!(!out.iter().any(|(to, m)| *to == addr(CALLER) && code(m) == 200), "the browser waits for the trunk");
+    let (_, relayed) =
+        out.iter().find(|(to, m)| *to == addr(T1) && method(m) == "INVITE").expect("re-INVITE to the trunk");
+    assert!(String::from_utf8_lossy(&relayed.body).contains("a=sendonly"));
+    let answer_sdp = "v=0\r\no=bob 1 2 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n";
+    let out = lab.send(T1, &answer(relayed, 200, "t1", answer_sdp));
+    let (_, held) = out.iter().find(|(to, m)| *to == addr(CALLER) && code(m) == 200).expect("200 to the browser");
+    assert!(String::from_utf8_lossy(&held.body).contains("a=ice-ufrag:fresh"), "the WebRTC session's answer");
 }
 
 #[test]

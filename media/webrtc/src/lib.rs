@@ -178,6 +178,12 @@ pub struct WebRtcLeg {
     /// The browser asked for a keyframe (PLI/FIR), or just connected and has
     /// none yet; taken by [`WebRtcLeg::take_keyframe_request`].
     keyframe_wanted: bool,
+    /// What the session speaks (payload types of `kind`), so a re-offer is
+    /// narrowed as the first offer was.
+    kind: RtpCodecKind,
+    formats: Vec<u8>,
+    /// The box's host candidates (`candidate:` values), written into every answer.
+    candidates: Vec<String>,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -235,14 +241,56 @@ impl WebRtcLeg {
         let answer = connection.create_answer(None).map_err(session_error)?;
         let sdp = candidates_in_first_accepted_section(&answer.sdp, &candidates)?;
         connection.set_local_description(now, answer).map_err(session_error)?;
-        Ok((WebRtcLeg::new(connection, local, sender, ssrc), sdp))
+        let formats = parameters.iter().map(|p| p.payload_type).collect();
+        let session = Session { connection, local, sender, ssrc, kind, formats, candidates };
+        Ok((WebRtcLeg::new(session), sdp))
     }
 
-    fn new(connection: RTCPeerConnection, local: SocketAddr, sender: RTCRtpSenderId, ssrc: u32) -> WebRtcLeg {
-        let mut leg =
-            WebRtcLeg { connection, local, sender, ssrc, state: LegState::Connecting, keyframe_wanted: false };
+    fn new(session: Session) -> WebRtcLeg {
+        let Session { connection, local, sender, ssrc, kind, formats, candidates } = session;
+        let mut leg = WebRtcLeg {
+            connection,
+            local,
+            sender,
+            ssrc,
+            state: LegState::Connecting,
+            keyframe_wanted: false,
+            kind,
+            formats,
+            candidates,
+        };
         leg.drain_events();
         leg
+    }
+
+    /// Answers the browser's new offer on the running session: an ICE restart
+    /// (new credentials: the box answers with new ones of its own, RFC 8839
+    /// §4.4.1.1.1, and keeps its candidates), or the same session saying
+    /// another direction. DTLS and SRTP go on; a new fingerprint (a new DTLS
+    /// session) is refused. Returns the answer SDP.
+    pub fn renegotiate(&mut self, now: Instant, offer: &str) -> Result<String, WebRtcError> {
+        let kind = if self.kind == RtpCodecKind::Video { "video" } else { "audio" };
+        let offer = only_formats(offer, kind, &self.formats)?;
+        let before = self.connection.remote_description().and_then(|d| fingerprint(&d.sdp));
+        if before.is_none() || before != fingerprint(&offer) {
+            return Err(WebRtcError::Session("a new DTLS fingerprint (a new session) cannot be renegotiated".into()));
+        }
+        let offered = SessionDescription::parse(offer.as_bytes()).map_err(session_error)?;
+        let offer = RTCSessionDescription::offer(offer).map_err(session_error)?;
+        self.connection.set_remote_description(now, offer).map_err(session_error)?;
+        let answer = self.connection.create_answer(None).map_err(session_error)?;
+        let sdp = candidates_in_first_accepted_section(&answer.sdp, &self.candidates)?;
+        self.connection.set_local_description(now, answer).map_err(session_error)?;
+        self.drain_events();
+        // `rtc` answers a renegotiation in the transceiver's direction (sendrecv) whatever
+        // the offer says; RFC 3264 §6.1 wants the offer's turned around (hold: recvonly).
+        let mut sdp = SessionDescription::parse(sdp.as_bytes()).map_err(session_error)?;
+        for (answered, offered) in sdp.media.iter_mut().zip(&offered.media).filter(|(a, _)| a.port != 0) {
+            if let Some(direction) = offered.direction() {
+                answered.set_direction(direction.answer());
+            }
+        }
+        Ok(sdp.to_string())
     }
 
     /// Offers a browser `codecs` (in preference order; `telephone-event`
@@ -252,11 +300,21 @@ impl WebRtcLeg {
         let parameters = audio_parameters(codecs)?;
         let mut connection = connection(now, RtpCodecKind::Audio, &parameters)?;
         let (sender, ssrc) = add_track(&mut connection, RtpCodecKind::Audio, &parameters)?;
-        add_host_candidate(&mut connection, local)?;
+        let candidate = add_host_candidate(&mut connection, local)?;
         let offer = connection.create_offer(None).map_err(session_error)?;
         let sdp = offer.sdp.clone();
         connection.set_local_description(now, offer).map_err(session_error)?;
-        Ok((WebRtcLeg::new(connection, local, sender, ssrc), sdp))
+        let formats = parameters.iter().map(|p| p.payload_type).collect();
+        let session = Session {
+            connection,
+            local,
+            sender,
+            ssrc,
+            kind: RtpCodecKind::Audio,
+            formats,
+            candidates: vec![candidate],
+        };
+        Ok((WebRtcLeg::new(session), sdp))
     }
 
     /// The browser's answer to [`WebRtcLeg::offer`].
@@ -384,6 +442,25 @@ impl WebRtcLeg {
             }
         }
     }
+}
+
+/// The DTLS fingerprint a description names (in a media section or for the session).
+fn fingerprint(sdp: &str) -> Option<String> {
+    let sdp = SessionDescription::parse(sdp.as_bytes()).ok()?;
+    let in_media = sdp.media.iter().find_map(|m| m.attributes("fingerprint").next());
+    let in_session = || sdp.session.iter().filter(|l| l.kind == 'a').find_map(|l| l.value.strip_prefix("fingerprint:"));
+    in_media.or_else(in_session).map(str::to_string)
+}
+
+/// A peer connection as set up, before it becomes a [`WebRtcLeg`].
+struct Session {
+    connection: RTCPeerConnection,
+    local: SocketAddr,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    kind: RtpCodecKind,
+    formats: Vec<u8>,
+    candidates: Vec<String>,
 }
 
 fn audio_parameters(codecs: &[AudioCodec]) -> Result<Vec<RTCRtpCodecParameters>, WebRtcError> {
@@ -554,6 +631,37 @@ mod tests {
         assert!(answer.contains("a=rtcp-mux"), "{answer}");
         assert!(answer.contains("192.0.2.1 20000 typ host"), "{answer}");
         assert!(!answer.contains("setup:actpass"), "{answer}");
+    }
+
+    fn attribute<'a>(sdp: &'a str, name: &str) -> &'a str {
+        let prefix = format!("a={name}:");
+        sdp.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_ice_restart_is_answered_with_new_credentials_on_the_same_candidate() {
+        let local: SocketAddr = "192.0.2.1:20000".parse().expect("addr");
+        let now = Instant::now();
+        let (mut leg, first) = WebRtcLeg::answer(now, CHROMIUM_OFFER, local, &pcmu()).expect("answer");
+        let restart = CHROMIUM_OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:R").replace("a=ice-pwd:", "a=ice-pwd:R");
+        let second = leg.renegotiate(now, &restart).expect("restart answered");
+        assert_ne!(attribute(&first, "ice-ufrag"), attribute(&second, "ice-ufrag"), "{second}");
+        assert_ne!(attribute(&first, "ice-pwd"), attribute(&second, "ice-pwd"), "{second}");
+        assert_eq!(attribute(&first, "fingerprint"), attribute(&second, "fingerprint"), "same DTLS session");
+        assert!(second.contains("192.0.2.1 20000 typ host"), "{second}");
+        let m_line = second.lines().find(|l| l.starts_with("m=audio")).expect("m=audio");
+        assert_eq!(m_line.split_whitespace().skip(3).collect::<Vec<_>>(), ["0", "126"], "{second}");
+
+        // The same session on hold: answered recvonly, credentials kept.
+        let hold = restart.replace("a=sendrecv", "a=sendonly");
+        let third = leg.renegotiate(now, &hold).expect("hold answered");
+        assert!(third.contains("a=recvonly"), "{third}");
+        assert_eq!(attribute(&second, "ice-ufrag"), attribute(&third, "ice-ufrag"), "{third}");
+
+        // Another DTLS identity is another session, not a renegotiation.
+        let fingerprint = attribute(CHROMIUM_OFFER, "fingerprint");
+        let other = restart.replace(fingerprint, &fingerprint.replace(|c: char| c.is_ascii_hexdigit(), "A"));
+        assert!(leg.renegotiate(now, &other).is_err());
     }
 
     /// Chromium 156's offer of a WHEP player: recvonly audio and video.

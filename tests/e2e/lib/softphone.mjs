@@ -124,6 +124,18 @@ window.softphone = {
     second.dominantHz = Math.round((loudest * audio.sampleRate) / analyser.fftSize);
     return { first, second };
   },
+  // An ICE restart (RFC 8445 §9) as a re-INVITE; returns the ICE usernames of both ends before and after.
+  async restartIce() {
+    const pc = this.session.connection;
+    const ufrags = () => ({ local: /a=ice-ufrag:(\\S+)/.exec(pc.localDescription.sdp)?.[1], remote: /a=ice-ufrag:(\\S+)/.exec(pc.remoteDescription.sdp)?.[1] });
+    const before = ufrags();
+    await new Promise((resolve, reject) => {
+      setTimeout(() => reject(new Error("ICE restart not answered in 10 s")), 10000);
+      const started = this.session.renegotiate({ rtcOfferConstraints: { iceRestart: true } }, resolve);
+      if (!started) reject(new Error("JsSIP could not start the renegotiation"));
+    });
+    return { before, after: ufrags() };
+  },
   // RFC 4733 events from the browser's RTCDTMFSender ("RFC2833"), or SIP INFO ("INFO", JsSIP's default).
   async sendDtmf(tones, transportType = "RFC2833") {
     // JsSIP reports each INFO it sends; RTCDTMFSender tones are only timed.
