@@ -11,6 +11,7 @@ pub mod logs;
 mod openapi;
 mod pages;
 mod phone;
+pub mod recordings;
 pub mod security;
 pub mod sip_ws;
 pub mod status;
@@ -387,6 +388,8 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(api::devices))
         .route("/cameras/{id}/snapshot.jpg", get(api::camera_snapshot))
         .route("/cameras/{id}/viewer-token", post(whep::post_viewer_token))
+        .route("/recordings", get(recordings::list))
+        .route("/recordings/{camera}/{name}", get(recordings::download).delete(recordings::delete))
         .route("/firmware", get(firmware::get_firmware))
         .route(
             "/firmware/bundle",

@@ -114,6 +114,12 @@ fn document_without_firmware() -> Value {
             "/api/v1/devices": { "get": op("Every device and whether it is simulated: {cameras (as /api/v1/cameras), audio {backend, simulated, devices [{id, card, name, capture, playback, simulated}], mixers [{card, control, volume_percent, muted}]}, gpio {pins [{role, backend, simulated, chip, offset, name, level}], led_pattern, reset_armed}, watchdog {kind: device|systemd|simulated, simulated, device, identity, timeout_seconds, pets, last_pet_unix_ms, petting}, watchdogs [...]}", "viewer", ok("devices")) },
             "/api/v1/cameras/{id}/snapshot.jpg": { "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "get": op("A JPEG snapshot", "viewer", json!({"200": {"description": "image/jpeg"}, "404": {"description": "No such camera"}, "503": {"description": "Capture not available for that camera yet"}})) },
+            "/api/v1/recordings": { "get": op("Camera recordings, newest first: {recordings: [{camera, name, size_bytes, modified, url}], total_bytes, settings (cameras.recording)}", "viewer", ok("recordings")) },
+            "/api/v1/recordings/{camera}/{name}": { "parameters": [{"name": "camera", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": op("A recording file (video/mp4 or video/x-matroska), streamed", "viewer",
+                    json!({"200": {"description": "The file"}, "400": {"description": "Not a recording name"}, "404": {"description": "No such recording"}})),
+                "delete": op("Delete a recording", "installer",
+                    json!({"204": {"description": "Deleted"}, "400": {"description": "Not a recording name"}, "404": {"description": "No such recording"}})) },
             "/api/v1/openapi.json": { "get": op("This document", "nothing", ok("OpenAPI 3.1")) }
         }
     })

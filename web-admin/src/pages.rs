@@ -49,6 +49,8 @@ pub fn routes() -> Router<AppState> {
         .route("/turn", get(turn_page))
         .route("/calls", get(calls_page))
         .route("/calls/{id}/hangup", post(call_hang_up))
+        .route("/recordings", get(recordings_page))
+        .route("/recordings/{camera}/{name}/delete", post(recording_delete))
         .route("/phone", get(phone_page))
         .route("/phone/ice-servers", post(crate::phone::ice_servers))
         .route("/assets/{*file}", get(asset))
@@ -179,6 +181,7 @@ impl Flash {
             "tls" => format!("Certificate installed{rev}. Reload the page to check it, then confirm."),
             "setup" => "Setup complete. Welcome!".to_string(),
             "hung-up" => "Call hung up.".to_string(),
+            "recording-deleted" => "Recording deleted.".to_string(),
             _ => return None,
         };
         Some(text)
@@ -1445,6 +1448,73 @@ fn calls_view(state: &AppState, user: &User, flash: Option<String>) -> CallsPage
         trunks: state.sip.trunks(),
         registrations,
     }
+}
+
+struct RecordingRow {
+    camera: String,
+    name: String,
+    modified: String,
+    size: String,
+}
+
+#[derive(Template)]
+#[template(path = "recordings.html")]
+struct RecordingsPage {
+    layout: Layout,
+    settings: branchgate_config::RecordingConfig,
+    can_delete: bool,
+    total: String,
+    recordings: Vec<RecordingRow>,
+}
+
+/// A size for people: `1.4 MB`.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+}
+
+async fn recordings_view(state: &AppState, user: &User, flash: Option<String>) -> RecordingsPage {
+    let reader = state.clone();
+    let files = tokio::task::spawn_blocking(move || crate::recordings::newest_first(&reader)).await.unwrap_or_default();
+    RecordingsPage {
+        layout: layout(state, "Recordings", Some(user), flash),
+        settings: state.store.current().config.cameras.recording.clone(),
+        can_delete: user.role >= Role::Installer,
+        total: megabytes(files.iter().map(|f| f.size).sum()),
+        recordings: files
+            .iter()
+            .map(|f| RecordingRow {
+                camera: f.camera.clone(),
+                name: f.name.clone(),
+                modified: crate::recordings::modified(f),
+                size: megabytes(f.size),
+            })
+            .collect(),
+    }
+}
+
+async fn recordings_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Query(flash): Query<Flash>,
+) -> Response {
+    render(&recordings_view(&state, &user, flash.message()).await)
+}
+
+async fn recording_delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Path((camera, name)): Path<(String, String)>,
+) -> Response {
+    if user.role < Role::Installer {
+        return forbidden(&state, &user, "Deleting recordings needs the installer role.");
+    }
+    if crate::recordings::remove(&state, &camera, &name).await.is_err() {
+        let message = format!("There is no recording {camera}/{name} (any more).");
+        return render_status(StatusCode::NOT_FOUND, &recordings_view(&state, &user, Some(message)).await);
+    }
+    state.audit(&user.username, Some(peer), "recording", format!("recording {camera}/{name} deleted"));
+    done("/recordings", "recording-deleted", None)
 }
 
 async fn calls_page(State(state): State<AppState>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {

@@ -454,6 +454,42 @@ impl Default for AudioConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CamerasConfig {
     pub devices: Vec<CameraDevice>,
+    pub recording: RecordingConfig,
+}
+
+/// Recording of camera streams to segment files on the data partition.
+/// The recording is the stream viewers get (no second encode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    pub enabled: bool,
+    /// The cameras recorded (ids as in `/api/v1/cameras`); empty: every camera.
+    pub cameras: Vec<String>,
+    /// Length of one file.
+    pub segment_seconds: u32,
+    /// One of [`RECORDING_FORMATS`]: fragmented MP4 (plays in browsers and
+    /// stays readable up to the last second after a power cut) or Matroska.
+    pub format: String,
+    /// The oldest files go when all recordings together exceed this.
+    pub max_total_mb: u32,
+    /// Files older than this go; 0 keeps them until the size limit.
+    pub max_age_hours: u32,
+}
+
+/// The container formats of recordings.
+pub const RECORDING_FORMATS: &[&str] = &["mp4", "mkv"];
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cameras: Vec::new(),
+            segment_seconds: 300,
+            format: "mp4".into(),
+            max_total_mb: 2048,
+            max_age_hours: 0,
+        }
+    }
 }
 
 /// The H.264 encoders a camera may ask for (`auto`: the first the box has).

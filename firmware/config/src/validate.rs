@@ -398,6 +398,26 @@ impl Config {
                 format!("one of {}", crate::schema::CAMERA_ENCODERS.join(", ")),
             );
         }
+        let recording = &self.cameras.recording;
+        for (i, id) in recording.cameras.iter().enumerate() {
+            r.check(is_username(id), format!("cameras.recording.cameras[{i}]"), "a camera id such as video0");
+        }
+        r.check(
+            (10..=3600).contains(&recording.segment_seconds),
+            "cameras.recording.segment_seconds",
+            "10-3600 seconds",
+        );
+        r.check(
+            crate::schema::RECORDING_FORMATS.contains(&recording.format.as_str()),
+            "cameras.recording.format",
+            format!("one of {}", crate::schema::RECORDING_FORMATS.join(", ")),
+        );
+        r.check(
+            (16..=10_000_000).contains(&recording.max_total_mb),
+            "cameras.recording.max_total_mb",
+            "16 MB to 10 TB",
+        );
+        r.check(recording.max_age_hours <= 24 * 366, "cameras.recording.max_age_hours", "0 (no limit) to a year");
     }
 
     /// Two services cannot listen on the same port and protocol.
@@ -510,6 +530,32 @@ mod tests {
                 "cameras.devices[2].id",
             ]
         );
+    }
+
+    #[test]
+    fn recording_settings_are_checked_field_by_field() {
+        let mut config = valid();
+        config.cameras.recording = crate::schema::RecordingConfig {
+            enabled: true,
+            cameras: vec!["video0".into(), "../etc".into()],
+            segment_seconds: 5,
+            format: "avi".into(),
+            max_total_mb: 1,
+            max_age_hours: 24 * 400,
+        };
+        assert_eq!(
+            paths(&config),
+            [
+                "cameras.recording.cameras[1]",
+                "cameras.recording.segment_seconds",
+                "cameras.recording.format",
+                "cameras.recording.max_total_mb",
+                "cameras.recording.max_age_hours",
+            ]
+        );
+        config.cameras.recording =
+            crate::schema::RecordingConfig { enabled: true, format: "mkv".into(), ..Default::default() };
+        assert_eq!(paths(&config), Vec::<String>::new());
     }
 
     #[test]

@@ -734,6 +734,22 @@ async fn serve(
 
     {
         let store = store.clone();
+        let hub = state.whep.hub.clone();
+        let root = data_dir.join(branchgate_capture::recording::RECORDINGS_DIR);
+        supervisor.spawn("recording", move |shutdown| {
+            let config_rx = store.subscribe();
+            let (hub, root) = (hub.clone(), root.clone());
+            async move {
+                let cameras: branchgate_capture::rtsp_server::CameraSource = Arc::new(branchgate_capture::cameras);
+                branchgate_capture::recording::run(config_rx, shutdown, hub, cameras, root)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        });
+    }
+
+    {
+        let store = store.clone();
         let monitor = state.sip.clone();
         let data_dir = data_dir.clone();
         let certificates = certificates.clone();

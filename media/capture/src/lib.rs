@@ -11,6 +11,7 @@
 //! `appsrc`, so the snapshot and the video show the same picture. A real
 //! camera is `v4l2src` in the format, size and encoder [`v4l2`] chooses.
 
+pub mod recording;
 pub mod rtsp;
 pub mod rtsp_server;
 pub mod v4l2;
@@ -96,7 +97,7 @@ impl Default for CameraSettings {
     }
 }
 
-fn gst_error(e: impl std::fmt::Display) -> CaptureError {
+pub(crate) fn gst_error(e: impl std::fmt::Display) -> CaptureError {
     CaptureError::Gstreamer(e.to_string())
 }
 
@@ -593,24 +594,31 @@ pub fn encode_check(
     Ok(check)
 }
 
-/// Whether an RTP H.264 payload (RFC 6184) starts an IDR picture: a single
-/// IDR NAL unit, a STAP-A holding one, or the first fragment of one.
+/// Whether an RTP H.264 payload (RFC 6184) starts an IDR picture.
 fn starts_idr(payload: &[u8]) -> bool {
     const IDR: u8 = 5;
+    nal_starts(payload, IDR)
+}
+
+/// Whether an RTP H.264 payload (RFC 6184) starts a NAL unit of type `nal`:
+/// a single one, a STAP-A holding one, or the first fragment of one.
+pub(crate) fn nal_starts(payload: &[u8], nal: u8) -> bool {
+    const STAP_A: u8 = 24;
+    const FU_A: u8 = 28;
     match payload.first().map(|b| b & 0x1f) {
-        Some(IDR) => true,
-        Some(24) => {
+        Some(single) if single == nal => true,
+        Some(STAP_A) => {
             let mut rest = &payload[1..];
             while rest.len() > 2 {
                 let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                if rest.get(2).is_some_and(|n| n & 0x1f == IDR) {
+                if rest.get(2).is_some_and(|n| n & 0x1f == nal) {
                     return true;
                 }
                 rest = rest.get(2 + size..).unwrap_or_default();
             }
             false
         }
-        Some(28) => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
+        Some(FU_A) => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == nal),
         _ => false,
     }
 }

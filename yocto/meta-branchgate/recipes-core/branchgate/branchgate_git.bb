@@ -69,13 +69,18 @@ do_install:append() {
 
 # Run-time needs of the daemon itself:
 # - the GStreamer elements of the camera pipeline (media/capture: appsrc ! videoconvert ! x264enc
-#   ! rtph264pay ! appsink);
+#   ! rtph264pay ! appsink) and of recording (appsrc ! rtph264depay ! h264parse ! splitmuxsink with
+#   mp4mux or matroskamux);
 # - unsquashfs/mksquashfs: `branchgate bundle create` and the simulated A/B slots, which the
 #   daemon still uses for uploads until its RAUC D-Bus backend exists;
 # - the keyring the unit passes with --firmware-keyring (rauc-conf installs it).
 RDEPENDS:${PN} = "gstreamer1.0-plugins-base-app \
                   gstreamer1.0-plugins-base-videoconvertscale \
                   gstreamer1.0-plugins-good-rtp \
+                  gstreamer1.0-plugins-good-multifile \
+                  gstreamer1.0-plugins-good-isomp4 \
+                  gstreamer1.0-plugins-good-matroska \
+                  gstreamer1.0-plugins-bad-videoparsersbad \
                   gstreamer1.0-plugins-ugly-x264 \
                   squashfs-tools \
                   virtual-rauc-conf \
