@@ -896,9 +896,10 @@ pub async fn devices(State(state): State<AppState>, ApiUser(user): ApiUser) -> R
     .into_response()
 }
 
-/// A JPEG snapshot of a camera.
+/// A JPEG snapshot of a camera: the simulated one's picture from `hal`, a real
+/// one's decoded from its stream (`branchgate_capture::snapshot`).
 pub async fn camera_snapshot(
-    State(_state): State<AppState>,
+    State(state): State<AppState>,
     ApiUser(user): ApiUser,
     Path(id): Path<String>,
 ) -> Response {
@@ -913,14 +914,17 @@ pub async fn camera_snapshot(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
-    match branchgate_hal::camera::snapshot_jpeg(camera, unix_ms) {
+    let jpeg = if camera.simulated {
+        branchgate_hal::camera::snapshot_jpeg(camera, unix_ms).map_err(|e| e.to_string())
+    } else {
+        branchgate_capture::snapshot::snapshot(&state.whep.hub, camera).await.map_err(|e| e.to_string())
+    };
+    match jpeg {
         Ok(jpeg) => {
             ([(CONTENT_TYPE, "image/jpeg"), (axum::http::header::CACHE_CONTROL, "no-store")], jpeg).into_response()
         }
-        Err(e @ branchgate_hal::camera::CameraError::CaptureUnavailable(_)) => {
-            json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-        }
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        // The camera is busy, gone or cannot be decoded here: the box is fine, the picture is not.
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
 }
 

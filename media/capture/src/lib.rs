@@ -14,6 +14,7 @@
 pub mod recording;
 pub mod rtsp;
 pub mod rtsp_server;
+pub mod snapshot;
 pub mod v4l2;
 pub mod whep;
 
@@ -63,6 +64,8 @@ pub enum CaptureError {
     NoUsableFormat { camera: String, formats: String },
     #[error("no H.264 encoder element on this machine (v4l2h264enc, x264enc or openh264enc)")]
     NoEncoder,
+    #[error("camera {camera} gave no picture: {why}")]
+    NoPicture { camera: String, why: String },
 }
 
 /// How a real camera is captured and encoded (the simulated one is fixed).
@@ -592,6 +595,53 @@ pub fn encode_check(
         }
     }
     Ok(check)
+}
+
+/// The caps of an `appsrc` fed with a camera's RTP packets (see [`RtpFeeder`]).
+pub(crate) const RTP_H264_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000";
+
+/// Pushes a camera's packets, as RTP, into the `appsrc` of a pipeline that
+/// reads the stream (a recording, a snapshot's decoder). Nothing goes in
+/// before the first SPS or IDR: what comes out must start decodable.
+pub(crate) struct RtpFeeder {
+    source: gst_app::AppSrc,
+    packet: Vec<u8>,
+    started: bool,
+}
+
+impl RtpFeeder {
+    /// The `appsrc` named `src` of `pipeline` (caps [`RTP_H264_CAPS`], payload type [`PIPELINE_PAYLOAD_TYPE`]).
+    pub(crate) fn new(pipeline: &gst::Pipeline) -> Result<RtpFeeder, CaptureError> {
+        let source = pipeline
+            .by_name("src")
+            .ok_or_else(|| CaptureError::Gstreamer("no element src in the pipeline".into()))?
+            .downcast::<gst_app::AppSrc>()
+            .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?;
+        Ok(RtpFeeder { source, packet: Vec::with_capacity(1500), started: false })
+    }
+
+    pub(crate) fn push(&mut self, video: &VideoPacket) -> Result<(), CaptureError> {
+        const SPS: u8 = 7;
+        const IDR: u8 = 5;
+        self.started |= nal_starts(&video.payload, SPS) || nal_starts(&video.payload, IDR);
+        if !self.started {
+            return Ok(());
+        }
+        let header = branchgate_rtp::RtpHeader {
+            payload_type: PIPELINE_PAYLOAD_TYPE,
+            marker: video.marker,
+            sequence: video.sequence,
+            timestamp: video.timestamp,
+            ssrc: 1,
+        };
+        branchgate_rtp::build_rtp(&header, &video.payload, &mut self.packet);
+        self.source.push_buffer(gst::Buffer::from_slice(self.packet.clone())).map(|_| ()).map_err(gst_error)
+    }
+
+    /// No more packets: the pipeline drains and posts EOS.
+    pub(crate) fn end(&self) -> bool {
+        self.source.end_of_stream().is_ok()
+    }
 }
 
 /// Whether an RTP H.264 payload (RFC 6184) starts an IDR picture.

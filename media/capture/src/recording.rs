@@ -19,15 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use branchgate_config::{RecordingConfig, Snapshot};
-use branchgate_rtp::{RtpHeader, build_rtp};
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::rtsp_server::CameraSource;
-use crate::{CaptureError, CaptureHub, PIPELINE_PAYLOAD_TYPE, VideoPacket, gst_error, nal_starts};
+use crate::{CaptureError, CaptureHub, PIPELINE_PAYLOAD_TYPE, RTP_H264_CAPS, RtpFeeder, VideoPacket, gst_error};
 
 /// Under the data directory.
 pub const RECORDINGS_DIR: &str = "recordings";
@@ -218,10 +216,7 @@ fn segment_path(dir: &Path, at: SystemTime, container: Container) -> PathBuf {
 /// One camera's recording pipeline: RTP H.264 in, segment files out.
 struct Recorder {
     pipeline: gst::Pipeline,
-    source: gst_app::AppSrc,
-    packet: Vec<u8>,
-    /// Nothing goes in before the first SPS or IDR (a file must start decodable).
-    started: bool,
+    feeder: RtpFeeder,
 }
 
 impl Recorder {
@@ -232,8 +227,7 @@ impl Recorder {
         }
         std::fs::create_dir_all(&dir).map_err(gst_error)?;
         let description = format!(
-            "appsrc name=src is-live=true format=time do-timestamp=true \
-               caps=application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload={PIPELINE_PAYLOAD_TYPE} \
+            "appsrc name=src is-live=true format=time do-timestamp=true caps={RTP_H264_CAPS},payload={PIPELINE_PAYLOAD_TYPE} \
              ! rtph264depay ! h264parse ! splitmuxsink name=mux max-size-time={}",
             policy.segment.as_nanos()
         );
@@ -241,10 +235,7 @@ impl Recorder {
             .map_err(gst_error)?
             .downcast::<gst::Pipeline>()
             .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
-        let element = |name: &str| {
-            pipeline.by_name(name).ok_or_else(|| CaptureError::Gstreamer(format!("no element {name} in the pipeline")))
-        };
-        let mux = element("mux")?;
+        let mux = pipeline.by_name("mux").ok_or_else(|| CaptureError::Gstreamer("no element mux".into()))?;
         mux.set_property("muxer", policy.container.muxer()?);
         let container = policy.container;
         mux.connect("format-location", false, move |_| {
@@ -252,32 +243,16 @@ impl Recorder {
             tracing::info!(file = %path.display(), "recording into a new file");
             Some(path.to_string_lossy().to_value())
         });
-        let source = element("src")?
-            .downcast::<gst_app::AppSrc>()
-            .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?;
+        let feeder = RtpFeeder::new(&pipeline)?;
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             let _ = pipeline.set_state(gst::State::Null);
             return Err(gst_error(e));
         }
-        Ok(Recorder { pipeline, source, packet: Vec::with_capacity(1500), started: false })
+        Ok(Recorder { pipeline, feeder })
     }
 
     fn push(&mut self, video: &VideoPacket) -> Result<(), CaptureError> {
-        const SPS: u8 = 7;
-        const IDR: u8 = 5;
-        self.started |= nal_starts(&video.payload, SPS) || nal_starts(&video.payload, IDR);
-        if !self.started {
-            return Ok(());
-        }
-        let header = RtpHeader {
-            payload_type: PIPELINE_PAYLOAD_TYPE,
-            marker: video.marker,
-            sequence: video.sequence,
-            timestamp: video.timestamp,
-            ssrc: 1,
-        };
-        build_rtp(&header, &video.payload, &mut self.packet);
-        self.source.push_buffer(gst::Buffer::from_slice(self.packet.clone())).map(|_| ()).map_err(gst_error)
+        self.feeder.push(video)
     }
 
     /// The pipeline's error, if it failed (a full disk, a muxer error).
@@ -290,7 +265,7 @@ impl Recorder {
 impl Drop for Recorder {
     /// Ends the file being written properly (end of stream through the muxer), then stops.
     fn drop(&mut self) {
-        if self.source.end_of_stream().is_ok()
+        if self.feeder.end()
             && let Some(bus) = self.pipeline.bus()
         {
             let _ = bus.timed_pop_filtered(
