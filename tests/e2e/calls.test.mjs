@@ -121,6 +121,17 @@ test("a callee with reliable early media (100rel): the box PRACKs the 183 itself
   } finally { await box.stop(); }
 });
 
+test("a caller that requires 100rel: the box sends its 183 reliably, takes the PRACK, and sends the 200 after it", async () => {
+  const { box, trunkPort } = await boxWithTrunk();
+  try {
+    const callee = uas(box, "uas_100rel.xml", trunkPort);
+    await new Promise((r) => setTimeout(r, 300));
+    const caller = uac(box, "uac_100rel.xml", "95550003");
+    assert.equal(await caller, 0, "183 with Require: 100rel and RSeq, PRACK answered 200, then the INVITE's 200");
+    assert.equal(await callee, 0, "the callee's own reliable 183 PRACKed by the box");
+  } finally { await box.stop(); }
+});
+
 test("the installer hangs up a live call from the API: both sides get a BYE", async () => {
   const { box, api, trunkPort } = await boxWithTrunk();
   try {

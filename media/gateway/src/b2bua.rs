@@ -314,6 +314,38 @@ struct Call {
     browser: Option<BrowserMedia>,
     /// Per side (A, B): that side is a trunk taking DTMF as SIP INFO.
     dtmf_info: [bool; 2],
+    /// The caller requires reliable provisional responses (`Require: 100rel`, RFC 3262).
+    a_reliable: Option<ReliableProvisionals>,
+}
+
+/// The box's reliable provisional responses to a caller that requires them (RFC 3262 §3).
+#[derive(Debug)]
+struct ReliableProvisionals {
+    /// The RSeq of the next one (the first is random, below 2^31).
+    next_rseq: u32,
+    /// The one sent and not PRACKed yet: retransmitted until it is.
+    unacked: Option<Unacked>,
+    /// Answers that wait for that PRACK: the latest provisional (one reliable provisional at a
+    /// time) and a 2xx (not before the PRACK of a provisional with SDP).
+    queued_provisional: Option<QueuedAnswer>,
+    queued_final: Option<QueuedAnswer>,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    rseq: u32,
+    response: Message,
+    has_sdp: bool,
+    next_at: Instant,
+    interval: Duration,
+    give_up_at: Instant,
+}
+
+#[derive(Debug)]
+struct QueuedAnswer {
+    code: u16,
+    reason: String,
+    body: Option<Vec<u8>>,
 }
 
 /// A call with a browser on one side: its media ends on the box.
@@ -621,7 +653,12 @@ impl B2bua {
             .values()
             .flat_map(|t| [t.next_probe, t.probe.as_ref().map(|p| p.1), t.registration.as_ref().map(|r| r.next_at)])
             .flatten();
-        attempts.chain(trunks).chain(self.sip.poll_timeout()).min()
+        let reliable = self
+            .calls
+            .values()
+            .filter_map(|c| c.a_reliable.as_ref()?.unacked.as_ref())
+            .map(|u| u.next_at.min(u.give_up_at));
+        attempts.chain(trunks).chain(reliable).chain(self.sip.poll_timeout()).min()
     }
 
     fn token(&mut self) -> String {
@@ -669,6 +706,7 @@ impl B2bua {
             }
             self.attempt_failed(now, id, 408);
         }
+        self.retransmit_reliable_provisionals(now);
         self.probe_trunks(now);
         self.register_trunks(now);
         self.drain(now);
@@ -905,6 +943,12 @@ impl B2bua {
             }
             (None, false, _) => None,
         };
+        let a_reliable = requires(&request, "100rel").then(|| ReliableProvisionals {
+            next_rseq: rand::Rng::gen_range(&mut self.random, 1..1 << 31),
+            unacked: None,
+            queued_provisional: None,
+            queued_final: None,
+        });
         let id = self.next_call;
         self.next_call += 1;
         self.calls_started += 1;
@@ -953,6 +997,7 @@ impl B2bua {
                 awaiting_ack: Vec::new(),
                 browser: browser_media,
                 dtmf_info: [from_trunk.as_ref().is_some_and(|t| t.dtmf_info), false],
+                a_reliable,
             },
         );
         if from_trunk.as_ref().is_some_and(|t| t.dtmf_info) {
@@ -1258,10 +1303,31 @@ impl B2bua {
 
     /// A response to the caller's INVITE, from the box's A-leg dialog.
     fn answer_a(&mut self, now: Instant, id: u64, code: u16, reason: &str, body: Option<Vec<u8>>) {
-        let Some(call) = self.calls.get(&id) else { return };
+        let Some(call) = self.calls.get_mut(&id) else { return };
         if !self.sip.is_pending(&call.a_invite) {
             return;
         }
+        // A caller that requires 100rel: one reliable provisional at a time, and no 2xx
+        // before the PRACK of one that carried SDP (RFC 3262 §3).
+        let mut rseq = None;
+        if let Some(reliable) = call.a_reliable.as_mut() {
+            let queued = QueuedAnswer { code, reason: reason.to_string(), body: body.clone() };
+            match (code, &reliable.unacked) {
+                (101..=199, Some(_)) => return reliable.queued_provisional = Some(queued),
+                (200..=299, Some(unacked)) if unacked.has_sdp => return reliable.queued_final = Some(queued),
+                (101..=199, None) => {
+                    rseq = Some(reliable.next_rseq);
+                    reliable.next_rseq = reliable.next_rseq.wrapping_add(1);
+                }
+                _ => {
+                    // A final answer ends the reliable provisionals.
+                    reliable.unacked = None;
+                    reliable.queued_provisional = None;
+                    reliable.queued_final = None;
+                }
+            }
+        }
+        let Some(call) = self.calls.get(&id) else { return };
         let mut response = call.a_request.response(code, reason);
         if let Some(to) = response.get("To") {
             let tagged = format!("{};tag={}", strip_tag(to), call.a.local_tag);
@@ -1271,11 +1337,27 @@ impl B2bua {
             response.push("Contact", contact_of(&call.a));
             response.push("Allow", branchgate_sip::server::ALLOW);
         }
+        if let Some(rseq) = rseq {
+            response.push("Require", "100rel");
+            response.push("RSeq", rseq.to_string());
+        }
         if let Some(body) = body {
             response.push("Content-Type", "application/sdp");
             response.body = body;
         }
         let key = call.a_invite.clone();
+        if let Some(rseq) = rseq
+            && let Some(reliable) = self.calls.get_mut(&id).and_then(|c| c.a_reliable.as_mut())
+        {
+            reliable.unacked = Some(Unacked {
+                rseq,
+                response: response.clone(),
+                has_sdp: !response.body.is_empty(),
+                next_at: now + branchgate_sip::transaction::T1,
+                interval: branchgate_sip::transaction::T1,
+                give_up_at: now + 64 * branchgate_sip::transaction::T1,
+            });
+        }
         self.sip.respond(now, &key, response);
         if (200..300).contains(&code)
             && let Some(call) = self.calls.get_mut(&id)
@@ -1569,6 +1651,65 @@ impl B2bua {
         }
     }
 
+    /// The caller's PRACK of the box's reliable provisional response (its RAck names the
+    /// RSeq and the INVITE's CSeq): 200, and what waited for it goes; anything else 481.
+    fn on_prack(&mut self, now: Instant, key: ServerKey, id: u64, side: Side, request: Message) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let invite_cseq = call.a_request.cseq().map(|(n, _)| n);
+        let rack = request.get("RAck").map(|v| v.split_whitespace().collect::<Vec<_>>());
+        let acknowledged = match (side, call.a_reliable.as_mut(), rack.as_deref()) {
+            (Side::A, Some(reliable), Some([rseq, cseq, method]))
+                if reliable.unacked.as_ref().is_some_and(|u| rseq.parse() == Ok(u.rseq))
+                    && cseq.parse().ok() == invite_cseq
+                    && method.eq_ignore_ascii_case("INVITE") =>
+            {
+                reliable.unacked = None;
+                Some((reliable.queued_final.take(), reliable.queued_provisional.take()))
+            }
+            _ => None,
+        };
+        let Some((queued_final, queued_provisional)) = acknowledged else {
+            return self.reply(now, &key, &request, 481, "Call/Transaction Does Not Exist");
+        };
+        if let Some(response) = self.dialog_response(id, Side::A, &request, 200, "OK", None) {
+            self.sip.respond(now, &key, response);
+        }
+        if let Some(QueuedAnswer { code, reason, body }) = queued_final.or(queued_provisional) {
+            self.answer_a(now, id, code, &reason, body);
+        }
+    }
+
+    /// Retransmits the reliable provisional responses not PRACKed yet (T1, doubling); one
+    /// unacknowledged for 64·T1 ends the call with 504 (RFC 3262 §3).
+    fn retransmit_reliable_provisionals(&mut self, now: Instant) {
+        let mut gave_up = Vec::new();
+        for (id, call) in self.calls.iter_mut() {
+            let Some(unacked) = call.a_reliable.as_mut().and_then(|r| r.unacked.as_mut()) else { continue };
+            if unacked.give_up_at <= now {
+                gave_up.push((*id, call.state));
+            } else if unacked.next_at <= now {
+                unacked.interval *= 2;
+                unacked.next_at = now + unacked.interval;
+                let response = unacked.response.clone();
+                let key = call.a_invite.clone();
+                self.sip.respond(now, &key, response);
+            }
+        }
+        for (id, state) in gave_up {
+            tracing::info!(call = id, "the caller did not PRACK a reliable provisional response");
+            if let Some(reliable) = self.calls.get_mut(&id).and_then(|c| c.a_reliable.as_mut()) {
+                reliable.unacked = None;
+            }
+            self.answer_a(now, id, 504, "Server Time-out", None);
+            if state == CallState::Answered {
+                self.send_in_dialog(now, id, Side::B, "BYE", None);
+            } else {
+                self.cancel_b(now, id);
+            }
+            self.end(now, id, 504, "no-prack");
+        }
+    }
+
     /// PRACKs a reliable provisional response on leg B (RFC 3262 §7.2), once per RSeq;
     /// `false` for one PRACKed already (a retransmission, which is dropped).
     fn prack_b(&mut self, now: Instant, id: u64, rseq: u32, response: &Message) -> bool {
@@ -1716,6 +1857,9 @@ impl B2bua {
 
     fn on_in_dialog(&mut self, now: Instant, key: ServerKey, id: u64, side: Side, request: Message) {
         let method = request.method().unwrap_or("").to_string();
+        if method == "PRACK" {
+            return self.on_prack(now, key, id, side, request);
+        }
         let Some(call) = self.calls.get(&id) else { return };
         if call.state != CallState::Answered {
             let code = if method == "BYE" { 481 } else { 491 };
@@ -2252,11 +2396,14 @@ impl B2bua {
     }
 }
 
+/// Whether `message` requires the SIP option `tag` (`Require: 100rel, timer`).
+fn requires(message: &Message, tag: &str) -> bool {
+    message.lines("Require").flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(tag))
+}
+
 /// The RSeq of a provisional response sent reliably (`Require: 100rel`, RFC 3262 §7.1).
 fn reliable_rseq(response: &Message) -> Option<u32> {
-    let required =
-        response.lines("Require").flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("100rel"));
-    if !required {
+    if !requires(response, "100rel") {
         return None;
     }
     response.get("RSeq")?.trim().parse().ok()

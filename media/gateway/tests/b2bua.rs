@@ -47,6 +47,8 @@ struct Lab {
     calls: u32,
     /// The SDP the caller's INVITEs carry.
     offer: String,
+    /// Extra header lines of the caller's INVITEs.
+    headers: String,
 }
 
 impl Lab {
@@ -64,6 +66,7 @@ impl Lab {
             now,
             calls: 0,
             offer: OFFER.to_string(),
+            headers: String::new(),
         }
     }
 
@@ -88,9 +91,12 @@ impl Lab {
     /// The caller's INVITE to `number`, authenticated after the 407 challenge.
     fn call(&mut self, number: &str) -> Vec<(SocketAddr, Message)> {
         self.calls += 1;
+        let extra = format!("{}Max-Forwards", self.headers);
         let first = self.send(
             CALLER,
-            &invite_with(number, "", &self.offer.clone()).replace("caller1", &format!("caller1-{}", self.calls)),
+            &invite_with(number, "", &self.offer.clone())
+                .replace("caller1", &format!("caller1-{}", self.calls))
+                .replace("Max-Forwards", &extra),
         );
         let challenge = first
             .iter()
@@ -113,7 +119,10 @@ response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
             ),
             &self.offer.clone(),
         );
-        self.send(CALLER, &second.replace("caller2", &format!("caller2-{}", self.calls)))
+        self.send(
+            CALLER,
+            &second.replace("caller2", &format!("caller2-{}", self.calls)).replace("Max-Forwards", &extra),
+        )
     }
 
     fn actions(&mut self) -> Vec<Action> {
@@ -303,10 +312,79 @@ fn routing_refusals_and_callers() {
     let out = lab.send(
         CALLER,
         &invite("9123", "")
-            .replace("Max-Forwards", "Require: 100rel\r\nMax-Forwards")
+            .replace("Max-Forwards", "Require: 100rel, timer\r\nMax-Forwards")
             .replace("caller1", "caller-require"),
     );
-    assert!(out.iter().any(|(_, m)| code(m) == 420 && m.get("Unsupported") == Some("100rel")));
+    assert!(out.iter().any(|(_, m)| code(m) == 420 && m.get("Unsupported") == Some("timer")), "100rel is supported");
+}
+
+/// The caller's PRACK (CSeq `cseq`) of the box's reliable provisional `response`.
+fn prack(response: &Message, rseq: u32, cseq: u32) -> String {
+    format!(
+        "PRACK sip:box@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKprack{cseq}\r\nFrom: {}\r\n\
+To: {}\r\nCall-ID: {}\r\nCSeq: {cseq} PRACK\r\nRAck: {rseq} 2 INVITE\r\nContent-Length: 0\r\n\r\n",
+        response.get("From").expect("from"),
+        response.get("To").expect("to"),
+        response.get("Call-ID").expect("call-id"),
+    )
+}
+
+fn to_caller(out: &[(SocketAddr, Message)], status: u16, cseq_method: &str) -> Option<Message> {
+    out.iter()
+        .find(|(to, m)| *to == addr(CALLER) && code(m) == status && m.cseq().is_some_and(|(_, m)| m == cseq_method))
+        .map(|(_, m)| m.clone())
+}
+
+#[test]
+fn a_caller_that_requires_100rel_gets_reliable_provisionals_and_the_200_after_its_prack() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    lab.headers = "Require: 100rel\r\n".into();
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(to, m)| *to == addr(T1) && method(m) == "INVITE").expect("INVITE").clone();
+    assert!(!out.iter().any(|(_, m)| code(m) == 420), "100rel is supported");
+    let out = lab.send(T1, &answer(&invite, 180, "t1", ""));
+    let ringing = to_caller(&out, 180, "INVITE").expect("180 to the caller");
+    assert_eq!(ringing.get("Require"), Some("100rel"));
+    let rseq: u32 = ringing.get("RSeq").and_then(|r| r.parse().ok()).expect("RSeq");
+    // One reliable provisional at a time: the 183 waits for the PRACK of the 180.
+    let out = lab.send(T1, &answer(&invite, 183, "t1", ANSWER));
+    assert!(to_caller(&out, 183, "INVITE").is_none());
+    // Not PRACKed within T1: sent again, the same RSeq.
+    let out = lab.advance(Duration::from_millis(600));
+    let again = to_caller(&out, 180, "INVITE").expect("retransmitted");
+    assert_eq!(again.get("RSeq"), Some(rseq.to_string().as_str()));
+    // A PRACK that names another RSeq acknowledges nothing.
+    let out = lab.send(CALLER, &prack(&ringing, rseq + 7, 3));
+    assert!(to_caller(&out, 481, "PRACK").is_some());
+    // The PRACK: 200, and the 183 goes (next RSeq, with the box's SDP).
+    let out = lab.send(CALLER, &prack(&ringing, rseq, 4));
+    assert!(to_caller(&out, 200, "PRACK").is_some());
+    let progress = to_caller(&out, 183, "INVITE").expect("183 after the PRACK");
+    assert_eq!(progress.get("RSeq"), Some((rseq + 1).to_string().as_str()));
+    assert!(String::from_utf8_lossy(&progress.body).contains("203.0.113.1"), "anchored SDP");
+    // The trunk answers: the 200 waits for the PRACK of the 183, which carried SDP.
+    let out = lab.send(T1, &answer(&invite, 200, "t1", ANSWER));
+    assert!(to_caller(&out, 200, "INVITE").is_none());
+    let out = lab.send(CALLER, &prack(&progress, rseq + 1, 5));
+    assert!(to_caller(&out, 200, "PRACK").is_some());
+    assert!(to_caller(&out, 200, "INVITE").is_some(), "the 200 once the 183 is PRACKed");
+}
+
+#[test]
+fn a_caller_that_never_pracks_gets_504_and_the_callee_a_cancel() {
+    let mut lab = Lab::new(vec![trunk("first", T1, 1)], routes());
+    lab.headers = "Require: 100rel\r\n".into();
+    let out = lab.call("95551234");
+    let (_, invite) = out.iter().find(|(to, m)| *to == addr(T1) && method(m) == "INVITE").expect("INVITE").clone();
+    lab.send(T1, &answer(&invite, 183, "t1", ANSWER));
+    let mut sent = Vec::new();
+    for _ in 0..70 {
+        sent.extend(lab.advance(Duration::from_millis(500)));
+    }
+    let resent = sent.iter().filter(|(to, m)| *to == addr(CALLER) && code(m) == 183).count();
+    assert!((5..=7).contains(&resent), "T1 doubling for 64·T1: {resent} retransmissions");
+    assert!(to_caller(&sent, 504, "INVITE").is_some(), "504 to the caller");
+    assert!(sent.iter().any(|(to, m)| *to == addr(T1) && method(m) == "CANCEL"), "the callee's INVITE cancelled");
 }
 
 #[test]

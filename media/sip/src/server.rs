@@ -355,12 +355,21 @@ impl Server {
                 let text = if code == 416 { "Unsupported URI Scheme" } else { "Bad Request" };
                 return self.answer(now, &key, with_warning(request.response(code, text), &reason));
             }
-            // The box implements no SIP extension a request could require (RFC 3261 §8.2.2.3).
-            let required: Vec<&str> =
-                request.get_all("Require").into_iter().chain(request.get_all("Proxy-Require")).collect();
-            if !required.is_empty() && method != "CANCEL" {
+            // The one SIP extension a request may require is 100rel on an INVITE (RFC 3262:
+            // the B2BUA sends its provisional responses reliably); anything else gets 420
+            // (RFC 3261 §8.2.2.3).
+            let unsupported: Vec<&str> = request
+                .get_all("Require")
+                .into_iter()
+                .chain(request.get_all("Proxy-Require"))
+                .flat_map(|value| value.split(','))
+                .map(str::trim)
+                .filter(|option| !option.is_empty())
+                .filter(|option| !(method == "INVITE" && option.eq_ignore_ascii_case("100rel")))
+                .collect();
+            if !unsupported.is_empty() && method != "CANCEL" {
                 let mut response = request.response(420, "Bad Extension");
-                response.push("Unsupported", required.join(", "));
+                response.push("Unsupported", unsupported.join(", "));
                 return self.answer(now, &key, response);
             }
         }
@@ -595,7 +604,7 @@ impl Server {
 }
 
 /// Methods the box answers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK";
 
 /// The response with a `Warning: 399` saying why (RFC 3261 §20.43).
 pub fn with_warning(mut response: Message, reason: &str) -> Message {
