@@ -256,6 +256,10 @@ pub struct SipTrunk {
     /// CAs — a private CA, or the trunk's self-signed certificate. The trunk's certificate
     /// must name `host` either way.
     pub tls_ca: Option<String>,
+    /// With `transport: tls`: the box presents its own certificate (the admin certificate,
+    /// `admin.tls_certificate` or the generated one) to a trunk that asks for a client
+    /// certificate (mutual TLS).
+    pub tls_client_certificate: bool,
 }
 
 impl Default for SipTrunk {
@@ -272,6 +276,7 @@ impl Default for SipTrunk {
             keepalive_seconds: 30,
             dtmf: DtmfMode::Rfc4733,
             tls_ca: None,
+            tls_client_certificate: false,
         }
     }
 }

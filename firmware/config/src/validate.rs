@@ -252,6 +252,11 @@ impl Config {
                     "PEM certificate(s) (-----BEGIN CERTIFICATE-----), at most 64 KiB",
                 );
             }
+            r.check(
+                !trunk.tls_client_certificate || trunk.transport == SipTransport::Tls,
+                format!("{path}.tls_client_certificate"),
+                "only TLS trunks take a client certificate",
+            );
         }
         for (i, route) in s.routes.iter().enumerate() {
             let path = format!("sip.routes[{i}]");

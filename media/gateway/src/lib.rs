@@ -47,6 +47,7 @@ fn flow_of(c: Connection) -> Flow {
 fn trunk_tls_client(
     b2bua: &B2bua,
     config: &watch::Receiver<Arc<Snapshot>>,
+    certificates: &CertificateSource,
     remote: SocketAddr,
 ) -> Result<TlsClient, String> {
     let name = b2bua.config().trunks.iter().find(|t| t.addr == remote).map(|t| t.name.clone());
@@ -54,12 +55,19 @@ fn trunk_tls_client(
     let trunk = name
         .and_then(|name| snapshot.config.sip.trunks.iter().find(|t| t.name == name))
         .ok_or("not a configured TLS trunk")?;
-    TlsClient::new(&trunk.host, trunk.tls_ca.as_deref())
+    // Mutual TLS: the box's own certificate, the one its admin and SIP listeners serve.
+    let identity = if trunk.tls_client_certificate {
+        Some(certificates().map_err(|e| format!("no certificate of the box's to present: {e}"))?)
+    } else {
+        None
+    };
+    TlsClient::new(&trunk.host, trunk.tls_ca.as_deref(), identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
 }
 
 /// What each TLS connection to a trunk was opened trusting: the trunk's address, the name its
-/// certificate must carry and its `tls_ca`. When that changes, the connection must go.
-fn tls_trust(b2bua: &B2bua, sip: &SipConfig) -> Vec<(SocketAddr, String, Option<String>)> {
+/// certificate must carry, its `tls_ca`, and whether the box presented its certificate. When
+/// that changes, the connection must go.
+fn tls_trust(b2bua: &B2bua, sip: &SipConfig) -> Vec<(SocketAddr, String, Option<String>, bool)> {
     b2bua
         .config()
         .trunks
@@ -67,7 +75,7 @@ fn tls_trust(b2bua: &B2bua, sip: &SipConfig) -> Vec<(SocketAddr, String, Option<
         .filter(|t| t.transport == Transport::Tls)
         .filter_map(|t| {
             let trunk = sip.trunks.iter().find(|c| c.name == t.name)?;
-            Some((t.addr, trunk.host.clone(), trunk.tls_ca.clone()))
+            Some((t.addr, trunk.host.clone(), trunk.tls_ca.clone(), trunk.tls_client_certificate))
         })
         .collect()
 }
@@ -435,13 +443,15 @@ pub async fn run(
                                 let queue = connecting.entry((transport, remote)).or_default();
                                 if queue.is_empty() {
                                     let tls = match transport {
-                                        Transport::Tls => match trunk_tls_client(&b2bua, &config_rx, remote) {
-                                            Ok(client) => Some(client),
-                                            Err(e) => {
-                                                tracing::warn!(to = %remote, error = %e, "no TLS to this trunk; message dropped");
-                                                continue;
+                                        Transport::Tls => {
+                                            match trunk_tls_client(&b2bua, &config_rx, &certificates, remote) {
+                                                Ok(client) => Some(client),
+                                                Err(e) => {
+                                                    tracing::warn!(to = %remote, error = %e, "no TLS to this trunk; message dropped");
+                                                    continue;
+                                                }
                                             }
-                                        },
+                                        }
                                         _ => None,
                                     };
                                     spawn_connect(remote, tls, branchgate_sip::frame_len, stream_tx.clone());

@@ -125,8 +125,10 @@ impl TlsClient {
     /// A client for `host` (a DNS name or an IP literal, checked against the certificate's
     /// names) trusting the system's CAs and `extra_ca_pem` (a private CA, or a server's
     /// self-signed certificate). The system bundle may be missing (a box without
-    /// ca-certificates): then only `extra_ca_pem` is trusted.
-    pub fn new(host: &str, extra_ca_pem: Option<&str>) -> Result<TlsClient, String> {
+    /// ca-certificates): then only `extra_ca_pem` is trusted. With `identity` (certificate
+    /// chain and private key, PEM) the client answers a server's certificate request with it
+    /// (mutual TLS); without, it has none to give.
+    pub fn new(host: &str, extra_ca_pem: Option<&str>, identity: Option<(&str, &str)>) -> Result<TlsClient, String> {
         let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|_| format!("{host:?} is not a name a certificate can carry"))?;
         let mut roots = rustls::RootCertStore::empty();
@@ -157,10 +159,20 @@ impl TlsClient {
             .build()
             .map_err(|e| format!("no usable trusted certificate: {e}"))?;
         let verifier = PinnedOrWebPki { webpki, pinned };
-        let config = rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
-            .with_no_client_auth();
+        let builder =
+            rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(std::sync::Arc::new(verifier));
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((chain_pem, key_pem)) => {
+                let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("the client certificate: {e}"))?;
+                let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+                    .map_err(|e| format!("the client key: {e}"))?
+                    .ok_or("no private key for the client certificate")?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| format!("the client certificate: {e}"))?
+            }
+        };
         Ok(TlsClient { connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), server_name })
     }
 }
