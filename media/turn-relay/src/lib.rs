@@ -283,6 +283,7 @@ async fn serve(
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerPacket>(1024);
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<tcp::TcpEvent>(1024);
     let mut tcp_relays = tcp::TcpRelays::new(tcp_tx);
+    tcp_relays.set_rate(server_config(&config_rx.borrow().config).max_allocation_bytes_per_second);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let restart = loop {
@@ -348,7 +349,9 @@ async fn serve(
                 if listeners_changed(turn, &snapshot.config.turn) {
                     break true;
                 }
-                server.set_config(server_config(&snapshot.config));
+                let config = server_config(&snapshot.config);
+                tcp_relays.set_rate(config.max_allocation_bytes_per_second);
+                server.set_config(config);
                 tracing::info!("TURN configuration applied; allocations kept");
             }
             changed = shutdown.changed() => {

@@ -3,15 +3,18 @@
 //! connections joined to them. Bytes pass as they come (no framing); each
 //! peer connection has its own task, and a peer's bytes wait unread until
 //! the client has bound a data connection to it (RFC 6062 §5.3 buffering
-//! is the kernel's receive buffer).
+//! is the kernel's receive buffer). `turn.max_allocation_kbps` paces each
+//! peer connection in each direction (a stream waits for its budget; it is
+//! never cut in the middle).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use branchgate_streams::RawSwitch;
-use branchgate_turn::{FiveTuple, Server};
+use branchgate_turn::{Budget, FiveTuple, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -45,6 +48,8 @@ pub struct TcpRelays {
     /// The framing switch of every client stream connection.
     raws: HashMap<FiveTuple, RawSwitch>,
     events: mpsc::Sender<TcpEvent>,
+    /// The bandwidth cap in bytes per second (0: none), read by every pipe as it goes.
+    rate: Arc<AtomicU64>,
 }
 
 impl Drop for TcpRelays {
@@ -66,7 +71,14 @@ impl TcpRelays {
             joined: HashMap::new(),
             raws: HashMap::new(),
             events,
+            rate: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The bandwidth cap of each peer connection, each way (`turn.max_allocation_kbps`), in
+    /// bytes per second; 0 for none. Running connections follow it at once.
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::Relaxed);
     }
 
     pub fn opened(&mut self, tuple: FiveTuple, raw: RawSwitch) {
@@ -142,7 +154,8 @@ impl TcpRelays {
     pub fn add_peer(&mut self, connection: u32, stream: TcpStream) {
         let (to_peer, from_client) = mpsc::channel(256);
         let (start, started) = watch::channel(false);
-        let task = tokio::spawn(pipe_peer(connection, stream, from_client, started, self.events.clone()));
+        let pipe = pipe_peer(connection, stream, from_client, started, self.events.clone(), self.rate.clone());
+        let task = tokio::spawn(pipe);
         if let Some(old) = self.peers.insert(connection, PeerPipe { to_peer, start, task, data: None }) {
             old.task.abort();
         }
@@ -187,25 +200,57 @@ async fn pipe_peer(
     mut from_client: mpsc::Receiver<Vec<u8>>,
     mut started: watch::Receiver<bool>,
     events: mpsc::Sender<TcpEvent>,
+    rate: Arc<AtomicU64>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let mut chunk = vec![0u8; 16 * 1024];
+    let now = Instant::now();
+    let (mut to_peer, mut to_client) = (Budget::full(now, 0), Budget::full(now, 0));
     loop {
         let reading = *started.borrow();
+        // At most a second's worth at a time, so that a chunk always fits the budget.
+        let limit = match rate.load(Ordering::Relaxed) {
+            0 => chunk.len(),
+            rate => chunk.len().min(usize::try_from(rate).unwrap_or(usize::MAX)),
+        };
         tokio::select! {
             data = from_client.recv() => match data {
-                Some(data) => if writer.write_all(&data).await.is_err() { break },
+                Some(data) => {
+                    let mut written = true;
+                    for piece in data.chunks(limit) {
+                        pace(&mut to_peer, &rate, piece.len()).await;
+                        if writer.write_all(piece).await.is_err() {
+                            written = false;
+                            break;
+                        }
+                    }
+                    if !written { break }
+                }
                 None => break,
             },
-            read = reader.read(&mut chunk), if reading => match read {
+            read = reader.read(&mut chunk[..limit]), if reading => match read {
                 Ok(0) | Err(_) => break,
-                // Waits when the main loop is busy: backpressure on this peer only.
-                Ok(n) => if events.send(TcpEvent::Data { connection, data: chunk[..n].to_vec() }).await.is_err() { break },
+                Ok(n) => {
+                    pace(&mut to_client, &rate, n).await;
+                    // Waits when the main loop is busy: backpressure on this peer only.
+                    if events.send(TcpEvent::Data { connection, data: chunk[..n].to_vec() }).await.is_err() { break }
+                }
             },
             changed = started.changed(), if !reading => if changed.is_err() { break },
         }
     }
     let _ = events.send(TcpEvent::Closed { connection }).await;
+}
+
+/// Waits until `budget` lets `len` bytes pass at the cap `rate` (bytes per second; 0: none).
+async fn pace(budget: &mut Budget, rate: &AtomicU64, len: usize) {
+    loop {
+        let wait = budget.wait(Instant::now(), rate.load(Ordering::Relaxed), len);
+        if wait.is_zero() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Carries out a TCP relay event against the server.
@@ -238,5 +283,51 @@ pub fn handle_event(
             }
         }
         TcpEvent::Closed { connection } => server.peer_closed(connection),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer connection capped at 8000 bytes/s (64 kbit/s) takes about a second per 8000
+    /// bytes beyond the first second's budget, both ways.
+    #[tokio::test]
+    async fn a_capped_peer_connection_is_paced_not_cut() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let address = listener.local_addr().expect("address");
+        let (events_tx, mut events) = mpsc::channel(64);
+        let mut relays = TcpRelays::new(events_tx);
+        relays.set_rate(8000);
+        let (peer_side, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        let mut peer = peer_side.expect("connect");
+        relays.add_peer(7, accepted.expect("accept").0);
+        let tuple = FiveTuple {
+            transport: branchgate_turn::Transport::Tcp,
+            client: "127.0.0.1:1".parse().expect("addr"),
+            listener: "127.0.0.1:2".parse().expect("addr"),
+        };
+        relays.join(7, tuple);
+
+        // Toward the peer: 16000 bytes, the first 8000 at once, the rest a second later.
+        let started = Instant::now();
+        assert!(relays.to_peer(7, vec![1u8; 16000]));
+        let mut received = vec![0u8; 16000];
+        peer.read_exact(&mut received).await.expect("the peer gets every byte");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
+
+        // Toward the client: the same pace.
+        let started = Instant::now();
+        peer.write_all(&[2u8; 16000]).await.expect("write");
+        let mut total = 0;
+        while total < 16000 {
+            match events.recv().await {
+                Some(TcpEvent::Data { connection: 7, data }) => total += data.len(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
     }
 }

@@ -261,21 +261,33 @@ struct Allocation {
 }
 
 /// A token bucket over bytes: refilled at the cap's rate, holding at most one second of it
-/// (a video keyframe may burst; a sustained flood may not).
+/// (a video keyframe may burst; a sustained flood may not). Datagrams over the budget are
+/// dropped ([`Budget::take`]); a stream (RFC 6062) waits instead ([`Budget::wait`]).
 #[derive(Clone, Copy, Debug)]
-struct Budget {
+pub struct Budget {
     bytes: u64,
     refilled: Instant,
 }
 
 impl Budget {
-    fn full(now: Instant, rate: u64) -> Budget {
+    pub fn full(now: Instant, rate: u64) -> Budget {
         Budget { bytes: rate, refilled: now }
+    }
+
+    /// How long a stream must wait before sending `len` bytes (at most `rate`: one second's
+    /// worth); zero when they are taken now. `rate` 0 means no cap.
+    pub fn wait(&mut self, now: Instant, rate: u64, len: usize) -> Duration {
+        if self.take(now, rate, len) {
+            return Duration::ZERO;
+        }
+        let missing = (len as u64).saturating_sub(self.bytes);
+        // Rounded up: waking a microsecond early would only wait again.
+        Duration::from_micros(missing.saturating_mul(1_000_000).div_ceil(rate.max(1)))
     }
 
     /// Takes `len` bytes from the budget; `false` (nothing taken) when there are not enough.
     /// `rate` 0 means no cap.
-    fn take(&mut self, now: Instant, rate: u64, len: usize) -> bool {
+    pub fn take(&mut self, now: Instant, rate: u64, len: usize) -> bool {
         if rate == 0 {
             return true;
         }
