@@ -210,7 +210,7 @@ async fn offer(state: &AppState, id: &str, headers: &HeaderMap, body: &[u8]) -> 
     let media = &state.store.current().config.media;
     let (port_min, port_max) = media.viewer_ports();
     let limits = WhepLimits { port_min, port_max, max_viewers: MAX_VIEWERS };
-    match state.whep.open(camera, offer, &candidate_addresses(), limits).await {
+    match state.whep.open(camera, offer, &candidate_addresses(), media.public_ip, limits).await {
         Ok(answer) => (
             StatusCode::CREATED,
             [(CONTENT_TYPE, "application/sdp".to_string()), (LOCATION, format!("/whep/{id}/{}", answer.session))],

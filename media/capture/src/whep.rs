@@ -72,12 +72,15 @@ struct Viewer {
 }
 
 impl Whep {
-    /// Answers `offer` for `camera` with candidates on `addresses`.
+    /// Answers `offer` for `camera` with candidates on `addresses`, and on
+    /// `public_ip` (`media.public_ip`: a one-to-one NAT's address for the box)
+    /// at the same port.
     pub async fn open(
         &self,
         camera: &CameraInfo,
         offer: &str,
         addresses: &[IpAddr],
+        public_ip: Option<IpAddr>,
         limits: WhepLimits,
     ) -> Result<WhepAnswer, WhepError> {
         // Checked first: a bad offer costs no port and starts no encoder.
@@ -90,7 +93,9 @@ impl Whep {
         }
         let sockets = bind_viewer_port(addresses, limits.port_min, limits.port_max).await?;
         let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
-        let (leg, sdp) = WebRtcLeg::answer_video(Instant::now(), offer, &locals, &codec)
+        let announced: Vec<SocketAddr> =
+            public_ip.zip(locals.first()).map(|(ip, local)| SocketAddr::new(ip, local.port())).into_iter().collect();
+        let (leg, sdp) = WebRtcLeg::answer_video(Instant::now(), offer, &locals, &announced, &codec)
             .map_err(|e| WhepError::BadOffer(e.to_string()))?;
         let ice_password = ice_password(&sdp).ok_or(WhepError::Session("the answer has no ICE password".into()))?;
         let subscription = self.hub.subscribe(camera)?;
@@ -326,8 +331,8 @@ mod tests {
         let limits = WhepLimits { port_min: 40010, port_max: 40019, max_viewers: 4 };
         let localhost = [IpAddr::from([127, 0, 0, 1])];
         let audio_only = include_str!("../../webrtc/tests/chromium-offer.sdp");
-        assert!(matches!(whep.open(&camera, audio_only, &localhost, limits).await, Err(WhepError::NoVideo(_))));
-        assert!(matches!(whep.open(&camera, "hello", &localhost, limits).await, Err(WhepError::BadOffer(_))));
+        assert!(matches!(whep.open(&camera, audio_only, &localhost, None, limits).await, Err(WhepError::NoVideo(_))));
+        assert!(matches!(whep.open(&camera, "hello", &localhost, None, limits).await, Err(WhepError::BadOffer(_))));
         assert_eq!(whep.hub.encoders_running(), 0);
         assert_eq!(whep.count(), 0);
     }

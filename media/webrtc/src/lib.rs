@@ -209,15 +209,21 @@ impl WebRtcLeg {
 
     /// Answers a WHEP viewer's offer: the box only sends `codec` (from
     /// [`VideoCodec::h264_in_offer`]) and has one host candidate per address
-    /// in `locals` (all on the same port). Returns the answer SDP.
+    /// in `locals` (all on the same port), plus one per address in
+    /// `announced` — where a one-to-one NAT in front of the box maps that
+    /// port (`media.public_ip`): checks sent there arrive on a local socket.
+    /// Returns the answer SDP.
     pub fn answer_video(
         now: Instant,
         offer: &str,
         locals: &[SocketAddr],
+        announced: &[SocketAddr],
         codec: &VideoCodec,
     ) -> Result<(WebRtcLeg, String), WebRtcError> {
         let offer = only_formats(offer, "video", &[codec.payload_type])?;
-        Self::answer_with(now, offer, locals, RtpCodecKind::Video, &[codec.parameters()])
+        let candidates: Vec<SocketAddr> =
+            locals.iter().chain(announced.iter().filter(|a| !locals.contains(a))).copied().collect();
+        Self::answer_with(now, offer, &candidates, RtpCodecKind::Video, &[codec.parameters()])
     }
 
     /// The answer to an offer already narrowed to `parameters`: the common
@@ -683,8 +689,9 @@ mod tests {
         let codec = VideoCodec::h264_in_offer(CHROMIUM_WHEP_OFFER).expect("h264");
         let locals: Vec<SocketAddr> =
             vec!["192.0.2.1:20002".parse().expect("addr"), "127.0.0.1:20002".parse().expect("addr")];
+        let public: SocketAddr = "203.0.113.7:20002".parse().expect("addr");
         let (leg, answer) =
-            WebRtcLeg::answer_video(Instant::now(), CHROMIUM_WHEP_OFFER, &locals, &codec).expect("answer");
+            WebRtcLeg::answer_video(Instant::now(), CHROMIUM_WHEP_OFFER, &locals, &[public], &codec).expect("answer");
         assert_eq!(leg.state(), LegState::Connecting);
         let video = answer.split("m=video").nth(1).expect("m=video");
         let m_line = video.lines().next().expect("line");
@@ -695,6 +702,7 @@ mod tests {
         assert!(video.contains("profile-level-id=42e01f"), "{answer}");
         assert!(answer.contains("192.0.2.1 20002 typ host"), "{answer}");
         assert!(answer.contains("127.0.0.1 20002 typ host"), "{answer}");
+        assert!(answer.contains("203.0.113.7 20002 typ host"), "the NAT's public mapping: {answer}");
         assert!(answer.contains("a=ice-lite"), "{answer}");
     }
 
