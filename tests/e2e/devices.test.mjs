@@ -5,7 +5,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { startBox, Api } from "./lib/box.mjs";
+import { chromium } from "playwright-core";
+import AxeBuilder from "@axe-core/playwright";
+import { startBox, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs";
 
 test("the devices API lists cameras, audio, GPIO and the watchdog with `simulated`", async () => {
   const box = await startBox({ provision: { admin: { password: "installer-secret-1" } } });
@@ -58,4 +60,56 @@ test("the devices API lists cameras, audio, GPIO and the watchdog with `simulate
     const openapi = (await api.get("/api/v1/openapi.json")).json;
     assert.ok(openapi.paths["/api/v1/devices"]?.get, "documented");
   } finally { await box.stop(); }
+});
+
+test("the devices page: every device with `simulated` shown, and a live camera preview that starts and stops", async () => {
+  const box = await startBox({ provision: { admin: { password: "installer-secret-1" } } });
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: [...CHROMIUM_ARGS, "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+      "--autoplay-policy=no-user-gesture-required"],
+  });
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 1200 } });
+    const page = await context.newPage();
+    page.on("console", (m) => { if (process.env.PAGE_LOG || m.type() === "error") console.log("page:", m.text()); });
+    await page.goto(box.url + "/login");
+    await page.fill("#username", "admin");
+    await page.fill("#password", "installer-secret-1");
+    await page.click("main form button[type=submit]");
+    await page.waitForURL((u) => !u.pathname.startsWith("/login"));
+    await page.goto(box.url + "/devices");
+    const bad = (await new AxeBuilder({ page }).analyze()).violations.filter((v) => ["serious", "critical"].includes(v.impact));
+    assert.deepEqual(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`), []);
+    const text = await page.textContent("main");
+    for (const expected of ["sim0", "simulated", "rtsp://", "Master", "led", "button"]) {
+      assert.ok(text.includes(expected), `the page shows ${expected}`);
+    }
+    assert.match(await page.textContent("#led-pattern"), /\w+/);
+    assert.match(await page.textContent("#watchdogs"), /simulated/);
+
+    // The live preview: a WHEP viewer with the admin session; the picture moves.
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    await page.click(".preview-button[data-whep='/whep/sim0']");
+    await page.waitForFunction(() => {
+      const video = document.getElementById("preview-sim0");
+      return !video.hidden && video.getVideoPlaybackQuality().totalVideoFrames > 10;
+    }, null, { timeout: 20000 });
+    assert.equal(await page.getAttribute(".preview-button[data-whep='/whep/sim0']", "aria-pressed"), "true");
+    assert.match(await page.textContent(".camera .preview-state"), /Live/);
+    assert.equal((await api.get("/api/v1/cameras")).json.find((c) => c.id === "sim0").viewers, 1);
+    await page.screenshot({ path: ARTIFACTS + "devices-page.png", fullPage: true });
+    // Stopping ends the viewer on the box, and the encoder with it.
+    await page.click(".preview-button[data-whep='/whep/sim0']");
+    let viewers = 1;
+    for (let i = 0; i < 50 && viewers !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      viewers = (await api.get("/api/v1/cameras")).json.find((c) => c.id === "sim0").viewers;
+    }
+    assert.equal(viewers, 0, "the preview's viewer is gone");
+  } finally {
+    await browser.close();
+    await box.stop();
+  }
 });

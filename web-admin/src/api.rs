@@ -867,6 +867,11 @@ pub async fn devices(State(state): State<AppState>, ApiUser(user): ApiUser) -> R
     if let Err(r) = user.require(Role::Viewer) {
         return r;
     }
+    Json(devices_report(&state).await).into_response()
+}
+
+/// What `GET /api/v1/devices` says (the devices page shows the same).
+pub async fn devices_report(state: &AppState) -> Value {
     // libasound calls block (and open device nodes): off the async workers.
     let audio = tokio::task::spawn_blocking(|| {
         let backend = branchgate_hal::audio::backend();
@@ -886,14 +891,13 @@ pub async fn devices(State(state): State<AppState>, ApiUser(user): ApiUser) -> R
     let board = &state.devices;
     let watchdogs = board.watchdogs();
     let watchdog = watchdogs.first().map(|w| json!(w)).unwrap_or(json!({ "kind": "none", "simulated": true }));
-    Json(json!({
-        "cameras": camera_list(&state),
+    json!({
+        "cameras": camera_list(state),
         "audio": audio,
         "gpio": { "pins": board.pins(), "led_pattern": board.led_pattern(), "reset_armed": board.reset_armed() },
         "watchdog": watchdog,
         "watchdogs": watchdogs,
-    }))
-    .into_response()
+    })
 }
 
 /// A JPEG snapshot of a camera: the simulated one's picture from `hal`, a real

@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/calls", get(calls_page))
         .route("/calls/{id}/hangup", post(call_hang_up))
         .route("/recordings", get(recordings_page))
+        .route("/devices", get(devices_page))
         .route("/recordings/{camera}/{name}/delete", post(recording_delete))
         .route("/phone", get(phone_page))
         .route("/phone/ice-servers", post(crate::phone::ice_servers))
@@ -1448,6 +1449,141 @@ fn calls_view(state: &AppState, user: &User, flash: Option<String>) -> CallsPage
         trunks: state.sip.trunks(),
         registrations,
     }
+}
+
+/// A table of the devices page: one row per element of a JSON array, one column per key.
+struct DeviceTable {
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl DeviceTable {
+    /// `columns` are (heading, key) pairs; values shown as people read them.
+    fn of(list: &Value, columns: &[(&'static str, &str)]) -> DeviceTable {
+        let cell = |value: Option<&Value>| match value {
+            None | Some(Value::Null) => "—".to_string(),
+            Some(Value::Bool(true)) => "yes".to_string(),
+            Some(Value::Bool(false)) => "no".to_string(),
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+        };
+        let rows = list
+            .as_array()
+            .map(|items| {
+                items.iter().map(|item| columns.iter().map(|(_, key)| cell(item.get(*key))).collect()).collect()
+            })
+            .unwrap_or_default();
+        DeviceTable { columns: columns.iter().map(|(heading, _)| *heading).collect(), rows }
+    }
+}
+
+struct CameraCard {
+    id: String,
+    name: String,
+    simulated: bool,
+    device: String,
+    size: String,
+    viewers: u64,
+}
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+struct DevicesPage {
+    layout: Layout,
+    cameras: Vec<CameraCard>,
+    rtsp_host: String,
+    rtsp_port: u16,
+    audio_backend: String,
+    audio_error: Option<String>,
+    audio_devices: DeviceTable,
+    mixers: DeviceTable,
+    pins: DeviceTable,
+    led_pattern: String,
+    reset_armed: bool,
+    watchdogs: DeviceTable,
+}
+
+/// Every device of the box, as `GET /api/v1/devices` says, with a live preview of each camera
+/// (WHEP, by `devices.js`; the page works without it).
+async fn devices_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let report = crate::api::devices_report(&state).await;
+    // RTSP is on the address the installer reached this page at.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map(|a| a.host().to_string())
+        .unwrap_or_else(|| state.store.current().config.system.hostname.clone());
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
+    let cameras = report["cameras"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|c| CameraCard {
+                    id: text(&c["id"]),
+                    name: text(&c["name"]),
+                    simulated: c["simulated"].as_bool().unwrap_or(false),
+                    device: c["device"].as_str().unwrap_or("no device node").to_string(),
+                    size: format!("{}x{}", c["width"], c["height"]),
+                    viewers: c["viewers"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let audio = &report["audio"];
+    let page = DevicesPage {
+        layout: layout(&state, "Devices", Some(&user), None),
+        cameras,
+        rtsp_host: host,
+        rtsp_port: state.store.current().config.network.rtsp_port,
+        audio_backend: text(&audio["backend"]),
+        audio_error: audio["error"].as_str().map(str::to_string),
+        audio_devices: DeviceTable::of(
+            &audio["devices"],
+            &[
+                ("Device", "id"),
+                ("Card", "card_name"),
+                ("Name", "name"),
+                ("Capture", "capture"),
+                ("Playback", "playback"),
+                ("Simulated", "simulated"),
+            ],
+        ),
+        mixers: DeviceTable::of(
+            &audio["mixers"],
+            &[("Card", "card"), ("Control", "control"), ("Volume %", "volume_percent"), ("Muted", "muted")],
+        ),
+        pins: DeviceTable::of(
+            &report["gpio"]["pins"],
+            &[
+                ("Role", "role"),
+                ("Backend", "backend"),
+                ("Chip", "chip"),
+                ("Line", "offset"),
+                ("Name", "name"),
+                ("Level", "level"),
+                ("Simulated", "simulated"),
+            ],
+        ),
+        led_pattern: text(&report["gpio"]["led_pattern"]),
+        reset_armed: report["gpio"]["reset_armed"].as_bool().unwrap_or(false),
+        watchdogs: DeviceTable::of(
+            &report["watchdogs"],
+            &[
+                ("Kind", "kind"),
+                ("Device", "identity"),
+                ("Timeout (s)", "timeout_seconds"),
+                ("Pets", "pets"),
+                ("Petting", "petting"),
+                ("Last error", "last_error"),
+            ],
+        ),
+    };
+    render(&page)
 }
 
 struct RecordingRow {
