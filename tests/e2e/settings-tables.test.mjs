@@ -65,3 +65,41 @@ test("SIP extensions, trunks and routes are edited as tables", async () => {
     await box.stop();
   }
 });
+
+test("nested settings are fields of their own: camera recording on the cameras page", async () => {
+  const box = await startBox({ provision: { admin: { password: "installer-secret-1" } } });
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 1000 } });
+    const page = await context.newPage();
+    await page.goto(box.url + "/login");
+    await page.fill("#username", "admin");
+    await page.fill("#password", "installer-secret-1");
+    await page.click("main form button[type=submit]");
+    await page.waitForURL((u) => !u.pathname.startsWith("/login"));
+    await page.goto(box.url + "/settings/cameras");
+    const bad = (await new AxeBuilder({ page }).analyze()).violations.filter((v) => ["serious", "critical"].includes(v.impact));
+    assert.deepEqual(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`), []);
+    // A number out of range is shown at its own field; what was typed stays.
+    await page.check("input[name='recording.enabled']");
+    await page.fill("input[name='recording.segment_seconds']", "5");
+    await page.selectOption("select[name='recording.format']", "mkv");
+    await page.click("form.settings button[type=submit]");
+    await page.waitForSelector("p.error, .field-error");
+    assert.match(await page.textContent("main"), /10-3600 seconds/);
+    assert.equal(await page.inputValue("input[name='recording.segment_seconds']"), "5", "what was typed is kept");
+    await page.fill("input[name='recording.segment_seconds']", "60");
+    await page.click("form.settings button[type=submit]");
+    await page.waitForSelector(".flash", { timeout: 5000 });
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const recording = (await api.get("/api/v1/config/cameras")).json.recording;
+    assert.equal(recording.enabled, true);
+    assert.equal(recording.segment_seconds, 60);
+    assert.equal(recording.format, "mkv");
+    assert.equal(recording.max_total_mb, 2048, "the fields not touched keep their values");
+  } finally {
+    await browser.close();
+    await box.stop();
+  }
+});

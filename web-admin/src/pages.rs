@@ -604,6 +604,7 @@ fn choices(path: &str) -> Option<&'static [&'static str]> {
         "network.mode" => Some(&["dhcp", "static"]),
         "sip.trunks.transport" => Some(&["udp", "tcp", "tls"]),
         "sip.trunks.dtmf" => Some(&["rfc4733", "info"]),
+        "cameras.recording.format" => Some(branchgate_config::RECORDING_FORMATS),
         _ => None,
     }
 }
@@ -612,16 +613,38 @@ fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
     let example = section_value(&Config::example(), section).unwrap_or(Value::Null);
     let defaults = section_value(&Config::default(), section).unwrap_or(Value::Null);
     let mut fields = Vec::new();
-    let Some(example) = example.as_object() else {
+    let (Some(example), Some(defaults)) = (example.as_object(), defaults.as_object()) else {
         return fields;
     };
-    for (name, sample) in example {
+    push_field_views(&mut fields, section, "", example, current, defaults);
+    fields
+}
+
+/// The fields of one object of a section: `prefix` names where it is (`recording.` for
+/// `cameras.recording`); a nested object's fields follow, named with its prefix (a group of
+/// fields rather than a JSON text box).
+fn push_field_views(
+    fields: &mut Vec<FieldView>,
+    section: &str,
+    prefix: &str,
+    example: &Map<String, Value>,
+    current: &Map<String, Value>,
+    defaults: &Map<String, Value>,
+) {
+    for (key, sample) in example {
+        let name = format!("{prefix}{key}");
         let path = format!("{section}.{name}");
         if HIDDEN_FIELDS.contains(&path.as_str()) {
             continue;
         }
-        let value = current.get(name).cloned().unwrap_or(Value::Null);
-        let optional = defaults.get(name).is_some_and(Value::is_null);
+        if let (Value::Object(sample), Some(Value::Object(defaults))) = (sample, defaults.get(key)) {
+            let empty = Map::new();
+            let current = current.get(key).and_then(Value::as_object).unwrap_or(&empty);
+            push_field_views(fields, section, &format!("{name}."), sample, current, defaults);
+            continue;
+        }
+        let value = current.get(key).cloned().unwrap_or(Value::Null);
+        let optional = defaults.get(key).is_some_and(Value::is_null);
         let record = match sample {
             Value::Array(items) => items.first().and_then(Value::as_object),
             _ => None,
@@ -665,8 +688,8 @@ fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
             (v, _) => v.to_string(),
         };
         fields.push(FieldView {
-            label: humanize(name),
-            name: name.clone(),
+            label: humanize(&name.replace('.', " ")),
+            name,
             kind,
             checked: value.as_bool().unwrap_or(false),
             value: text,
@@ -677,7 +700,6 @@ fn field_views(section: &str, current: &Map<String, Value>) -> Vec<FieldView> {
             rows,
         });
     }
-    fields
 }
 
 /// The records of a `table` field from the form (`{field}.{row}.{column}`); blank rows
@@ -805,9 +827,24 @@ fn form_to_patch(
             _ if input.is_empty() && field.optional => Value::Null,
             _ => Value::String(input.to_string()),
         };
-        patch.insert(field.name.clone(), value);
+        insert_at(&mut patch, &field.name, value);
     }
     (patch, errors)
+}
+
+/// Puts `value` at the dotted `name` of `patch` (`recording.enabled` inside `recording`).
+fn insert_at(patch: &mut Map<String, Value>, name: &str, value: Value) {
+    match name.split_once('.') {
+        None => {
+            patch.insert(name.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let inner = patch.entry(head.to_string()).or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(inner) = inner {
+                insert_at(inner, rest, value);
+            }
+        }
+    }
 }
 
 async fn settings_submit(
@@ -870,7 +907,14 @@ async fn settings_submit(
     let prefix = format!("{section}.");
     for (path, message) in errors {
         let local = path.strip_prefix(&prefix).unwrap_or(&path);
-        let field_name = local.split(['.', '[']).next().unwrap_or(local);
+        // The field the path is in: `recording.segment_seconds`, or `trunks` for `trunks[0].port`.
+        let field_name = page
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|n| local == n || local.starts_with(&format!("{n}.")) || local.starts_with(&format!("{n}[")))
+            .max_by_key(String::len)
+            .unwrap_or_else(|| local.split(['.', '[']).next().unwrap_or(local).to_string());
         match page.fields.iter_mut().find(|f| f.name == field_name) {
             Some(field) => {
                 let text = if local == field_name { message } else { format!("{local}: {message}") };
