@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { chromium } from "playwright-core";
 import AxeBuilder from "@axe-core/playwright";
-import { startBox, Api, CHROMIUM_ARGS, ARTIFACTS } from "./lib/box.mjs";
+import { startBox, Api, CHROMIUM_ARGS, ARTIFACTS, adminPage } from "./lib/box.mjs";
 
 test("the devices API lists cameras, audio, GPIO and the watchdog with `simulated`", async () => {
   const box = await startBox({ provision: { admin: { password: "installer-secret-1" } } });
@@ -70,14 +70,7 @@ test("the devices page: every device with `simulated` shown, and a live camera p
       "--autoplay-policy=no-user-gesture-required"],
   });
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 1200 } });
-    const page = await context.newPage();
-    page.on("console", (m) => { if (process.env.PAGE_LOG || m.type() === "error") console.log("page:", m.text()); });
-    await page.goto(box.url + "/login");
-    await page.fill("#username", "admin");
-    await page.fill("#password", "installer-secret-1");
-    await page.click("main form button[type=submit]");
-    await page.waitForURL((u) => !u.pathname.startsWith("/login"));
+    const page = await adminPage(browser, box, "installer-secret-1", { width: 1280, height: 1200 });
     await page.goto(box.url + "/devices");
     const bad = (await new AxeBuilder({ page }).analyze()).violations.filter((v) => ["serious", "critical"].includes(v.impact));
     assert.deepEqual(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`), []);

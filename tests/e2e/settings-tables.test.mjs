@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import AxeBuilder from "@axe-core/playwright";
-import { startBox, Api, ARTIFACTS, CHROMIUM_ARGS } from "./lib/box.mjs";
+import { startBox, Api, ARTIFACTS, CHROMIUM_ARGS, adminPage } from "./lib/box.mjs";
 
 test("SIP extensions, trunks and routes are edited as tables", async () => {
   const box = await startBox({ provision: {
@@ -14,13 +14,7 @@ test("SIP extensions, trunks and routes are edited as tables", async () => {
   } });
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 1000 } });
-    const page = await context.newPage();
-    await page.goto(box.url + "/login");
-    await page.fill("#username", "admin");
-    await page.fill("#password", "installer-secret-1");
-    await page.click("main form button[type=submit]");
-    await page.waitForURL((u) => !u.pathname.startsWith("/login"));
+    const page = await adminPage(browser, box, "installer-secret-1");
     await page.goto(box.url + "/settings/sip");
     const bad = (await new AxeBuilder({ page }).analyze()).violations.filter((v) => ["serious", "critical"].includes(v.impact));
     assert.deepEqual(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`), []);
@@ -70,13 +64,7 @@ test("nested settings are fields of their own: camera recording on the cameras p
   const box = await startBox({ provision: { admin: { password: "installer-secret-1" } } });
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 1000 } });
-    const page = await context.newPage();
-    await page.goto(box.url + "/login");
-    await page.fill("#username", "admin");
-    await page.fill("#password", "installer-secret-1");
-    await page.click("main form button[type=submit]");
-    await page.waitForURL((u) => !u.pathname.startsWith("/login"));
+    const page = await adminPage(browser, box, "installer-secret-1");
     await page.goto(box.url + "/settings/cameras");
     const bad = (await new AxeBuilder({ page }).analyze()).violations.filter((v) => ["serious", "critical"].includes(v.impact));
     assert.deepEqual(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`), []);

@@ -8,7 +8,7 @@ import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startBox, freePort, Api, ARTIFACTS } from "./lib/box.mjs";
+import { waitFor, startBox, freePort, Api, ARTIFACTS } from "./lib/box.mjs";
 
 const KAMAILIO = "/usr/sbin/kamailio";
 const MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
@@ -79,14 +79,6 @@ request_route {
   throw new Error(`kamailio did not listen on ${port}:\n${kam.output}`);
 }
 
-async function waitFor(what, check, tries = 100) {
-  for (let i = 0; i < tries; i++) {
-    const value = await check();
-    if (value) return value;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 test("a trunk that requires a client certificate: refused without one, up once the box presents its own", async (t) => {
   if (spawnSync("sh", ["-c", `test -x ${KAMAILIO} && test -f ${MODULES}/tls.so`]).status !== 0) {
@@ -111,7 +103,7 @@ test("a trunk that requires a client certificate: refused without one, up once t
 
     // No client certificate: the SBC ends the handshake (TLS 1.3: right after it), OPTIONS get
     // no answer, and the trunk is marked down.
-    await waitFor("the trunk to be down", async () => /trunk carrier is down/.test(box.stderr ?? ""));
+    await waitFor("the trunk to be down", async () => /trunk carrier is down/.test(box.stderr ?? ""), 200);
     assert.equal((await trunk()).up, false, "down without a client certificate");
     assert.doesNotMatch(kamailio.output, /OPTIONS over tls/);
 

@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startBox, Api, ARTIFACTS } from "./lib/box.mjs";
+import { waitFor, startBox, Api, ARTIFACTS } from "./lib/box.mjs";
 import { startBaresip, readWav, toneShare } from "./lib/baresip.mjs";
 
 const DOMAIN = "branch.example";
@@ -26,14 +26,6 @@ function selfSigned() {
   return { certificate, both };
 }
 
-async function waitFor(what, check, tries = 100) {
-  for (let i = 0; i < tries; i++) {
-    const value = await check();
-    if (value) return value;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 test("a TLS trunk whose self-signed certificate is not trusted is refused; once tls_ca names it, calls go out over TLS with audio both ways", async () => {
   const { certificate, both } = selfSigned();

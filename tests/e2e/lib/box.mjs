@@ -154,3 +154,26 @@ export const CHROMIUM_ARGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
+
+/** Polls `check` every `everyMs` until it gives something truthy (returned), at most `tries` times. */
+export async function waitFor(what, check, tries = 100, everyMs = 100) {
+  for (let i = 0; i < tries; i++) {
+    const value = await check();
+    if (value) return value;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A page of `browser` logged in to `box`'s admin as admin (a provisioned password, no forced change). */
+export async function adminPage(browser, box, password, viewport = { width: 1280, height: 1000 }) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport });
+  const page = await context.newPage();
+  page.on("console", (m) => { if (process.env.PAGE_LOG || m.type() === "error") console.log("page:", m.text()); });
+  await page.goto(box.url + "/login");
+  await page.fill("#username", "admin");
+  await page.fill("#password", password);
+  await page.click("main form button[type=submit]");
+  await page.waitForURL((u) => !u.pathname.startsWith("/login"));
+  return page;
+}
