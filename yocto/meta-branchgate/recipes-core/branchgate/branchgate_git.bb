@@ -74,13 +74,13 @@ do_install:append() {
 # - unsquashfs/mksquashfs: `branchgate bundle create` and the simulated A/B slots, which the
 #   daemon still uses for uploads until its RAUC D-Bus backend exists;
 # - the keyring the unit passes with --firmware-keyring (rauc-conf installs it).
-RDEPENDS:${PN} = "gstreamer1.0-plugins-base-app \
+RDEPENDS:${PN} = "gstreamer1.0-plugins-bad-videoparsersbad \
+                  gstreamer1.0-plugins-base-app \
                   gstreamer1.0-plugins-base-videoconvertscale \
-                  gstreamer1.0-plugins-good-rtp \
-                  gstreamer1.0-plugins-good-multifile \
                   gstreamer1.0-plugins-good-isomp4 \
                   gstreamer1.0-plugins-good-matroska \
-                  gstreamer1.0-plugins-bad-videoparsersbad \
+                  gstreamer1.0-plugins-good-multifile \
+                  gstreamer1.0-plugins-good-rtp \
                   gstreamer1.0-plugins-ugly-x264 \
                   squashfs-tools \
                   virtual-rauc-conf \
