@@ -61,6 +61,9 @@ test("hal in a VM: vivid, ALSA loopback tone, mixer, i6300esb petted by the daem
   // the new size and the same viewer went on receiving, from a keyframe.
   assert.deepEqual(encode.restarted_size, [320, 180]);
   assert.ok(encode.frames_after_restart >= 5 && encode.keyframes_after_restart >= 1, JSON.stringify(encode));
+  // A snapshot of the real camera, decoded from its encoded stream (what the snapshot API serves).
+  assert.ok(camera.snapshot && camera.snapshot.bytes > 1000, `a JPEG snapshot: ${JSON.stringify(camera.snapshot)}`);
+  assert.deepEqual(camera.snapshot.size, [640, 360], "at the configured size");
 
   assert.equal(report.audio.backend, "alsa");
   assert.equal(report.audio.simulated, false);

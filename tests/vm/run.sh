@@ -48,13 +48,14 @@ for lib in $(ldd "$BIN" | grep -o '/[^ ]*'); do
   mkdir -p "$RD$(dirname "$lib")"; cp -L "$lib" "$RD$lib"
 done
 # GStreamer: only the plugins a vivid camera's pipeline uses (v4l2src, videoconvert, queue and
-# identity, x264enc, rtph264pay, appsink) and the libraries they link; the registry is built
+# identity, x264enc, rtph264pay, appsink) and its snapshot (rtph264depay, h264parse, decodebin,
+# openh264dec, jpegenc) and the libraries they link; the registry is built
 # in-process at the first use (no gst-plugin-scanner in the guest).
 GST_PLUGINS=$(pkg-config --variable=pluginsdir gstreamer-1.0 2>/dev/null || echo /usr/lib/x86_64-linux-gnu/gstreamer-1.0)
 mkdir -p "$RD/gst-plugins"
-for p in coreelements video4linux2 videoconvertscale x264 rtp app; do
+for p in coreelements video4linux2 videoconvertscale x264 rtp app videoparsersbad playback typefindfunctions openh264 jpeg; do
   so=$GST_PLUGINS/libgst$p.so
-  [[ -f $so ]] || { log "GStreamer plugin $so missing (apt-get install gstreamer1.0-plugins-{base,good,ugly})"; exit 1; }
+  [[ -f $so ]] || { log "GStreamer plugin $so missing (apt-get install gstreamer1.0-plugins-{base,good,bad,ugly})"; exit 1; }
   cp -L "$so" "$RD/gst-plugins/"
   for lib in $(ldd "$so" | grep -o '/[^ ]*'); do
     [[ -e $RD$lib ]] && continue
@@ -85,7 +86,7 @@ ls /dev/watchdog /dev/video* /dev/snd/
 echo "BGVM: selftest"
 export GST_PLUGIN_SYSTEM_PATH=/gst-plugins GST_REGISTRY=/tmp/gst-registry.bin GST_REGISTRY_FORK=no
 /bin/branchgate hal selftest --json --camera-encode-secs 4 --camera-encode-width 640 --camera-encode-height 360 \
-  --camera-restart-size 320x180 \
+  --camera-restart-size 320x180 --camera-snapshot \
   --audio-playback hw:Loopback,0,0 --audio-capture hw:Loopback,1,0 --tone-hz 1000 --tone-ms 1000 \
   --mixer-card Dummy --camera-frames 3 \
   --watchdog /dev/watchdog --watchdog-timeout 5 --pets 4 >/tmp/report.json 2>/tmp/stderr

@@ -176,6 +176,8 @@ pub struct SelftestOptions {
     pub camera_encode_size: (u32, u32),
     /// Reconfigure to this size half-way through the encode check (the pipeline restarts).
     pub camera_restart_size: Option<(u32, u32)>,
+    /// Snapshot each real camera from its encoded stream (`branchgate_capture::snapshot`).
+    pub camera_snapshot: bool,
     pub watchdog: Option<PathBuf>,
     pub watchdog_timeout: u64,
     pub pets: u32,
@@ -358,6 +360,25 @@ pub fn camera_report(options: &SelftestOptions, errors: &mut Vec<String>) -> Val
                 Err(e) => errors.push(format!("camera {} encode: {e}", camera.id)),
             }
         }
+        if options.camera_snapshot && !camera.simulated {
+            let hub = branchgate_capture::CaptureHub::default();
+            let (width, height) = options.camera_encode_size;
+            hub.configure(&camera.id, branchgate_capture::CameraSettings { width, height, ..Default::default() });
+            let snapshot = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|runtime| {
+                    runtime.block_on(branchgate_capture::snapshot::snapshot(&hub, camera)).map_err(|e| e.to_string())
+                });
+            match snapshot {
+                Ok(jpeg) => {
+                    let size = branchgate_capture::snapshot::jpeg_size(&jpeg);
+                    entry["snapshot"] = json!({ "bytes": jpeg.len(), "size": size });
+                }
+                Err(e) => errors.push(format!("camera {} snapshot: {e}", camera.id)),
+            }
+        }
         out.push(entry);
     }
     Value::Array(out)
@@ -409,6 +430,7 @@ mod tests {
             camera_encode_secs: 0,
             camera_encode_size: (640, 360),
             camera_restart_size: None,
+            camera_snapshot: false,
             watchdog: None,
             watchdog_timeout: 10,
             pets: 0,

@@ -146,6 +146,9 @@ enum HalCommand {
         /// the pipeline restarts and the same viewer must keep receiving.
         #[arg(long, value_parser = parse_size)]
         camera_restart_size: Option<(u32, u32)>,
+        /// Take a JPEG snapshot of each real camera from its encoded stream (at the encode size).
+        #[arg(long)]
+        camera_snapshot: bool,
         /// A watchdog device to open and pet.
         #[arg(long)]
         watchdog: Option<PathBuf>,
@@ -307,6 +310,7 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
             camera_encode_width,
             camera_encode_height,
             camera_restart_size,
+            camera_snapshot,
             watchdog,
             watchdog_timeout,
             pets,
@@ -322,6 +326,7 @@ fn hal_command(command: HalCommand) -> anyhow::Result<()> {
                 camera_encode_secs,
                 camera_encode_size: (camera_encode_width, camera_encode_height),
                 camera_restart_size,
+                camera_snapshot,
                 watchdog,
                 watchdog_timeout,
                 pets,

@@ -125,16 +125,16 @@ pub async fn snapshot(hub: &CaptureHub, camera: &CameraInfo) -> Result<Vec<u8>, 
     outcome
 }
 
+/// The (width, height) in a baseline JPEG's start-of-frame (SOF0) segment.
+pub fn jpeg_size(jpeg: &[u8]) -> Option<(u16, u16)> {
+    let at = jpeg.windows(2).position(|w| w == [0xff, 0xc0])?;
+    let field = |i: usize| Some(u16::from_be_bytes([*jpeg.get(at + i)?, *jpeg.get(at + i + 1)?]));
+    Some((field(7)?, field(5)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size in a baseline JPEG's SOF0 segment.
-    fn jpeg_size(jpeg: &[u8]) -> Option<(u16, u16)> {
-        let at = jpeg.windows(2).position(|w| w == [0xff, 0xc0])?;
-        let field = |i: usize| Some(u16::from_be_bytes([*jpeg.get(at + i)?, *jpeg.get(at + i + 1)?]));
-        Some((field(7)?, field(5)?))
-    }
 
     /// Needs GStreamer's base, good, bad (h264parse, openh264dec) and ugly (x264) plugins: `./x` installs them.
     #[tokio::test]
