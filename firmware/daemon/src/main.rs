@@ -584,9 +584,11 @@ async fn serve(
         state.firmware.keyring = keyring;
     }
     state.firmware.running_version = firmware.version.clone();
-    // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere.
+    // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere. Without a
+    // system bus, or with a bus but no RAUC, the answer comes at once; the timeout only covers a
+    // slow box (software emulation under load).
     let rauc = match tokio::time::timeout(
-        Duration::from_secs(3),
+        Duration::from_secs(10),
         branchgate_update::RaucSlots::connect(firmware.version.clone()),
     )
     .await
