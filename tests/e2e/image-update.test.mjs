@@ -10,7 +10,8 @@
 //      a tampered and an unsigned bundle are refused (4xx, reason and message);
 //   3. v3 (unhealthy) → A → reboot → the health check fails, the box reboots itself and GRUB
 //      falls back to B, which is marked good again;
-//   4. power cut: qemu is killed (SIGKILL) while RAUC writes v4 into A → the box boots B;
+//   4. power cut: qemu is killed (SIGKILL) while RAUC writes v4 into A → the box boots B and
+//      reports the install as interrupted;
 //   5. the password and the SIP user from step 1 are still there.
 // Every qemu runs under `timeout -s KILL` (tests/image/qemu.sh). Needs root (packages, qemu) and
 // the release binary (what `./x image` puts on a box; `./x test` builds it and passes
@@ -294,6 +295,11 @@ test("image: A/B updates through the web API under qemu — install, health chec
       assert.notEqual(slot(fw, "A").state, "installed", JSON.stringify(fw));
       assert.notEqual(slot(fw, "A").version, "4.0.0", JSON.stringify(fw));
       assert.equal(slot(fw, "A").good, false, "RAUC marked A not bootable before writing it");
+      // The box says what happened to the install.
+      const after = (await api.get("/api/v1/firmware/install")).json;
+      assert.equal(after.state, "failed", JSON.stringify(after));
+      assert.equal(after.version, "4.0.0");
+      assert.match(after.last_error, /interrupted/);
       t.diagnostic(`after the power cut: ${JSON.stringify(fw.slots)}`);
 
       // 5. What was configured on 1.0.0 before the first update is still there.

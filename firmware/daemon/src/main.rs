@@ -621,6 +621,11 @@ async fn serve(
             data_dir.join("firmware").display()
         );
     }
+    // An install the machine did not live through (power loss): reported as failed, once.
+    if let Some(message) = state.firmware.recover_interrupted(&branchgate_web_admin::firmware::firmware_dir(&data_dir))
+    {
+        tracing::warn!("firmware: {message}");
+    }
     let mut supervisor = Supervisor::new(board.clone(), shutdown_rx.clone());
 
     let (ready_tx, mut ready_rx) = watch::channel(None::<SocketAddr>);
