@@ -39,7 +39,7 @@ log() { printf 'image: %s\n' "$*" >&2; }
 # Partition sizes (MiB). A slot holds ~90 MiB today; the rest is room to grow.
 ESP_MIB=32 SLOT_MIB=256 DATA_MIB=128
 # The packages this script and the image need (qemu and OVMF to boot it: tests/image/qemu.sh).
-IMAGE_PACKAGES=(busybox-static kmod binutils grub-efi-amd64-bin grub-common ovmf rauc dbus squashfs-tools
+IMAGE_PACKAGES=(busybox-static cpio kmod binutils grub-efi-amd64-bin grub-common ovmf rauc dbus squashfs-tools
   e2fsprogs dosfstools mtools fdisk openssl)
 
 source "$ROOT/tests/vm/kernel.sh"
@@ -148,10 +148,20 @@ make_rootfs_dir() {
   <auth>EXTERNAL</auth>
   <!-- Debian's kernel enables AppArmor; with no profiles loaded, mediation only refuses peers. -->
   <apparmor mode="disabled"/>
+  <!-- Every rule a message needs, both ways: a message no rule allows is dropped, and without
+       receive rules the bus's own reply to Hello never reaches a client (each client then waits
+       for its connection to finish until it times out). -->
   <policy context="default">
     <allow user="root"/>
     <allow own="*"/>
-    <allow send_destination="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow send_type="signal"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
   </policy>
 </busconfig>
 CONF
@@ -183,10 +193,14 @@ ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 mkdir -p /run/dbus /var/lib/branchgate/rauc
 tr -d '-' </proc/sys/kernel/random/uuid >/run/machine-id
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/dbus/system_bus_socket
-dbus-daemon --config-file=/etc/dbus-1/system.conf --fork --nopidfile --nosyslog
+# --fork returns once the socket listens; DBUS_DEBUG_OUTPUT keeps the daemon's stderr (its
+# policy rejections) on the console instead of /dev/null.
+DBUS_DEBUG_OUTPUT=1 dbus-daemon --config-file=/etc/dbus-1/system.conf --fork --nopidfile --nosyslog >/dev/console 2>&1
 rauc service >/dev/console 2>&1 &
-# Until RAUC answers, at most 5 s: a D-Bus call that hangs must not hold up the box.
-timeout 5 rauc status >/dev/null 2>&1 || echo "branchgate: RAUC does not answer on D-Bus; firmware updates will be simulated"
+# Until RAUC answers on the bus (the daemon looks for it once, at start), at most 3 x 5 s: a
+# D-Bus call that hangs must not hold up the box, and software emulation under load is slow.
+for try in 1 2 3; do timeout 5 rauc status >/dev/null 2>&1 && break; done \
+  || echo "branchgate: RAUC does not answer on D-Bus; firmware updates will be simulated"
 RCS
   cat >"$r/usr/sbin/branchgate-start" <<'RUN'
 #!/bin/sh
@@ -200,10 +214,15 @@ RUN
   chmod +x "$r/etc/init.d/rcS" "$r/usr/sbin/branchgate-start"
   if [[ $unhealthy == --unhealthy ]]; then
     # A deliberately broken release: something holds SIP's TCP port, so the sip service keeps
-    # failing and the boot health check never passes.
+    # failing and the boot health check never passes. (busybox nc has no -k: it listens until a
+    # first connection, which nothing makes; the daemon starts only once the port is taken, over
+    # IPv6 as well: busybox nc listens on a dual-stack socket.)
     cat >"$r/etc/branchgate-pre-start" <<'PRE'
 #!/bin/sh
-nc -lk -p 5060 >/dev/null 2>&1 </dev/null &
+grep -qs ':13C4 0*:0000 0A' /proc/net/tcp /proc/net/tcp6 && exit 0
+nc -l -p 5060 >/dev/null 2>&1 </dev/null &
+for i in $(seq 100); do grep -qs ':13C4 0*:0000 0A' /proc/net/tcp /proc/net/tcp6 && exit 0; sleep 0.1; done
+echo "branchgate-pre-start: could not hold TCP 5060" >&2
 PRE
     chmod +x "$r/etc/branchgate-pre-start"
   fi

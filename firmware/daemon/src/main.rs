@@ -589,9 +589,11 @@ async fn serve(
         state.firmware.keyring = keyring;
     }
     state.firmware.running_version = firmware.version.clone();
-    // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere.
+    // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere. Without a
+    // system bus, or with a bus but no RAUC, the answer comes at once; the timeout only covers a
+    // slow box (software emulation under load).
     let rauc = match tokio::time::timeout(
-        Duration::from_secs(3),
+        Duration::from_secs(10),
         branchgate_update::RaucSlots::connect(firmware.version.clone()),
     )
     .await
@@ -623,6 +625,11 @@ async fn serve(
             "firmware updates: simulated A/B slots in {}",
             data_dir.join("firmware").display()
         );
+    }
+    // An install the machine did not live through (power loss): reported as failed, once.
+    if let Some(message) = state.firmware.recover_interrupted(&branchgate_web_admin::firmware::firmware_dir(&data_dir))
+    {
+        tracing::warn!("firmware: {message}");
     }
     let mut supervisor = Supervisor::new(board.clone(), shutdown_rx.clone());
 

@@ -8,6 +8,19 @@ use crate::bundle::{self, BundleError, Keyring, PolicyError};
 use crate::manifest::Manifest;
 use crate::slots::{InstallState, InstallTracker, SlotBackend};
 
+/// Written (durably) next to the bundle before an install starts and removed when it ends: found
+/// at start, it means the machine stopped during an install (power loss, reset, crash).
+pub const PENDING_FILE: &str = "install-pending.json";
+
+/// What [`PENDING_FILE`] records.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PendingInstall {
+    version: String,
+    /// The bundle, to remove after an interrupted install when the install would have.
+    bundle: PathBuf,
+    remove_after: bool,
+}
+
 /// Why a bundle was refused before installing.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -65,7 +78,26 @@ impl Agent {
             let tracker = tracker.clone();
             let bundle_path = bundle_path.clone();
             move || {
+                // Durably on disk before the slot is touched (on this thread: it syncs).
+                let pending = bundle_path.parent().map(|dir| dir.join(PENDING_FILE));
+                if let Some(path) = &pending {
+                    let record =
+                        PendingInstall { version: manifest.version.clone(), bundle: bundle_path.clone(), remove_after };
+                    let written = serde_json::to_vec(&record)
+                        .map_err(std::io::Error::other)
+                        .and_then(|bytes| branchgate_config::write_atomically(path, &bytes, 0o600));
+                    if let Err(e) = written {
+                        // Only the report after a power cut is lost; the install itself is safe.
+                        tracing::warn!(error = %e, path = %path.display(), "cannot record the install in progress");
+                    }
+                }
                 let result = backend.install(&bundle_path, &manifest, &mut |p| tracker.progress(p));
+                if remove_after {
+                    let _ = std::fs::remove_file(&bundle_path);
+                }
+                if let Some(path) = &pending {
+                    let _ = std::fs::remove_file(path);
+                }
                 match result {
                     Ok(slot) => {
                         tracing::info!(version = %manifest.version, %slot, "firmware installed; reboot to use it");
@@ -75,9 +107,6 @@ impl Agent {
                         tracing::error!(error = %e, "firmware install failed");
                         tracker.fail(&e.to_string());
                     }
-                }
-                if remove_after {
-                    let _ = std::fs::remove_file(&bundle_path);
                 }
             }
         });
@@ -89,6 +118,30 @@ impl Agent {
         }
     }
 
+    /// At start: an install into `dir` that the machine did not live through is reported as
+    /// failed (`GET /api/v1/firmware/install`), its leftover bundle removed, once. Returns the
+    /// message when there was one.
+    pub fn recover_interrupted(&self, dir: &Path) -> Option<String> {
+        let path = dir.join(PENDING_FILE);
+        let bytes = std::fs::read(&path).ok()?;
+        let record = serde_json::from_slice::<PendingInstall>(&bytes).ok();
+        let version = record.as_ref().map(|r| r.version.chars().take(64).collect::<String>());
+        let message = format!(
+            "the install{} was interrupted (power loss or restart) and did not finish; the slot that was running is still the one that boots",
+            version.as_deref().map(|v| format!(" of {v}")).unwrap_or_default()
+        );
+        // Only a bundle in `dir` itself: the record is a file, not an authority on what to delete.
+        if let Some(record) = record.filter(|r| r.remove_after && r.bundle.parent() == Some(dir)) {
+            let _ = std::fs::remove_file(&record.bundle);
+        }
+        self.tracker.fail(&message);
+        if let Some(version) = version {
+            self.tracker.set_version(&version);
+        }
+        let _ = std::fs::remove_file(&path);
+        Some(message)
+    }
+
     /// Marks a refused or abandoned upload.
     pub fn refuse(&self, error: &str) {
         self.tracker.fail(error);
@@ -96,5 +149,82 @@ impl Agent {
 
     pub fn verifying(&self) {
         self.tracker.set_state(InstallState::Verifying);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::SimulatedSlots;
+
+    fn agent(dir: &Path) -> Agent {
+        Agent {
+            backend: Arc::new(SimulatedSlots::new(dir, "1.0.0")),
+            keyring: dir.join("keyring.pem"),
+            compatible: "branchgate-test".into(),
+            running_version: "1.0.0".into(),
+            tracker: InstallTracker::default(),
+        }
+    }
+
+    #[test]
+    fn an_install_the_machine_did_not_live_through_is_reported_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent(dir.path());
+        assert_eq!(agent.recover_interrupted(dir.path()), None, "nothing pending");
+        let bundle = dir.path().join("upload.raucb");
+        std::fs::write(&bundle, b"bundle").expect("bundle");
+        let record = PendingInstall { version: "4.0.0".into(), bundle: bundle.clone(), remove_after: true };
+        std::fs::write(dir.path().join(PENDING_FILE), serde_json::to_vec(&record).expect("json")).expect("record");
+
+        let message = agent.recover_interrupted(dir.path()).expect("reported");
+        assert!(message.contains("4.0.0") && message.contains("interrupted"), "{message}");
+        let status = agent.tracker.status();
+        assert_eq!(status.state, InstallState::Failed);
+        assert_eq!(status.version.as_deref(), Some("4.0.0"));
+        assert_eq!(status.last_error.as_deref(), Some(message.as_str()));
+        assert!(!bundle.exists(), "the leftover bundle is removed");
+        assert!(!dir.path().join(PENDING_FILE).exists());
+        assert_eq!(agent.recover_interrupted(dir.path()), None, "once");
+    }
+
+    #[test]
+    fn a_damaged_record_still_reports_and_never_deletes_elsewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        let agent = agent(dir.path());
+        std::fs::write(dir.path().join(PENDING_FILE), b"{not json").expect("record");
+        let message = agent.recover_interrupted(dir.path()).expect("reported");
+        assert!(message.starts_with("the install was interrupted"), "{message}");
+
+        let outside = other.path().join("keep.raucb");
+        std::fs::write(&outside, b"keep").expect("file");
+        let record = PendingInstall { version: "4.0.0".into(), bundle: outside.clone(), remove_after: true };
+        std::fs::write(dir.path().join(PENDING_FILE), serde_json::to_vec(&record).expect("json")).expect("record");
+        agent.recover_interrupted(dir.path()).expect("reported");
+        assert!(outside.exists(), "only bundles in the firmware directory are removed");
+    }
+
+    #[test]
+    fn a_finished_install_leaves_no_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent(dir.path());
+        let bundle = dir.path().join("not-a-bundle.raucb");
+        std::fs::write(&bundle, b"x").expect("bundle");
+        let manifest = Manifest::parse(
+            b"[update]\ncompatible=branchgate-test\nversion=2.0.0\n\n[image.rootfs]\n\
+sha256=ed691eb1edb8193d4b73b82f789420df735f9a24942451af4f799de60d58fc97\nsize=20000\nfilename=rootfs.img\n",
+        )
+        .expect("manifest");
+        agent.install_in_background(bundle, manifest, true);
+        for _ in 0..500 {
+            if matches!(agent.tracker.status().state, InstallState::Done | InstallState::Failed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(agent.tracker.status().state, InstallState::Failed, "no image in it");
+        assert!(!dir.path().join(PENDING_FILE).exists());
+        assert_eq!(agent.recover_interrupted(dir.path()), None);
     }
 }

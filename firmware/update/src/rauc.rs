@@ -222,7 +222,9 @@ impl SlotBackend for RaucSlots {
         self.runtime.block_on(async {
             let (slot, message) = self.installer.mark("good", "booted").await?;
             tracing::info!(%slot, %message, "RAUC: booted slot marked good");
-            Ok(slot)
+            // The bootloader's name (A, B), as the API shows slots; RAUC answers with its own.
+            let slots = self.slots().await?;
+            Ok(slots.into_iter().find(|s| s.name == slot).map_or(slot, |s| s.bootname))
         })
     }
 }

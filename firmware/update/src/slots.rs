@@ -422,6 +422,10 @@ impl InstallTracker {
             s.last_error = Some(error.to_string());
         });
     }
+
+    pub fn set_version(&self, version: &str) {
+        self.with(|s| s.version = Some(version.to_string()));
+    }
 }
 
 #[cfg(test)]
