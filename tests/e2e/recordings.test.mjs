@@ -61,6 +61,14 @@ test("recording: 10-second MP4 segments of the simulated camera, listed, downloa
     assert.equal(page.status, 200);
     assert.ok(page.text.includes(oldest.name), "the recordings page lists the file");
 
+    // New retention limits apply to the running recorder: it is not restarted (no file is cut short).
+    const starts = () => (box.stderr ?? "").split("\n").filter((l) => /recording: recording camera=sim0/.test(l)).length;
+    assert.equal(starts(), 1);
+    const retention = await api.put("/api/v1/config/cameras", { recording: { enabled: true, segment_seconds: 10, max_total_mb: 100 } });
+    assert.equal(retention.status, 200, retention.text);
+    await sleep(1000);
+    assert.equal(starts(), 1, "the recorder kept running");
+
     // Settings are validated like every section.
     const invalid = await api.put("/api/v1/config/cameras", { recording: { enabled: true, segment_seconds: 5, format: "avi" } });
     assert.equal(invalid.status, 422);

@@ -107,6 +107,12 @@ impl RecordingPolicy {
         })
     }
 
+    /// What the recorders themselves follow (which cameras, how files are cut and muxed);
+    /// the rest is retention.
+    fn recorder_settings(&self) -> (&[String], Duration, Container) {
+        (&self.cameras, self.segment, self.container)
+    }
+
     pub fn records(&self, camera: &str) -> bool {
         self.cameras.is_empty() || self.cameras.iter().any(|c| c == camera)
     }
@@ -365,7 +371,12 @@ pub async fn run(
     let mut policy = None;
     loop {
         let wanted = RecordingPolicy::from_config(&config_rx.borrow_and_update().config.cameras.recording);
-        if wanted != policy {
+        // Retention limits apply to running recorders as they are; anything else restarts them.
+        let recorders_change = wanted.as_ref().map(RecordingPolicy::recorder_settings)
+            != policy.as_ref().map(RecordingPolicy::recorder_settings);
+        if !recorders_change {
+            policy = wanted;
+        } else {
             stop_all(&mut recorders).await;
             policy = wanted;
             if let Some(policy) = &policy {
