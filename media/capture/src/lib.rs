@@ -375,10 +375,7 @@ impl Encoder {
             tracing::info!(camera = %camera.id, input = ?plan.input, size = ?plan.size, encoder = ?plan.encoder, "camera pipeline planned");
             v4l2::pipeline_description(&plan)
         };
-        let pipeline = gst::parse::launch(&description)
-            .map_err(gst_error)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
+        let pipeline = launch(&description)?;
         let element = |name: &str| {
             pipeline.by_name(name).ok_or_else(|| CaptureError::Gstreamer(format!("no element {name} in the pipeline")))
         };
@@ -408,10 +405,7 @@ impl Encoder {
         } else {
             None
         };
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let _ = pipeline.set_state(gst::State::Null);
-            return Err(gst_error(e));
-        }
+        play(&pipeline)?;
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = {
             let stop = stop.clone();
@@ -597,8 +591,31 @@ pub fn encode_check(
     Ok(check)
 }
 
-/// The caps of an `appsrc` fed with a camera's RTP packets (see [`RtpFeeder`]).
-pub(crate) const RTP_H264_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000";
+/// A pipeline parsed from its gst-launch `description`.
+fn launch(description: &str) -> Result<gst::Pipeline, CaptureError> {
+    gst::parse::launch(description)
+        .map_err(gst_error)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))
+}
+
+/// Starts `pipeline`; one that cannot start is set back to NULL (its threads and devices freed).
+fn play(pipeline: &gst::Pipeline) -> Result<(), CaptureError> {
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(gst_error(e));
+    }
+    Ok(())
+}
+
+/// The error `pipeline` posted, if it failed (its text: a full disk, no decoder...).
+pub(crate) fn pipeline_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let message = pipeline.bus()?.pop_filtered(&[gst::MessageType::Error])?;
+    match message.view() {
+        gst::MessageView::Error(error) => Some(error.error().to_string()),
+        _ => None,
+    }
+}
 
 /// Pushes a camera's packets, as RTP, into the `appsrc` of a pipeline that
 /// reads the stream (a recording, a snapshot's decoder). Nothing goes in
@@ -610,14 +627,32 @@ pub(crate) struct RtpFeeder {
 }
 
 impl RtpFeeder {
-    /// The `appsrc` named `src` of `pipeline` (caps [`RTP_H264_CAPS`], payload type [`PIPELINE_PAYLOAD_TYPE`]).
-    pub(crate) fn new(pipeline: &gst::Pipeline) -> Result<RtpFeeder, CaptureError> {
+    /// A playing pipeline that depayloads and parses the camera's H.264 into `downstream`
+    /// (gst-launch text), and its feeder. `feature` and `elements` (name, Debian package)
+    /// say what `downstream` needs, so a machine without them gets an error naming them.
+    pub(crate) fn launch(
+        feature: &str,
+        elements: &[(&str, &str)],
+        downstream: &str,
+    ) -> Result<(gst::Pipeline, RtpFeeder), CaptureError> {
+        const READER: &[(&str, &str)] =
+            &[("rtph264depay", "gstreamer1.0-plugins-good"), ("h264parse", "gstreamer1.0-plugins-bad")];
+        gst::init().map_err(gst_error)?;
+        let missing = READER.iter().chain(elements).find(|(e, _)| gst::ElementFactory::find(e).is_none());
+        if let Some((element, package)) = missing {
+            return Err(CaptureError::Gstreamer(format!("{feature} needs the {element} element ({package})")));
+        }
+        let pipeline = launch(&format!(
+            "appsrc name=src is-live=true format=time do-timestamp=true \
+               caps=application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload={PIPELINE_PAYLOAD_TYPE} \
+             ! rtph264depay ! h264parse ! {downstream}"
+        ))?;
         let source = pipeline
             .by_name("src")
             .ok_or_else(|| CaptureError::Gstreamer("no element src in the pipeline".into()))?
             .downcast::<gst_app::AppSrc>()
             .map_err(|_| CaptureError::Gstreamer("src is not an appsrc".into()))?;
-        Ok(RtpFeeder { source, packet: Vec::with_capacity(1500), started: false })
+        Ok((pipeline, RtpFeeder { source, packet: Vec::with_capacity(1500), started: false }))
     }
 
     pub(crate) fn push(&mut self, video: &VideoPacket) -> Result<(), CaptureError> {

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::rtsp_server::CameraSource;
-use crate::{CaptureError, CaptureHub, PIPELINE_PAYLOAD_TYPE, RTP_H264_CAPS, RtpFeeder, VideoPacket, gst_error};
+use crate::{CaptureError, CaptureHub, RtpFeeder, VideoPacket, gst_error, pipeline_error, play};
 
 /// Under the data directory.
 pub const RECORDINGS_DIR: &str = "recordings";
@@ -35,12 +35,9 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 /// doubled after each failure up to [`MAX_RESTART_DELAY`].
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(120);
-/// The GStreamer elements a recording needs, and the Debian package of each.
-const ELEMENTS: &[(&str, &str)] = &[
-    ("rtph264depay", "gstreamer1.0-plugins-good"),
-    ("h264parse", "gstreamer1.0-plugins-bad"),
-    ("splitmuxsink", "gstreamer1.0-plugins-good"),
-];
+/// The GStreamer elements a recording needs past the stream's depayloader and parser, and
+/// the Debian package of each.
+const ELEMENTS: &[(&str, &str)] = &[("splitmuxsink", "gstreamer1.0-plugins-good")];
 /// How long the last file of a stopping recording may take to be finished.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -227,20 +224,9 @@ struct Recorder {
 
 impl Recorder {
     fn start(dir: PathBuf, policy: &RecordingPolicy) -> Result<Recorder, CaptureError> {
-        gst::init().map_err(gst_error)?;
-        if let Some((element, package)) = ELEMENTS.iter().find(|(e, _)| gst::ElementFactory::find(e).is_none()) {
-            return Err(CaptureError::Gstreamer(format!("recording needs the {element} element ({package})")));
-        }
         std::fs::create_dir_all(&dir).map_err(gst_error)?;
-        let description = format!(
-            "appsrc name=src is-live=true format=time do-timestamp=true caps={RTP_H264_CAPS},payload={PIPELINE_PAYLOAD_TYPE} \
-             ! rtph264depay ! h264parse ! splitmuxsink name=mux max-size-time={}",
-            policy.segment.as_nanos()
-        );
-        let pipeline = gst::parse::launch(&description)
-            .map_err(gst_error)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
+        let downstream = format!("splitmuxsink name=mux max-size-time={}", policy.segment.as_nanos());
+        let (pipeline, feeder) = RtpFeeder::launch("recording", ELEMENTS, &downstream)?;
         let mux = pipeline.by_name("mux").ok_or_else(|| CaptureError::Gstreamer("no element mux".into()))?;
         mux.set_property("muxer", policy.container.muxer()?);
         let container = policy.container;
@@ -249,11 +235,7 @@ impl Recorder {
             tracing::info!(file = %path.display(), "recording into a new file");
             Some(path.to_string_lossy().to_value())
         });
-        let feeder = RtpFeeder::new(&pipeline)?;
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let _ = pipeline.set_state(gst::State::Null);
-            return Err(gst_error(e));
-        }
+        play(&pipeline)?;
         Ok(Recorder { pipeline, feeder })
     }
 
@@ -263,8 +245,7 @@ impl Recorder {
 
     /// The pipeline's error, if it failed (a full disk, a muxer error).
     fn failure(&self) -> Option<String> {
-        let message = self.pipeline.bus()?.pop_filtered(&[gst::MessageType::Error])?;
-        Some(format!("{message:?}"))
+        pipeline_error(&self.pipeline)
     }
 }
 

@@ -14,19 +14,16 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::broadcast;
 
-use crate::{CaptureError, CaptureHub, PIPELINE_PAYLOAD_TYPE, RTP_H264_CAPS, RtpFeeder, gst_error};
+use crate::{CaptureError, CaptureHub, RtpFeeder, gst_error, pipeline_error, play};
 
 /// How long a snapshot may take: a camera pipeline's start and a keyframe.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// JPEG quality of snapshots (libjpeg's scale).
 const QUALITY: u32 = 85;
-/// The GStreamer elements a snapshot needs, and the Debian package of each.
-const ELEMENTS: &[(&str, &str)] = &[
-    ("rtph264depay", "gstreamer1.0-plugins-good"),
-    ("h264parse", "gstreamer1.0-plugins-bad"),
-    ("decodebin", "gstreamer1.0-plugins-base"),
-    ("jpegenc", "gstreamer1.0-plugins-good"),
-];
+/// The GStreamer elements a snapshot needs past the stream's depayloader and parser, and the
+/// Debian package of each.
+const ELEMENTS: &[(&str, &str)] =
+    &[("decodebin", "gstreamer1.0-plugins-base"), ("jpegenc", "gstreamer1.0-plugins-good")];
 
 /// A decoder from the stream's RTP to one JPEG picture.
 struct JpegDecoder {
@@ -37,29 +34,16 @@ struct JpegDecoder {
 
 impl JpegDecoder {
     fn start() -> Result<JpegDecoder, CaptureError> {
-        gst::init().map_err(gst_error)?;
-        if let Some((element, package)) = ELEMENTS.iter().find(|(e, _)| gst::ElementFactory::find(e).is_none()) {
-            return Err(CaptureError::Gstreamer(format!("snapshots need the {element} element ({package})")));
-        }
-        let description = format!(
-            "appsrc name=src is-live=true format=time do-timestamp=true caps={RTP_H264_CAPS},payload={PIPELINE_PAYLOAD_TYPE} \
-             ! rtph264depay ! h264parse ! decodebin ! videoconvert ! jpegenc quality={QUALITY} \
-             ! appsink name=sink sync=false max-buffers=1 drop=true"
+        let downstream = format!(
+            "decodebin ! videoconvert ! jpegenc quality={QUALITY} ! appsink name=sink sync=false max-buffers=1 drop=true"
         );
-        let pipeline = gst::parse::launch(&description)
-            .map_err(gst_error)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| CaptureError::Gstreamer("not a pipeline".into()))?;
+        let (pipeline, feeder) = RtpFeeder::launch("snapshots", ELEMENTS, &downstream)?;
         let sink = pipeline
             .by_name("sink")
             .ok_or_else(|| CaptureError::Gstreamer("no element sink in the pipeline".into()))?
             .downcast::<gst_app::AppSink>()
             .map_err(|_| CaptureError::Gstreamer("sink is not an appsink".into()))?;
-        let feeder = RtpFeeder::new(&pipeline)?;
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let _ = pipeline.set_state(gst::State::Null);
-            return Err(gst_error(e));
-        }
+        play(&pipeline)?;
         Ok(JpegDecoder { pipeline, feeder, sink })
     }
 
@@ -73,11 +57,7 @@ impl JpegDecoder {
 
     /// The pipeline's error, if it failed (no decoder for the stream, say).
     fn failure(&self) -> Option<String> {
-        let message = self.pipeline.bus()?.pop_filtered(&[gst::MessageType::Error])?;
-        match message.view() {
-            gst::MessageView::Error(error) => Some(error.error().to_string()),
-            _ => None,
-        }
+        pipeline_error(&self.pipeline)
     }
 }
 
