@@ -5,11 +5,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, copyFileSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, copyFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startBox, Api, BIN } from "./lib/box.mjs";
+import { chromium } from "playwright-core";
+import AxeBuilder from "@axe-core/playwright";
+import { startBox, Api, BIN, waitFor, CHROMIUM_ARGS, ARTIFACTS, adminPage } from "./lib/box.mjs";
 
 function have(tool) {
   return spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
@@ -150,4 +152,175 @@ test("signed bundles: verify on the CLI, upload, install into the other slot, re
       assert.ok(doc.paths[path], `${path} in the OpenAPI document`);
     }
   } finally { await box.stop(); }
+});
+
+test("update history, choosing the next boot's slot, factory reset with and without the configuration", async (t) => {
+  if (!have("mksquashfs") || !have("unsquashfs")) {
+    t.skip("*** squashfs-tools missing (apt-get install squashfs-tools): firmware e2e SKIPPED ***");
+    return;
+  }
+  const work = mkdtempSync(join(tmpdir(), "branchgate-fw-"));
+  const vendor = pki(work, "vendor");
+  const rootfs = join(work, "rootfs.img");
+  writeFileSync(rootfs, randomBytes(64 * 1024));
+  const dataDir = mkdtempSync(join(tmpdir(), "branchgate-test-"));
+  mkdirSync(join(dataDir, "firmware"));
+  copyFileSync(vendor.ca, join(dataDir, "firmware", "keyring.pem"));
+  const box = await startBox({ dataDir, provision: { admin: { password: "installer-secret-1" }, sip: { domain: "provisioned.example" } } });
+  const readyCount = () => box.stdout.split("admin UI ready").length - 1;
+  try {
+    let api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const { compatible } = (await api.get("/api/v1/firmware")).json;
+    let history = (await api.get("/api/v1/firmware/history")).json.entries;
+    assert.deepEqual(history.map((e) => e.event), ["booted"], "the first start is recorded");
+
+    assert.equal((await upload(api, readFileSync(bundle(work, vendor, rootfs, "0.0.1", compatible)))).status, 422);
+    assert.equal((await upload(api, readFileSync(bundle(work, vendor, rootfs, "99.2.0", compatible)))).status, 202);
+    await waitFor("the install", async () => (await api.get("/api/v1/firmware/install")).json.state === "done", 200, 50);
+
+    // The next boot: back to A (cancels B), unknown and empty slots refused, then B again.
+    let r = await api.post("/api/v1/firmware/slots/A/activate");
+    assert.equal(r.status, 200, r.text);
+    let fw = (await api.get("/api/v1/firmware")).json;
+    assert.equal(fw.slots.find((s) => s.name === "B").state, "inactive");
+    assert.equal((await api.post("/api/v1/system/reboot")).status, 409, "nothing waits for a reboot");
+    r = await api.post("/api/v1/firmware/slots/C/activate");
+    assert.equal(r.status, 404, r.text);
+    assert.equal(r.json.reason, "no_such_slot");
+    r = await api.post("/api/v1/firmware/slots/B/activate");
+    assert.equal(r.status, 200, r.text);
+    assert.equal((await api.post("/api/v1/system/reboot")).json.slot, "B");
+
+    history = (await api.get("/api/v1/firmware/history")).json.entries;
+    assert.deepEqual(history.map((e) => e.event),
+      ["reboot", "slot_activated", "slot_activated", "installed", "installing", "refused", "booted"], "newest first");
+    assert.equal(history[0].simulated, true);
+    assert.equal(history[3].version, "99.2.0");
+    assert.equal(history[3].slot, "B");
+    assert.equal(history[3].by, "admin");
+    assert.match(history[5].message, /downgrade refused/);
+    assert.equal((await api.get("/api/v1/firmware/history?limit=2")).json.entries.length, 2);
+    assert.equal((await api.get("/api/v1/firmware/history?limit=0")).status, 400, "a bad limit gets a clear error");
+
+    // Factory reset keeping the configuration: site data goes, the configuration stays.
+    assert.equal((await api.put("/api/v1/config/sip", { ...(await api.get("/api/v1/config/sip")).json, domain: "site.example" })).status, 200);
+    writeFileSync(join(dataDir, "cdr.jsonl"), "{}\n");
+    r = await api.post("/api/v1/system/factory-reset", {});
+    assert.equal(r.status, 400, "keep_config must be said");
+    assert.match(r.json.error, /keep_config/);
+    const pid = box.child.pid;
+    r = await api.post("/api/v1/system/factory-reset", { keep_config: true });
+    assert.equal(r.status, 202, r.text);
+    await waitFor("the restart", () => readyCount() === 2, 300);
+    assert.equal(box.child.pid, pid, "the daemon replaced itself");
+    assert.ok(!existsSync(join(dataDir, "cdr.jsonl")), "call records wiped");
+    assert.ok(existsSync(join(dataDir, "firmware", "keyring.pem")), "the firmware keyring stays");
+    api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    assert.equal((await api.get("/api/v1/config/sip")).json.domain, "site.example", "configuration kept");
+    history = (await api.get("/api/v1/firmware/history")).json.entries;
+    assert.equal(history[0].event, "factory_reset");
+    assert.match(history[0].message, /configuration kept.*cdr\.jsonl/);
+
+    // Without the configuration: the box starts as new (here: provisioned again, zero-touch).
+    r = await api.post("/api/v1/system/factory-reset", { keep_config: false });
+    assert.equal(r.status, 202, r.text);
+    await waitFor("the restart", () => readyCount() === 3, 300);
+    api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    assert.equal((await api.get("/api/v1/config/sip")).json.domain, "provisioned.example", "configuration wiped");
+    assert.equal((await api.get("/api/v1/config")).json.revision, 1, "a fresh store");
+    assert.match((await api.get("/api/v1/firmware/history")).json.entries[0].message, /configuration wiped/);
+  } finally { await box.stop(); }
+});
+
+test("the firmware page: upload with progress, the form without script, refusals shown, next boot's slot, history", async (t) => {
+  if (!have("mksquashfs") || !have("unsquashfs")) {
+    t.skip("*** squashfs-tools missing (apt-get install squashfs-tools): firmware e2e SKIPPED ***");
+    return;
+  }
+  const work = mkdtempSync(join(tmpdir(), "branchgate-fw-"));
+  const vendor = pki(work, "vendor");
+  const rootfs = join(work, "rootfs.img");
+  writeFileSync(rootfs, randomBytes(2 * 1024 * 1024));
+  const dataDir = mkdtempSync(join(tmpdir(), "branchgate-test-"));
+  mkdirSync(join(dataDir, "firmware"));
+  copyFileSync(vendor.ca, join(dataDir, "firmware", "keyring.pem"));
+  const box = await startBox({ dataDir, provision: { admin: { password: "installer-secret-1" } } });
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const { compatible } = (await api.get("/api/v1/firmware")).json;
+
+    // With the page's script: the upload goes to the API with a progress bar, then the page
+    // follows the install and reloads with the new slot table and history.
+    const page = await adminPage(browser, box, "installer-secret-1", { width: 1280, height: 1400 });
+    page.on("dialog", (dialog) => dialog.accept());
+    await page.goto(box.url + "/firmware");
+    const bad = (await new AxeBuilder({ page }).analyze()).violations.filter((v) => ["serious", "critical"].includes(v.impact));
+    assert.deepEqual(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`), []);
+    assert.match(await page.textContent("#slots tbody tr:first-child"), /A\s+running/);
+    assert.match(await page.textContent("#install-status"), /No install is running/);
+    await page.setInputFiles("#bundle", bundle(work, vendor, rootfs, "99.3.0", compatible));
+    await page.click("#upload-form button[type=submit]");
+    await page.waitForFunction(() => /Installed 99\.3\.0 into slot B/.test(document.getElementById("install-status").textContent),
+      null, { timeout: 20000 });
+    await page.waitForFunction(() => /99\.3\.0/.test(document.querySelector("#slots").textContent), null, { timeout: 10000 });
+    const slotB = await page.textContent("#slots tbody tr:nth-child(2)");
+    assert.match(slotB, /99\.3\.0/);
+    assert.match(slotB, /installed/);
+    const history = await page.textContent("#history tbody");
+    assert.match(history, /Installed/);
+    assert.match(history, /Booted/);
+
+    // The script's refusal: a downgrade, said on the page.
+    await page.setInputFiles("#bundle", bundle(work, vendor, rootfs, "0.0.2", compatible));
+    await page.click("#upload-form button[type=submit]");
+    await page.waitForFunction(() => /Not installed: downgrade refused/.test(document.getElementById("install-status").textContent),
+      null, { timeout: 10000 });
+
+    // The next boot: back to slot A from its button (confirmed), flash shown, B no longer pending.
+    await page.click("#slots tbody tr:first-child button");
+    await page.waitForURL((u) => u.search.includes("done=slot-activated"));
+    assert.match(await page.textContent(".flash"), /starts at the next reboot/);
+    assert.match(await page.textContent("#slots tbody tr:nth-child(2)"), /inactive/);
+    await page.screenshot({ path: ARTIFACTS + "firmware-page.png", fullPage: true });
+
+    // Without script: the multipart form. A downgrade is refused on the page (422) and nothing
+    // is installed; ticking "allow an older version" (admin) installs it.
+    const plain = await browser.newContext({ ignoreHTTPSErrors: true, javaScriptEnabled: false });
+    const form = await plain.newPage();
+    await form.goto(box.url + "/login");
+    await form.fill("#username", "admin");
+    await form.fill("#password", "installer-secret-1");
+    await form.click("main form button[type=submit]");
+    await form.waitForURL((u) => !u.pathname.startsWith("/login"));
+    await form.goto(box.url + "/firmware");
+    const older = bundle(work, vendor, rootfs, "0.0.3", compatible);
+    await form.setInputFiles("#bundle", older);
+    const [refusal] = await Promise.all([
+      form.waitForResponse((r) => r.url().endsWith("/firmware/upload")),
+      form.click("#upload-form button[type=submit]"),
+    ]);
+    assert.equal(refusal.status(), 422);
+    assert.match(await form.textContent("main .error"), /Not done: downgrade refused/);
+    await form.setInputFiles("#bundle", older);
+    await form.check("input[name=force]");
+    await form.click("#upload-form button[type=submit]");
+    await form.waitForURL((u) => u.search.includes("done=firmware-installing"));
+    await waitFor("the forced install", async () => (await api.get("/api/v1/firmware/install")).json.state === "done", 200, 50);
+    assert.equal((await api.get("/api/v1/firmware")).json.slots.find((s) => s.name === "B").version, "0.0.3");
+    await form.goto(box.url + "/firmware");
+    assert.match(await form.innerText("#history tbody tr:first-child"), /Installed\s+0\.0\.3\s+B\s+admin/);
+
+    // The factory reset form refuses a request that says nothing about the configuration.
+    const noChoice = await form.request.post(box.url + "/firmware/factory-reset", { form: { keep: "1" } });
+    assert.equal(noChoice.status(), 400);
+    assert.match(await noChoice.text(), /Choose what the reset erases/);
+  } finally {
+    await browser.close();
+    await box.stop();
+  }
 });

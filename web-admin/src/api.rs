@@ -59,7 +59,7 @@ fn outcome_response(outcome: &ApplyOutcome) -> Response {
 }
 
 /// Parses a JSON request body; `expected` tells the client what shape was wanted.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("expected {expected}: {e}")))
 }
 

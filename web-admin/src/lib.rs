@@ -86,6 +86,9 @@ pub struct AppState {
     pub viewer_key: whep::ViewerKey,
     /// What the daemon's device tasks run: GPIO pins and LED pattern, watchdogs.
     pub devices: branchgate_hal::DeviceBoard,
+    /// Asks the daemon to stop its services and start again (after a factory reset request):
+    /// the daemon waits on it beside the stop signals.
+    pub restart: Arc<tokio::sync::Notify>,
     cpu: Arc<Mutex<CpuSampler>>,
 }
 
@@ -110,10 +113,12 @@ impl AppState {
                 compatible: branchgate_update::DEFAULT_COMPATIBLE.to_string(),
                 running_version: env!("CARGO_PKG_VERSION").to_string(),
                 tracker: Default::default(),
+                history: branchgate_update::UpdateHistory::new(&firmware::firmware_dir(&data_dir)),
             },
             whep: Default::default(),
             viewer_key: whep::ViewerKey::load_or_create(&data_dir),
             devices: Default::default(),
+            restart: Arc::default(),
             data_dir,
             cpu: Arc::default(),
         }
@@ -397,7 +402,10 @@ pub fn router(state: AppState) -> Router {
             post(firmware::post_bundle).layer(DefaultBodyLimit::disable()),
         )
         .route("/firmware/install", get(firmware::get_install))
+        .route("/firmware/history", get(firmware::get_history))
+        .route("/firmware/slots/{slot}/activate", post(firmware::post_activate))
         .route("/system/reboot", post(firmware::post_reboot))
+        .route("/system/factory-reset", post(firmware::post_factory_reset))
         .route("/openapi.json", get(openapi_json))
         .fallback(api::fallback);
     Router::new()

@@ -152,7 +152,36 @@ fn firmware_paths() -> Value {
     progress: 0-100, version, slot, last_error}", "viewer", ok("Install status")) },
             "/api/v1/system/reboot": { "post": op("Reboot into the slot installed last. On the simulated backend (no RAUC) the request is \
     recorded as pending_reboot and the daemon keeps running", "admin",
-                json!({"202": {"description": "Rebooting (or recorded): {slot, simulated}"}, "409": {"description": "Nothing installed, or an install is running"}})) }
+                json!({"202": {"description": "Rebooting (or recorded): {slot, simulated}"}, "409": {"description": "Nothing installed, or an install is running"}})) },
+            "/api/v1/firmware/history": { "get": {
+                "summary": "The update history, newest first: [{at_ms, event, version, slot, by, message, simulated}] with event refused, installing, \
+    installed, install_failed, interrupted, reboot, slot_activated, booted, marked_good, health_failed, fallback or factory_reset. \
+    Kept across updates and factory resets (DATA_DIR/firmware/history.jsonl)",
+                "description": "Needs: viewer.",
+                "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                "responses": { "200": { "description": "History entries" }, "400": { "description": "limit is not a number from 1 to 500" } } } },
+            "/api/v1/firmware/slots/{slot}/activate": { "post": {
+                "summary": "Boot this slot next (A or B): the booted slot cancels a pending switch, the other slot must hold an installed version. \
+    Takes effect at the next reboot",
+                "description": "Needs: admin.",
+                "parameters": [{"name": "slot", "in": "path", "required": true, "schema": {"type": "string", "enum": ["A", "B"]}}],
+                "responses": {
+                    "200": { "description": "Chosen: {next_boot}" },
+                    "404": { "description": "No such slot: {error, reason: no_such_slot}" },
+                    "409": { "description": "The slot holds nothing bootable, or an install is running: {error, reason: not_bootable|busy}" }
+                } } },
+            "/api/v1/system/factory-reset": { "post": {
+                "summary": "Wipe the box's data and restart: {keep_config: bool}. keep_config=false also removes the configuration, certificate and \
+    admin password (first-login credentials are generated again); the firmware slots and update history are always kept",
+                "description": "Needs: admin.",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["keep_config"], "additionalProperties": false,
+                    "properties": { "keep_config": { "type": "boolean" } } } } } },
+                "responses": {
+                    "202": { "description": "Restarting: {keep_config, restarting: true}" },
+                    "400": { "description": "keep_config missing or not a boolean, or an unknown field" },
+                    "409": { "description": "An install is running" }
+                } } }
     })
 }
 

@@ -52,6 +52,12 @@ pub fn routes() -> Router<AppState> {
         .route("/recordings", get(recordings_page))
         .route("/devices", get(devices_page))
         .route("/recordings/{camera}/{name}/delete", post(recording_delete))
+        .route("/firmware", get(firmware_page))
+        // A bundle is some 100 MiB: the upload streams to disk (see `firmware::receive_bundle`).
+        .route("/firmware/upload", post(firmware_upload).layer(axum::extract::DefaultBodyLimit::disable()))
+        .route("/firmware/slots/{slot}/activate", post(firmware_activate))
+        .route("/firmware/reboot", post(firmware_reboot))
+        .route("/firmware/factory-reset", post(firmware_factory_reset))
         .route("/phone", get(phone_page))
         .route("/phone/ice-servers", post(crate::phone::ice_servers))
         .route("/assets/{*file}", get(asset))
@@ -183,6 +189,9 @@ impl Flash {
             "setup" => "Setup complete. Welcome!".to_string(),
             "hung-up" => "Call hung up.".to_string(),
             "recording-deleted" => "Recording deleted.".to_string(),
+            "firmware-installing" => "Bundle accepted; it is installing into the other slot.".to_string(),
+            "slot-activated" => "Done: that slot starts at the next reboot.".to_string(),
+            "rebooting" => "Reboot asked for.".to_string(),
             _ => return None,
         };
         Some(text)
@@ -1719,4 +1728,262 @@ async fn call_hang_up(
     state.sip.hang_up(id);
     state.audit(&user.username, Some(peer), "call", format!("call {id} hung up"));
     done("/calls", "hung-up", None)
+}
+
+// ----- firmware -----------------------------------------------------------------------
+
+struct SlotRow {
+    name: String,
+    version: String,
+    state: String,
+    booted: bool,
+    good: bool,
+    /// Holds a version the bootloader can start (not an empty or half-written slot).
+    bootable: bool,
+}
+
+struct UpdateRow {
+    at: String,
+    event: String,
+    version: String,
+    slot: String,
+    by: String,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "firmware.html")]
+struct FirmwarePage {
+    layout: Layout,
+    error: Option<String>,
+    running_version: String,
+    booted: String,
+    compatible: String,
+    backend: String,
+    pending_reboot: Option<String>,
+    slots: Vec<SlotRow>,
+    /// Another slot than the running one starts at the next boot ("stay on this slot" undoes it).
+    other_boots_next: bool,
+    is_admin: bool,
+    can_upload: bool,
+    install_state: String,
+    install_text: String,
+    install_progress: u8,
+    install_active: bool,
+    history: Vec<UpdateRow>,
+}
+
+/// What the install tracker says, in words (the page's script says the same while it follows).
+fn install_text(install: &branchgate_update::InstallStatus) -> String {
+    use branchgate_update::InstallState;
+    let version = install.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+    let slot = install.slot.as_deref().unwrap_or("?");
+    match install.state {
+        InstallState::Idle => "No install is running.".to_string(),
+        InstallState::Receiving => format!("Receiving the bundle{version}…"),
+        InstallState::Verifying => format!("Checking the signature and the payload{version}…"),
+        InstallState::Installing => format!("Installing{version} into slot {slot}: {} %", install.progress),
+        InstallState::Done => format!("Installed{version} into slot {slot}. Reboot to start it."),
+        InstallState::Failed => {
+            format!("The last install failed: {}", install.last_error.as_deref().unwrap_or("no reason given"))
+        }
+    }
+}
+
+async fn firmware_view(state: &AppState, user: &User, flash: Option<String>, error: Option<String>) -> FirmwarePage {
+    use branchgate_update::InstallState;
+    let agent = &state.firmware;
+    let mut error = error;
+    let status = match crate::firmware::slot_status(state).await {
+        Ok(status) => Some(status),
+        Err(refusal) => {
+            error.get_or_insert(format!("The slots cannot be read: {}", refusal.message));
+            None
+        }
+    };
+    let history = match crate::firmware::newest_history(state, 50).await {
+        Ok(entries) => entries,
+        Err(refusal) => {
+            error.get_or_insert(format!("The update history cannot be read: {}", refusal.message));
+            Vec::new()
+        }
+    };
+    let install = agent.tracker.status();
+    // The names the API uses (`slot_activated`), for the page's script and for people.
+    let wire_name = |value: serde_json::Result<Value>| match value {
+        Ok(Value::String(name)) => name,
+        _ => String::new(),
+    };
+    let (booted, backend, pending_reboot, slots) = match status {
+        Some(s) => (s.booted, s.backend, s.pending_reboot, s.slots),
+        None => (String::new(), String::new(), None, Vec::new()),
+    };
+    let other_boots_next = slots.iter().any(|slot| !slot.booted && slot.state == "installed");
+    FirmwarePage {
+        layout: layout(state, "Firmware", Some(user), flash),
+        error,
+        running_version: agent.running_version.clone(),
+        booted,
+        compatible: agent.compatible.clone(),
+        backend,
+        pending_reboot,
+        other_boots_next,
+        slots: slots
+            .into_iter()
+            .map(|slot| SlotRow {
+                bootable: slot.version.is_some() && matches!(slot.state.as_str(), "installed" | "inactive" | "booted"),
+                version: slot.version.unwrap_or_else(|| "–".to_string()),
+                name: slot.name,
+                state: slot.state,
+                booted: slot.booted,
+                good: slot.good,
+            })
+            .collect(),
+        is_admin: user.role >= Role::Admin,
+        can_upload: user.role >= Role::Installer,
+        install_state: wire_name(serde_json::to_value(install.state)),
+        install_text: install_text(&install),
+        install_progress: install.progress,
+        install_active: matches!(install.state, InstallState::Receiving | InstallState::Installing),
+        history: history
+            .into_iter()
+            .map(|entry| UpdateRow {
+                at: time_text(&entry.at_ms),
+                event: humanize(&wire_name(serde_json::to_value(entry.event))),
+                version: entry.version.unwrap_or_default(),
+                slot: entry.slot.unwrap_or_default(),
+                by: entry.by.unwrap_or_default(),
+                message: entry.message,
+            })
+            .collect(),
+    }
+}
+
+async fn firmware_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Query(flash): Query<Flash>,
+) -> Response {
+    render(&firmware_view(&state, &user, flash.message(), None).await)
+}
+
+/// The firmware page again, with why the operation did not happen.
+async fn firmware_refused(state: &AppState, user: &User, refusal: crate::firmware::Refusal) -> Response {
+    let error = format!("Not done: {}.", refusal.message);
+    render_status(refusal.status, &firmware_view(state, user, None, Some(error)).await)
+}
+
+/// `/firmware/upload`: the form's way (without the page's script) — a multipart `bundle`
+/// file and a `force` box, streamed to disk like the API's raw body.
+async fn firmware_upload(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    mut multipart: Multipart,
+) -> Response {
+    if user.role < Role::Installer {
+        return forbidden(&state, &user, "Installing updates needs the installer role.");
+    }
+    let mut force = false;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => {
+                let error = format!("The upload failed: {}", e.body_text());
+                return render_status(e.status(), &firmware_view(&state, &user, None, Some(error)).await);
+            }
+        };
+        match field.name() {
+            // The form puts `force` before the file.
+            Some("force") => force = true,
+            Some("bundle") => {
+                if force && user.role < Role::Admin {
+                    return forbidden(&state, &user, "Installing an older version needs the admin role.");
+                }
+                let stream = std::pin::pin!(field);
+                return match crate::firmware::receive_bundle(&state, &user, peer, force, None, stream).await {
+                    Ok(_) => done("/firmware", "firmware-installing", None),
+                    Err(refusal) => firmware_refused(&state, &user, refusal).await,
+                };
+            }
+            _ => {}
+        }
+    }
+    let error = "Choose a bundle file first.".to_string();
+    render_status(StatusCode::BAD_REQUEST, &firmware_view(&state, &user, None, Some(error)).await)
+}
+
+async fn firmware_activate(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    Path(slot): Path<String>,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Choosing the boot slot needs the admin role.");
+    }
+    match crate::firmware::activate(&state, &user, peer, &slot).await {
+        Ok(()) => done("/firmware", "slot-activated", None),
+        Err(refusal) => firmware_refused(&state, &user, refusal).await,
+    }
+}
+
+async fn firmware_reboot(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "Rebooting needs the admin role.");
+    }
+    match crate::firmware::reboot(&state, &user, peer).await {
+        Ok(plan) if plan.simulated => done("/firmware", "rebooting", None),
+        Ok(plan) => {
+            let message = format!(
+                "The box is rebooting into slot {}. This page comes back in a minute or two; log in again then.",
+                plan.slot
+            );
+            render(&MessagePage { layout: layout(&state, "Rebooting", Some(&user), None), message })
+        }
+        Err(refusal) => firmware_refused(&state, &user, refusal).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct FactoryResetForm {
+    keep_config: String,
+}
+
+async fn firmware_factory_reset(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    body: Bytes,
+) -> Response {
+    if user.role < Role::Admin {
+        return forbidden(&state, &user, "A factory reset needs the admin role.");
+    }
+    let keep_config = match serde_urlencoded::from_bytes::<FactoryResetForm>(&body) {
+        Ok(form) if form.keep_config == "true" => true,
+        Ok(form) if form.keep_config == "false" => false,
+        _ => {
+            let error = "Choose what the reset erases.".to_string();
+            return render_status(StatusCode::BAD_REQUEST, &firmware_view(&state, &user, None, Some(error)).await);
+        }
+    };
+    match crate::firmware::factory_reset(&state, &user, peer, keep_config).await {
+        Ok(()) => {
+            let message = if keep_config {
+                "The box is erasing its recordings, call records and logs and restarting. Log in again in a minute."
+            } else {
+                "The box is erasing everything and restarting as new. Log in again in a minute with the first-login password."
+            };
+            render(&MessagePage {
+                layout: layout(&state, "Factory reset", Some(&user), None),
+                message: message.to_string(),
+            })
+        }
+        Err(refusal) => firmware_refused(&state, &user, refusal).await,
+    }
 }

@@ -4,6 +4,7 @@
 mod diff;
 mod document;
 mod durable;
+mod factory_reset;
 mod schema;
 mod seal;
 mod secret;
@@ -15,6 +16,7 @@ pub use document::{
     MIGRATIONS, Migration, SCHEMA_VERSION, config_from_value, migrate_with, parse_document, to_document,
 };
 pub use durable::write_atomically;
+pub use factory_reset::{FACTORY_RESET_FILE, FactoryReset, FactoryResetDone, request_factory_reset};
 pub use schema::*;
 pub use seal::Redaction;
 pub use secret::{DigestKey, HashedSecret, PlainSecret, REDACTED, SecretState};

@@ -28,8 +28,9 @@ use crate::schema::Config;
 use crate::seal::Redaction;
 use crate::validate::FieldError;
 
-const SLED_DIR: &str = "config.sled";
-const LKG_FILE: &str = "config-lkg.json";
+pub(crate) const SLED_DIR: &str = "config.sled";
+pub(crate) const LKG_FILE: &str = "config-lkg.json";
+pub(crate) const LOCK_FILE: &str = "branchgate.lock";
 const KEY_CURRENT: &[u8] = b"current";
 const KEY_PENDING: &[u8] = b"pending";
 const KEY_SCHEMA: &[u8] = b"schema_version";
@@ -145,6 +146,8 @@ pub struct ConfigStore {
     write_lock: Mutex<()>,
     publisher: watch::Sender<Arc<Snapshot>>,
     recovery_notice: Option<String>,
+    /// The factory reset this start carried out, if one was pending.
+    factory_reset: Option<crate::FactoryResetDone>,
     /// Held for the store's lifetime: one process per data directory.
     _lock: File,
 }
@@ -158,7 +161,7 @@ impl std::fmt::Debug for ConfigStore {
 /// Takes the data directory's lock so that a second daemon on the same
 /// directory fails clearly instead of being mistaken for a damaged database.
 fn lock_data_dir(data_dir: &Path) -> Result<File, ConfigError> {
-    let path = data_dir.join("branchgate.lock");
+    let path = data_dir.join(LOCK_FILE);
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -205,11 +208,14 @@ impl ConfigStore {
     pub fn open(data_dir: &Path, now_ms: u64) -> Result<ConfigStore, ConfigError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ConfigError::Storage(format!("{}: {e}", data_dir.display())))?;
         let lock = lock_data_dir(data_dir)?;
+        // With the lock held and before anything opens the files it removes.
+        let factory_reset = crate::factory_reset::apply_pending(data_dir)
+            .map_err(|e| ConfigError::Storage(format!("factory reset of {}: {e}", data_dir.display())))?;
         let sled_path = data_dir.join(SLED_DIR);
         let lkg_path = data_dir.join(LKG_FILE);
-        match Self::open_checked(&sled_path, &lkg_path, lock) {
-            Ok(store) => Ok(store),
-            Err((OpenFailure::Environment(reason), _)) => Err(ConfigError::Storage(reason)),
+        let mut store = match Self::open_checked(&sled_path, &lkg_path, lock) {
+            Ok(store) => store,
+            Err((OpenFailure::Environment(reason), _)) => return Err(ConfigError::Storage(reason)),
             Err((OpenFailure::Damaged(reason), lock)) => {
                 let aside = data_dir.join(format!("{SLED_DIR}.damaged-{now_ms}"));
                 tracing::error!(%reason, aside = %aside.display(), "configuration database damaged; moving it aside");
@@ -222,9 +228,11 @@ impl ConfigStore {
                         OpenFailure::Damaged(e) | OpenFailure::Environment(e) => ConfigError::Storage(e),
                     })?;
                 store.recovery_notice = Some(store.restore_from_lkg(&reason, now_ms)?);
-                Ok(store)
+                store
             }
-        }
+        };
+        store.factory_reset = factory_reset;
+        Ok(store)
     }
 
     fn open_checked(sled_path: &Path, lkg_path: &Path, lock: File) -> Result<ConfigStore, (OpenFailure, File)> {
@@ -246,6 +254,7 @@ impl ConfigStore {
             write_lock: Mutex::new(()),
             publisher,
             recovery_notice: None,
+            factory_reset: None,
             _lock: lock,
         };
         let current = match catch_unwind(AssertUnwindSafe(|| store.load_current())) {
@@ -292,6 +301,11 @@ impl ConfigStore {
     }
 
     /// Set when [`ConfigStore::open`] had to recover; the dashboard shows it.
+    /// The factory reset this start carried out (the data directory was wiped before opening).
+    pub fn factory_reset(&self) -> Option<&crate::FactoryResetDone> {
+        self.factory_reset.as_ref()
+    }
+
     pub fn recovery_notice(&self) -> Option<&str> {
         self.recovery_notice.as_deref()
     }

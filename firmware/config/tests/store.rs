@@ -309,3 +309,29 @@ fn a_second_process_on_the_same_directory_is_refused_without_damage() {
     assert!(dir.path().join("config.sled").exists());
     assert_eq!(store.current().revision, 1);
 }
+
+#[test]
+fn a_factory_reset_runs_at_the_next_open_with_or_without_the_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_initialized(dir.path());
+        store
+            .apply_section("sip", json!({"domain": "shop.example"}), ApplyOptions::new("admin", "domain"), T0 + 1)
+            .expect("apply");
+        assert!(store.factory_reset().is_none());
+    }
+    std::fs::write(dir.path().join("cdr.jsonl"), b"{}\n").expect("cdr");
+    let keep = FactoryReset { keep_config: true, by: "admin".into(), requested_ms: T0 };
+    request_factory_reset(dir.path(), &keep).expect("request");
+    {
+        let store = ConfigStore::open(dir.path(), T0 + 2).expect("open");
+        let done = store.factory_reset().expect("carried out");
+        assert_eq!(done.removed, ["cdr.jsonl"]);
+        assert_eq!(store.current().config.sip.domain, "shop.example", "configuration kept");
+    }
+    request_factory_reset(dir.path(), &FactoryReset { keep_config: false, ..keep }).expect("request");
+    let store = ConfigStore::open(dir.path(), T0 + 3).expect("open");
+    assert!(store.factory_reset().is_some());
+    assert!(store.is_empty(), "a new box: the first start runs again");
+    assert!(!dir.path().join(FACTORY_RESET_FILE).exists());
+}

@@ -114,10 +114,12 @@ pub fn pattern_for(ready: bool, services: &ServiceBoard, updating: bool) -> LedP
     }
 }
 
-/// Drives the LED and polls the button every 50 ms until shutdown.
+/// Drives the LED and polls the button every 50 ms until shutdown; a confirmed long press
+/// calls `factory_reset`.
 pub async fn gpio_loop(
     (led, mut button): (Pin, Pin),
     board: DeviceBoard,
+    factory_reset: impl Fn() + Send,
     mut state: impl FnMut() -> LedPattern + Send,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -143,8 +145,8 @@ pub async fn gpio_loop(
                     tracing::warn!("reset button held: factory reset armed; a short press within 30 s confirms");
                 }
                 Some(ButtonEvent::ResetConfirmed) => {
-                    // Wiping the data partition belongs to the update/config work; until then it is logged.
-                    tracing::warn!("factory reset confirmed with the reset button (wiping is not implemented yet)");
+                    tracing::warn!("factory reset confirmed with the reset button: wiping the configuration");
+                    factory_reset();
                 }
                 Some(ButtonEvent::ResetCancelled) => tracing::info!("factory reset not confirmed: cancelled"),
                 Some(ButtonEvent::ShortPress) | None => {}

@@ -6,10 +6,9 @@
 //! so it falls back to the other slot.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use branchgate_update::SlotBackend;
+use branchgate_update::{Agent, HistoryEntry, HistoryEvent};
 use branchgate_web_admin::status::{ServiceBoard, ServiceState, ServiceStatus};
 use tokio::sync::watch;
 
@@ -87,12 +86,13 @@ async fn admin_answers(addr: Option<SocketAddr>) -> bool {
 /// Runs the check once after start; returns when the slot is good, nothing needs checking, or
 /// the machine is being restarted.
 pub async fn boot_health_check(
-    backend: Arc<dyn SlotBackend>,
+    agent: Agent,
     board: ServiceBoard,
     admin: watch::Receiver<Option<SocketAddr>>,
     deadline: Duration,
     started: Instant,
 ) {
+    let backend = agent.backend.clone();
     let status_backend = backend.clone();
     match tokio::task::spawn_blocking(move || status_backend.booted_is_good()).await {
         Ok(Ok(true)) => {
@@ -124,6 +124,13 @@ pub async fn boot_health_check(
                             "branchgate: boot health check passed, slot {slot} marked good ({} ms after start)",
                             started.elapsed().as_millis()
                         );
+                        let entry = HistoryEntry::now(
+                            HistoryEvent::MarkedGood,
+                            format!("slot {slot} passed its health check and was marked good"),
+                        )
+                        .slot(&slot)
+                        .version(&agent.running_version);
+                        let _ = tokio::task::spawn_blocking(move || agent.record(entry)).await;
                     }
                     Ok(Err(e)) => tracing::error!(error = %e, "boot health check passed but marking the slot failed"),
                     Err(e) => tracing::error!(error = %e, "boot health check passed but marking the slot failed"),
@@ -139,6 +146,20 @@ pub async fn boot_health_check(
         deadline.as_secs()
     );
     tracing::error!(reason = %last_reason, "boot health check failed: rebooting so the bootloader falls back");
+    let booted = agent.backend.clone();
+    let entry_agent = agent.clone();
+    let reason = last_reason.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let slot = booted.status().map(|s| s.booted).unwrap_or_default();
+        let entry = HistoryEntry::now(
+            HistoryEvent::HealthFailed,
+            format!("slot {slot} failed its health check ({reason}); restarting without marking it good"),
+        )
+        .slot(slot)
+        .version(&entry_agent.running_version);
+        entry_agent.record(entry);
+    })
+    .await;
     if let Err(e) = tokio::task::spawn_blocking(branchgate_update::restart_machine).await {
         tracing::error!(error = %e, "reboot failed");
     }

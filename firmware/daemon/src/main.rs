@@ -543,6 +543,14 @@ fn run(
     logging::init(ring.clone());
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let store = Arc::new(ConfigStore::open(&data_dir, now_ms()).context("opening the configuration store")?);
+    if let Some(done) = store.factory_reset() {
+        tracing::warn!(
+            by = %done.request.by,
+            keep_config = done.request.keep_config,
+            removed = ?done.removed,
+            "factory reset carried out"
+        );
+    }
     if let Some(notice) = store.recovery_notice() {
         tracing::error!("{notice}");
     }
@@ -569,7 +577,35 @@ fn run(
         .thread_name("branchgate")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(store, ring, data_dir, initial_password, started, firmware, devices))
+    let exit = runtime.block_on(serve(store, ring, data_dir, initial_password, started, firmware, devices))?;
+    // Whatever a task still holds goes before the process is replaced.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match exit {
+        Exit::Stopped => Ok(()),
+        Exit::Restart { reboot_machine: true } => {
+            branchgate_update::restart_machine().map_err(|e| anyhow::anyhow!("restarting the machine: {e}"))
+        }
+        Exit::Restart { reboot_machine: false } => restart_daemon(),
+    }
+}
+
+/// How `serve` ended.
+enum Exit {
+    /// SIGTERM/SIGINT: the process ends.
+    Stopped,
+    /// Asked to start again (factory reset): the machine reboots on a real box (RAUC), the
+    /// daemon replaces itself elsewhere (same PID, same arguments).
+    Restart { reboot_machine: bool },
+}
+
+/// Replaces the process with a fresh start of the same binary and arguments; returns only on
+/// failure. Files are opened close-on-exec, so the data directory lock is released.
+fn restart_daemon() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the daemon's binary")?;
+    println!("branchgate: restarting");
+    let error = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+    Err(anyhow::anyhow!("restarting {}: {error}", exe.display()))
 }
 
 async fn serve(
@@ -580,7 +616,7 @@ async fn serve(
     started: Instant,
     firmware: FirmwareOptions,
     device_options: DeviceOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     let board = ServiceBoard::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut state = AppState::new(store.clone(), board.clone(), ring, data_dir.clone());
@@ -631,6 +667,7 @@ async fn serve(
     {
         tracing::warn!("firmware: {message}");
     }
+    record_start_in_history(&state, &store, &firmware.version).await;
     let mut supervisor = Supervisor::new(board.clone(), shutdown_rx.clone());
 
     let (ready_tx, mut ready_rx) = watch::channel(None::<SocketAddr>);
@@ -644,9 +681,22 @@ async fn serve(
         let services = board.clone();
         let ready = ready_rx.clone();
         let tracker = state.firmware.tracker.clone();
+        let reset_state = state.clone();
         supervisor.spawn_task(devices::gpio_loop(
             pins,
             state.devices.clone(),
+            move || {
+                // The button means a box as new: the configuration goes too.
+                let request = branchgate_config::FactoryReset {
+                    keep_config: false,
+                    by: "reset-button".into(),
+                    requested_ms: now_ms(),
+                };
+                match branchgate_config::request_factory_reset(&reset_state.data_dir, &request) {
+                    Ok(()) => reset_state.restart.notify_one(),
+                    Err(e) => tracing::error!(error = %e, "cannot record the factory reset"),
+                }
+            },
             move || {
                 let updating = matches!(
                     tracker.status().state,
@@ -821,7 +871,7 @@ async fn serve(
     // A slot booted for the first time proves itself before it is marked good.
     if rauc.is_some() {
         let check = health::boot_health_check(
-            state.firmware.backend.clone(),
+            state.firmware.clone(),
             board.clone(),
             ready_rx.clone(),
             firmware.health_deadline,
@@ -836,12 +886,45 @@ async fn serve(
         });
     }
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let restart = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = state.restart.notified() => true,
+    };
+    tracing::info!(restart, "shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     supervisor.join(Duration::from_secs(5)).await;
-    Ok(())
+    Ok(if restart { Exit::Restart { reboot_machine: rauc.is_some() } } else { Exit::Stopped })
+}
+
+/// The update history learns of this start: a factory reset it carried out, the slot and
+/// version it runs, a fallback of the bootloader since the last start.
+async fn record_start_in_history(state: &AppState, store: &ConfigStore, running_version: &str) {
+    let agent = state.firmware.clone();
+    let reset = store.factory_reset().cloned();
+    let running_version = running_version.to_string();
+    let recorded = tokio::task::spawn_blocking(move || {
+        if let Some(done) = reset {
+            let what = if done.request.keep_config { "configuration kept" } else { "configuration wiped" };
+            let message = format!("factory reset ({what}; removed: {})", done.removed.join(", "));
+            agent.record(
+                branchgate_update::HistoryEntry::now(branchgate_update::HistoryEvent::FactoryReset, message)
+                    .by(done.request.by),
+            );
+        }
+        let status = agent.backend.status().map_err(|e| e.to_string())?;
+        agent.history.observe_boot(&status, &running_version).map_err(|e| e.to_string())
+    })
+    .await;
+    match recorded {
+        Ok(Ok(added)) => {
+            for entry in added.iter().filter(|e| e.event == branchgate_update::HistoryEvent::Fallback) {
+                tracing::error!("firmware: {}", entry.message);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this start in the update history"),
+        Err(e) => tracing::warn!(error = %e, "cannot record this start in the update history"),
+    }
 }
 
 async fn wait_for_signal() {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::bundle::{self, BundleError, Keyring, PolicyError};
+use crate::history::{HistoryEntry, HistoryEvent, UpdateHistory};
 use crate::manifest::Manifest;
 use crate::slots::{InstallState, InstallTracker, SlotBackend};
 
@@ -55,6 +56,8 @@ pub struct Agent {
     pub compatible: String,
     pub running_version: String,
     pub tracker: InstallTracker,
+    /// What happened to the firmware, for the field tech (`GET /api/v1/firmware/history`).
+    pub history: UpdateHistory,
 }
 
 impl Agent {
@@ -68,12 +71,22 @@ impl Agent {
         Ok(manifest)
     }
 
+    /// Adds to the history (blocking: it syncs); a failure is logged, never fatal.
+    pub fn record(&self, entry: HistoryEntry) {
+        if let Err(e) = self.history.record(&entry) {
+            tracing::warn!(error = %e, path = %self.history.path().display(), "cannot write the update history");
+        }
+    }
+
     /// Installs an accepted bundle on a thread of its own; the tracker shows progress. The
-    /// bundle file is removed afterwards when `remove_after` is set.
-    pub fn install_in_background(&self, bundle_path: PathBuf, manifest: Manifest, remove_after: bool) {
+    /// bundle file is removed afterwards when `remove_after` is set. `by` says who asked (a
+    /// user, `hawkbit`) in the history.
+    pub fn install_in_background(&self, bundle_path: PathBuf, manifest: Manifest, remove_after: bool, by: &str) {
         let backend = self.backend.clone();
         let tracker = self.tracker.clone();
         tracker.installing(&manifest.version);
+        let agent = self.clone();
+        let by = by.to_string();
         let spawned = std::thread::Builder::new().name("firmware-install".into()).spawn({
             let tracker = tracker.clone();
             let bundle_path = bundle_path.clone();
@@ -91,6 +104,16 @@ impl Agent {
                         tracing::warn!(error = %e, path = %path.display(), "cannot record the install in progress");
                     }
                 }
+                // One line for the history table: the full manifest is in the log and the audit.
+                let build = manifest.build.as_deref().map(|b| format!(" (build {b})")).unwrap_or_default();
+                agent.record(
+                    HistoryEntry::now(
+                        HistoryEvent::Installing,
+                        format!("installing {}{build} for {}", manifest.version, manifest.compatible),
+                    )
+                    .version(&manifest.version)
+                    .by(&by),
+                );
                 let result = backend.install(&bundle_path, &manifest, &mut |p| tracker.progress(p));
                 if remove_after {
                     let _ = std::fs::remove_file(&bundle_path);
@@ -101,10 +124,27 @@ impl Agent {
                 match result {
                     Ok(slot) => {
                         tracing::info!(version = %manifest.version, %slot, "firmware installed; reboot to use it");
+                        agent.record(
+                            HistoryEntry::now(
+                                HistoryEvent::Installed,
+                                format!("{} installed into slot {slot}; it runs after a reboot", manifest.version),
+                            )
+                            .version(&manifest.version)
+                            .slot(&slot)
+                            .by(&by),
+                        );
                         tracker.done(&slot);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "firmware install failed");
+                        agent.record(
+                            HistoryEntry::now(
+                                HistoryEvent::InstallFailed,
+                                format!("the install of {} failed: {e}", manifest.version),
+                            )
+                            .version(&manifest.version)
+                            .by(&by),
+                        );
                         tracker.fail(&e.to_string());
                     }
                 }
@@ -135,9 +175,12 @@ impl Agent {
             let _ = std::fs::remove_file(&record.bundle);
         }
         self.tracker.fail(&message);
+        let mut entry = HistoryEntry::now(HistoryEvent::Interrupted, message.clone());
         if let Some(version) = version {
             self.tracker.set_version(&version);
+            entry = entry.version(version);
         }
+        self.record(entry);
         let _ = std::fs::remove_file(&path);
         Some(message)
     }
@@ -164,6 +207,7 @@ mod tests {
             compatible: "branchgate-test".into(),
             running_version: "1.0.0".into(),
             tracker: InstallTracker::default(),
+            history: UpdateHistory::new(dir),
         }
     }
 
@@ -186,6 +230,9 @@ mod tests {
         assert!(!bundle.exists(), "the leftover bundle is removed");
         assert!(!dir.path().join(PENDING_FILE).exists());
         assert_eq!(agent.recover_interrupted(dir.path()), None, "once");
+        let history = agent.history.entries().expect("history");
+        assert_eq!(history.last().map(|e| e.event), Some(HistoryEvent::Interrupted));
+        assert_eq!(history.last().and_then(|e| e.version.as_deref()), Some("4.0.0"));
     }
 
     #[test]
@@ -216,7 +263,7 @@ mod tests {
 sha256=ed691eb1edb8193d4b73b82f789420df735f9a24942451af4f799de60d58fc97\nsize=20000\nfilename=rootfs.img\n",
         )
         .expect("manifest");
-        agent.install_in_background(bundle, manifest, true);
+        agent.install_in_background(bundle, manifest, true, "tester");
         for _ in 0..500 {
             if matches!(agent.tracker.status().state, InstallState::Done | InstallState::Failed) {
                 break;
@@ -224,6 +271,8 @@ sha256=ed691eb1edb8193d4b73b82f789420df735f9a24942451af4f799de60d58fc97\nsize=20
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(agent.tracker.status().state, InstallState::Failed, "no image in it");
+        let history: Vec<_> = agent.history.entries().expect("history").iter().map(|e| e.event).collect();
+        assert_eq!(history, [HistoryEvent::Installing, HistoryEvent::InstallFailed]);
         assert!(!dir.path().join(PENDING_FILE).exists());
         assert_eq!(agent.recover_interrupted(dir.path()), None);
     }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod history;
 pub mod manifest;
 pub mod rauc;
 pub mod slots;
@@ -12,6 +13,7 @@ pub mod version;
 
 pub use agent::{AcceptError, Agent};
 pub use bundle::{BundleError, CreateOptions, Keyring, PolicyError, Trailer, check_policy, create, verify};
+pub use history::{HistoryEntry, HistoryEvent, UpdateHistory};
 pub use manifest::{Image, Manifest, ManifestError};
 pub use rauc::RaucSlots;
 pub use slots::{

@@ -211,6 +211,27 @@ impl SlotBackend for RaucSlots {
         Ok(RebootPlan { slot, simulated: false })
     }
 
+    fn activate(&self, slot: &str) -> Result<(), SlotError> {
+        self.runtime.block_on(async {
+            let slots = self.slots().await?;
+            let target = slots.iter().find(|s| s.bootname == slot).ok_or_else(|| SlotError::NoSuchSlot(slot.into()))?;
+            if target.state != "booted" {
+                if target.version.is_none() {
+                    let reason = "nothing was ever installed into it".to_string();
+                    return Err(SlotError::NotBootable { slot: slot.into(), reason });
+                }
+                if target.install_status.as_deref().is_some_and(|s| s != "ok") {
+                    let reason = "its last install did not finish".to_string();
+                    return Err(SlotError::NotBootable { slot: slot.into(), reason });
+                }
+            }
+            // RAUC points the bootloader at it (GRUB: first in ORDER, its try count reset).
+            let (name, message) = self.installer.mark("active", &target.name).await?;
+            tracing::info!(slot = %name, %message, "RAUC: slot marked active");
+            Ok(())
+        })
+    }
+
     fn booted_is_good(&self) -> Result<bool, SlotError> {
         self.runtime.block_on(async {
             let slots = self.slots().await?;

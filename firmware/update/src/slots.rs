@@ -35,6 +35,10 @@ pub enum SlotError {
     Mismatch(String),
     #[error("no installed slot to boot into: install a bundle first")]
     NothingInstalled,
+    #[error("there is no slot {0}")]
+    NoSuchSlot(String),
+    #[error("slot {slot} cannot boot: {reason}")]
+    NotBootable { slot: String, reason: String },
     #[error("RAUC: {0}")]
     Rauc(String),
     #[error("reboot: {0}")]
@@ -80,6 +84,9 @@ pub trait SlotBackend: Send + Sync + fmt::Debug {
     fn install(&self, bundle: &Path, manifest: &Manifest, progress: &mut dyn FnMut(u8)) -> Result<String, SlotError>;
     /// Boots the slot installed last (or arranges for it).
     fn reboot(&self) -> Result<RebootPlan, SlotError>;
+    /// Makes `slot` the one the next boot starts (the booted slot: stay where it is). A slot
+    /// without a complete install is refused. It boots on trial, as after an install.
+    fn activate(&self, slot: &str) -> Result<(), SlotError>;
     /// Whether the booted slot is marked good. False after booting a new (or fallen-back-to)
     /// slot until the boot health check marks it: the bootloader tries an unmarked slot once.
     /// Backends without a bootloader (simulated) have nothing to check.
@@ -338,6 +345,35 @@ impl SlotBackend for SimulatedSlots {
         self.save(&state)?;
         Ok(RebootPlan { slot, simulated: true })
     }
+
+    fn activate(&self, slot: &str) -> Result<(), SlotError> {
+        let _guard = self.guard();
+        let mut state = self.load()?;
+        let booted = state.booted.clone();
+        let record = state.slots.get_mut(slot).ok_or_else(|| SlotError::NoSuchSlot(slot.to_string()))?;
+        if slot == booted {
+            // Stay: the other slot no longer waits for a reboot.
+            for other in state.slots.values_mut().filter(|r| r.state == "installed") {
+                other.state = "inactive".into();
+            }
+            state.pending_reboot = None;
+            return self.save(&state);
+        }
+        if record.version.is_none() || !matches!(record.state.as_str(), "installed" | "inactive") {
+            let reason = match record.state.as_str() {
+                "empty" => "nothing was ever installed into it".to_string(),
+                "failed" => "its last install did not finish".to_string(),
+                "installing" => "an install into it is running".to_string(),
+                other => format!("it is {other}"),
+            };
+            return Err(SlotError::NotBootable { slot: slot.to_string(), reason });
+        }
+        // Booted on trial, as after an install: good only after its health check.
+        record.state = "installed".into();
+        record.good = false;
+        state.pending_reboot = None;
+        self.save(&state)
+    }
 }
 
 /// Where an install stands.
@@ -451,9 +487,33 @@ mod tests {
         assert_eq!(status.slots[1].state, "empty");
         assert!(dir.path().join("firmware/slots.json").exists());
         assert!(matches!(slots.reboot(), Err(SlotError::NothingInstalled)));
+        assert!(matches!(slots.activate("B"), Err(SlotError::NotBootable { .. })), "B is empty");
+        assert!(matches!(slots.activate("C"), Err(SlotError::NoSuchSlot(_))));
+        slots.activate("A").expect("staying is always allowed");
         // A newer daemon in the booted slot shows its own version.
         let newer = SimulatedSlots::new(dir.path().join("firmware"), "0.2.0");
         assert_eq!(newer.status().expect("status").slots[0].version.as_deref(), Some("0.2.0"));
+    }
+
+    #[test]
+    fn the_next_boot_can_be_pointed_at_either_installed_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slots = SimulatedSlots::new(dir.path(), "1.0.0");
+        slots.status().expect("status");
+        slots
+            .set_slot("B", SlotRecord { version: Some("2.0.0".into()), state: "installed".into(), good: false })
+            .expect("installed");
+        slots.activate("A").expect("stay");
+        let status = slots.status().expect("status");
+        assert_eq!(status.slots[1].state, "inactive", "B no longer waits for a reboot");
+        assert!(matches!(slots.reboot(), Err(SlotError::NothingInstalled)));
+        slots.activate("B").expect("B again");
+        let status = slots.status().expect("status");
+        assert_eq!((status.slots[1].state.as_str(), status.slots[1].good), ("installed", false), "on trial");
+        assert_eq!(slots.reboot().expect("reboot").slot, "B");
+        slots.set_slot("B", SlotRecord { version: None, state: "failed".into(), good: false }).expect("failed");
+        let error = slots.activate("B").expect_err("failed install");
+        assert!(error.to_string().contains("did not finish"), "{error}");
     }
 
     #[test]

@@ -348,6 +348,7 @@ fn agent_checks_policy_and_installs_into_the_inactive_slot() {
         compatible: COMPATIBLE.into(),
         running_version: "1.0.0".into(),
         tracker: InstallTracker::default(),
+        history: branchgate_update::UpdateHistory::new(&firmware_dir),
     };
     let (wrong, _) = create(dir.path(), &vendor, "1.1.0", "branchgate-other", &image);
     assert_eq!(agent.accept(&wrong, false).expect_err("wrong compatible").reason(), "incompatible");
@@ -362,7 +363,7 @@ fn agent_checks_policy_and_installs_into_the_inactive_slot() {
     let (good, _) = create(dir.path(), &vendor, "1.1.0", COMPATIBLE, &image);
     let manifest = agent.accept(&good, false).expect("accepted");
     assert!(agent.tracker.try_begin());
-    agent.install_in_background(good.clone(), manifest, false);
+    agent.install_in_background(good.clone(), manifest, false, "tester");
     for _ in 0..500 {
         if matches!(agent.tracker.status().state, InstallState::Done | InstallState::Failed) {
             break;
