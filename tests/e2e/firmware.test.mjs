@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import AxeBuilder from "@axe-core/playwright";
 import { startBox, Api, BIN, waitFor, CHROMIUM_ARGS, ARTIFACTS, adminPage } from "./lib/box.mjs";
+import { startDdiStub } from "./lib/ddi-stub.mjs";
 
 function have(tool) {
   return spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
@@ -40,24 +41,36 @@ function bundle(dir, signer, rootfs, version, compatible) {
   return out;
 }
 
+/** Skips the test (loudly) on a machine without squashfs-tools. */
+function squashfsMissing(t) {
+  if (have("mksquashfs") && have("unsquashfs")) return false;
+  t.skip("*** squashfs-tools missing (apt-get install squashfs-tools): firmware e2e SKIPPED ***");
+  return true;
+}
+
+/**
+ * A vendor PKI and a random rootfs image of `rootfsBytes` in a work directory, and a box whose
+ * keyring trusts that vendor (admin password installer-secret-1; `provision` and `args` added).
+ */
+async function firmwareBox({ rootfsBytes, provision = {}, args = [] }) {
+  const work = mkdtempSync(join(tmpdir(), "branchgate-fw-"));
+  const vendor = pki(work, "vendor");
+  const rootfs = join(work, "rootfs.img");
+  writeFileSync(rootfs, randomBytes(rootfsBytes));
+  const dataDir = mkdtempSync(join(tmpdir(), "branchgate-test-"));
+  mkdirSync(join(dataDir, "firmware"));
+  copyFileSync(vendor.ca, join(dataDir, "firmware", "keyring.pem"));
+  const box = await startBox({ dataDir, provision: { admin: { password: "installer-secret-1" }, ...provision }, args });
+  return { work, vendor, rootfs, dataDir, box };
+}
+
 const upload = (api, bytes, headers = {}) =>
   api.request("POST", "/api/v1/firmware/bundle", { raw: bytes, headers: { "content-type": "application/octet-stream", ...headers } });
 
 test("signed bundles: verify on the CLI, upload, install into the other slot, refusals with reasons", async (t) => {
-  if (!have("mksquashfs") || !have("unsquashfs")) {
-    t.skip("*** squashfs-tools missing (apt-get install squashfs-tools): firmware e2e SKIPPED ***");
-    return;
-  }
-  const work = mkdtempSync(join(tmpdir(), "branchgate-fw-"));
-  const vendor = pki(work, "vendor");
+  if (squashfsMissing(t)) return;
+  const { work, vendor, rootfs, dataDir, box } = await firmwareBox({ rootfsBytes: 256 * 1024 });
   const other = pki(work, "other");
-  const rootfs = join(work, "rootfs.img");
-  writeFileSync(rootfs, randomBytes(256 * 1024));
-
-  const dataDir = mkdtempSync(join(tmpdir(), "branchgate-test-"));
-  mkdirSync(join(dataDir, "firmware"));
-  copyFileSync(vendor.ca, join(dataDir, "firmware", "keyring.pem"));
-  const box = await startBox({ dataDir, provision: { admin: { password: "installer-secret-1" } } });
   try {
     const api = new Api(box.url);
     assert.equal((await api.get("/api/v1/firmware")).status, 401, "log in first");
@@ -155,18 +168,8 @@ test("signed bundles: verify on the CLI, upload, install into the other slot, re
 });
 
 test("update history, choosing the next boot's slot, factory reset with and without the configuration", async (t) => {
-  if (!have("mksquashfs") || !have("unsquashfs")) {
-    t.skip("*** squashfs-tools missing (apt-get install squashfs-tools): firmware e2e SKIPPED ***");
-    return;
-  }
-  const work = mkdtempSync(join(tmpdir(), "branchgate-fw-"));
-  const vendor = pki(work, "vendor");
-  const rootfs = join(work, "rootfs.img");
-  writeFileSync(rootfs, randomBytes(64 * 1024));
-  const dataDir = mkdtempSync(join(tmpdir(), "branchgate-test-"));
-  mkdirSync(join(dataDir, "firmware"));
-  copyFileSync(vendor.ca, join(dataDir, "firmware", "keyring.pem"));
-  const box = await startBox({ dataDir, provision: { admin: { password: "installer-secret-1" }, sip: { domain: "provisioned.example" } } });
+  if (squashfsMissing(t)) return;
+  const { work, vendor, rootfs, dataDir, box } = await firmwareBox({ rootfsBytes: 64 * 1024, provision: { sip: { domain: "provisioned.example" } } });
   const readyCount = () => box.stdout.split("admin UI ready").length - 1;
   try {
     let api = new Api(box.url);
@@ -236,18 +239,8 @@ test("update history, choosing the next boot's slot, factory reset with and with
 });
 
 test("the firmware page: upload with progress, the form without script, refusals shown, next boot's slot, history", async (t) => {
-  if (!have("mksquashfs") || !have("unsquashfs")) {
-    t.skip("*** squashfs-tools missing (apt-get install squashfs-tools): firmware e2e SKIPPED ***");
-    return;
-  }
-  const work = mkdtempSync(join(tmpdir(), "branchgate-fw-"));
-  const vendor = pki(work, "vendor");
-  const rootfs = join(work, "rootfs.img");
-  writeFileSync(rootfs, randomBytes(2 * 1024 * 1024));
-  const dataDir = mkdtempSync(join(tmpdir(), "branchgate-test-"));
-  mkdirSync(join(dataDir, "firmware"));
-  copyFileSync(vendor.ca, join(dataDir, "firmware", "keyring.pem"));
-  const box = await startBox({ dataDir, provision: { admin: { password: "installer-secret-1" } } });
+  if (squashfsMissing(t)) return;
+  const { work, vendor, rootfs, box } = await firmwareBox({ rootfsBytes: 2 * 1024 * 1024 });
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
   try {
     const api = new Api(box.url);
@@ -319,6 +312,149 @@ test("the firmware page: upload with progress, the form without script, refusals
     const noChoice = await form.request.post(box.url + "/firmware/factory-reset", { form: { keep: "1" } });
     assert.equal(noChoice.status(), 400);
     assert.match(await noChoice.text(), /Choose what the reset erases/);
+  } finally {
+    await browser.close();
+    await box.stop();
+  }
+});
+
+test("fleet rollout from a hawkBit DDI server: attributes, refusals closed with the reason, install with progress, reboot, success after the boot, cancel", async (t) => {
+  if (squashfsMissing(t)) return;
+  const token = "d6b3f1a0c9e84f2b" + randomBytes(8).toString("hex");
+  const ddi = await startDdiStub({ token });
+  const { work, vendor, rootfs, box } = await firmwareBox({ rootfsBytes: 1024 * 1024,
+    provision: { update: { hawkbit_url: ddi.url, hawkbit_controller_id: "branch-0042", hawkbit_target_token: token } } });
+  try {
+    let api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const { compatible, running_version } = (await api.get("/api/v1/firmware")).json;
+
+    // The first poll: the server wants the attributes; every request carried the token (the
+    // stub answers 401 otherwise) and the token never shows in the API.
+    await waitFor("the attributes", () => ddi.configData.length > 0, 100);
+    assert.equal(ddi.controller, "branch-0042");
+    assert.deepEqual(ddi.configData[0], { mode: "merge",
+      data: { firmware: running_version, compatible, slot: "A", hostname: ddi.configData[0].data.hostname } });
+    const config = (await api.get("/api/v1/config/update")).json;
+    assert.ok(!JSON.stringify(config).includes(token), "the token is redacted");
+    let fleet = (await api.get("/api/v1/firmware")).json.hawkbit;
+    assert.equal(fleet.controller, `${ddi.url}/DEFAULT/controller/v1/branch-0042`);
+    assert.ok(fleet.last_poll_ms > 0 && fleet.last_error === null, JSON.stringify(fleet));
+
+    // A bundle whose hash is not the announced one, then a downgrade: closed as failures with the reason.
+    const bad = ddi.deploy(bundle(work, vendor, rootfs, "99.5.0", compatible), "99.5.0", { sha256: "00".repeat(32) });
+    await waitFor("the hash refusal", () => bad.closed, 100);
+    assert.equal(bad.closed, "failure");
+    assert.match(ddi.feedbackOf(bad.id).at(-1).details[0], /SHA-256 is [0-9a-f]{64}, the server announced 0000/);
+    const old = ddi.deploy(bundle(work, vendor, rootfs, "0.0.4", compatible), "0.0.4");
+    await waitFor("the downgrade refusal", () => old.closed, 100);
+    assert.match(ddi.feedbackOf(old.id).at(-1).details[0], /downgrade refused/);
+    assert.equal((await api.get("/api/v1/firmware")).json.slots[1].version, null, "nothing installed");
+
+    // The good bundle: downloaded, installed into B with progress, reboot asked; open until the boot.
+    const good = ddi.deploy(bundle(work, vendor, rootfs, "99.5.0", compatible), "99.5.0");
+    await waitFor("the install", () => ddi.feedbackOf(good.id).some((f) => /installed into slot B/.test(f.details[0])), 200);
+    const steps = ddi.feedbackOf(good.id);
+    assert.ok(steps.every((f) => f.execution === "proceeding"), JSON.stringify(steps));
+    assert.match(steps[0].details[0], /downloading b-99\.5\.0/);
+    assert.ok(steps.some((f) => f.result.progress && f.result.progress.of === 100), "progress reported");
+    assert.match(steps.at(-1).details[0], /99\.5\.0 installed into slot B; rebooting into it/);
+    const firmware = (await api.get("/api/v1/firmware")).json;
+    assert.equal(firmware.slots[1].version, "99.5.0");
+    assert.equal(firmware.pending_reboot, "B");
+    const history = (await api.get("/api/v1/firmware/history")).json.entries;
+    assert.deepEqual(history.slice(0, 3).map((e) => [e.event, e.by]), [["reboot", "hawkbit"], ["installed", "hawkbit"], ["installing", "hawkbit"]]);
+    assert.ok(history.some((e) => e.event === "refused" && e.by === "hawkbit" && /downgrade/.test(e.message)));
+    assert.ok(history.some((e) => e.event === "install_failed" && /SHA-256/.test(e.message)));
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(good.closed, false, "not reported before the new version runs");
+    assert.equal(ddi.feedbackOf(good.id).filter((f) => /downloading/.test(f.details[0])).length, 1, "installed once");
+
+    // The boot into the new slot (the simulated backend: a start with the new version): the
+    // server hears success once the slot is good.
+    await box.restart(["--firmware-version", "99.5.0"]);
+    await waitFor("the report after the boot", () => good.closed, 100);
+    assert.equal(good.closed, "success");
+    assert.match(ddi.feedbackOf(good.id).at(-1).details[0], /running 99\.5\.0 from slot B; it passed its health check/);
+
+    // A cancel with nothing running is confirmed.
+    ddi.cancel = { id: "c1", stopId: "77" };
+    await waitFor("the cancel", () => ddi.cancelFeedback.length > 0, 100);
+    assert.equal(ddi.cancelFeedback[0].execution, "closed");
+    assert.equal(ddi.cancelFeedback[0].result.finished, "success");
+    api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    fleet = (await api.get("/api/v1/firmware")).json.hawkbit;
+    assert.match(fleet.action, /cancel of action 77/);
+
+    // Switched off in the configuration: the polls stop.
+    const update = (await api.get("/api/v1/config/update")).json;
+    assert.equal((await api.put("/api/v1/config/update", { ...update, hawkbit_url: null })).status, 200);
+    await new Promise((r) => setTimeout(r, 300));
+    const polls = ddi.requests.length;
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(ddi.requests.length, polls, "no polls once hawkBit is off");
+    assert.equal((await api.get("/api/v1/firmware")).json.hawkbit.controller, null);
+  } finally {
+    await box.stop();
+    await ddi.close();
+  }
+});
+
+test("bundles on a USB stick: listed with the check's verdict, installed from the page after confirmation", async (t) => {
+  if (squashfsMissing(t)) return;
+  // The media root as an automounter leaves it: <root>/<label>/<file>.
+  const media = mkdtempSync(join(tmpdir(), "branchgate-media-"));
+  mkdirSync(join(media, "STICK"));
+  const { work, vendor, rootfs, box } = await firmwareBox({ rootfsBytes: 512 * 1024, args: ["--usb-root", media] });
+  const other = pki(work, "other");
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
+  try {
+    const api = new Api(box.url);
+    await api.login("admin", "installer-secret-1");
+    const { compatible } = (await api.get("/api/v1/firmware")).json;
+    let usb = (await api.get("/api/v1/firmware/usb")).json;
+    assert.deepEqual(usb, { roots: [media], bundles: [] });
+
+    const good = join(media, "STICK", "branchgate-99.6.0.raucb");
+    copyFileSync(bundle(work, vendor, rootfs, "99.6.0", compatible), good);
+    const foreign = join(media, "STICK", "foreign.raucb");
+    copyFileSync(bundle(work, other, rootfs, "99.7.0", compatible), foreign);
+    usb = (await api.get("/api/v1/firmware/usb")).json;
+    assert.equal(usb.bundles.length, 2, JSON.stringify(usb));
+    const [listedGood, listedForeign] = usb.bundles;
+    assert.equal(listedGood.path, good);
+    assert.equal(listedGood.version, "99.6.0");
+    assert.equal(listedGood.refused, null);
+    assert.equal(listedForeign.reason, "untrusted");
+    assert.match(listedForeign.refused, /not signed by a certificate of the keyring/);
+
+    let r = await api.post("/api/v1/firmware/usb/install", { path: foreign });
+    assert.equal(r.status, 422, r.text);
+    assert.equal(r.json.reason, "untrusted");
+    r = await api.post("/api/v1/firmware/usb/install", { path: "/etc/passwd" });
+    assert.equal(r.status, 404, r.text);
+    assert.equal(r.json.reason, "not_found");
+    assert.equal((await api.post("/api/v1/firmware/usb/install", {})).status, 400);
+
+    // The page lists both; the installable one has an Install button (confirmed), the other says why not.
+    const page = await adminPage(browser, box, "installer-secret-1", { width: 1280, height: 1400 });
+    page.on("dialog", (dialog) => dialog.accept());
+    await page.goto(box.url + "/firmware");
+    assert.match(await page.innerText("#usb tbody tr:nth-child(1)"), /99\.6\.0\s+signed by the vendor, installable/);
+    assert.match(await page.innerText("#usb tbody tr:nth-child(2)"), /Not signed by a certificate of the keyring/);
+    assert.equal(await page.locator("#usb tbody tr:nth-child(2) button").count(), 0);
+    await page.screenshot({ path: ARTIFACTS + "firmware-usb.png", fullPage: true });
+    await page.click("#usb tbody tr:nth-child(1) button");
+    await page.waitForURL((u) => u.search.includes("done=firmware-installing"));
+    await waitFor("the install", async () => (await api.get("/api/v1/firmware/install")).json.state === "done", 200, 50);
+    assert.equal((await api.get("/api/v1/firmware")).json.slots.find((s) => s.name === "B").version, "99.6.0");
+    assert.ok(existsSync(good), "the stick's file stays (the box installs a copy)");
+    const [installed] = (await api.get("/api/v1/firmware/history")).json.entries;
+    assert.deepEqual([installed.event, installed.version, installed.by], ["installed", "99.6.0", "admin"]);
+    const audit = (await api.get("/api/v1/audit")).json.entries.map((e) => e.detail).join("\n");
+    assert.match(audit, /bundle 99\.6\.0 from USB .* accepted/);
+    assert.match(audit, /USB bundle refused/);
   } finally {
     await browser.close();
     await box.stop();

@@ -17,8 +17,10 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use branchgate_config::Role;
+use branchgate_update::usb::{UsbBundle, UsbError};
 use branchgate_update::{
-    AcceptError, HistoryEntry, HistoryEvent, InstallState, InstallTracker, Manifest, RebootPlan, SlotError, SlotsStatus,
+    AcceptError, HistoryEntry, HistoryEvent, InstallState, MAX_BUNDLE_BYTES, Manifest, RebootPlan, ReceiveGuard,
+    SlotError, SlotsStatus, bundle_budget,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -28,9 +30,6 @@ use tokio::io::AsyncWriteExt;
 use crate::AppState;
 use crate::api::{json_error, parse_body};
 use crate::auth::{ApiUser, User};
-
-/// Largest bundle accepted (an image for the box is some 100 MiB).
-pub const MAX_BUNDLE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Where uploads land while they are checked and installed (`DATA_DIR/firmware`).
 pub fn firmware_dir(data_dir: &FsPath) -> PathBuf {
@@ -70,6 +69,7 @@ pub async fn get_firmware(State(state): State<AppState>, ApiUser(user): ApiUser)
             "pending_reboot": status.pending_reboot,
             "slots": status.slots,
             "install": agent.tracker.status(),
+            "hawkbit": agent.fleet.status(),
         }))
         .into_response(),
         Err(refusal) => refusal.into_response(),
@@ -84,35 +84,6 @@ pub async fn get_install(State(state): State<AppState>, ApiUser(user): ApiUser) 
     Json(state.firmware.tracker.status()).into_response()
 }
 
-/// Ends an upload that did not reach the install (client gone, refused, error): the
-/// tracker says why and the partial file goes.
-struct UploadGuard {
-    tracker: InstallTracker,
-    path: PathBuf,
-    armed: bool,
-}
-
-impl UploadGuard {
-    fn fail(mut self, message: &str) {
-        self.tracker.fail(message);
-        let _ = std::fs::remove_file(&self.path);
-        self.armed = false;
-    }
-
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for UploadGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.tracker.fail("the upload was interrupted");
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 #[derive(Deserialize, Default)]
 pub struct BundleQuery {
     /// Install even an older version (admin only).
@@ -122,15 +93,6 @@ pub struct BundleQuery {
 
 /// How long an upload may go without a byte arriving.
 const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Space an upload leaves free on the data partition (configuration store, logs, CDRs).
-const KEEP_FREE_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Bytes an unprivileged writer may still use on the file system holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
-}
 
 fn accept_status(error: &AcceptError) -> StatusCode {
     if error.is_internal() {
@@ -239,8 +201,8 @@ where
     }
     let dir = firmware_dir(&state.data_dir);
     let path = dir.join("upload.raucb");
-    let guard = UploadGuard { tracker: agent.tracker.clone(), path: path.clone(), armed: true };
-    let fail = |guard: UploadGuard, refusal: Refusal| {
+    let guard = ReceiveGuard::new(agent.tracker.clone(), path.clone());
+    let fail = |guard: ReceiveGuard, refusal: Refusal| {
         guard.fail(&refusal.message);
         Err(refusal)
     };
@@ -248,10 +210,7 @@ where
         return fail(guard, Refusal::internal(format!("cannot create {}: {e}", dir.display())));
     }
     // The data partition also holds the configuration store: an upload leaves room for it.
-    let budget = match free_bytes(&dir) {
-        Some(free) => free.saturating_sub(KEEP_FREE_BYTES),
-        None => u64::MAX,
-    };
+    let budget = bundle_budget(&dir);
     if let Some(len) = declared.filter(|len| *len > budget) {
         let message = format!(
             "not enough space on the data partition for this bundle ({} MB; {} MB can be used)",
@@ -406,6 +365,104 @@ pub(crate) async fn factory_reset(
         restart.notify_one();
     });
     Ok(())
+}
+
+/// The bundles on inserted USB media, checked.
+pub(crate) async fn usb_bundles(state: &AppState) -> Result<Vec<UsbBundle>, Refusal> {
+    let agent = state.firmware.clone();
+    let allow_downgrade = state.store.current().config.update.allow_downgrade;
+    Ok(tokio::task::spawn_blocking(move || agent.usb.list(&agent, allow_downgrade)).await?)
+}
+
+/// Copies the USB bundle at `path` to the data partition, checks it and installs it.
+pub(crate) async fn install_from_usb(
+    state: &AppState,
+    user: &User,
+    peer: SocketAddr,
+    path: &str,
+) -> Result<Manifest, Refusal> {
+    let agent = state.firmware.clone();
+    let allow_downgrade = state.store.current().config.update.allow_downgrade;
+    let dir = firmware_dir(&state.data_dir);
+    let (chosen, by) = (path.to_string(), user.username.clone());
+    let result =
+        tokio::task::spawn_blocking(move || agent.usb.install(&agent, &chosen, &dir, allow_downgrade, &by)).await?;
+    match result {
+        Ok(manifest) => {
+            state.audit(
+                &user.username,
+                Some(peer),
+                "firmware",
+                format!("bundle {} from USB ({path}) accepted; installing", manifest.version),
+            );
+            Ok(manifest)
+        }
+        Err(UsbError::NotFound(_)) => Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("there is no bundle {path} on the inserted media (any more)"),
+        )),
+        Err(UsbError::Busy) => {
+            Err(Refusal::new(StatusCode::CONFLICT, "busy", "another bundle is being received or installed"))
+        }
+        Err(e @ UsbError::Copy(_)) => Err(Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "copy", e.to_string())),
+        Err(UsbError::Refused(e)) => {
+            let message = e.to_string();
+            state.audit(&user.username, Some(peer), "firmware", format!("USB bundle refused: {message}"));
+            record(
+                state,
+                HistoryEntry::now(HistoryEvent::Refused, format!("bundle refused: {message}")).by(&user.username),
+            )
+            .await;
+            Err(Refusal::new(accept_status(&e), e.reason(), message))
+        }
+    }
+}
+
+/// `GET /api/v1/firmware/usb`: the bundles on inserted USB media.
+pub async fn get_usb(State(state): State<AppState>, ApiUser(user): ApiUser) -> Response {
+    if let Err(r) = user.require(Role::Viewer) {
+        return r;
+    }
+    match usb_bundles(&state).await {
+        Ok(bundles) => Json(json!({ "roots": state.firmware.usb.roots(), "bundles": bundles })).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsbInstallBody {
+    path: String,
+}
+
+/// `POST /api/v1/firmware/usb/install` `{"path": "..."}`: 202 while it installs.
+pub async fn post_usb_install(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiUser(user): ApiUser,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = user.require_change(Role::Installer) {
+        return r;
+    }
+    let body: UsbInstallBody = match parse_body(&body, r#"{"path": "<a path from GET /api/v1/firmware/usb>"}"#) {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    match install_from_usb(&state, &user, peer, &body.path).await {
+        Ok(manifest) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "version": manifest.version,
+                "compatible": manifest.compatible,
+                "path": body.path,
+                "progress": "/api/v1/firmware/install",
+            })),
+        )
+            .into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// `POST /api/v1/firmware/bundle`: the bundle as the raw body (see [`receive_bundle`]); 202

@@ -114,6 +114,8 @@ impl AppState {
                 running_version: env!("CARGO_PKG_VERSION").to_string(),
                 tracker: Default::default(),
                 history: branchgate_update::UpdateHistory::new(&firmware::firmware_dir(&data_dir)),
+                fleet: Default::default(),
+                usb: Default::default(),
             },
             whep: Default::default(),
             viewer_key: whep::ViewerKey::load_or_create(&data_dir),
@@ -398,11 +400,13 @@ pub fn router(state: AppState) -> Router {
         .route("/firmware", get(firmware::get_firmware))
         .route(
             "/firmware/bundle",
-            // Streamed to a file with its own cap (firmware::MAX_BUNDLE_BYTES).
+            // Streamed to a file with its own cap (branchgate_update::MAX_BUNDLE_BYTES).
             post(firmware::post_bundle).layer(DefaultBodyLimit::disable()),
         )
         .route("/firmware/install", get(firmware::get_install))
         .route("/firmware/history", get(firmware::get_history))
+        .route("/firmware/usb", get(firmware::get_usb))
+        .route("/firmware/usb/install", post(firmware::post_usb_install))
         .route("/firmware/slots/{slot}/activate", post(firmware::post_activate))
         .route("/system/reboot", post(firmware::post_reboot))
         .route("/system/factory-reset", post(firmware::post_factory_reset))

@@ -130,7 +130,7 @@ fn firmware_paths() -> Value {
     let ok = |d: &str| json!({ "200": { "description": d } });
     json!({
             "/api/v1/firmware": { "get": op("Firmware slots and what the box accepts: {backend, compatible, running_version, booted, pending_reboot, \
-    slots: [{name, version, state, booted, good}], install}", "viewer", ok("The slot table")) },
+    slots: [{name, version, state, booted, good}], install, hawkbit: {controller, last_poll_ms, last_error, action}}", "viewer", ok("The slot table")) },
             "/api/v1/firmware/bundle": { "post": {
                 "summary": "Upload a signed RAUC verity bundle as the raw body (streamed to the data directory, at most 1 GiB). \
     It is verified (signature against the vendor keyring DATA_DIR/firmware/keyring.pem, payload against the signed verity root hash), \
@@ -169,6 +169,21 @@ fn firmware_paths() -> Value {
                     "200": { "description": "Chosen: {next_boot}" },
                     "404": { "description": "No such slot: {error, reason: no_such_slot}" },
                     "409": { "description": "The slot holds nothing bootable, or an install is running: {error, reason: not_bootable|busy}" }
+                } } },
+            "/api/v1/firmware/usb": { "get": op("Bundles on inserted USB media (the --usb-root directories, default /media, /run/media, /mnt,     3 levels deep): {roots, bundles: [{path, size, modified_ms, version, compatible, refused, reason}]}; each is checked like an upload     (refused: why it would not install). A short press of the reset button installs the one installable bundle", "viewer", ok("The bundles found")) },
+            "/api/v1/firmware/usb/install": { "post": {
+                "summary": "Install a bundle from USB media: {path} (one of GET /api/v1/firmware/usb's). It is copied to the data partition,     checked again and installed in the background like an upload",
+                "description": "Needs: installer.",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["path"], "additionalProperties": false,
+                    "properties": { "path": { "type": "string" } } } } } },
+                "responses": {
+                    "202": { "description": "Installing: {version, compatible, path, progress}" },
+                    "400": { "description": "path missing" },
+                    "404": { "description": "No such bundle on the media (any more): {error, reason: not_found}" },
+                    "409": { "description": "Another bundle is being received or installed: {error, reason: busy}" },
+                    "422": { "description": "Refused like an upload: {error, reason}" },
+                    "507": { "description": "The copy failed (data partition full, stick pulled): {error, reason: copy}" }
                 } } },
             "/api/v1/system/factory-reset": { "post": {
                 "summary": "Wipe the box's data and restart: {keep_config: bool}. keep_config=false also removes the configuration, certificate and \

@@ -57,6 +57,7 @@ pub fn routes() -> Router<AppState> {
         .route("/firmware/upload", post(firmware_upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/firmware/slots/{slot}/activate", post(firmware_activate))
         .route("/firmware/reboot", post(firmware_reboot))
+        .route("/firmware/usb/install", post(firmware_usb_install))
         .route("/firmware/factory-reset", post(firmware_factory_reset))
         .route("/phone", get(phone_page))
         .route("/phone/ice-servers", post(crate::phone::ice_servers))
@@ -603,7 +604,7 @@ const HIDDEN_FIELDS: &[&str] = &[
     "system.setup_complete",
 ];
 
-const SECRET_FIELDS: &[&str] = &["turn.auth_secret"];
+const SECRET_FIELDS: &[&str] = &["turn.auth_secret", "update.hawkbit_target_token"];
 
 /// Record columns holding PEM text: a text box keeps its line breaks, a text field would not.
 const PEM_COLUMNS: &[&str] = &["sip.trunks.tls_ca"];
@@ -1771,6 +1772,34 @@ struct FirmwarePage {
     install_progress: u8,
     install_active: bool,
     history: Vec<UpdateRow>,
+    /// The hawkBit client in one sentence, when `update.hawkbit_url` is set.
+    fleet: Option<String>,
+    usb: Vec<UsbRow>,
+    usb_roots: String,
+}
+
+struct UsbRow {
+    path: String,
+    size: String,
+    version: String,
+    /// Why it would not install; empty: it can.
+    refused: String,
+}
+
+/// The hawkBit client's state for people.
+fn fleet_text(fleet: &branchgate_update::hawkbit::FleetStatus) -> Option<String> {
+    let controller = fleet.controller.as_deref()?;
+    let mut text = format!("Fleet updates from hawkBit ({controller})");
+    match (fleet.last_poll_ms, &fleet.last_error) {
+        (_, Some(error)) => text.push_str(&format!(": the last poll failed: {error}")),
+        (Some(at), None) => text.push_str(&format!(": last contact {} UTC", time_text(&at))),
+        (None, None) => text.push_str(": not contacted yet"),
+    }
+    if let Some(action) = &fleet.action {
+        text.push_str(&format!(". {}", sentence(action)));
+    }
+    text.push('.');
+    Some(text)
 }
 
 /// What the install tracker says, in words (the page's script says the same while it follows).
@@ -1805,6 +1834,13 @@ async fn firmware_view(state: &AppState, user: &User, flash: Option<String>, err
         Ok(entries) => entries,
         Err(refusal) => {
             error.get_or_insert(format!("The update history cannot be read: {}", refusal.message));
+            Vec::new()
+        }
+    };
+    let usb = match crate::firmware::usb_bundles(state).await {
+        Ok(bundles) => bundles,
+        Err(refusal) => {
+            error.get_or_insert(format!("The USB media cannot be read: {}", refusal.message));
             Vec::new()
         }
     };
@@ -1845,6 +1881,17 @@ async fn firmware_view(state: &AppState, user: &User, flash: Option<String>, err
         install_text: install_text(&install),
         install_progress: install.progress,
         install_active: matches!(install.state, InstallState::Receiving | InstallState::Installing),
+        fleet: fleet_text(&agent.fleet.status()),
+        usb: usb
+            .into_iter()
+            .map(|b| UsbRow {
+                size: megabytes(b.size),
+                version: b.version.unwrap_or_default(),
+                refused: b.refused.map(|r| sentence(&r)).unwrap_or_default(),
+                path: b.path,
+            })
+            .collect(),
+        usb_roots: agent.usb.roots().iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
         history: history
             .into_iter()
             .map(|entry| UpdateRow {
@@ -1946,6 +1993,30 @@ async fn firmware_reboot(
             );
             render(&MessagePage { layout: layout(&state, "Rebooting", Some(&user), None), message })
         }
+        Err(refusal) => firmware_refused(&state, &user, refusal).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct UsbInstallForm {
+    path: String,
+}
+
+async fn firmware_usb_install(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    PageUser(user): PageUser,
+    body: Bytes,
+) -> Response {
+    if user.role < Role::Installer {
+        return forbidden(&state, &user, "Installing updates needs the installer role.");
+    }
+    let Ok(form) = serde_urlencoded::from_bytes::<UsbInstallForm>(&body) else {
+        let error = "Choose a bundle on the USB stick.".to_string();
+        return render_status(StatusCode::BAD_REQUEST, &firmware_view(&state, &user, None, Some(error)).await);
+    };
+    match crate::firmware::install_from_usb(&state, &user, peer, &form.path).await {
+        Ok(_) => done("/firmware", "firmware-installing", None),
         Err(refusal) => firmware_refused(&state, &user, refusal).await,
     }
 }

@@ -491,7 +491,7 @@ async fn firmware_uploads_are_capped_before_reading() {
         .uri("/api/v1/firmware/bundle")
         .header(header::HOST, HOST)
         .header(header::COOKIE, cookie.as_str())
-        .header(header::CONTENT_LENGTH, (branchgate_web_admin::firmware::MAX_BUNDLE_BYTES + 1).to_string())
+        .header(header::CONTENT_LENGTH, (branchgate_update::MAX_BUNDLE_BYTES + 1).to_string())
         .body(Body::empty())
         .expect("request");
     let mut request = request;

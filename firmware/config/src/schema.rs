@@ -527,6 +527,15 @@ pub struct UpdateConfig {
     /// Eclipse hawkBit server for fleet rollouts; none disables polling.
     pub hawkbit_url: Option<String>,
     pub hawkbit_tenant: String,
+    /// The box's name on the hawkBit server; none: `system.hostname`.
+    pub hawkbit_controller_id: Option<String>,
+    /// The target security token hawkBit issued for this box (`Authorization: TargetToken`);
+    /// none when the server lets targets in without one (anonymous download, a test server).
+    pub hawkbit_target_token: Option<PlainSecret>,
+    /// Reboot into the new slot as soon as a rollout's bundle is installed (else the next
+    /// reboot starts it, and hawkBit hears the result then).
+    pub hawkbit_reboot: bool,
+    /// How often to ask the server when it says nothing itself (hawkBit's `polling.sleep` wins).
     pub poll_interval_seconds: u32,
     /// Accept bundles older than the running version.
     pub allow_downgrade: bool,
@@ -537,6 +546,9 @@ impl Default for UpdateConfig {
         Self {
             hawkbit_url: None,
             hawkbit_tenant: "DEFAULT".into(),
+            hawkbit_controller_id: None,
+            hawkbit_target_token: None,
+            hawkbit_reboot: true,
             poll_interval_seconds: 3600,
             allow_downgrade: false,
         }
@@ -571,6 +583,8 @@ impl Config {
         config.turn.external_ip = "203.0.113.10".parse().ok();
         config.turn.relay_ip = "192.168.1.10".parse().ok();
         config.update.hawkbit_url = Some("https://hawkbit.example".into());
+        config.update.hawkbit_controller_id = Some("branch-0042".into());
+        config.update.hawkbit_target_token = Some(PlainSecret::new("0123456789abcdef0123456789abcdef"));
         config.cameras.devices.push(CameraDevice { id: "video0".into(), fps: 30, ..CameraDevice::default() });
         config
     }

@@ -80,6 +80,7 @@ impl Config {
             seal_digest(&mut user.password, prev.map(|u| &u.password), &user.username, &realm);
         }
         seal_plain(&mut self.turn.auth_secret, previous.turn.auth_secret.as_ref());
+        seal_plain(&mut self.update.hawkbit_target_token, previous.update.hawkbit_target_token.as_ref());
         seal_plain(&mut self.admin.tls_private_key, previous.admin.tls_private_key.as_ref());
         errors
     }
@@ -99,6 +100,7 @@ impl Config {
             redact_plain(&mut trunk.password);
         }
         redact_plain(&mut copy.turn.auth_secret);
+        redact_plain(&mut copy.update.hawkbit_target_token);
         redact_plain(&mut copy.admin.tls_private_key);
         if redaction == Redaction::All {
             copy.admin.password = copy.admin.password.redacted();

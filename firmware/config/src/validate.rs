@@ -372,6 +372,18 @@ impl Config {
             r.check(is_http_url(url), "update.hawkbit_url", "an http:// or https:// URL");
         }
         r.check(is_username(&u.hawkbit_tenant), "update.hawkbit_tenant", "letters, digits, '.', '_', '-' or '+'");
+        if let Some(id) = &u.hawkbit_controller_id {
+            // It is a path segment of every DDI URL.
+            r.check(is_username(id), "update.hawkbit_controller_id", "letters, digits, '.', '_', '-' or '+'");
+        }
+        if let Some(token) = &u.hawkbit_target_token {
+            let token = token.expose();
+            r.check(
+                !token.is_empty() && token.len() <= 256 && token.chars().all(|c| c.is_ascii_graphic()),
+                "update.hawkbit_target_token",
+                "the token from the hawkBit server (printable characters, no spaces)",
+            );
+        }
         r.check(
             (60..=7 * 24 * 3600).contains(&u.poll_interval_seconds),
             "update.poll_interval_seconds",

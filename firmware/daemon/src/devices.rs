@@ -115,11 +115,12 @@ pub fn pattern_for(ready: bool, services: &ServiceBoard, updating: bool) -> LedP
 }
 
 /// Drives the LED and polls the button every 50 ms until shutdown; a confirmed long press
-/// calls `factory_reset`.
+/// calls `factory_reset`, a short press with nothing armed `short_press`.
 pub async fn gpio_loop(
     (led, mut button): (Pin, Pin),
     board: DeviceBoard,
     factory_reset: impl Fn() + Send,
+    short_press: impl Fn() + Send,
     mut state: impl FnMut() -> LedPattern + Send,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -149,7 +150,8 @@ pub async fn gpio_loop(
                     factory_reset();
                 }
                 Some(ButtonEvent::ResetCancelled) => tracing::info!("factory reset not confirmed: cancelled"),
-                Some(ButtonEvent::ShortPress) | None => {}
+                Some(ButtonEvent::ShortPress) => short_press(),
+                None => {}
             },
             Err(e) => tracing::warn!(error = %e, "reset button"),
         }

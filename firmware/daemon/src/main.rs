@@ -67,6 +67,10 @@ enum Command {
         /// bootloader falls back to the other slot. Only with RAUC's D-Bus service.
         #[arg(long, default_value_t = 60)]
         boot_health_deadline: u64,
+        /// Where inserted USB media are mounted, searched for bundles (repeatable)
+        /// [default: /media, /run/media, /mnt].
+        #[arg(long = "usb-root")]
+        usb_roots: Vec<PathBuf>,
         #[command(flatten)]
         devices: DeviceOptions,
     },
@@ -270,6 +274,7 @@ fn main() -> anyhow::Result<()> {
             firmware_keyring,
             firmware_version,
             boot_health_deadline,
+            usb_roots,
             devices,
         } => run(
             data_dir,
@@ -279,6 +284,7 @@ fn main() -> anyhow::Result<()> {
                 keyring: firmware_keyring,
                 version: firmware_version,
                 health_deadline: Duration::from_secs(boot_health_deadline),
+                usb_roots,
             },
             devices,
         ),
@@ -529,6 +535,7 @@ struct FirmwareOptions {
     keyring: Option<PathBuf>,
     version: String,
     health_deadline: Duration,
+    usb_roots: Vec<PathBuf>,
 }
 
 fn run(
@@ -625,6 +632,9 @@ async fn serve(
         state.firmware.keyring = keyring;
     }
     state.firmware.running_version = firmware.version.clone();
+    if !firmware.usb_roots.is_empty() {
+        state.firmware.usb = branchgate_update::usb::UsbWatcher::new(firmware.usb_roots.clone());
+    }
     // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere. Without a
     // system bus, or with a bus but no RAUC, the answer comes at once; the timeout only covers a
     // slow box (software emulation under load).
@@ -695,6 +705,13 @@ async fn serve(
                 match branchgate_config::request_factory_reset(&reset_state.data_dir, &request) {
                     Ok(()) => reset_state.restart.notify_one(),
                     Err(e) => tracing::error!(error = %e, "cannot record the factory reset"),
+                }
+            },
+            {
+                let state = state.clone();
+                move || {
+                    let state = state.clone();
+                    tokio::task::spawn_blocking(move || install_from_usb_by_button(&state));
                 }
             },
             move || {
@@ -828,6 +845,20 @@ async fn serve(
         });
     }
 
+    {
+        // Fleet rollouts: idle until `update.hawkbit_url` is set.
+        let store = store.clone();
+        let agent = state.firmware.clone();
+        let dir = branchgate_web_admin::firmware::firmware_dir(&data_dir);
+        supervisor.spawn("hawkbit", move |shutdown| {
+            let config_rx = store.subscribe();
+            let (agent, dir) = (agent.clone(), dir.clone());
+            async move {
+                branchgate_update::hawkbit::run(config_rx, shutdown, agent, dir).await.map_err(anyhow::Error::from)
+            }
+        });
+    }
+
     // Announce readiness once the admin UI listens.
     let _ = ready_rx.wait_for(Option::is_some).await;
     let addr = (*ready_rx.borrow()).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
@@ -924,6 +955,26 @@ async fn record_start_in_history(state: &AppState, store: &ConfigStore, running_
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this start in the update history"),
         Err(e) => tracing::warn!(error = %e, "cannot record this start in the update history"),
+    }
+}
+
+/// A short press of the reset button installs the one installable bundle on the inserted
+/// USB media (the LED blinks "updating" while it runs); anything else is only logged.
+fn install_from_usb_by_button(state: &AppState) {
+    let agent = &state.firmware;
+    let allow_downgrade = state.store.current().config.update.allow_downgrade;
+    let bundles = agent.usb.list(agent, allow_downgrade);
+    let Some(chosen) = branchgate_update::usb::button_choice(&bundles) else {
+        let installable = bundles.iter().filter(|b| b.refused.is_none()).count();
+        tracing::info!(found = bundles.len(), installable, "reset button pressed: no single USB bundle to install");
+        return;
+    };
+    let dir = branchgate_web_admin::firmware::firmware_dir(&state.data_dir);
+    match agent.usb.install(agent, &chosen.path, &dir, allow_downgrade, "reset-button") {
+        Ok(manifest) => {
+            tracing::warn!(version = %manifest.version, path = %chosen.path, "reset button: installing the USB bundle")
+        }
+        Err(e) => tracing::error!(error = %e, path = %chosen.path, "reset button: the USB bundle was not installed"),
     }
 }
 

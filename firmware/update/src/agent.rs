@@ -22,6 +22,56 @@ struct PendingInstall {
     remove_after: bool,
 }
 
+/// Largest bundle accepted (an image for the box is some 100 MiB).
+pub const MAX_BUNDLE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Space a bundle coming in leaves free on the data partition (configuration store, logs, CDRs).
+pub const KEEP_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes a bundle written into `dir` may take: what the file system has free beyond
+/// [`KEEP_FREE_BYTES`] (unknown: no limit beyond [`MAX_BUNDLE_BYTES`]).
+pub fn bundle_budget(dir: &Path) -> u64 {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(stat) => stat.blocks_available().saturating_mul(stat.fragment_size()).saturating_sub(KEEP_FREE_BYTES),
+        Err(_) => u64::MAX,
+    }
+}
+
+/// A bundle being received (web upload, hawkBit download) that has not reached the install:
+/// unless handed over with [`ReceiveGuard::disarm`], dropping it (client gone, error, shutdown)
+/// marks the tracker failed and removes the partial file.
+pub struct ReceiveGuard {
+    tracker: InstallTracker,
+    path: PathBuf,
+    armed: bool,
+}
+
+impl ReceiveGuard {
+    /// Call after [`InstallTracker::try_begin`] succeeded.
+    pub fn new(tracker: InstallTracker, path: PathBuf) -> ReceiveGuard {
+        ReceiveGuard { tracker, path, armed: true }
+    }
+
+    pub fn fail(mut self, message: &str) {
+        self.tracker.fail(message);
+        let _ = std::fs::remove_file(&self.path);
+        self.armed = false;
+    }
+
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ReceiveGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tracker.fail("the transfer was interrupted");
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Why a bundle was refused before installing.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -58,6 +108,10 @@ pub struct Agent {
     pub tracker: InstallTracker,
     /// What happened to the firmware, for the field tech (`GET /api/v1/firmware/history`).
     pub history: UpdateHistory,
+    /// The hawkBit client's last contact with its server.
+    pub fleet: crate::hawkbit::FleetMonitor,
+    /// Bundles on inserted USB media.
+    pub usb: crate::usb::UsbWatcher,
 }
 
 impl Agent {
@@ -208,6 +262,8 @@ mod tests {
             running_version: "1.0.0".into(),
             tracker: InstallTracker::default(),
             history: UpdateHistory::new(dir),
+            fleet: Default::default(),
+            usb: Default::default(),
         }
     }
 

@@ -97,6 +97,11 @@ pub trait SlotBackend: Send + Sync + fmt::Debug {
     fn mark_booted_good(&self) -> Result<String, SlotError> {
         Ok(self.status()?.booted)
     }
+    /// Names this boot of the machine (the kernel's random `boot_id`): what was decided before
+    /// a reboot can tell that the reboot has happened since.
+    fn boot_id(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_string()).unwrap_or_default()
+    }
 }
 
 /// Restarts the machine now (sync, then reboot(2)); returns only on failure. For a box whose
@@ -129,6 +134,8 @@ pub struct SimulatedSlots {
     dir: PathBuf,
     running_version: String,
     lock: Mutex<()>,
+    /// A start of the daemon is the simulated machine's boot.
+    boot_id: String,
 }
 
 pub const STATE_FILE: &str = "slots.json";
@@ -137,7 +144,9 @@ impl SimulatedSlots {
     /// No IO until used; the state file is made on first use (slot A booted and good with
     /// `running_version`, B empty).
     pub fn new(dir: impl Into<PathBuf>, running_version: impl Into<String>) -> SimulatedSlots {
-        SimulatedSlots { dir: dir.into(), running_version: running_version.into(), lock: Mutex::new(()) }
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let boot_id = format!("simulated-{}-{}", std::process::id(), started.as_nanos());
+        SimulatedSlots { dir: dir.into(), running_version: running_version.into(), lock: Mutex::new(()), boot_id }
     }
 
     fn state_path(&self) -> PathBuf {
@@ -272,6 +281,10 @@ impl SimulatedSlots {
 }
 
 impl SlotBackend for SimulatedSlots {
+    fn boot_id(&self) -> String {
+        self.boot_id.clone()
+    }
+
     fn status(&self) -> Result<SlotsStatus, SlotError> {
         let _guard = self.guard();
         let state = self.load()?;

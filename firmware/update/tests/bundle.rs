@@ -349,6 +349,8 @@ fn agent_checks_policy_and_installs_into_the_inactive_slot() {
         running_version: "1.0.0".into(),
         tracker: InstallTracker::default(),
         history: branchgate_update::UpdateHistory::new(&firmware_dir),
+        fleet: Default::default(),
+        usb: Default::default(),
     };
     let (wrong, _) = create(dir.path(), &vendor, "1.1.0", "branchgate-other", &image);
     assert_eq!(agent.accept(&wrong, false).expect_err("wrong compatible").reason(), "incompatible");

@@ -43,9 +43,10 @@ const handedOut = new Set();
 
 /**
  * Starts the box. `provision` is merged into a provisioning document that
- * sets free admin ports on 127.0.0.1. Returns {url, dataDir, password, stop, kill, restart}.
+ * sets free admin ports on 127.0.0.1; `args` are more `branchgate run` flags. Returns {url, dataDir,
+ * password, stop, kill, restart}.
  */
-export async function startBox({ provision = {}, dataDir } = {}) {
+export async function startBox({ provision = {}, dataDir, args = [] } = {}) {
   dataDir = dataDir || mkdtempSync(join(tmpdir(), "branchgate-test-"));
   const https = await freePort();
   const http = await freePort();
@@ -64,17 +65,19 @@ export async function startBox({ provision = {}, dataDir } = {}) {
     turnPort: doc.turn.udp_port, turnTlsPort: doc.turn.tls_port, rtspPort: doc.network.rtsp_port,
   };
   box.url = `https://127.0.0.1:${box.httpsPort}`;
+  box.args = args;
   await launch(box, provisionFile);
   const initial = join(dataDir, "initial-admin-password");
   try { box.password = readFileSync(initial, "utf8").trim(); } catch { box.password = null; }
   box.stop = () => stopProcess(box, "SIGTERM");
   box.kill = () => stopProcess(box, "SIGKILL");
-  box.restart = async () => { await box.stop(); await launch(box, provisionFile); };
+  // `args`: other flags for the new start (e.g. the version a reboot into the other slot runs).
+  box.restart = async (args = box.args) => { await box.stop(); box.args = args; await launch(box, provisionFile); };
   return box;
 }
 
 async function launch(box, provisionFile) {
-  const child = spawn(BIN, ["run", "--data-dir", box.dataDir, "--provision", provisionFile], {
+  const child = spawn(BIN, ["run", "--data-dir", box.dataDir, "--provision", provisionFile, ...box.args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
