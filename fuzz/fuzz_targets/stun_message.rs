@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = m.xor_address(attr::XOR_PEER_ADDRESS);
         let _ = m.xor_address(attr::XOR_MAPPED_ADDRESS);
         let _ = m.all(attr::XOR_PEER_ADDRESS).count();
+        let _ = m.address_error_code();
         let _ = m.unknown_required().count();
         let _ = m.fingerprint_ok();
         let _ = m.integrity_ok(b"key");

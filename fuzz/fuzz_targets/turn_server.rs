@@ -14,6 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let mut config = ServerConfig::new("fuzz.example", "127.0.0.1".parse().expect("ip"));
     config.users.insert("test".into(), branchgate_turn::UserKey::from_password("test", "fuzz.example", "secret"));
     config.relay_ports = 40000..=40003;
+    // Dual allocations (ADDITIONAL-ADDRESS-FAMILY) and IPv6 relays too.
+    config.relay_ipv6 = Some("::1".parse().expect("ip"));
     let mut server = Server::new(config, [1; 32], now, 1_800_000_000);
     let listener: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
     let mut buf = vec![0u8; HEADROOM + 2048 + TAILROOM];
@@ -41,9 +43,7 @@ fuzz_target!(|data: &[u8]| {
         }
         while let Some(output) = server.poll_output() {
             match output {
-                Output::BindRelay { port, .. } => {
-                    server.relay_bound(t, port, Ok(SocketAddr::new("127.0.0.1".parse().expect("ip"), port)))
-                }
+                Output::BindRelay { ip, port, .. } => server.relay_bound(t, port, Ok(SocketAddr::new(ip, port))),
                 Output::ConnectPeer { connection, .. } => {
                     let _ = server.peer_connect_result(t, connection, i % 3 != 0);
                 }

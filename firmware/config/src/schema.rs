@@ -4,7 +4,7 @@
 //! client may give only the fields it cares about, and `deny_unknown_fields` so
 //! that a typo is an error instead of a silently ignored setting.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -307,6 +307,11 @@ pub struct TurnConfig {
     pub external_ip: Option<IpAddr>,
     /// Address relay sockets bind to; none picks the box's first non-loopback IPv4 address.
     pub relay_ip: Option<IpAddr>,
+    /// The box's IPv6 relay address: allocations asking for IPv6 (RFC 8656
+    /// REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY) relay from it. None: no IPv6 relaying.
+    pub relay_ipv6: Option<Ipv6Addr>,
+    /// Public IPv6 address announced for IPv6 relays (when the box's own differs, e.g. NPTv6).
+    pub external_ipv6: Option<Ipv6Addr>,
     pub relay_port_min: u16,
     pub relay_port_max: u16,
     /// Allocations one username may hold at once (486 beyond).
@@ -331,6 +336,8 @@ impl Default for TurnConfig {
             allowed_peers: Vec::new(),
             external_ip: None,
             relay_ip: None,
+            relay_ipv6: None,
+            external_ipv6: None,
             relay_port_min: 49152,
             relay_port_max: 65535,
             user_quota: 100,
@@ -582,6 +589,8 @@ impl Config {
         config.turn.auth_secret = Some(PlainSecret::new("restsecret"));
         config.turn.external_ip = "203.0.113.10".parse().ok();
         config.turn.relay_ip = "192.168.1.10".parse().ok();
+        config.turn.relay_ipv6 = "2001:db8:10::10".parse().ok();
+        config.turn.external_ipv6 = "2001:db8:20::10".parse().ok();
         config.update.hawkbit_url = Some("https://hawkbit.example".into());
         config.update.hawkbit_controller_id = Some("branch-0042".into());
         config.update.hawkbit_target_token = Some(PlainSecret::new("0123456789abcdef0123456789abcdef"));

@@ -2,7 +2,7 @@
 //! can show each message next to its input and the API can return them as 422.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -303,6 +303,18 @@ impl Config {
                 "0.0.0.0/8, :: and whole address families cannot be opened",
             );
         }
+        for (path, ip) in [("turn.relay_ipv6", t.relay_ipv6), ("turn.external_ipv6", t.external_ipv6)] {
+            if let Some(ip) = ip {
+                r.check(usable_ipv6(&ip), path, IPV6_RELAY_RULE);
+            }
+        }
+        // One IPv6 relay address: with relay_ipv6 set, an IPv6 relay_ip would be a second one.
+        r.check(
+            !(t.relay_ipv6.is_some() && t.relay_ip.is_some_and(|ip| ip.is_ipv6())),
+            "turn.relay_ip",
+            "an IPv4 address when turn.relay_ipv6 is set (it holds the IPv6 relay address)",
+        );
+        r.check(t.external_ipv6.is_none() || t.relay_ipv6.is_some(), "turn.external_ipv6", "needs turn.relay_ipv6");
         r.check(
             t.relay_port_min >= 1024 && t.relay_port_min < t.relay_port_max,
             "turn.relay_port_min",
@@ -501,6 +513,16 @@ fn check_digest(r: &mut Report, secret: &crate::secret::HashedSecret, realm: &st
     }
 }
 
+/// What an IPv6 relay address must be.
+const IPV6_RELAY_RULE: &str =
+    "a unicast IPv6 address (not ::, multicast, or an IPv4-mapped ::ffff:a.b.c.d: IPv4 goes in turn.relay_ip)";
+
+/// A unicast IPv6 address a relay socket can bind to and peers can reach: an IPv4-mapped
+/// address would be an IPv4 relay in disguise (the IPv4 relay is `turn.relay_ip`).
+fn usable_ipv6(ip: &Ipv6Addr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast() && ip.to_ipv4_mapped().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,6 +636,30 @@ mod tests {
         let mut config = valid();
         config.sip.tls_port = 20002;
         assert!(paths(&config).contains(&"sip.tls_port".to_string()), "inside the media range");
+    }
+
+    #[test]
+    fn ipv6_relay_addresses() {
+        let mut config = valid();
+        config.turn.relay_ipv6 = "2001:db8::10".parse().ok();
+        config.turn.external_ipv6 = "2001:db8:1::10".parse().ok();
+        assert!(paths(&config).is_empty(), "{:?}", paths(&config));
+        for bad in ["::", "ff02::1", "::ffff:192.0.2.1"] {
+            let mut config = valid();
+            config.turn.relay_ipv6 = bad.parse().ok();
+            assert_eq!(paths(&config), ["turn.relay_ipv6"], "{bad}");
+            let mut config = valid();
+            config.turn.relay_ipv6 = "2001:db8::10".parse().ok();
+            config.turn.external_ipv6 = bad.parse().ok();
+            assert_eq!(paths(&config), ["turn.external_ipv6"], "{bad}");
+        }
+        let mut config = valid();
+        config.turn.relay_ipv6 = None;
+        assert_eq!(paths(&config), ["turn.external_ipv6"], "an external IPv6 address without an IPv6 relay");
+        let mut config = valid();
+        config.turn.relay_ipv6 = "2001:db8::10".parse().ok();
+        config.turn.relay_ip = "2001:db8::11".parse().ok();
+        assert_eq!(paths(&config), ["turn.relay_ip"], "two IPv6 relay addresses");
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
 }
 
-/// The box's interface addresses and its public mapping.
-fn own_addresses(external: Option<IpAddr>) -> Vec<IpAddr> {
+/// The box's interface addresses and its public mappings.
+fn own_addresses(external: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
     let mut list: Vec<IpAddr> =
         if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
     list.extend(external);
@@ -75,8 +75,11 @@ pub fn server_config(box_config: &branchgate_config::Config) -> ServerConfig {
         .collect();
     config.rest_secret = turn.auth_secret.as_ref().map(|s| s.expose().as_bytes().to_vec());
     config.policy.allowed = turn.allowed_peers.clone();
-    config.policy.own_addresses = own_addresses(turn.external_ip);
+    config.policy.own_addresses = own_addresses(turn.external_ip.into_iter().chain(turn.external_ipv6.map(IpAddr::V6)));
     config.advertised_relay_ip = turn.external_ip;
+    // IPv6 relays (RFC 8656 dual allocations) only where the operator names the address.
+    config.relay_ipv6 = turn.relay_ipv6;
+    config.advertised_relay_ipv6 = turn.external_ipv6;
     config.relay_ports = turn.relay_port_min..=turn.relay_port_max;
     config.max_allocations_per_user = turn.user_quota as usize;
     config.max_allocation_bytes_per_second = u64::from(turn.max_allocation_kbps) * 1000 / 8;
@@ -131,6 +134,42 @@ struct Relay {
     reader: JoinHandle<()>,
 }
 
+/// The UDP relay sockets by port, one map per family: a dual allocation has a socket in
+/// each on the same port, and a peer is reached from the socket of its own family.
+#[derive(Default)]
+struct Relays {
+    v4: HashMap<u16, Relay>,
+    v6: HashMap<u16, Relay>,
+}
+
+impl Relays {
+    /// The socket on `port` that reaches `peer` (the server never hands out IPv4-mapped peers).
+    fn socket_for(&self, port: u16, peer: SocketAddr) -> Option<&UdpSocket> {
+        let family = if peer.is_ipv4() { &self.v4 } else { &self.v6 };
+        family.get(&port).map(|relay| &*relay.socket)
+    }
+
+    fn insert(&mut self, bound: SocketAddr, relay: Relay) {
+        let family = if bound.is_ipv4() { &mut self.v4 } else { &mut self.v6 };
+        if let Some(old) = family.insert(bound.port(), relay) {
+            old.reader.abort();
+        }
+    }
+
+    /// Closes the sockets of both families on `port`.
+    fn close(&mut self, port: u16) {
+        for relay in [self.v4.remove(&port), self.v6.remove(&port)].into_iter().flatten() {
+            relay.reader.abort();
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (_, relay) in self.v4.drain().chain(self.v6.drain()) {
+            relay.reader.abort();
+        }
+    }
+}
+
 /// A datagram from a peer, with room to frame it for the client in place.
 struct PeerPacket {
     port: u16,
@@ -154,11 +193,12 @@ impl Drop for Listeners {
 }
 
 async fn bind_listeners(
+    listen_ip: IpAddr,
     turn: &TurnConfig,
     certificates: &CertificateSource,
     events: &mpsc::Sender<StreamEvent>,
 ) -> Result<Listeners, RelayError> {
-    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let any = listen_ip;
     let udp_addr = SocketAddr::new(any, turn.udp_port);
     let udp = UdpSocket::bind(udp_addr).await.map_err(|source| RelayError::Bind { addr: udp_addr, source })?;
     let tcp_addr = SocketAddr::new(any, turn.tcp_port);
@@ -189,17 +229,30 @@ fn tuple_of(c: Connection) -> FiveTuple {
 /// that keeps the listeners applies at once, allocations kept; new listener
 /// ports restart the server.
 pub async fn run(
+    config_rx: watch::Receiver<Arc<Snapshot>>,
+    shutdown: watch::Receiver<bool>,
+    certificates: CertificateSource,
+    monitor: TurnMonitor,
+) -> Result<(), RelayError> {
+    run_on(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config_rx, shutdown, certificates, monitor).await
+}
+
+/// [`run`] with the client listeners on `listen_ip` rather than every IPv4 address: tests
+/// listen on loopback only.
+pub async fn run_on(
+    listen_ip: IpAddr,
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
     certificates: CertificateSource,
     monitor: TurnMonitor,
 ) -> Result<(), RelayError> {
-    let result = run_inner(&mut config_rx, &mut shutdown, &certificates, &monitor).await;
+    let result = run_inner(listen_ip, &mut config_rx, &mut shutdown, &certificates, &monitor).await;
     monitor.publish(None, Instant::now());
     result
 }
 
 async fn run_inner(
+    listen_ip: IpAddr,
     config_rx: &mut watch::Receiver<Arc<Snapshot>>,
     shutdown: &mut watch::Receiver<bool>,
     certificates: &CertificateSource,
@@ -213,7 +266,7 @@ async fn run_inner(
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        let restart = serve(&turn, certificates, config_rx, shutdown, monitor).await?;
+        let restart = serve(listen_ip, &turn, certificates, config_rx, shutdown, monitor).await?;
         if !restart {
             return Ok(());
         }
@@ -250,12 +303,12 @@ async fn forward(
     forward: Forward<'_>,
     udp: &UdpSocket,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
-    relays: &HashMap<u16, Relay>,
+    relays: &Relays,
 ) {
     match forward {
         Forward::ToPeer { relay_port, peer, payload } => {
-            if let Some(relay) = relays.get(&relay_port) {
-                branchgate_streams::send_datagram(&relay.socket, payload, peer).await;
+            if let Some(socket) = relays.socket_for(relay_port, peer) {
+                branchgate_streams::send_datagram(socket, payload, peer).await;
             }
         }
         Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet).await,
@@ -265,6 +318,7 @@ async fn forward(
 
 /// The main loop on one set of listeners; true when the configuration asks for a restart.
 async fn serve(
+    listen_ip: IpAddr,
     turn: &TurnConfig,
     certificates: &CertificateSource,
     config_rx: &mut watch::Receiver<Arc<Snapshot>>,
@@ -272,13 +326,13 @@ async fn serve(
     monitor: &TurnMonitor,
 ) -> Result<bool, RelayError> {
     let (stream_tx, mut stream_rx) = mpsc::channel::<StreamEvent>(1024);
-    let listeners = bind_listeners(turn, certificates, &stream_tx).await?;
+    let listeners = bind_listeners(listen_ip, turn, certificates, &stream_tx).await?;
     let udp = &listeners.udp;
     let local = udp.local_addr()?;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let mut server = Server::new(server_config(&config_rx.borrow().config), secret, Instant::now(), unix_now());
-    let mut relays: HashMap<u16, Relay> = HashMap::new();
+    let mut relays = Relays::default();
     let mut streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerPacket>(1024);
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<tcp::TcpEvent>(1024);
@@ -360,9 +414,7 @@ async fn serve(
         }
         drain(&mut server, udp, &streams, &mut relays, &mut tcp_relays, &peer_tx).await;
     };
-    for (_, relay) in relays.drain() {
-        relay.reader.abort();
-    }
+    relays.close_all();
     Ok(restart)
 }
 
@@ -371,7 +423,7 @@ async fn drain(
     server: &mut Server,
     udp: &UdpSocket,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
-    relays: &mut HashMap<u16, Relay>,
+    relays: &mut Relays,
     tcp_relays: &mut tcp::TcpRelays,
     peer_tx: &mpsc::Sender<PeerPacket>,
 ) {
@@ -392,7 +444,7 @@ async fn drain(
             },
             Output::BindRelay { ip, port, tcp: false } => match open_relay(ip, port, peer_tx.clone()) {
                 Ok((relay, bound)) => {
-                    relays.insert(port, relay);
+                    relays.insert(bound, relay);
                     server.relay_bound(Instant::now(), port, Ok(bound));
                 }
                 Err(e) => {
@@ -408,9 +460,7 @@ async fn drain(
                 }
             },
             Output::CloseRelay { port } => {
-                if let Some(relay) = relays.remove(&port) {
-                    relay.reader.abort();
-                }
+                relays.close(port);
                 tcp_relays.close_listener(port);
             }
             Output::ConnectPeer { connection, from, peer } => tcp_relays.connect(connection, from, peer),

@@ -7,4 +7,4 @@ pub mod policy;
 pub mod server;
 pub mod stun;
 
-pub use server::{Budget, FiveTuple, Forward, Output, Server, ServerConfig, Transport, UserKey, frame_len};
+pub use server::{Budget, Family, FiveTuple, Forward, Output, Server, ServerConfig, Transport, UserKey, frame_len};

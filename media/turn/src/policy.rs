@@ -278,4 +278,22 @@ mod tests {
             assert_eq!(policy.check(own.parse().expect("addr"), RelayProtocol::Udp), Err(Denied::OwnService), "{own}");
         }
     }
+
+    #[test]
+    fn ipv6_loopback_opens_only_as_an_exact_host_and_keeps_the_services_closed() {
+        let policy = PeerPolicy {
+            allowed: vec!["::1/128".parse().expect("net"), "2001:db8:5::/48".parse().expect("net")],
+            own_addresses: vec!["2001:db8:5::10".parse().expect("ip")],
+            own_ports: vec![3478],
+            ..PeerPolicy::default()
+        };
+        assert_eq!(policy.check("[::1]:5000".parse().expect("addr"), RelayProtocol::Udp), Ok(()));
+        assert_eq!(policy.check("[::1]:3478".parse().expect("addr"), RelayProtocol::Udp), Err(Denied::OwnService));
+        assert_eq!(policy.check(peer("2001:db8:5::11"), RelayProtocol::Udp), Ok(()), "the range's other hosts");
+        assert_eq!(policy.check(peer("2001:db8:5::10"), RelayProtocol::Udp), Err(Denied::OwnAddress));
+        // Opening ::1 opens neither IPv4 loopback nor the rest of the special ranges.
+        for closed in ["127.0.0.1", "::ffff:127.0.0.1", "fe80::1", "fc00::1", "ff02::1", "::"] {
+            assert!(policy.check(peer(closed), RelayProtocol::Udp).is_err(), "{closed}");
+        }
+    }
 }

@@ -8,13 +8,13 @@
 //! close) goes through [`Server::poll_output`].
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use crate::auth::{NonceCheck, Nonces, long_term_key, long_term_key_sha256, rest_expiry, rest_password, userhash};
 use crate::policy::{PeerPolicy, RelayProtocol, canonical};
-use crate::stun::{Class, HEADER_LEN, Message, Writer, attr, method, reason};
+use crate::stun::{Class, HEADER_LEN, Message, Writer, attr, family, method, reason};
 
 /// Bytes the driver leaves free before a peer's payload: the largest Data
 /// indication header (STUN header + XOR-PEER-ADDRESS for IPv6 + DATA header).
@@ -54,10 +54,15 @@ pub struct ServerConfig {
     /// Shared secret for TURN REST credentials.
     pub rest_secret: Option<Vec<u8>>,
     pub policy: PeerPolicy,
-    /// Address relay sockets bind to.
+    /// Address relay sockets bind to: the IPv4 relay, or the IPv6 one on an IPv6-only box.
     pub relay_ip: IpAddr,
     /// Address announced in XOR-RELAYED-ADDRESS (the public one when behind NAT).
     pub advertised_relay_ip: Option<IpAddr>,
+    /// The IPv6 relay address beside an IPv4 `relay_ip`: allocations asking for IPv6
+    /// (REQUESTED-ADDRESS-FAMILY, or ADDITIONAL-ADDRESS-FAMILY for both) relay from it.
+    pub relay_ipv6: Option<Ipv6Addr>,
+    /// Announced for relays on `relay_ipv6` (its public form, if it differs).
+    pub advertised_relay_ipv6: Option<Ipv6Addr>,
     pub relay_ports: RangeInclusive<u16>,
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
@@ -79,6 +84,8 @@ impl ServerConfig {
             policy: PeerPolicy::default(),
             relay_ip,
             advertised_relay_ip: None,
+            relay_ipv6: None,
+            advertised_relay_ipv6: None,
             relay_ports: 49152..=65535,
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
@@ -88,6 +95,67 @@ impl ServerConfig {
             max_allocation_bytes_per_second: 0,
         }
     }
+}
+
+impl ServerConfig {
+    /// Where relays of `family` bind and the address announced for them; `None` when the box
+    /// relays no such family.
+    fn relay_for(&self, family: Family) -> Option<(IpAddr, Option<IpAddr>)> {
+        match family {
+            Family::V4 => self.relay_ip.is_ipv4().then_some((self.relay_ip, self.advertised_relay_ip)),
+            Family::V6 => match self.relay_ipv6 {
+                Some(v6) => Some((IpAddr::V6(v6), self.advertised_relay_ipv6.map(IpAddr::V6))),
+                None => self.relay_ip.is_ipv6().then_some((self.relay_ip, self.advertised_relay_ip)),
+            },
+        }
+    }
+}
+
+/// An address family of relayed transport addresses (RFC 8656 §7.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The family a datagram to `ip` travels in: an IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`) is IPv4 on the wire. Other embeddings (NAT64, 6to4) are
+    /// IPv6 packets, although the peer policy judges them by the IPv4 address inside.
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.to_canonical().is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
+    /// The value in REQUESTED-/ADDITIONAL-ADDRESS-FAMILY and ADDRESS-ERROR-CODE.
+    fn code(self) -> u8 {
+        match self {
+            Family::V4 => family::IPV4,
+            Family::V6 => family::IPV6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Family> {
+        match code {
+            family::IPV4 => Some(Family::V4),
+            family::IPV6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
+
+/// A peer address as the relay socket sends to it: IPv4-mapped IPv6 unwrapped, so it goes
+/// from the IPv4 relay and matches the plain IPv4 source its answers come from.
+fn on_the_wire(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
 /// A user's long-term keys, `H(user:realm:password)` with MD5 and SHA-256
@@ -153,9 +221,10 @@ pub enum Output {
     /// Send `data` to the client of `tuple` (for TCP/TLS: on its connection).
     Reply { tuple: FiveTuple, data: Vec<u8> },
     /// Open a relay socket on `ip:port` and report with [`Server::relay_bound`]: UDP, or
-    /// with `tcp` a listener accepting peers ([`Server::peer_connection`], RFC 6062).
+    /// with `tcp` a listener accepting peers ([`Server::peer_connection`], RFC 6062). A dual
+    /// allocation asks for two, one per family, on the same port number.
     BindRelay { ip: IpAddr, port: u16, tcp: bool },
-    /// The allocation on this relay port is gone: close its socket.
+    /// The allocation on this relay port is gone: close its sockets (of either family).
     CloseRelay { port: u16 },
     /// Connect to `peer` over TCP from the relay's address and report with
     /// [`Server::peer_connect_result`] (RFC 6062 Connect).
@@ -166,6 +235,10 @@ pub enum Output {
     /// Close peer connection `connection` (and its client data connection, if joined).
     ClosePeer { connection: u32 },
 }
+
+/// The families an allocation relays (by [`Family::index`]) and the ADDRESS-ERROR-CODE
+/// (family, code) for one asked for but not given.
+type AllocationFamilies = ([bool; 2], Option<(Family, u16)>);
 
 /// A TCP connection between a relay and a peer (RFC 6062).
 #[derive(Debug)]
@@ -189,7 +262,8 @@ enum PeerState {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Forward<'a> {
     None,
-    /// Send `payload` from relay socket `relay_port` to `peer`.
+    /// Send `payload` from relay port `relay_port` to `peer`, on the socket of the
+    /// peer's family (IPv4 or IPv6; `peer` is never IPv4-mapped).
     ToPeer {
         relay_port: u16,
         peer: SocketAddr,
@@ -237,8 +311,15 @@ struct Allocation {
     tuple: FiveTuple,
     username: String,
     key: IntegrityKey,
+    /// The one port number of every relayed address of the allocation.
     relay_port: u16,
-    relay: Option<SocketAddr>,
+    /// The families relayed: IPv4, IPv6 or both (RFC 8656 dual allocation), by [`Family::index`].
+    families: [bool; 2],
+    /// The relayed transport address of each family once its socket is bound.
+    relayed: [Option<SocketAddr>; 2],
+    /// A family asked for (ADDITIONAL-ADDRESS-FAMILY) that could not be given, and why:
+    /// the answer's ADDRESS-ERROR-CODE (RFC 8656 §7.2).
+    address_error: Option<(Family, u16)>,
     expires: Instant,
     created: Instant,
     /// Installed permissions: canonical peer IP and expiry.
@@ -312,6 +393,25 @@ impl Allocation {
     fn relay_protocol(&self) -> RelayProtocol {
         if self.tcp { RelayProtocol::Tcp } else { RelayProtocol::Udp }
     }
+
+    /// The relayed address of `family`, once bound.
+    fn relayed(&self, family: Family) -> Option<SocketAddr> {
+        self.relayed[family.index()]
+    }
+
+    /// Every family asked for has its socket: the allocation is answered and usable.
+    fn ready(&self) -> bool {
+        Family::ALL.iter().all(|f| !self.families[f.index()] || self.relayed(*f).is_some())
+    }
+
+    fn dual(&self) -> bool {
+        self.families == [true, true]
+    }
+
+    /// The relayed addresses, IPv4 first.
+    fn relayed_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.relayed.iter().flatten().copied()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -332,7 +432,10 @@ impl Counter {
 pub struct AllocationInfo {
     pub username: String,
     pub client: SocketAddr,
+    /// The first relayed address (IPv4 first); `None` while binding.
     pub relay: Option<SocketAddr>,
+    /// Every relayed address, IPv4 first (two for a dual allocation).
+    pub relays: Vec<SocketAddr>,
     pub peers: Vec<IpAddr>,
     pub age: Duration,
     pub to_peer: Counter,
@@ -357,6 +460,8 @@ pub struct Server {
     unix_at_start: u64,
     allocations: HashMap<u32, Allocation>,
     by_tuple: HashMap<FiveTuple, u32>,
+    /// Allocations by relay port: every relayed address of an allocation (IPv4 and IPv6 of a
+    /// dual one) has the same port, and no two allocations share a port whatever their families.
     by_port: HashMap<u16, u32>,
     next_id: u32,
     next_port: u16,
@@ -462,7 +567,8 @@ impl Server {
             .map(|a| AllocationInfo {
                 username: a.username.clone(),
                 client: a.tuple.client,
-                relay: a.relay,
+                relay: a.relayed_addresses().next(),
+                relays: a.relayed_addresses().collect(),
                 peers: a.permissions.iter().map(|(ip, _)| *ip).collect(),
                 age: now.saturating_duration_since(a.created),
                 to_peer: a.to_peer,
@@ -522,7 +628,7 @@ impl Server {
         if let Some(allocation) = self.allocations.remove(&id) {
             self.by_tuple.remove(&allocation.tuple);
             self.by_port.remove(&allocation.relay_port);
-            if allocation.relay.is_some() {
+            if allocation.relayed_addresses().next().is_some() {
                 self.out.push_back(Output::CloseRelay { port: allocation.relay_port });
             }
             let peers: Vec<u32> = self
@@ -567,7 +673,7 @@ impl Server {
     fn live_allocation(&self, tuple: &FiveTuple, now: Instant) -> Option<u32> {
         let id = *self.by_tuple.get(tuple)?;
         let allocation = self.allocations.get(&id)?;
-        (allocation.relay.is_some() && allocation.expires > now).then_some(id)
+        (allocation.ready() && allocation.expires > now).then_some(id)
     }
 
     fn channel_data<'a>(&mut self, now: Instant, tuple: FiveTuple, data: &'a [u8]) -> Forward<'a> {
@@ -606,10 +712,12 @@ impl Server {
     fn send_indication<'a>(&mut self, now: Instant, tuple: FiveTuple, msg: Message<'a>) -> Forward<'a> {
         let forward = (|| {
             let id = self.live_allocation(&tuple, now)?;
-            let peer = xor_peer(&msg)?;
+            let peer = on_the_wire(xor_peer(&msg)?);
             let payload = msg.get(attr::DATA)?.value;
             // Permissions are per address; the box's own service ports are checked per packet.
             let allocation = self.allocations.get_mut(&id)?;
+            // No relay of the peer's family: dropped, as a Send cannot be answered (RFC 8656 §11.3).
+            allocation.relayed(Family::of(peer.ip()))?;
             self.config.policy.check(peer, allocation.relay_protocol()).ok()?;
             let ip = canonical(peer.ip());
             allocation.permissions.iter().any(|(p, e)| *p == ip && *e > now).then_some(())?;
@@ -702,13 +810,21 @@ impl Server {
         };
         match result {
             Ok(bound) => {
+                let family = Family::of(bound.ip());
+                let advertised = self.config.relay_for(family).and_then(|(_, advertised)| advertised);
                 let Some(allocation) = self.allocations.get_mut(&id) else {
                     return;
                 };
-                let relay = SocketAddr::new(self.config.advertised_relay_ip.unwrap_or(bound.ip()), bound.port());
-                allocation.relay = Some(relay);
-                allocation.expires = now + allocation.lifetime;
-                self.answer_allocate(id);
+                if !allocation.families[family.index()] {
+                    return;
+                }
+                allocation.relayed[family.index()] =
+                    Some(SocketAddr::new(advertised.unwrap_or(bound.ip()), bound.port()));
+                // A dual allocation answers once both of its sockets are there.
+                if allocation.ready() {
+                    allocation.expires = now + allocation.lifetime;
+                    self.answer_allocate(id);
+                }
             }
             Err(()) => {
                 // Someone else holds that port: try another, a few times.
@@ -717,13 +833,19 @@ impl Server {
                 let Some(allocation) = self.allocations.get_mut(&id) else {
                     return;
                 };
+                if allocation.dual() {
+                    // The other family's socket on this port (bound already, or still to be
+                    // bound: the driver carries out outputs in order) goes; both move together.
+                    allocation.relayed = [None; 2];
+                    self.out.push_back(Output::CloseRelay { port });
+                }
                 allocation.bind_attempts += 1;
                 match next {
                     Some(next) if allocation.bind_attempts < 8 => {
                         allocation.relay_port = next;
                         self.by_port.insert(next, id);
-                        let tcp = allocation.tcp;
-                        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port: next, tcp });
+                        let (tcp, families) = (allocation.tcp, allocation.families);
+                        self.bind_relays(families, next, tcp);
                     }
                     _ => {
                         let (tuple, tid, key) = (allocation.tuple, allocation.transaction_id, allocation.key);
@@ -756,6 +878,17 @@ impl Server {
             }
         }
         None
+    }
+
+    /// Asks the driver for the relay sockets of `families` on `port`, IPv4 first.
+    fn bind_relays(&mut self, families: [bool; 2], port: u16, tcp: bool) {
+        for family in Family::ALL {
+            if families[family.index()]
+                && let Some((ip, _)) = self.config.relay_for(family)
+            {
+                self.out.push_back(Output::BindRelay { ip, port, tcp });
+            }
+        }
     }
 
     fn new_reservation_token(&mut self) -> [u8; 8] {
@@ -990,17 +1123,30 @@ impl Server {
         let Some(a) = self.allocations.get(&id) else {
             return;
         };
-        let Some(relay) = a.relay else {
+        if !a.ready() {
             return; // still binding: the answer is on its way
-        };
-        let (tuple, tid, key, fingerprint, lifetime, token) =
-            (a.tuple, a.transaction_id, a.key, a.request_had_fingerprint, a.lifetime, a.reservation_token);
+        }
+        let relayed: Vec<SocketAddr> = a.relayed_addresses().collect();
+        let (tuple, tid, key, fingerprint, lifetime, token, address_error) = (
+            a.tuple,
+            a.transaction_id,
+            a.key,
+            a.request_had_fingerprint,
+            a.lifetime,
+            a.reservation_token,
+            a.address_error,
+        );
         self.success(tuple, method::ALLOCATE, tid, &key, fingerprint, |w| {
-            w.xor_address(attr::XOR_RELAYED_ADDRESS, relay)
-                .u32(attr::LIFETIME, lifetime.as_secs() as u32)
-                .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+            // One XOR-RELAYED-ADDRESS per family, IPv4 first (RFC 8656 §7.2).
+            for relay in relayed {
+                w.xor_address(attr::XOR_RELAYED_ADDRESS, relay);
+            }
+            w.u32(attr::LIFETIME, lifetime.as_secs() as u32).xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
             if let Some(token) = token {
                 w.attr(attr::RESERVATION_TOKEN, &token);
+            }
+            if let Some((family, code)) = address_error {
+                w.address_error(family.code(), code, reason(code));
             }
         });
     }
@@ -1046,15 +1192,10 @@ impl Server {
         if even_port.is_some() && token.is_some() {
             return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]);
         }
-        let family_ok = match msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(|a| a.value.first().copied()) {
-            None => self.config.relay_ip.is_ipv4(),
-            Some(Some(0x01)) => self.config.relay_ip.is_ipv4(),
-            Some(Some(0x02)) => self.config.relay_ip.is_ipv6(),
-            Some(_) => false,
+        let (families, address_error) = match self.allocation_families(msg, tcp) {
+            Ok(families) => families,
+            Err(code) => return self.error(tuple, method::ALLOCATE, tid, code, Some(&key), &[]),
         };
-        if !family_ok {
-            return self.error(tuple, method::ALLOCATE, tid, 440, Some(&key), &[]);
-        }
         let per_user = self.allocations.values().filter(|a| a.username == credentials.username).count();
         if per_user >= self.config.max_allocations_per_user {
             return self.error(tuple, method::ALLOCATE, tid, 486, Some(&key), &[]);
@@ -1098,7 +1239,9 @@ impl Server {
                 username: credentials.username,
                 key,
                 relay_port: port,
-                relay: None,
+                families,
+                relayed: [None; 2],
+                address_error,
                 // Until the socket is bound; a bind that never answers does not leak.
                 expires: now + Duration::from_secs(30),
                 created: now,
@@ -1118,7 +1261,46 @@ impl Server {
         );
         self.by_tuple.insert(tuple, id);
         self.by_port.insert(port, id);
-        self.out.push_back(Output::BindRelay { ip: self.config.relay_ip, port, tcp });
+        self.bind_relays(families, port, tcp);
+    }
+
+    /// The families an Allocate asks for (RFC 8656 §7.2, RFC 6156's rules kept there), and
+    /// the ADDRESS-ERROR-CODE for one asked for beside IPv4 that the box cannot give;
+    /// `Err` is the error code to answer with.
+    fn allocation_families(&self, msg: &Message<'_>, tcp: bool) -> Result<AllocationFamilies, u16> {
+        let requested = msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(|a| a.value.first().copied());
+        let additional = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).map(|a| a.value.first().copied());
+        let offered = |family: Family| self.config.relay_for(family).is_some();
+        match (requested, additional) {
+            (Some(_), Some(_)) => Err(400),
+            // A reserved port is for the family of the allocation that reserved it.
+            (Some(_), None) if msg.has(attr::RESERVATION_TOKEN) => Err(400),
+            (Some(code), None) => match code.and_then(Family::from_code) {
+                Some(family) if offered(family) => {
+                    let mut families = [false; 2];
+                    families[family.index()] = true;
+                    Ok((families, None))
+                }
+                _ => Err(440),
+            },
+            (None, None) if offered(Family::V4) => Ok(([true, false], None)),
+            (None, None) => Err(440),
+            // ADDITIONAL-ADDRESS-FAMILY asks for IPv6 beside IPv4; only IPv6 is valid in it, and
+            // a dual allocation takes neither EVEN-PORT nor RESERVATION-TOKEN. Nor a TCP relay
+            // here: RFC 6062 allocations keep one family.
+            (None, Some(code)) => {
+                if code != Some(family::IPV6) || msg.has(attr::EVEN_PORT) || msg.has(attr::RESERVATION_TOKEN) || tcp {
+                    Err(400)
+                } else if !offered(Family::V4) {
+                    Err(440)
+                } else if offered(Family::V6) {
+                    Ok(([true, true], None))
+                } else {
+                    // IPv4 alone, and the answer says why not IPv6.
+                    Ok(([true, false], Some((Family::V6, 440))))
+                }
+            }
+        }
     }
 
     fn owned_allocation(
@@ -1141,6 +1323,19 @@ impl Server {
         let Some(id) = self.owned_allocation(now, tuple, msg, &credentials) else {
             return;
         };
+        // REQUESTED-ADDRESS-FAMILY must name a family the allocation relays (RFC 8656 §7.3);
+        // the refresh (or deletion) then covers every relayed address of the allocation.
+        if let Some(requested) = msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            let relays = requested
+                .value
+                .first()
+                .copied()
+                .and_then(Family::from_code)
+                .is_some_and(|family| self.allocations.get(&id).is_some_and(|a| a.relayed(family).is_some()));
+            if !relays {
+                return self.error(tuple, method::REFRESH, msg.transaction_id(), 443, Some(&credentials.key), &[]);
+            }
+        }
         let lifetime = self.granted_lifetime(msg);
         if lifetime.is_zero() {
             self.remove(id);
@@ -1155,10 +1350,11 @@ impl Server {
 
     /// Checks a peer for this allocation; the error code to answer when refused.
     fn check_peer(&mut self, id: u32, peer: SocketAddr) -> Result<(), u16> {
-        let Some(relay) = self.allocations.get(&id).and_then(|a| a.relay) else {
+        let Some(allocation) = self.allocations.get(&id).filter(|a| a.ready()) else {
             return Err(437);
         };
-        if canonical(peer.ip()).is_ipv4() != canonical(relay.ip()).is_ipv4() {
+        // A peer of a family the allocation has no relayed address for (RFC 8656 §9.1, §11.1).
+        if allocation.relayed(Family::of(peer.ip())).is_none() {
             return Err(443);
         }
         let protocol = self.allocations.get(&id).map_or(RelayProtocol::Udp, Allocation::relay_protocol);
@@ -1208,7 +1404,7 @@ impl Server {
         let tid = msg.transaction_id();
         let number =
             msg.get(attr::CHANNEL_NUMBER).and_then(|a| a.value.get(..2)).map(|v| u16::from_be_bytes([v[0], v[1]]));
-        let (Some(number), Some(peer)) = (number, xor_peer(msg)) else {
+        let (Some(number), Some(peer)) = (number, xor_peer(msg).map(on_the_wire)) else {
             return self.error(tuple, method::CHANNEL_BIND, tid, 400, Some(&credentials.key), &[]);
         };
         if !CHANNELS.contains(&number) {
@@ -1263,11 +1459,14 @@ impl Server {
         if allocation.username != credentials.username {
             return self.error(tuple, method::CONNECT, tid, 441, Some(&key), &[]);
         }
-        let Some(peer) = xor_peer(msg).filter(|_| allocation.tcp) else {
+        let Some(peer) = xor_peer(msg).map(on_the_wire).filter(|_| allocation.tcp) else {
             return self.error(tuple, method::CONNECT, tid, 400, Some(&key), &[]);
         };
         let permitted = allocation.permissions.iter().any(|(ip, _)| *ip == canonical(peer.ip()));
-        let relay_ip = allocation.relay.map(|_| self.config.relay_ip);
+        // The connection leaves from the relay's own (bound) address of the peer's family.
+        let family = Family::of(peer.ip());
+        let relay_ip =
+            allocation.relayed(family).and_then(|_| self.config.relay_for(family)).map(|(bind_ip, _)| bind_ip);
         if let Err(code) = self.check_peer(id, peer) {
             return self.error(tuple, method::CONNECT, tid, code, Some(&key), &[]);
         }

@@ -44,6 +44,8 @@ pub mod attr {
     pub const ALTERNATE_SERVER: u16 = 0x8023;
     pub const FINGERPRINT: u16 = 0x8028;
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    /// RFC 8656 §18.12: which family of a dual allocation failed, and why.
+    pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
     /// RFC 6062 §6.2.1.
     pub const CONNECTION_ID: u16 = 0x002A;
@@ -132,6 +134,22 @@ fn split_type(kind: u16) -> (Class, u16) {
     };
     let method = ((kind & 0x3E00) >> 2) | ((kind & 0x00E0) >> 1) | (kind & 0x000F);
     (class, method)
+}
+
+/// Address family values of REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY and
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.6, §18.11, §18.12).
+pub mod family {
+    pub const IPV4: u8 = 0x01;
+    pub const IPV6: u8 = 0x02;
+}
+
+/// A decoded ADDRESS-ERROR-CODE (RFC 8656 §18.12): the family that could not be
+/// allocated, the error code and its reason phrase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressError<'a> {
+    pub family: u8,
+    pub code: u16,
+    pub reason: &'a str,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -262,6 +280,22 @@ impl<'a> Message<'a> {
     /// An XOR-*-ADDRESS attribute decoded (RFC 8489 §14.2).
     pub fn xor_address(&self, kind: u16) -> Option<Result<SocketAddr, StunError>> {
         self.get(kind).map(|a| decode_xor_address(a.value, &self.transaction_id()))
+    }
+
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): family (8 bits), 13 reserved bits, the code's
+    /// class (3 bits) and number (8 bits), then a UTF-8 reason.
+    pub fn address_error_code(&self) -> Option<Result<AddressError<'a>, StunError>> {
+        self.get(attr::ADDRESS_ERROR_CODE).map(|a| {
+            let [family, _, class, number, ..] = *a.value else {
+                return Err(StunError::BadAttribute);
+            };
+            let class = u16::from(class & 0x07);
+            if !(3..=6).contains(&class) || number > 99 {
+                return Err(StunError::BadAttribute);
+            }
+            let reason = std::str::from_utf8(&a.value[4..]).map_err(|_| StunError::BadAttribute)?;
+            Ok(AddressError { family, code: class * 100 + u16::from(number), reason })
+        })
     }
 
     /// Comprehension-required attributes this server does not know (for 420).
@@ -439,6 +473,14 @@ impl<'b> Writer<'b> {
         self.attr(attr::ERROR_CODE, &value)
     }
 
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): `family` could not be allocated, with `code`.
+    pub fn address_error(&mut self, family: u8, code: u16, reason: &str) -> &mut Self {
+        let mut value = Vec::with_capacity(4 + reason.len());
+        value.extend_from_slice(&[family, 0, (code / 100) as u8, (code % 100) as u8]);
+        value.extend_from_slice(reason.as_bytes());
+        self.attr(attr::ADDRESS_ERROR_CODE, &value)
+    }
+
     pub fn integrity(&mut self, key: &[u8]) -> &mut Self {
         let offset = self.buf.len() - self.start;
         let mac = hmac_sha1(&self.buf[self.start..], offset, 24, key);
@@ -610,6 +652,34 @@ mod tests {
         let m = Message::parse(&buf).expect("parse");
         assert!(m.integrity_sha256_ok(b"k"));
         assert_eq!(m.get(attr::ERROR_CODE).map(|a| a.value[2..4].to_vec()), Some(vec![4, 38]));
+    }
+
+    #[test]
+    fn address_error_code_round_trips_and_bad_ones_are_refused() {
+        let mut buf = Vec::new();
+        Writer::new(&mut buf, Class::Success, method::ALLOCATE, [3; 12]).address_error(
+            family::IPV6,
+            440,
+            "Address Family not Supported",
+        );
+        // Type 0x8001, length 4 + 28, family 0x02, reserved, class 4, number 40.
+        assert_eq!(buf[20..28], [0x80, 0x01, 0x00, 0x20, 0x02, 0x00, 0x04, 0x28]);
+        let m = Message::parse(&buf).expect("parse");
+        assert_eq!(
+            m.address_error_code(),
+            Some(Ok(AddressError { family: family::IPV6, code: 440, reason: "Address Family not Supported" }))
+        );
+        assert!(!attr::comprehension_required(attr::ADDRESS_ERROR_CODE));
+        for bad in [&[0x02, 0x00, 0x04][..], &[0x02, 0x00, 0x02, 0x28], &[0x02, 0x00, 0x04, 100], &[2, 0, 4, 40, 0xFF]]
+        {
+            let mut buf = Vec::new();
+            Writer::new(&mut buf, Class::Success, method::ALLOCATE, [3; 12]).attr(attr::ADDRESS_ERROR_CODE, bad);
+            let m = Message::parse(&buf).expect("parse");
+            assert_eq!(m.address_error_code(), Some(Err(StunError::BadAttribute)), "{bad:?}");
+        }
+        let mut buf = Vec::new();
+        Writer::new(&mut buf, Class::Success, method::ALLOCATE, [3; 12]);
+        assert_eq!(Message::parse(&buf).expect("parse").address_error_code(), None);
     }
 
     #[test]

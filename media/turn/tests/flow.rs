@@ -744,3 +744,370 @@ fn an_allocation_beyond_its_bandwidth_cap_is_dropped_each_way_and_recovers_with_
     assert_eq!(relayed(&mut h), (10, 10), "the budget holds at most a second");
     assert_eq!(h.server.stats.dropped, 3 * 2 * 30 - 50);
 }
+
+// ----- IPv6 and dual allocations (RFC 8656 §7.2, §7.3, §9, §12; RFC 6156) ---------------------
+
+const PEER6: &str = "[::1]:6666";
+
+/// Loopback of both families allowed (a lab), with an IPv6 relay beside the IPv4 one.
+fn dual_stack() -> ServerConfig {
+    let mut config = allowing_loopback();
+    config.relay_ipv6 = Some("::1".parse().expect("ip"));
+    config.policy.allowed.push("::1/128".parse().expect("net"));
+    config
+}
+
+/// REQUESTED-ADDRESS-FAMILY or ADDITIONAL-ADDRESS-FAMILY with `family`.
+fn family_attr(kind: u16, family: u8) -> impl Fn(&mut Writer<'_>) {
+    move |w| {
+        w.attr(kind, &[family, 0, 0, 0]);
+    }
+}
+
+/// Attributes a test case adds to a request.
+type FillRequest = Box<dyn Fn(&mut Writer<'_>)>;
+
+/// Every XOR-RELAYED-ADDRESS of an answer, in order.
+fn relayed_addresses(reply: &[u8]) -> Vec<SocketAddr> {
+    let m = Message::parse(reply).expect("parse");
+    let tid = m.transaction_id();
+    m.all(attr::XOR_RELAYED_ADDRESS)
+        .map(|a| branchgate_turn::stun::decode_xor_address(a.value, &tid).expect("valid address"))
+        .collect()
+}
+
+impl Harness {
+    /// An Allocate with `fill`'s attributes beside REQUESTED-TRANSPORT UDP: every relay socket it
+    /// asks for is bound where asked; the answer (success or error) and the BindRelay outputs.
+    fn allocate_with(&mut self, client: &str, fill: impl Fn(&mut Writer<'_>)) -> (Vec<u8>, Vec<Output>) {
+        let (reply, outputs) = self.request(client, method::ALLOCATE, true, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            fill(w);
+        });
+        if !reply.is_empty() {
+            return (reply, outputs);
+        }
+        for output in &outputs {
+            let Output::BindRelay { ip, port, .. } = output else { panic!("unexpected {output:?}") };
+            self.server.relay_bound(self.now, *port, Ok(SocketAddr::new(*ip, *port)));
+        }
+        let Some(Output::Reply { data, .. }) = self.server.poll_output() else { panic!("no allocate answer") };
+        (data, outputs)
+    }
+
+    fn permit(&mut self, peer: &str) -> Option<u16> {
+        let (reply, _) = self.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, addr(peer));
+        });
+        Self::error_code(&reply)
+    }
+
+    fn send_to(&mut self, peer: &str, data: &[u8]) -> Option<(u16, SocketAddr)> {
+        let mut send = Vec::new();
+        Writer::new(&mut send, Class::Indication, method::SEND, [9; 12])
+            .xor_address(attr::XOR_PEER_ADDRESS, addr(peer))
+            .attr(attr::DATA, data);
+        match self.server.handle_client_packet(self.now, udp(CLIENT), &send) {
+            Forward::ToPeer { relay_port, peer, payload } => {
+                assert_eq!(payload, data);
+                Some((relay_port, peer))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn a_dual_allocation_relays_each_family_on_its_own_address() {
+    use branchgate_turn::stun::family;
+    let mut h = Harness::new(dual_stack());
+    h.learn_nonce();
+    let (reply, binds) = h.allocate_with(CLIENT, family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, family::IPV6));
+    assert_eq!(
+        binds,
+        vec![
+            Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50000, tcp: false },
+            Output::BindRelay { ip: "::1".parse().expect("ip"), port: 50000, tcp: false },
+        ],
+        "one socket per family on one port"
+    );
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(relayed_addresses(&reply), [addr("127.0.0.1:50000"), addr("[::1]:50000")], "IPv4 first");
+    let m = Message::parse(&reply).expect("parse");
+    assert!(m.integrity_ok(&h.key));
+    assert_eq!(m.address_error_code(), None);
+
+    // Permissions for a peer of each family, in one request and one at a time.
+    let (reply, _) = h.request(CLIENT, method::CREATE_PERMISSION, true, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr(PEER)).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER6));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(h.permit(PEER6), None);
+
+    // Send indications go out on the socket of the peer's family.
+    assert_eq!(h.send_to(PEER, b"four"), Some((50000, addr(PEER))));
+    assert_eq!(h.send_to(PEER6, b"six"), Some((50000, addr(PEER6))));
+
+    // Data from the IPv6 peer reaches the client as a Data indication naming it.
+    let mut buf = vec![0u8; HEADROOM + 1500 + TAILROOM];
+    buf[HEADROOM..HEADROOM + 3].copy_from_slice(b"v6!");
+    match h.server.handle_peer_packet(h.now, 50000, addr(PEER6), &mut buf, 3) {
+        Forward::ToClient { tuple, packet } => {
+            assert_eq!(tuple, udp(CLIENT));
+            let m = Message::parse(packet).expect("data indication parses");
+            assert_eq!((m.class, m.method), (Class::Indication, method::DATA));
+            assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Some(Ok(addr(PEER6))));
+            assert_eq!(m.get(attr::DATA).map(|a| a.value), Some(&b"v6!"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A channel to the IPv6 peer: ChannelData both ways.
+    let (reply, _) = h.request(CLIENT, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x06, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER6));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(
+        h.server.handle_client_packet(h.now, udp(CLIENT), &[0x40, 0x06, 0x00, 0x02, b'h', b'i', 0, 0]),
+        Forward::ToPeer { relay_port: 50000, peer: addr(PEER6), payload: b"hi" }
+    );
+    buf[HEADROOM..HEADROOM + 2].copy_from_slice(b"ok");
+    match h.server.handle_peer_packet(h.now, 50000, addr(PEER6), &mut buf, 2) {
+        Forward::ToClient { packet, .. } => assert_eq!(packet, &[0x40, 0x06, 0x00, 0x02, b'o', b'k']),
+        other => panic!("{other:?}"),
+    }
+
+    let info = h.server.allocations(h.now);
+    assert_eq!(info[0].relays, [addr("127.0.0.1:50000"), addr("[::1]:50000")]);
+    assert_eq!(info[0].relay, Some(addr("127.0.0.1:50000")));
+
+    // A refresh naming either family keeps both; one of neither family is refused (RFC 8656 §7.3).
+    for family in [family::IPV6, family::IPV4] {
+        h.now += Duration::from_secs(500);
+        h.learn_nonce(); // the old one is stale by now
+        let (reply, _) = h.request(CLIENT, method::REFRESH, true, family_attr(attr::REQUESTED_ADDRESS_FAMILY, family));
+        assert_eq!(Harness::error_code(&reply), None);
+    }
+    h.server.handle_timeout(h.now);
+    assert_eq!(h.server.allocation_count(), 1, "refreshed, not expired");
+    let (reply, _) = h.request(CLIENT, method::REFRESH, true, family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x03));
+    assert_eq!(Harness::error_code(&reply), Some(443));
+    // Lifetime 0 frees both addresses: their port closes, both sockets with it.
+    let (reply, others) = h.request(CLIENT, method::REFRESH, true, |w| {
+        w.u32(attr::LIFETIME, 0);
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(others, vec![Output::CloseRelay { port: 50000 }]);
+    assert_eq!(h.server.allocation_count(), 0);
+    let mut buf = vec![0u8; HEADROOM + 100 + TAILROOM];
+    assert_eq!(h.server.handle_peer_packet(h.now, 50000, addr(PEER6), &mut buf, 3), Forward::None);
+}
+
+#[test]
+fn peers_of_a_family_the_allocation_does_not_relay_get_443() {
+    use branchgate_turn::stun::family;
+    let mut h = Harness::new(dual_stack());
+    h.learn_nonce();
+    // IPv6 only.
+    let (reply, binds) = h.allocate_with(CLIENT, family_attr(attr::REQUESTED_ADDRESS_FAMILY, family::IPV6));
+    assert_eq!(binds, vec![Output::BindRelay { ip: "::1".parse().expect("ip"), port: 50000, tcp: false }]);
+    assert_eq!(relayed_addresses(&reply), [addr("[::1]:50000")]);
+    assert_eq!(h.permit(PEER), Some(443));
+    assert_eq!(h.permit("[::ffff:127.0.0.1]:5555"), Some(443), "IPv4-mapped is IPv4 on the wire");
+    let (reply, _) = h.request(CLIENT, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]).xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    assert_eq!(Harness::error_code(&reply), Some(443));
+    assert_eq!(h.permit(PEER6), None);
+    assert_eq!(h.send_to(PEER6, b"x"), Some((50000, addr(PEER6))));
+    let dropped = h.server.stats.dropped;
+    assert_eq!(h.send_to(PEER, b"x"), None, "a Send to the other family is dropped silently");
+    assert_eq!(h.server.stats.dropped, dropped + 1);
+    let (reply, _) =
+        h.request(CLIENT, method::REFRESH, true, family_attr(attr::REQUESTED_ADDRESS_FAMILY, family::IPV4));
+    assert_eq!(Harness::error_code(&reply), Some(443));
+    let (reply, _) =
+        h.request(CLIENT, method::REFRESH, true, family_attr(attr::REQUESTED_ADDRESS_FAMILY, family::IPV6));
+    assert_eq!(Harness::error_code(&reply), None);
+
+    // IPv4 only (no family asked for), though the box has IPv6: IPv6 peers are refused, and an
+    // IPv4-mapped peer is relayed to its plain IPv4 address.
+    let client = "192.0.2.51:40000";
+    h.learn_nonce_for(client);
+    let (reply, outputs) = h.request(client, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert!(reply.is_empty());
+    let [Output::BindRelay { ip, port, .. }] = outputs[..] else { panic!("one bind: {outputs:?}") };
+    assert_eq!(ip, "127.0.0.1".parse::<std::net::IpAddr>().expect("ip"));
+    h.server.relay_bound(h.now, port, Ok(SocketAddr::new(ip, port)));
+    assert!(matches!(h.server.poll_output(), Some(Output::Reply { .. })));
+    let (reply, _) = h.request(client, method::CREATE_PERMISSION, true, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr(PEER6));
+    });
+    assert_eq!(Harness::error_code(&reply), Some(443));
+    let (reply, _) = h.request(client, method::CHANNEL_BIND, true, |w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x02, 0, 0])
+            .xor_address(attr::XOR_PEER_ADDRESS, addr("[::ffff:127.0.0.1]:5555"));
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(
+        h.server.handle_client_packet(h.now, udp(client), &[0x40, 0x02, 0x00, 0x01, b'm', 0, 0, 0]),
+        Forward::ToPeer { relay_port: port, peer: addr(PEER), payload: b"m" },
+        "sent to the plain IPv4 address, from the IPv4 socket"
+    );
+    // ...and the peer's answers from that plain address find the channel.
+    let mut buf = vec![0u8; HEADROOM + 100 + TAILROOM];
+    match h.server.handle_peer_packet(h.now, port, addr(PEER), &mut buf, 1) {
+        Forward::ToClient { packet, .. } => assert_eq!(&packet[..2], &[0x40, 0x02]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn address_family_requests_the_server_refuses_or_narrows() {
+    use branchgate_turn::stun::{AddressError, family};
+    // Without an IPv6 relay.
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    for bad in [family::IPV6, 0x03, 0x00] {
+        let (reply, binds) = h.allocate_with(CLIENT, family_attr(attr::REQUESTED_ADDRESS_FAMILY, bad));
+        assert_eq!((Harness::error_code(&reply), binds), (Some(440), vec![]), "family {bad}");
+    }
+    // A dual request gets IPv4 alone and ADDRESS-ERROR-CODE saying why not IPv6 (RFC 8656 §7.2).
+    let (reply, _) = h.allocate_with(CLIENT, family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, family::IPV6));
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(relayed_addresses(&reply), [addr("127.0.0.1:50000")]);
+    let m = Message::parse(&reply).expect("parse");
+    assert!(m.integrity_ok(&h.key), "ADDRESS-ERROR-CODE is covered by the integrity");
+    assert_eq!(
+        m.address_error_code(),
+        Some(Ok(AddressError { family: family::IPV6, code: 440, reason: "Address Family not Supported" }))
+    );
+
+    // With one: malformed combinations are 400 (RFC 8656 §7.2).
+    let mut h = Harness::new(dual_stack());
+    h.learn_nonce();
+    let cases: [(&str, FillRequest); 6] = [
+        ("IPv4 in ADDITIONAL-ADDRESS-FAMILY", Box::new(family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, family::IPV4))),
+        (
+            "both family attributes",
+            Box::new(|w: &mut Writer<'_>| {
+                w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0])
+                    .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0]);
+            }),
+        ),
+        (
+            "dual with EVEN-PORT",
+            Box::new(|w: &mut Writer<'_>| {
+                w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0]);
+            }),
+        ),
+        (
+            "dual with RESERVATION-TOKEN",
+            Box::new(|w: &mut Writer<'_>| {
+                w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0])
+                    .attr(attr::RESERVATION_TOKEN, &[1; 8]);
+            }),
+        ),
+        (
+            "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN",
+            Box::new(|w: &mut Writer<'_>| {
+                w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[family::IPV4, 0, 0, 0]).attr(attr::RESERVATION_TOKEN, &[1; 8]);
+            }),
+        ),
+        (
+            "an empty ADDITIONAL-ADDRESS-FAMILY",
+            Box::new(|w: &mut Writer<'_>| {
+                w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[]);
+            }),
+        ),
+    ];
+    for (case, fill) in cases {
+        let (reply, binds) = h.allocate_with(CLIENT, fill);
+        assert_eq!((Harness::error_code(&reply), binds), (Some(400), vec![]), "{case}");
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+    // An IPv4 request is still IPv4 alone.
+    let (reply, _) = h.allocate_with(CLIENT, family_attr(attr::REQUESTED_ADDRESS_FAMILY, family::IPV4));
+    assert_eq!(relayed_addresses(&reply), [addr("127.0.0.1:50000")]);
+}
+
+#[test]
+fn a_dual_allocation_counts_once_in_the_quotas() {
+    use branchgate_turn::stun::family;
+    let mut config = dual_stack();
+    config.max_allocations = 2;
+    let mut h = Harness::new(config);
+    for client in ["192.0.2.50:40000", "192.0.2.50:40001"] {
+        h.learn_nonce_for(client);
+        let (reply, _) = h.allocate_with(client, family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, family::IPV6));
+        assert_eq!(relayed_addresses(&reply).len(), 2, "{client}");
+    }
+    assert_eq!(h.server.allocation_count(), 2);
+    // The user's quota (2) is reached with two dual allocations, not one.
+    h.learn_nonce_for("192.0.2.50:40002");
+    let (reply, _) = h.allocate_with("192.0.2.50:40002", |_| {});
+    assert_eq!(Harness::error_code(&reply), Some(486));
+}
+
+#[test]
+fn a_dual_allocation_moves_both_sockets_when_one_port_is_taken() {
+    use branchgate_turn::stun::family;
+    let mut h = Harness::new(dual_stack());
+    h.learn_nonce();
+    let (reply, outputs) = h.request(CLIENT, method::ALLOCATE, true, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0]);
+    });
+    assert!(reply.is_empty());
+    assert_eq!(outputs.len(), 2);
+    // IPv4 binds, IPv6 finds the port taken: the IPv4 socket is closed and both move on.
+    h.server.relay_bound(h.now, 50000, Ok(addr("127.0.0.1:50000")));
+    assert_eq!(h.server.poll_output(), None, "no answer before both are bound");
+    h.server.relay_bound(h.now, 50000, Err(()));
+    let outputs: Vec<Output> = std::iter::from_fn(|| h.server.poll_output()).collect();
+    assert_eq!(
+        outputs,
+        vec![
+            Output::CloseRelay { port: 50000 },
+            Output::BindRelay { ip: "127.0.0.1".parse().expect("ip"), port: 50001, tcp: false },
+            Output::BindRelay { ip: "::1".parse().expect("ip"), port: 50001, tcp: false },
+        ]
+    );
+    // A late answer for the old port changes nothing.
+    h.server.relay_bound(h.now, 50000, Ok(addr("[::1]:50000")));
+    assert_eq!(h.server.poll_output(), None);
+    h.server.relay_bound(h.now, 50001, Ok(addr("[::1]:50001")));
+    h.server.relay_bound(h.now, 50001, Ok(addr("127.0.0.1:50001")));
+    let Some(Output::Reply { data, .. }) = h.server.poll_output() else { panic!("no answer") };
+    assert_eq!(relayed_addresses(&data), [addr("127.0.0.1:50001"), addr("[::1]:50001")]);
+}
+
+#[test]
+fn internal_ipv6_peers_are_refused_by_default() {
+    use branchgate_turn::stun::family;
+    let mut config = config();
+    config.relay_ipv6 = Some("::1".parse().expect("ip"));
+    let mut h = Harness::new(config);
+    h.learn_nonce();
+    h.allocate_with(CLIENT, family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, family::IPV6));
+    for peer in [
+        "[::1]:5555",
+        "[::]:5555",
+        "[fe80::1]:5555",
+        "[febf::1]:5555",
+        "[ff02::1]:5555",
+        "[ff0e::1]:5555",
+        "[fc00::1]:5555",
+        "[fd12:3456::1]:5555",
+        "[::ffff:127.0.0.1]:5555",
+        "[::ffff:10.0.0.1]:5555",
+        "[::127.0.0.1]:5555",
+        "[64:ff9b::7f00:1]:5555",
+        "[2002:7f00:1::1]:5555",
+    ] {
+        assert_eq!(h.permit(peer), Some(403), "{peer}");
+    }
+    assert_eq!(h.permit("[2a00:1450:4001:80b::200e]:5555"), None, "a public IPv6 peer");
+}
