@@ -72,6 +72,36 @@ test("turnutils_uclient relays over UDP with channels, with Send/Data, and clien
   } finally { await box.stop(); }
 });
 
+test("IPv6 relays (turnutils_uclient -x) and dual allocations (-Z) to IPv4 and IPv6 peers, losing nothing", async () => {
+  const peer6Port = await freePort();
+  const peer6 = spawn("turnutils_peer", ["-L", "::1", "-p", String(peer6Port)], { stdio: "ignore" });
+  const box = await turnBox({ relay_ipv6: "::1", allowed_peers: ["127.0.0.1/32", "::1/128"] });
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    const base = ["-u", "test", "-w", "secret", "-n", "100", "-m", "2", "-l", "120", "-z", "5"];
+    for (const [name, extra] of [
+      ["IPv6 relay, channels", ["-x", "-e", "::1", "-r", String(peer6Port)]],
+      ["IPv6 relay, send/data", ["-x", "-s", "-e", "::1", "-r", String(peer6Port)]],
+      ["dual allocation, IPv6 peer", ["-Z", "-e", "::1", "-r", String(peer6Port)]],
+      ["dual allocation, IPv4 peer", ["-Z", "-e", "127.0.0.1", "-r", String(peerPort)]],
+    ]) {
+      const r = await uclient(box, [...base, ...extra]);
+      assert.equal(r.lost, 0, `${name}: ${r.output.slice(-600)}`);
+      assert.ok(r.sent >= 200 && r.received === r.sent, `${name}: sent ${r.sent}, received ${r.received}: ${r.output.slice(-400)}`);
+    }
+    // Without an IPv6 relay configured, asking for one is refused with 440.
+    const v4only = await turnBox();
+    try {
+      const r = await uclient(v4only, [...base, "-x", "-e", "::1", "-r", String(peer6Port)], v4only.turnPort, 15000);
+      assert.equal(r.received, 0);
+      assert.match(r.output, /440|[Aa]ddress [Ff]amily/, r.output.slice(-600));
+    } finally { await v4only.stop(); }
+  } finally {
+    peer6.kill();
+    await box.stop();
+  }
+});
+
 test("turnutils_uclient over TCP and over TLS (the box's certificate), losing nothing", async () => {
   const box = await turnBox();
   try {

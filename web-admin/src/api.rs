@@ -723,6 +723,8 @@ pub fn turn_allocations_json(state: &AppState) -> Value {
                 "username": a.username,
                 "client": a.client.to_string(),
                 "relay": a.relay.map(|r| r.to_string()),
+                // A dual-stack allocation relays from an IPv4 and an IPv6 address.
+                "relays": a.relays.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                 "peers": a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "age_seconds": a.age.as_secs(),
                 "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},

@@ -1405,7 +1405,11 @@ async fn turn_page(State(state): State<AppState>, PageUser(user): PageUser) -> R
         .map(|a| TurnRow {
             username: a.username.clone(),
             client: a.client.to_string(),
-            relay: a.relay.map(|r| r.to_string()).unwrap_or_else(|| "binding".into()),
+            relay: if a.relays.is_empty() {
+                "binding".into()
+            } else {
+                a.relays.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+            },
             peers: a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
             age: crate::status::format_duration(a.age),
             to_peer: traffic(&a.to_peer),

@@ -236,9 +236,9 @@ pub enum Output {
     ClosePeer { connection: u32 },
 }
 
-/// The families an allocation relays (by [`Family::index`]) and the ADDRESS-ERROR-CODE
-/// (family, code) for one asked for but not given.
-type AllocationFamilies = ([bool; 2], Option<(Family, u16)>);
+/// The families an allocation relays (by [`Family::index`]), and the one asked for but not
+/// given (family, error code, and the ADDRESS-ERROR-CODE attribute type to say it with).
+type AllocationFamilies = ([bool; 2], Option<(Family, u16, u16)>);
 
 /// A TCP connection between a relay and a peer (RFC 6062).
 #[derive(Debug)]
@@ -319,7 +319,7 @@ struct Allocation {
     relayed: [Option<SocketAddr>; 2],
     /// A family asked for (ADDITIONAL-ADDRESS-FAMILY) that could not be given, and why:
     /// the answer's ADDRESS-ERROR-CODE (RFC 8656 §7.2).
-    address_error: Option<(Family, u16)>,
+    address_error: Option<(Family, u16, u16)>,
     expires: Instant,
     created: Instant,
     /// Installed permissions: canonical peer IP and expiry.
@@ -466,7 +466,9 @@ pub struct Server {
     next_id: u32,
     next_port: u16,
     /// Ports held by RESERVATION-TOKEN (RFC 8656 §14.9), with their expiry.
-    reservations: HashMap<[u8; 8], (u16, Instant)>,
+    /// Port reserved by EVEN-PORT, the families of the allocation that reserved it (the token's
+    /// allocation gets the same: its request may not name one), until when.
+    reservations: HashMap<[u8; 8], (u16, [bool; 2], Instant)>,
     reservation_counter: u64,
     /// Usernames by their USERHASH for this realm (RFC 8489 §14.4), kept with the config.
     users_by_hash: HashMap<[u8; 32], String>,
@@ -606,7 +608,7 @@ impl Server {
         for id in expired {
             self.remove(id);
         }
-        self.reservations.retain(|_, (_, expires)| *expires > now);
+        self.reservations.retain(|_, (_, _, expires)| *expires > now);
         let unbound: Vec<u32> = self
             .connections
             .iter()
@@ -861,7 +863,7 @@ impl Server {
     fn port_free(&self, port: u16) -> bool {
         self.config.relay_ports.contains(&port)
             && !self.by_port.contains_key(&port)
-            && !self.reservations.values().any(|(reserved, _)| *reserved == port)
+            && !self.reservations.values().any(|(reserved, _, _)| *reserved == port)
     }
 
     /// A free relay port; `even` asks for an even one, `pair` also for the odd one after it.
@@ -1145,8 +1147,8 @@ impl Server {
             if let Some(token) = token {
                 w.attr(attr::RESERVATION_TOKEN, &token);
             }
-            if let Some((family, code)) = address_error {
-                w.address_error(family.code(), code, reason(code));
+            if let Some((family, code, kind)) = address_error {
+                w.address_error(kind, family.code(), code, reason(code));
             }
         });
     }
@@ -1192,7 +1194,7 @@ impl Server {
         if even_port.is_some() && token.is_some() {
             return self.error(tuple, method::ALLOCATE, tid, 400, Some(&key), &[]);
         }
-        let (families, address_error) = match self.allocation_families(msg, tcp) {
+        let (mut families, address_error) = match self.allocation_families(msg, tcp) {
             Ok(families) => families,
             Err(code) => return self.error(tuple, method::ALLOCATE, tid, code, Some(&key), &[]),
         };
@@ -1208,7 +1210,10 @@ impl Server {
             (Some(token), _) => {
                 let reserved = <[u8; 8]>::try_from(token).ok().and_then(|t| self.reservations.remove(&t));
                 match reserved {
-                    Some((port, _)) => Some(port),
+                    Some((port, reserved_families, _)) => {
+                        families = reserved_families;
+                        Some(port)
+                    }
                     None => return self.error(tuple, method::ALLOCATE, tid, 508, Some(&key), &[]),
                 }
             }
@@ -1216,7 +1221,7 @@ impl Server {
                 let port = self.pick_port(true, reserve_next);
                 if let (Some(port), true) = (port, reserve_next) {
                     let token = self.new_reservation_token();
-                    self.reservations.insert(token, (port + 1, now + Duration::from_secs(30)));
+                    self.reservations.insert(token, (port + 1, families, now + Duration::from_secs(30)));
                     reservation_token = Some(token);
                 }
                 port
@@ -1269,7 +1274,13 @@ impl Server {
     /// `Err` is the error code to answer with.
     fn allocation_families(&self, msg: &Message<'_>, tcp: bool) -> Result<AllocationFamilies, u16> {
         let requested = msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(|a| a.value.first().copied());
-        let additional = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).map(|a| a.value.first().copied());
+        let (additional, error_kind) = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
+            Some(a) => (Some(a.value.first().copied()), attr::ADDRESS_ERROR_CODE),
+            None => (
+                msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT).map(|a| a.value.first().copied()),
+                attr::ADDRESS_ERROR_CODE_DRAFT,
+            ),
+        };
         let offered = |family: Family| self.config.relay_for(family).is_some();
         match (requested, additional) {
             (Some(_), Some(_)) => Err(400),
@@ -1283,13 +1294,17 @@ impl Server {
                 }
                 _ => Err(440),
             },
+            // The reservation names the families (see `allocate`).
+            (None, None) if msg.has(attr::RESERVATION_TOKEN) => Ok(([true, false], None)),
             (None, None) if offered(Family::V4) => Ok(([true, false], None)),
             (None, None) => Err(440),
             // ADDITIONAL-ADDRESS-FAMILY asks for IPv6 beside IPv4; only IPv6 is valid in it, and
-            // a dual allocation takes neither EVEN-PORT nor RESERVATION-TOKEN. Nor a TCP relay
-            // here: RFC 6062 allocations keep one family.
+            // a dual allocation reserves no port (EVEN-PORT with R set) nor takes a reserved one
+            // (RFC 8656 §7.2; an even port alone is fine, turnutils_uclient -Z asks for one). Nor
+            // a TCP relay here: RFC 6062 allocations keep one family.
             (None, Some(code)) => {
-                if code != Some(family::IPV6) || msg.has(attr::EVEN_PORT) || msg.has(attr::RESERVATION_TOKEN) || tcp {
+                let reserves = msg.get(attr::EVEN_PORT).is_some_and(|a| a.value.first().is_some_and(|b| b & 0x80 != 0));
+                if code != Some(family::IPV6) || reserves || msg.has(attr::RESERVATION_TOKEN) || tcp {
                     Err(400)
                 } else if !offered(Family::V4) {
                     Err(440)
@@ -1297,7 +1312,7 @@ impl Server {
                     Ok(([true, true], None))
                 } else {
                     // IPv4 alone, and the answer says why not IPv6.
-                    Ok(([true, false], Some((Family::V6, 440))))
+                    Ok(([true, false], Some((Family::V6, 440, error_kind))))
                 }
             }
         }

@@ -46,6 +46,10 @@ pub mod attr {
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
     /// RFC 8656 §18.12: which family of a dual allocation failed, and why.
     pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    /// The code points of the IPv6 draft (draft-ietf-tram-turn-ipv6) that coturn 4.6
+    /// (`turnutils_uclient -Z`) still sends and reads: accepted beside RFC 8656's, answered in kind.
+    pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
+    pub const ADDRESS_ERROR_CODE_DRAFT: u16 = 0x8033;
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
     /// RFC 6062 §6.2.1.
     pub const CONNECTION_ID: u16 = 0x002A;
@@ -473,12 +477,13 @@ impl<'b> Writer<'b> {
         self.attr(attr::ERROR_CODE, &value)
     }
 
-    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): `family` could not be allocated, with `code`.
-    pub fn address_error(&mut self, family: u8, code: u16, reason: &str) -> &mut Self {
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12) as attribute `kind` (the RFC's or the draft's):
+    /// `family` could not be allocated, with `code`.
+    pub fn address_error(&mut self, kind: u16, family: u8, code: u16, reason: &str) -> &mut Self {
         let mut value = Vec::with_capacity(4 + reason.len());
         value.extend_from_slice(&[family, 0, (code / 100) as u8, (code % 100) as u8]);
         value.extend_from_slice(reason.as_bytes());
-        self.attr(attr::ADDRESS_ERROR_CODE, &value)
+        self.attr(kind, &value)
     }
 
     pub fn integrity(&mut self, key: &[u8]) -> &mut Self {
@@ -658,6 +663,7 @@ mod tests {
     fn address_error_code_round_trips_and_bad_ones_are_refused() {
         let mut buf = Vec::new();
         Writer::new(&mut buf, Class::Success, method::ALLOCATE, [3; 12]).address_error(
+            attr::ADDRESS_ERROR_CODE,
             family::IPV6,
             440,
             "Address Family not Supported",

@@ -998,9 +998,9 @@ fn address_family_requests_the_server_refuses_or_narrows() {
             }),
         ),
         (
-            "dual with EVEN-PORT",
+            "dual with EVEN-PORT reserving the next port",
             Box::new(|w: &mut Writer<'_>| {
-                w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0]);
+                w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0x80]);
             }),
         ),
         (
@@ -1031,6 +1031,59 @@ fn address_family_requests_the_server_refuses_or_narrows() {
     // An IPv4 request is still IPv4 alone.
     let (reply, _) = h.allocate_with(CLIENT, family_attr(attr::REQUESTED_ADDRESS_FAMILY, family::IPV4));
     assert_eq!(relayed_addresses(&reply), [addr("127.0.0.1:50000")]);
+}
+
+#[test]
+fn the_drafts_additional_address_family_code_point_works_too() {
+    use branchgate_turn::stun::family;
+    // coturn 4.6's turnutils_uclient -Z sends ADDITIONAL-ADDRESS-FAMILY as 0x8032 (the draft's).
+    let mut h = Harness::new(dual_stack());
+    h.learn_nonce();
+    let (reply, _) = h.allocate_with(CLIENT, family_attr(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT, family::IPV6));
+    assert_eq!(Harness::error_code(&reply), None);
+    let relayed = relayed_addresses(&reply);
+    assert!(relayed.len() == 2 && relayed[0].is_ipv4() && relayed[1].is_ipv6(), "{relayed:?}");
+    // With EVEN-PORT (no reservation), as turnutils_uclient -Z sends it: an even port in both families.
+    let client = "192.0.2.50:40001";
+    h.learn_nonce_for(client);
+    let (reply, _) = h.allocate_with(client, |w| {
+        w.attr(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT, &[family::IPV6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0]);
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    let relayed = relayed_addresses(&reply);
+    assert!(relayed.len() == 2 && relayed.iter().all(|a| a.port().is_multiple_of(2)), "{relayed:?}");
+    // Without an IPv6 relay the refusal of IPv6 comes back in the draft's attribute too.
+    let mut h = Harness::new(allowing_loopback());
+    h.learn_nonce();
+    let (reply, _) = h.allocate_with(CLIENT, family_attr(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT, family::IPV6));
+    let m = Message::parse(&reply).expect("parse");
+    assert_eq!(relayed_addresses(&reply).len(), 1);
+    assert!(m.get(attr::ADDRESS_ERROR_CODE).is_none());
+    let draft = m.get(attr::ADDRESS_ERROR_CODE_DRAFT).expect("the draft's ADDRESS-ERROR-CODE");
+    assert_eq!(&draft.value[..4], &[family::IPV6, 0, 4, 40]);
+}
+
+#[test]
+fn a_reserved_port_keeps_the_family_of_the_allocation_that_reserved_it() {
+    use branchgate_turn::stun::family;
+    // turnutils_uclient -x: an IPv6 allocation with EVEN-PORT (R set) for RTP, then one with
+    // the RESERVATION-TOKEN for RTCP, which may not name a family (RFC 8656 §7.2).
+    let mut h = Harness::new(dual_stack());
+    h.learn_nonce();
+    let (reply, _) = h.allocate_with(CLIENT, |w| {
+        w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[family::IPV6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0x80]);
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    let rtp = relayed_addresses(&reply);
+    assert!(rtp.len() == 1 && rtp[0].is_ipv6() && rtp[0].port().is_multiple_of(2), "{rtp:?}");
+    let token = Message::parse(&reply).expect("parse").get(attr::RESERVATION_TOKEN).expect("token").value.to_vec();
+    let rtcp_client = "192.0.2.50:40001";
+    h.learn_nonce_for(rtcp_client);
+    let (reply, _) = h.allocate_with(rtcp_client, |w| {
+        w.attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(Harness::error_code(&reply), None);
+    assert_eq!(relayed_addresses(&reply), [SocketAddr::new(rtp[0].ip(), rtp[0].port() + 1)]);
 }
 
 #[test]
