@@ -44,7 +44,8 @@ process.on("exit", () => {
 
 /** The console of one qemu run, read from its serial file (colours and CRs removed). */
 class Vm {
-  constructor(name, disk, port) {
+  /** `usb`: a raw disk image plugged in as a USB stick. */
+  constructor(name, disk, port, { usb } = {}) {
     this.name = name;
     this.serial = join(WORK, `serial-${name}.log`);
     this.pidfile = join(WORK, `qemu-${name}.pid`);
@@ -53,7 +54,8 @@ class Vm {
     writeFileSync(this.serial, "");
     this.child = spawn("bash", [QEMU, disk], {
       stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, IMAGE_WORK: WORK, QEMU_SERIAL: this.serial, QEMU_PIDFILE: this.pidfile, QEMU_TIMEOUT: "1200", ADMIN_PORT: String(port) },
+      env: { ...process.env, IMAGE_WORK: WORK, QEMU_SERIAL: this.serial, QEMU_PIDFILE: this.pidfile, QEMU_TIMEOUT: "1200", ADMIN_PORT: String(port),
+        ...(usb ? { QEMU_USB: usb } : {}) },
     });
     this.stderr = "";
     this.child.stderr.on("data", (d) => { this.stderr += d; });
@@ -284,7 +286,12 @@ test("image: A/B updates through the web API under qemu — install, health chec
       log(`power cut at ${during.progress} %`);
       assert.equal(during.state, "installing", JSON.stringify(during));
       assert.doesNotMatch(console4, /Updating slot rootfs\.0 done/, "the cut came while the slot was being written");
-      vm = new Vm("2", disk, port);
+      // The box comes back with a USB stick plugged in (a FAT file system without partition
+      // table, as many sticks are), holding v3.
+      const stick = join(WORK, "stick.img");
+      rmSync(stick, { force: true });
+      run(["-c", `mkfs.vfat -C -n STICK ${stick} 65536 >/dev/null && mcopy -i ${stick} ${bundles.v3} ::/branchgate-3.0.0.raucb`]);
+      vm = new Vm("2", disk, port, { usb: stick });
       await vm.waitFor(/branchgate: booting slot B, firmware 2\.0\.0/);
       await vm.waitFor(/boot health check passed, slot B marked good/, { timeoutMs: 120_000 });
       log("boot 5: slot B after the power cut");
@@ -301,6 +308,16 @@ test("image: A/B updates through the web API under qemu — install, health chec
       assert.equal(after.version, "4.0.0");
       assert.match(after.last_error, /interrupted/);
       t.diagnostic(`after the power cut: ${JSON.stringify(fw.slots)}`);
+
+      // The stick: mounted read-only by the daemon, its bundle checked like an upload.
+      const usb = (await api.get("/api/v1/firmware/usb")).json;
+      const onStick = usb.bundles.find((b) => b.path.endsWith("/branchgate-3.0.0.raucb"));
+      assert.ok(onStick, JSON.stringify(usb));
+      assert.match(onStick.path, /^\/run\/branchgate\/usb\/sd[a-z]\d*\//);
+      assert.equal(onStick.version, "3.0.0", JSON.stringify(onStick));
+      assert.equal(onStick.refused, null, JSON.stringify(onStick));
+      assert.match(vm.text(), /USB stick mounted read-only/);
+      log("USB stick mounted, its bundle listed");
 
       // 5. What was configured on 1.0.0 before the first update is still there.
       const sip = (await api.get("/api/v1/config/sip")).json;

@@ -121,7 +121,7 @@ make_rootfs_dir() {
   # The kernel, its initramfs and the modules of the running box.
   cp "$VMLINUZ" "$r/boot/bzImage"
   cp "$WORK/initrd.gz" "$r/boot/initrd"
-  vm_add_modules "$r" virtio_net virtio_rng vfat nls_ascii nls_cp437 loop squashfs dm-verity >/dev/null
+  vm_add_modules "$r" virtio_net virtio_rng vfat nls_ascii nls_cp437 loop squashfs dm-verity xhci_pci usb_storage sd_mod >/dev/null
 
   echo "$version" >"$r/etc/branchgate-version"
   printf 'root:x:0:0:root:/root:/bin/sh\nmessagebus:x:100:101::/run/dbus:/bin/false\n' >"$r/etc/passwd"
@@ -179,7 +179,8 @@ mount -t tmpfs -o mode=0755 run /run; mount -t tmpfs tmp /tmp; mount -t tmpfs mn
 mkdir -p /dev/pts /dev/disk/by-partlabel; mount -t devpts devpts /dev/pts
 echo "branchgate: booting slot $(sed 's/.*rauc.slot=\([A-Z]\).*/\1/' /proc/cmdline), firmware $(cat /etc/branchgate-version)"
 hostname -F /etc/hostname
-for m in virtio_net virtio_rng vfat nls_ascii nls_cp437 loop squashfs dm-verity; do modprobe $m; done
+# USB host and mass storage: the field tech's stick (the daemon mounts it, --usb-automount).
+for m in virtio_net virtio_rng vfat nls_ascii nls_cp437 loop squashfs dm-verity xhci_pci usb_storage sd_mod; do modprobe $m; done
 # No udev: the by-partlabel links RAUC's system.conf names.
 for u in /sys/class/block/*/uevent; do
   name=$(grep '^PARTNAME=' "$u" | cut -d= -f2); dev=$(grep '^DEVNAME=' "$u" | cut -d= -f2)
@@ -206,7 +207,7 @@ RCS
 #!/bin/sh
 # The daemon, restarted by init when it exits; its console output is the box's log.
 set -- --data-dir /var/lib/branchgate --firmware-version "$(cat /etc/branchgate-version)" \
-  --firmware-keyring /etc/rauc/keyring.pem
+  --firmware-keyring /etc/rauc/keyring.pem --usb-automount
 [ -f /var/lib/branchgate/provision.json ] && set -- "$@" --provision /var/lib/branchgate/provision.json
 [ -x /etc/branchgate-pre-start ] && /etc/branchgate-pre-start
 exec /usr/bin/branchgate run "$@" >/dev/console 2>&1

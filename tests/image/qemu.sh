@@ -10,6 +10,7 @@
 #   QEMU_TIMEOUT   seconds before qemu is killed (default 3600)
 #   ADMIN_PORT     host port forwarded to the box's admin HTTPS :8443 (default 18443)
 #   QEMU_MEMORY    MiB of guest memory (default 768)
+#   QEMU_USB       a raw disk image plugged in as a USB stick (default none)
 #
 # The console is the box's: the daemon's log and the first-login password appear there.
 set -euo pipefail
@@ -25,9 +26,10 @@ VARS=$DISK.ovmf-vars
 [[ -f $VARS ]] || cp /usr/share/OVMF/OVMF_VARS_4M.fd "$VARS"
 if [[ -n ${QEMU_SERIAL:-} ]]; then serial=(-serial "file:$QEMU_SERIAL"); else serial=(-serial mon:stdio); fi
 pidfile=(); [[ -n ${QEMU_PIDFILE:-} ]] && pidfile=(-pidfile "$QEMU_PIDFILE")
+usb=(); [[ -n ${QEMU_USB:-} ]] && usb=(-device qemu-xhci -drive "if=none,id=stick,format=raw,file=$QEMU_USB" -device usb-storage,drive=stick)
 exec timeout -s KILL "${QEMU_TIMEOUT:-3600}" qemu-system-x86_64 -accel tcg -machine q35 -m "${QEMU_MEMORY:-768}" -smp 1 \
   -nodefaults -no-user-config -display none "${serial[@]}" "${pidfile[@]}" \
   -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" -drive "if=pflash,format=raw,file=$VARS" \
   -drive "file=$DISK,format=raw,if=virtio" \
   -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=net0 \
-  -device virtio-rng-pci
+  -device virtio-rng-pci "${usb[@]}"

@@ -71,6 +71,10 @@ enum Command {
         /// [default: /media, /run/media, /mnt].
         #[arg(long = "usb-root")]
         usb_roots: Vec<PathBuf>,
+        /// Mount the partitions of USB sticks read-only under /run/branchgate/usb before each
+        /// search (for a box without an automounter; needs root).
+        #[arg(long)]
+        usb_automount: bool,
         #[command(flatten)]
         devices: DeviceOptions,
     },
@@ -275,6 +279,7 @@ fn main() -> anyhow::Result<()> {
             firmware_version,
             boot_health_deadline,
             usb_roots,
+            usb_automount,
             devices,
         } => run(
             data_dir,
@@ -285,6 +290,7 @@ fn main() -> anyhow::Result<()> {
                 version: firmware_version,
                 health_deadline: Duration::from_secs(boot_health_deadline),
                 usb_roots,
+                usb_automount,
             },
             devices,
         ),
@@ -536,6 +542,7 @@ struct FirmwareOptions {
     version: String,
     health_deadline: Duration,
     usb_roots: Vec<PathBuf>,
+    usb_automount: bool,
 }
 
 fn run(
@@ -634,6 +641,10 @@ async fn serve(
     state.firmware.running_version = firmware.version.clone();
     if !firmware.usb_roots.is_empty() {
         state.firmware.usb = branchgate_update::usb::UsbWatcher::new(firmware.usb_roots.clone());
+    }
+    if firmware.usb_automount {
+        let mount_dir = PathBuf::from(branchgate_update::usb::AUTOMOUNT_DIR);
+        state.firmware.usb = state.firmware.usb.clone().with_automount(mount_dir);
     }
     // RAUC's D-Bus service where there is one (the box); simulated slots elsewhere. Without a
     // system bus, or with a bus but no RAUC, the answer comes at once; the timeout only covers a

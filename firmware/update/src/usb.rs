@@ -95,11 +95,16 @@ struct FileKey {
     allow_downgrade: bool,
 }
 
+/// Where `--usb-automount` mounts sticks (one directory per partition, read-only).
+pub const AUTOMOUNT_DIR: &str = "/run/branchgate/usb";
+
 /// The media roots and what was found there.
 #[derive(Debug, Clone)]
 pub struct UsbWatcher {
     roots: Arc<Vec<PathBuf>>,
     checked: Arc<Mutex<HashMap<FileKey, UsbBundle>>>,
+    /// Mount USB partitions here before each scan (the box has no automounter).
+    automount: Option<Arc<Automount>>,
 }
 
 impl Default for UsbWatcher {
@@ -110,7 +115,19 @@ impl Default for UsbWatcher {
 
 impl UsbWatcher {
     pub fn new(roots: Vec<PathBuf>) -> UsbWatcher {
-        UsbWatcher { roots: Arc::new(roots), checked: Arc::default() }
+        UsbWatcher { roots: Arc::new(roots), checked: Arc::default(), automount: None }
+    }
+
+    /// Also mounts the partitions of USB block devices read-only under `mount_dir` (which
+    /// becomes a root) before each scan, and unmounts those of sticks pulled out.
+    pub fn with_automount(mut self, mount_dir: PathBuf) -> UsbWatcher {
+        let mut roots = self.roots.as_ref().clone();
+        if !roots.contains(&mount_dir) {
+            roots.push(mount_dir.clone());
+        }
+        self.roots = Arc::new(roots);
+        self.automount = Some(Arc::new(Automount::new(mount_dir)));
+        self
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -119,6 +136,9 @@ impl UsbWatcher {
 
     /// The bundles on the media now, each checked by `agent` (blocking: a new file is read whole).
     pub fn list(&self, agent: &Agent, allow_downgrade: bool) -> Vec<UsbBundle> {
+        if let Some(automount) = &self.automount {
+            automount.sync();
+        }
         let mut bundles = Vec::new();
         let mut keep = std::collections::HashSet::new();
         for path in scan(&self.roots) {
@@ -220,6 +240,133 @@ fn check(agent: &Agent, key: &FileKey) -> UsbBundle {
     bundle
 }
 
+/// Mounts USB sticks on a box without an automounter: each partition (or a whole disk
+/// without a partition table) of a block device on a USB bus goes read-only, without device
+/// files, set-uid or exec, to `<dir>/<name>`; gone devices are unmounted lazily.
+#[derive(Debug)]
+pub struct Automount {
+    dir: PathBuf,
+    sys_block: PathBuf,
+    dev: PathBuf,
+    /// One sync at a time (the page, the API and the button may ask at once).
+    lock: Mutex<()>,
+}
+
+/// File systems tried, in order (what sticks come formatted with).
+const STICK_FILESYSTEMS: &[&str] = &["vfat", "exfat", "ext4", "iso9660"];
+
+impl Automount {
+    pub fn new(dir: PathBuf) -> Automount {
+        Automount { dir, sys_block: PathBuf::from("/sys/block"), dev: PathBuf::from("/dev"), lock: Mutex::new(()) }
+    }
+
+    /// Mounts what is new, unmounts what went; failures are logged (a stick of an unknown
+    /// file system must not stop the scan of the others).
+    pub fn sync(&self) {
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let present = usb_partitions(&self.sys_block);
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mounted = mounted_under(&mounts, &self.dir);
+        for (name, target) in &mounted {
+            if !present.contains(name) {
+                match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+                    Ok(()) => tracing::info!(device = %name, "USB stick gone: unmounted"),
+                    Err(e) => tracing::warn!(device = %name, error = %e, "cannot unmount the pulled USB stick"),
+                }
+                let _ = std::fs::remove_dir(target);
+            }
+        }
+        for name in present.iter().filter(|name| !mounted.iter().any(|(m, _)| m == *name)) {
+            let target = self.dir.join(name);
+            if let Err(e) = std::fs::create_dir_all(&target) {
+                tracing::warn!(error = %e, path = %target.display(), "cannot create the USB mount point");
+                continue;
+            }
+            let source = self.dev.join(name);
+            let flags = nix::mount::MsFlags::MS_RDONLY
+                | nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC;
+            let mounted = STICK_FILESYSTEMS
+                .iter()
+                .find(|fs| nix::mount::mount(Some(&source), &target, Some(**fs), flags, None::<&str>).is_ok());
+            match mounted {
+                Some(fs) => {
+                    tracing::info!(device = %name, filesystem = fs, path = %target.display(), "USB stick mounted read-only")
+                }
+                None => {
+                    tracing::warn!(device = %name, "USB partition not mounted: no known file system (vfat, exfat, ext4, iso9660)");
+                    let _ = std::fs::remove_dir(&target);
+                }
+            }
+        }
+    }
+}
+
+/// The partitions (`sda1`) of block devices on a USB bus under `sys_block` (`/sys/block`),
+/// or the whole device (`sda`) when it has none.
+fn usb_partitions(sys_block: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys_block) else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        // /sys/block/sda -> ../devices/pci0000:00/.../usb2/2-1/2-1:1.0/host0/.../block/sda
+        let on_usb = std::fs::read_link(entry.path()).is_ok_and(|target| target.to_string_lossy().contains("/usb"));
+        if !on_usb {
+            continue;
+        }
+        let disk = entry.file_name().to_string_lossy().into_owned();
+        let mut partitions: Vec<String> = std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|part| part.path().join("partition").exists())
+            .map(|part| part.file_name().to_string_lossy().into_owned())
+            .collect();
+        if partitions.is_empty() {
+            partitions.push(disk);
+        }
+        found.extend(partitions);
+    }
+    found.sort();
+    found
+}
+
+/// The mounts directly under `dir` in `/proc/self/mounts` text: (name, mount point).
+fn mounted_under(mounts: &str, dir: &Path) -> Vec<(String, PathBuf)> {
+    mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .map(unescape_mount_path)
+        .filter_map(|target| {
+            let target = PathBuf::from(target);
+            let name = target.strip_prefix(dir).ok()?.to_str()?.to_string();
+            (!name.is_empty() && !name.contains('/')).then_some((name, target))
+        })
+        .collect()
+}
+
+/// `/proc/mounts` writes space, tab, newline and backslash as octal escapes (`\040`).
+fn unescape_mount_path(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(digits) => {
+                out.push(digits.iter().fold(0u8, |n, d| n.wrapping_mul(8).wrapping_add(d - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// What a short press of the reset button installs: the one installable bundle on the media
 /// (with two or more the tech must choose in the UI; with none the press does nothing).
 pub fn button_choice(bundles: &[UsbBundle]) -> Option<&UsbBundle> {
@@ -244,6 +391,36 @@ mod tests {
             refused: refused.map(str::to_string),
             reason: None,
         }
+    }
+
+    #[test]
+    fn usb_block_devices_are_found_by_their_bus_and_mounts_read_back() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let devices = sys.path().join("devices");
+        // A stick with a partition table, a superfloppy stick, and a virtio disk.
+        for (disk, bus, parts) in [
+            ("sda", "pci0000:00/0000:00:04.0/usb2/2-1/2-1:1.0/host0/target0:0:0/0:0:0:0/block", &["sda1"][..]),
+            ("sdb", "pci0000:00/0000:00:04.0/usb2/2-2/2-2:1.0/host1/target1:0:0/1:0:0:0/block", &[][..]),
+            ("vda", "pci0000:00/0000:00:03.0/virtio1/block", &["vda1", "vda2"][..]),
+        ] {
+            let dir = devices.join(bus).join(disk);
+            std::fs::create_dir_all(&dir).expect("dirs");
+            for part in parts {
+                std::fs::create_dir_all(dir.join(part)).expect("dirs");
+                std::fs::write(dir.join(part).join("partition"), "1").expect("write");
+            }
+            std::os::unix::fs::symlink(&dir, sys.path().join(disk)).expect("link");
+        }
+        assert_eq!(usb_partitions(sys.path()), ["sda1", "sdb"]);
+        assert!(usb_partitions(&sys.path().join("missing")).is_empty());
+
+        let mounts = "/dev/vda3 / ext4 ro 0 0\n/dev/sda1 /run/branchgate/usb/sda1 vfat ro 0 0\n\
+                      /dev/sdb /run/branchgate/usb/my\\040stick vfat ro 0 0\n/dev/sdc /run/branchgate/usb/a/b vfat ro 0 0\n";
+        let dir = Path::new(AUTOMOUNT_DIR);
+        assert_eq!(
+            mounted_under(mounts, dir),
+            vec![("sda1".to_string(), dir.join("sda1")), ("my stick".to_string(), dir.join("my stick"))]
+        );
     }
 
     #[test]
