@@ -1,10 +1,9 @@
 //! The TURN server's sockets and clock: a thin tokio driver around the
 //! sans-IO [`branchgate_turn::Server`].
 //!
-//! Today: UDP, TCP and TLS listeners on each listen address ([`listen`]; TLS with the box's
-//! certificate), one
-//! UDP socket per relay with a task feeding the main loop, a task per TCP/TLS
-//! connection, RFC 6062 TCP relays ([`tcp`]). Batched IO (recvmmsg/sendmmsg,
+//! Today: UDP, TCP and TLS listeners on each listen address ([`listen`]; TLS with the
+//! box's certificate), one UDP socket per relay with a task feeding the main loop, a task
+//! per TCP/TLS connection, RFC 6062 TCP relays ([`tcp`]). Batched IO (recvmmsg/sendmmsg,
 //! GSO), per-core SO_REUSEPORT listeners and pooled buffers come next.
 
 mod listen;
