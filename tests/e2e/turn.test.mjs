@@ -29,9 +29,9 @@ async function turnBox(turn = {}) {
   return box;
 }
 
-/** Runs turnutils_uclient; returns {sent, received, lost, output}. */
-async function uclient(box, args, port = box.turnPort, timeout = 60000) {
-  const { stdout, stderr } = await run("turnutils_uclient", [...args, "-p", String(port), "127.0.0.1"], { timeout })
+/** Runs turnutils_uclient against `server`; returns {sent, received, lost, output}. */
+async function uclient(box, args, port = box.turnPort, timeout = 60000, server = "127.0.0.1") {
+  const { stdout, stderr } = await run("turnutils_uclient", [...args, "-p", String(port), server], { timeout })
     .catch((e) => ({ stdout: e.stdout || "", stderr: e.stderr || "" }));
   const output = stdout + stderr;
   const totals = [...output.matchAll(/tot_send_msgs=(\d+), tot_recv_msgs=(\d+)/g)].pop();
@@ -100,6 +100,21 @@ test("IPv6 relays (turnutils_uclient -x) and dual allocations (-Z) to IPv4 and I
     peer6.kill();
     await box.stop();
   }
+});
+
+test("IPv6 clients: listeners on 127.0.0.1 and ::1 (turn.listen_ips), turnutils_stunclient and turnutils_uclient over ::1, losing nothing", async () => {
+  const box = await turnBox({ listen_ips: ["127.0.0.1", "::1"] });
+  try {
+    const { stdout, stderr } = await run("turnutils_stunclient", ["-p", String(box.turnPort), "::1"]);
+    assert.match(stdout + stderr, /UDP reflexive addr: \[?::1\]?/, "an IPv6 reflexive address");
+    // No address family asked for: an IPv4 relay (RFC 8656), reached over the IPv6 listener.
+    const base = ["-u", "test", "-w", "secret", "-e", "127.0.0.1", "-r", String(peerPort), "-n", "100", "-m", "2", "-l", "120", "-z", "5"];
+    for (const [name, extra] of [["UDP", []], ["TCP", ["-t"]]]) {
+      const r = await uclient(box, [...extra, ...base], box.turnPort, 60000, "::1");
+      assert.equal(r.lost, 0, `${name}: ${r.output.slice(-600)}`);
+      assert.ok(r.sent >= 200 && r.received === r.sent, `${name}: sent ${r.sent}, received ${r.received}: ${r.output.slice(-400)}`);
+    }
+  } finally { await box.stop(); }
 });
 
 test("turnutils_uclient over TCP and over TLS (the box's certificate), losing nothing", async () => {

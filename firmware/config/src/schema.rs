@@ -298,6 +298,10 @@ pub struct TurnConfig {
     pub udp_port: u16,
     pub tcp_port: u16,
     pub tls_port: u16,
+    /// Addresses the UDP, TCP and TLS listeners bind to, each on the three ports. Empty: every
+    /// address of each family (`0.0.0.0` and `::`, the latter IPv6 only, so IPv4 clients stay
+    /// plain IPv4 and a host without IPv6 still serves IPv4).
+    pub listen_ips: Vec<IpAddr>,
     pub users: Vec<TurnUser>,
     /// Shared secret for TURN REST ephemeral credentials (coturn `use-auth-secret`).
     pub auth_secret: Option<PlainSecret>,
@@ -323,6 +327,11 @@ pub struct TurnConfig {
     pub max_allocation_kbps: u32,
 }
 
+impl TurnConfig {
+    /// Most addresses `listen_ips` may name (each one is three sockets and their tasks).
+    pub const MAX_LISTEN_IPS: usize = 16;
+}
+
 impl Default for TurnConfig {
     fn default() -> Self {
         Self {
@@ -331,6 +340,7 @@ impl Default for TurnConfig {
             udp_port: 3478,
             tcp_port: 3478,
             tls_port: 5349,
+            listen_ips: Vec::new(),
             users: Vec::new(),
             auth_secret: None,
             allowed_peers: Vec::new(),
@@ -591,6 +601,7 @@ impl Config {
         config.turn.relay_ip = "192.168.1.10".parse().ok();
         config.turn.relay_ipv6 = "2001:db8:10::10".parse().ok();
         config.turn.external_ipv6 = "2001:db8:20::10".parse().ok();
+        config.turn.listen_ips = ["192.168.1.10", "2001:db8:10::10"].iter().filter_map(|ip| ip.parse().ok()).collect();
         config.update.hawkbit_url = Some("https://hawkbit.example".into());
         config.update.hawkbit_controller_id = Some("branch-0042".into());
         config.update.hawkbit_target_token = Some(PlainSecret::new("0123456789abcdef0123456789abcdef"));

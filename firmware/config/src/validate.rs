@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use serde::Serialize;
 
-use crate::schema::{ADMIN_USERNAME, AddressMode, Config, KNOWN_CODECS, SipTransport};
+use crate::schema::{ADMIN_USERNAME, AddressMode, Config, KNOWN_CODECS, SipTransport, TurnConfig};
 use crate::secret::SecretState;
 
 /// One problem with one field. `path` is dotted with indices, e.g. `sip.trunks[0].port`.
@@ -303,6 +303,7 @@ impl Config {
                 "0.0.0.0/8, :: and whole address families cannot be opened",
             );
         }
+        check_listen_ips(r, &t.listen_ips);
         for (path, ip) in [("turn.relay_ipv6", t.relay_ipv6), ("turn.external_ipv6", t.external_ipv6)] {
             if let Some(ip) = ip {
                 r.check(usable_ipv6(&ip), path, IPV6_RELAY_RULE);
@@ -513,6 +514,41 @@ fn check_digest(r: &mut Report, secret: &crate::secret::HashedSecret, realm: &st
     }
 }
 
+/// `turn.listen_ips`: addresses a listener can bind to, each once, at most
+/// [`TurnConfig::MAX_LISTEN_IPS`]; a family's wildcard already covers its other addresses (binding
+/// both on one port fails).
+fn check_listen_ips(r: &mut Report, listen_ips: &[IpAddr]) {
+    r.check(
+        listen_ips.len() <= TurnConfig::MAX_LISTEN_IPS,
+        "turn.listen_ips",
+        format!("at most {} addresses", TurnConfig::MAX_LISTEN_IPS),
+    );
+    let has_wildcard = |ipv4: bool| listen_ips.iter().any(|ip| ip.is_ipv4() == ipv4 && ip.is_unspecified());
+    for (i, ip) in listen_ips.iter().enumerate() {
+        let path = format!("turn.listen_ips[{i}]");
+        let message = match ip {
+            IpAddr::V4(v4) if v4.is_multicast() || v4.is_broadcast() => Some("not a multicast or broadcast address"),
+            IpAddr::V6(v6) if v6.is_multicast() => Some("not a multicast address"),
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                Some("not an IPv4-mapped ::ffff:a.b.c.d address: list the IPv4 address itself")
+            }
+            // No scope (interface) can be given with the address, so the bind would fail.
+            IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("not a link-local address (fe80::/10)"),
+            _ if listen_ips[..i].contains(ip) => Some("listed twice"),
+            IpAddr::V4(_) if !ip.is_unspecified() && has_wildcard(true) => {
+                Some("0.0.0.0 in the list already covers every IPv4 address")
+            }
+            IpAddr::V6(_) if !ip.is_unspecified() && has_wildcard(false) => {
+                Some(":: in the list already covers every IPv6 address")
+            }
+            _ => None,
+        };
+        if let Some(message) = message {
+            r.0.push(FieldError::new(path, message));
+        }
+    }
+}
+
 /// What an IPv6 relay address must be.
 const IPV6_RELAY_RULE: &str =
     "a unicast IPv6 address (not ::, multicast, or an IPv4-mapped ::ffff:a.b.c.d: IPv4 goes in turn.relay_ip)";
@@ -660,6 +696,27 @@ mod tests {
         config.turn.relay_ipv6 = "2001:db8::10".parse().ok();
         config.turn.relay_ip = "2001:db8::11".parse().ok();
         assert_eq!(paths(&config), ["turn.relay_ip"], "two IPv6 relay addresses");
+    }
+
+    #[test]
+    fn turn_listen_addresses() {
+        let mut config = valid();
+        config.turn.listen_ips = ["0.0.0.0", "::1", "2001:db8::10"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert!(paths(&config).is_empty(), "{:?}", paths(&config));
+        config.turn.listen_ips.clear();
+        assert!(paths(&config).is_empty(), "none: the wildcard of each family");
+        for bad in ["224.0.0.1", "255.255.255.255", "ff02::1", "::ffff:192.0.2.1", "fe80::1"] {
+            config.turn.listen_ips = vec!["127.0.0.1".parse().expect("ip"), bad.parse().expect("ip")];
+            assert_eq!(paths(&config), ["turn.listen_ips[1]"], "{bad}");
+        }
+        config.turn.listen_ips = ["::1", "127.0.0.1", "::1"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert_eq!(paths(&config), ["turn.listen_ips[2]"], "listed twice");
+        config.turn.listen_ips = ["127.0.0.1", "::1", "0.0.0.0"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert_eq!(paths(&config), ["turn.listen_ips[0]"], "an IPv4 address beside 0.0.0.0");
+        config.turn.listen_ips = ["::", "::1", "127.0.0.1"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert_eq!(paths(&config), ["turn.listen_ips[1]"], "an IPv6 address beside ::");
+        config.turn.listen_ips = (1..=17u8).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        assert_eq!(paths(&config), ["turn.listen_ips"], "more than 16");
     }
 
     #[test]

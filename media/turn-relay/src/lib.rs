@@ -1,24 +1,26 @@
 //! The TURN server's sockets and clock: a thin tokio driver around the
 //! sans-IO [`branchgate_turn::Server`].
 //!
-//! Today: UDP, TCP and TLS listeners (TLS with the box's certificate), one
-//! UDP socket per relay with a task feeding the main loop, a task per TCP/TLS
-//! connection, RFC 6062 TCP relays ([`tcp`]). Batched IO (recvmmsg/sendmmsg,
+//! Today: UDP, TCP and TLS listeners on each listen address ([`listen`]; TLS with the
+//! box's certificate), one UDP socket per relay with a task feeding the main loop, a task
+//! per TCP/TLS connection, RFC 6062 TCP relays ([`tcp`]). Batched IO (recvmmsg/sendmmsg,
 //! GSO), per-core SO_REUSEPORT listeners and pooled buffers come next.
 
+mod listen;
 mod tcp;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use branchgate_config::{Snapshot, TurnConfig};
-use branchgate_streams::{Connection, StreamEvent, spawn_accept_loop};
+use branchgate_streams::{Connection, StreamEvent};
 use branchgate_turn::server::{HEADROOM, TAILROOM};
-use branchgate_turn::{FiveTuple, Forward, Output, Server, ServerConfig, Transport, frame_len};
+use branchgate_turn::{FiveTuple, Forward, Output, Server, ServerConfig, Transport};
+use listen::{Listeners, bind_listeners};
 use rand::RngCore;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -27,8 +29,8 @@ const MAX_DATAGRAM: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("cannot listen on UDP {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TURN listener failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -127,7 +129,6 @@ impl TurnMonitor {
 }
 
 pub use branchgate_streams::CertificateSource;
-use branchgate_streams::tls_acceptor;
 
 struct Relay {
     socket: Arc<UdpSocket>,
@@ -178,81 +179,26 @@ struct PeerPacket {
     len: usize,
 }
 
-/// The listeners of one configuration.
-struct Listeners {
-    udp: UdpSocket,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Listeners {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-async fn bind_listeners(
-    listen_ip: IpAddr,
-    turn: &TurnConfig,
-    certificates: &CertificateSource,
-    events: &mpsc::Sender<StreamEvent>,
-) -> Result<Listeners, RelayError> {
-    let any = listen_ip;
-    let udp_addr = SocketAddr::new(any, turn.udp_port);
-    let udp = UdpSocket::bind(udp_addr).await.map_err(|source| RelayError::Bind { addr: udp_addr, source })?;
-    let tcp_addr = SocketAddr::new(any, turn.tcp_port);
-    let tcp = TcpListener::bind(tcp_addr).await.map_err(|source| RelayError::Bind { addr: tcp_addr, source })?;
-    let tls_addr = SocketAddr::new(any, turn.tls_port);
-    let tls = TcpListener::bind(tls_addr).await.map_err(|source| RelayError::Bind { addr: tls_addr, source })?;
-    let acceptor = match tls_acceptor(certificates) {
-        Ok(acceptor) => Some(acceptor),
-        Err(e) => {
-            tracing::error!(error = %e, "TURN over TLS is off: no usable certificate");
-            None
-        }
-    };
-    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, tls = %tls_addr, realm = %turn.realm, "TURN listening");
-    let mut tasks = vec![spawn_accept_loop(tcp, None, frame_len, events.clone())];
-    if let Some(acceptor) = acceptor {
-        tasks.push(spawn_accept_loop(tls, Some(acceptor), frame_len, events.clone()));
-    }
-    Ok(Listeners { udp, tasks })
-}
-
 /// The TURN 5-tuple of a TCP/TLS connection.
 fn tuple_of(c: Connection) -> FiveTuple {
     FiveTuple { client: c.remote, listener: c.local, transport: if c.tls { Transport::Tls } else { Transport::Tcp } }
 }
 
 /// Runs the TURN server until `shutdown` turns true. A configuration change
-/// that keeps the listeners applies at once, allocations kept; new listener
-/// ports restart the server.
+/// that keeps the listeners applies at once, allocations kept; new listen
+/// addresses or ports restart the server.
 pub async fn run(
-    config_rx: watch::Receiver<Arc<Snapshot>>,
-    shutdown: watch::Receiver<bool>,
-    certificates: CertificateSource,
-    monitor: TurnMonitor,
-) -> Result<(), RelayError> {
-    run_on(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config_rx, shutdown, certificates, monitor).await
-}
-
-/// [`run`] with the client listeners on `listen_ip` rather than every IPv4 address: tests
-/// listen on loopback only.
-pub async fn run_on(
-    listen_ip: IpAddr,
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
     certificates: CertificateSource,
     monitor: TurnMonitor,
 ) -> Result<(), RelayError> {
-    let result = run_inner(listen_ip, &mut config_rx, &mut shutdown, &certificates, &monitor).await;
+    let result = run_inner(&mut config_rx, &mut shutdown, &certificates, &monitor).await;
     monitor.publish(None, Instant::now());
     result
 }
 
 async fn run_inner(
-    listen_ip: IpAddr,
     config_rx: &mut watch::Receiver<Arc<Snapshot>>,
     shutdown: &mut watch::Receiver<bool>,
     certificates: &CertificateSource,
@@ -266,7 +212,7 @@ async fn run_inner(
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        let restart = serve(listen_ip, &turn, certificates, config_rx, shutdown, monitor).await?;
+        let restart = serve(&turn, certificates, config_rx, shutdown, monitor).await?;
         if !restart {
             return Ok(());
         }
@@ -275,7 +221,11 @@ async fn run_inner(
 }
 
 fn listeners_changed(old: &TurnConfig, new: &TurnConfig) -> bool {
-    old.udp_port != new.udp_port || old.tcp_port != new.tcp_port || old.tls_port != new.tls_port || !new.enabled
+    old.udp_port != new.udp_port
+        || old.tcp_port != new.tcp_port
+        || old.tls_port != new.tls_port
+        || old.listen_ips != new.listen_ips
+        || !new.enabled
 }
 
 /// Datagrams handled per wakeup at most, so one busy source cannot starve the rest.
@@ -284,13 +234,17 @@ const BURST: usize = 64;
 /// Sends to a client on its transport: UDP waits for socket room (a burst is delayed, not lost);
 /// a TCP/TLS client's queue drops when full, so one slow client never holds up the rest.
 async fn to_client(
-    udp: &UdpSocket,
+    listeners: &Listeners,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     tuple: FiveTuple,
     data: &[u8],
 ) {
     match tuple.transport {
-        Transport::Udp => branchgate_streams::send_datagram(udp, data, tuple.client).await,
+        // From the listener the client talks to: its reply must come from the address it asked.
+        Transport::Udp => match listeners.udp_socket(tuple.listener) {
+            Some(udp) => branchgate_streams::send_datagram(udp, data, tuple.client).await,
+            None => tracing::debug!(listener = %tuple.listener, "no UDP listener for a client packet"),
+        },
         Transport::Tcp | Transport::Tls => {
             if let Some(writer) = streams.get(&tuple) {
                 let _ = writer.try_send(data.to_vec());
@@ -301,7 +255,7 @@ async fn to_client(
 
 async fn forward(
     forward: Forward<'_>,
-    udp: &UdpSocket,
+    listeners: &Listeners,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     relays: &Relays,
 ) {
@@ -311,14 +265,13 @@ async fn forward(
                 branchgate_streams::send_datagram(socket, payload, peer).await;
             }
         }
-        Forward::ToClient { tuple, packet } => to_client(udp, streams, tuple, packet).await,
+        Forward::ToClient { tuple, packet } => to_client(listeners, streams, tuple, packet).await,
         Forward::None => {}
     }
 }
 
 /// The main loop on one set of listeners; true when the configuration asks for a restart.
 async fn serve(
-    listen_ip: IpAddr,
     turn: &TurnConfig,
     certificates: &CertificateSource,
     config_rx: &mut watch::Receiver<Arc<Snapshot>>,
@@ -326,9 +279,9 @@ async fn serve(
     monitor: &TurnMonitor,
 ) -> Result<bool, RelayError> {
     let (stream_tx, mut stream_rx) = mpsc::channel::<StreamEvent>(1024);
-    let listeners = bind_listeners(listen_ip, turn, certificates, &stream_tx).await?;
-    let udp = &listeners.udp;
-    let local = udp.local_addr()?;
+    let listeners = bind_listeners(turn, certificates, &stream_tx)?;
+    // The UDP listener asked first for datagrams next time round: the one after the last served.
+    let mut next_udp = 0;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let mut server = Server::new(server_config(&config_rx.borrow().config), secret, Instant::now(), unix_now());
@@ -344,17 +297,19 @@ async fn serve(
         tokio::select! {
             // Readiness, then every datagram already there (up to a burst): one wakeup serves
             // many, and the idle listener is not read at every turn of the loop.
-            readable = udp.readable() => {
+            (index, readable) = std::future::poll_fn(|cx| listeners.poll_udp_ready(cx, next_udp)) => {
                 readable?;
+                next_udp = index + 1;
+                let listener = &listeners.udp[index];
                 for _ in 0..BURST {
-                    let (len, client) = match udp.try_recv_from(&mut buf) {
+                    let (len, client) = match listener.socket.try_recv_from(&mut buf) {
                         Ok(received) => received,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e.into()),
                     };
-                    let tuple = FiveTuple { client, listener: local, transport: Transport::Udp };
+                    let tuple = FiveTuple { client, listener: listener.local, transport: Transport::Udp };
                     let result = server.handle_client_packet(Instant::now(), tuple, &buf[..len]);
-                    forward(result, udp, &streams, &relays).await;
+                    forward(result, &listeners, &streams, &relays).await;
                 }
             }
             Some(event) = stream_rx.recv() => match event {
@@ -369,7 +324,7 @@ async fn serve(
                         Some(peer) => if !tcp_relays.to_peer(peer, data) { server.peer_closed(peer) },
                         None => {
                             let result = server.handle_client_packet(Instant::now(), tuple, &data);
-                            forward(result, udp, &streams, &relays).await;
+                            forward(result, &listeners, &streams, &relays).await;
                         }
                     }
                 }
@@ -386,7 +341,7 @@ async fn serve(
                 for _ in 0..BURST {
                     let result =
                         server.handle_peer_packet(Instant::now(), packet.port, packet.peer, &mut packet.buf, packet.len);
-                    forward(result, udp, &streams, &relays).await;
+                    forward(result, &listeners, &streams, &relays).await;
                     match peer_rx.try_recv() {
                         Ok(next) => packet = next,
                         Err(_) => break,
@@ -412,7 +367,7 @@ async fn serve(
                 if changed.is_err() || *shutdown.borrow() { break false; }
             }
         }
-        drain(&mut server, udp, &streams, &mut relays, &mut tcp_relays, &peer_tx).await;
+        drain(&mut server, &listeners, &streams, &mut relays, &mut tcp_relays, &peer_tx).await;
     };
     relays.close_all();
     Ok(restart)
@@ -421,7 +376,7 @@ async fn serve(
 /// Carries out the server's control outputs.
 async fn drain(
     server: &mut Server,
-    udp: &UdpSocket,
+    listeners: &Listeners,
     streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     relays: &mut Relays,
     tcp_relays: &mut tcp::TcpRelays,
@@ -431,8 +386,12 @@ async fn drain(
         match output {
             Output::Reply { tuple, data } => match tuple.transport {
                 Transport::Udp => {
-                    if let Err(e) = udp.send_to(&data, tuple.client).await {
-                        tracing::debug!(client = %tuple.client, error = %e, "TURN reply not sent");
+                    let sent = match listeners.udp_socket(tuple.listener) {
+                        Some(udp) => udp.send_to(&data, tuple.client).await.map(drop),
+                        None => Err(std::io::ErrorKind::NotFound.into()),
+                    };
+                    if let Err(e) = sent {
+                        tracing::debug!(client = %tuple.client, listener = %tuple.listener, error = %e, "TURN reply not sent");
                     }
                 }
                 Transport::Tcp | Transport::Tls => {
