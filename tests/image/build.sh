@@ -251,11 +251,11 @@ cmd_image() {
   local esp=$WORK/esp
   rm -rf "$esp"; mkdir -p "$esp/EFI/BOOT"
   grub-mkimage -O x86_64-efi -p /EFI/BOOT -o "$esp/EFI/BOOT/BOOTX64.EFI" \
-    part_gpt fat ext2 normal linux loadenv test echo serial terminal configfile efi_gop all_video gzio
+    part_gpt fat ext2 normal linux loadenv test echo serial terminal configfile efi_gop all_video gzio regexp
   sed -e 's/^timeout=.*/timeout=0/' -e 's/^set CMDLINE="ro /set CMDLINE="ro quiet /' \
-    -e 's#^\( *\)linux (hd0,gpt\([0-9]\))\(.*\)$#\1linux (hd0,gpt\2)\3\n\1initrd (hd0,gpt\2)/boot/initrd#' \
+    -e 's#^\( *\)linux (\$BOOTDISK,gpt\([0-9]\))\(.*\)$#\1linux ($BOOTDISK,gpt\2)\3\n\1initrd ($BOOTDISK,gpt\2)/boot/initrd#' \
     "$LAYER/wic/branchgate-grub.cfg" >"$esp/EFI/BOOT/grub.cfg"
-  grep -q 'initrd (hd0,gpt3)' "$esp/EFI/BOOT/grub.cfg" || { log "could not add the initramfs to the menu"; exit 1; }
+  grep -q 'initrd ($BOOTDISK,gpt3)' "$esp/EFI/BOOT/grub.cfg" || { log "could not add the initramfs to the menu"; exit 1; }
   grub-editenv "$esp/EFI/BOOT/grubenv" create
   grub-editenv "$esp/EFI/BOOT/grubenv" set ORDER="A B" A_OK=1 A_TRY=0 B_OK=0 B_TRY=0
   rm -f "$WORK/esp.img"

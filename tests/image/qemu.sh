@@ -26,10 +26,11 @@ VARS=$DISK.ovmf-vars
 [[ -f $VARS ]] || cp /usr/share/OVMF/OVMF_VARS_4M.fd "$VARS"
 if [[ -n ${QEMU_SERIAL:-} ]]; then serial=(-serial "file:$QEMU_SERIAL"); else serial=(-serial mon:stdio); fi
 pidfile=(); [[ -n ${QEMU_PIDFILE:-} ]] && pidfile=(-pidfile "$QEMU_PIDFILE")
-usb=(); [[ -n ${QEMU_USB:-} ]] && usb=(-device qemu-xhci -drive "if=none,id=stick,format=raw,file=$QEMU_USB" -device usb-storage,drive=stick)
+# The disk boots first (bootindex): a stick plugged in must not send OVMF to PXE or to the stick.
+usb=(); [[ -n ${QEMU_USB:-} ]] && usb=(-device qemu-xhci -drive "if=none,id=stick,format=raw,file=$QEMU_USB" -device usb-storage,drive=stick,bootindex=9)
 exec timeout -s KILL "${QEMU_TIMEOUT:-3600}" qemu-system-x86_64 -accel tcg -machine q35 -m "${QEMU_MEMORY:-768}" -smp 1 \
   -nodefaults -no-user-config -display none "${serial[@]}" "${pidfile[@]}" \
   -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" -drive "if=pflash,format=raw,file=$VARS" \
-  -drive "file=$DISK,format=raw,if=virtio" \
+  -drive "file=$DISK,format=raw,if=none,id=disk" -device virtio-blk-pci,drive=disk,bootindex=0 \
   -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=net0 \
   -device virtio-rng-pci "${usb[@]}"
