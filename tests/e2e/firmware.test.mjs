@@ -369,6 +369,11 @@ test("fleet rollout from a hawkBit DDI server: attributes, refusals closed with 
     await new Promise((r) => setTimeout(r, 2500));
     assert.equal(good.closed, false, "not reported before the new version runs");
     assert.equal(ddi.feedbackOf(good.id).filter((f) => /downloading/.test(f.details[0])).length, 1, "installed once");
+    // Withdrawn now, it cannot be taken back: the box says so (and still reports after the boot).
+    ddi.cancel = { id: "c0", stopId: good.id };
+    await waitFor("the refused cancel", () => ddi.cancelFeedback.length === 1, 100);
+    assert.equal(ddi.cancelFeedback[0].execution, "rejected", JSON.stringify(ddi.cancelFeedback[0]));
+    assert.match(ddi.cancelFeedback[0].details[0], /installed and waits for its reboot/);
 
     // The boot into the new slot (the simulated backend: a start with the new version): the
     // server hears success once the slot is good.
@@ -379,9 +384,9 @@ test("fleet rollout from a hawkBit DDI server: attributes, refusals closed with 
 
     // A cancel with nothing running is confirmed.
     ddi.cancel = { id: "c1", stopId: "77" };
-    await waitFor("the cancel", () => ddi.cancelFeedback.length > 0, 100);
-    assert.equal(ddi.cancelFeedback[0].execution, "closed");
-    assert.equal(ddi.cancelFeedback[0].result.finished, "success");
+    await waitFor("the cancel", () => ddi.cancelFeedback.length === 2, 100);
+    assert.equal(ddi.cancelFeedback[1].execution, "closed");
+    assert.equal(ddi.cancelFeedback[1].result.finished, "success");
     api = new Api(box.url);
     await api.login("admin", "installer-secret-1");
     fleet = (await api.get("/api/v1/firmware")).json.hawkbit;

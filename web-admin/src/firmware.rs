@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use branchgate_config::Role;
 use branchgate_update::usb::{UsbBundle, UsbError};
 use branchgate_update::{
-    AcceptError, HistoryEntry, HistoryEvent, InstallState, MAX_BUNDLE_BYTES, Manifest, RebootPlan, ReceiveGuard,
-    SlotError, SlotsStatus, bundle_budget,
+    AcceptError, HistoryEntry, HistoryEvent, MAX_BUNDLE_BYTES, Manifest, RebootPlan, ReceiveGuard, SlotError,
+    SlotsStatus, bundle_budget,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -40,14 +40,6 @@ pub fn firmware_dir(data_dir: &FsPath) -> PathBuf {
 async fn record(state: &AppState, entry: HistoryEntry) {
     let agent = state.firmware.clone();
     let _ = tokio::task::spawn_blocking(move || agent.record(entry)).await;
-}
-
-/// Whether an upload or install is under way (a reboot, slot switch or reset waits for it).
-fn install_running(state: &AppState) -> bool {
-    matches!(
-        state.firmware.tracker.status().state,
-        InstallState::Receiving | InstallState::Verifying | InstallState::Installing
-    )
 }
 
 fn refused(status: StatusCode, reason: &str, message: &str) -> Response {
@@ -300,7 +292,7 @@ where
 
 /// Boots the slot installed last (the simulated backend records the request only).
 pub(crate) async fn reboot(state: &AppState, user: &User, peer: SocketAddr) -> Result<RebootPlan, Refusal> {
-    if install_running(state) {
+    if state.firmware.tracker.busy() {
         return Err(busy("reboot"));
     }
     let backend = state.firmware.backend.clone();
@@ -324,7 +316,7 @@ pub(crate) async fn reboot(state: &AppState, user: &User, peer: SocketAddr) -> R
 /// check or the bootloader comes back). The booted slot cancels a pending switch. The box does
 /// not reboot by itself.
 pub(crate) async fn activate(state: &AppState, user: &User, peer: SocketAddr, slot: &str) -> Result<(), Refusal> {
-    if install_running(state) {
+    if state.firmware.tracker.busy() {
         return Err(busy("choose the slot"));
     }
     let backend = state.firmware.backend.clone();
@@ -346,7 +338,7 @@ pub(crate) async fn factory_reset(
     peer: SocketAddr,
     keep_config: bool,
 ) -> Result<(), Refusal> {
-    if install_running(state) {
+    if state.firmware.tracker.busy() {
         return Err(busy("reset"));
     }
     let request =
@@ -407,13 +399,9 @@ pub(crate) async fn install_from_usb(
         }
         Err(e @ UsbError::Copy(_)) => Err(Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "copy", e.to_string())),
         Err(UsbError::Refused(e)) => {
+            // The history has it already (`UsbWatcher::install`).
             let message = e.to_string();
             state.audit(&user.username, Some(peer), "firmware", format!("USB bundle refused: {message}"));
-            record(
-                state,
-                HistoryEntry::now(HistoryEvent::Refused, format!("bundle refused: {message}")).by(&user.username),
-            )
-            .await;
             Err(Refusal::new(accept_status(&e), e.reason(), message))
         }
     }

@@ -312,7 +312,8 @@ pub struct TurnConfig {
     /// Address relay sockets bind to; none picks the box's first non-loopback IPv4 address.
     pub relay_ip: Option<IpAddr>,
     /// The box's IPv6 relay address: allocations asking for IPv6 (RFC 8656
-    /// REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY) relay from it. None: no IPv6 relaying.
+    /// REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY) relay from it. None: IPv6 relaying
+    /// only when `relay_ip` itself is IPv6.
     pub relay_ipv6: Option<Ipv6Addr>,
     /// Public IPv6 address announced for IPv6 relays (when the box's own differs, e.g. NPTv6).
     pub external_ipv6: Option<Ipv6Addr>,

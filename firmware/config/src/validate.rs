@@ -533,7 +533,7 @@ fn check_listen_ips(r: &mut Report, listen_ips: &[IpAddr]) {
                 Some("not an IPv4-mapped ::ffff:a.b.c.d address: list the IPv4 address itself")
             }
             // No scope (interface) can be given with the address, so the bind would fail.
-            IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("not a link-local address (fe80::/10)"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("not a link-local address (fe80::/10)"),
             _ if listen_ips[..i].contains(ip) => Some("listed twice"),
             IpAddr::V4(_) if !ip.is_unspecified() && has_wildcard(true) => {
                 Some("0.0.0.0 in the list already covers every IPv4 address")
@@ -550,13 +550,14 @@ fn check_listen_ips(r: &mut Report, listen_ips: &[IpAddr]) {
 }
 
 /// What an IPv6 relay address must be.
-const IPV6_RELAY_RULE: &str =
-    "a unicast IPv6 address (not ::, multicast, or an IPv4-mapped ::ffff:a.b.c.d: IPv4 goes in turn.relay_ip)";
+const IPV6_RELAY_RULE: &str = "a unicast IPv6 address (not ::, multicast, link-local fe80::/10, or an IPv4-mapped \
+     ::ffff:a.b.c.d: IPv4 goes in turn.relay_ip)";
 
 /// A unicast IPv6 address a relay socket can bind to and peers can reach: an IPv4-mapped
-/// address would be an IPv4 relay in disguise (the IPv4 relay is `turn.relay_ip`).
+/// address would be an IPv4 relay in disguise (the IPv4 relay is `turn.relay_ip`), and a
+/// link-local one cannot be bound without a scope the field cannot carry.
 fn usable_ipv6(ip: &Ipv6Addr) -> bool {
-    !ip.is_unspecified() && !ip.is_multicast() && ip.to_ipv4_mapped().is_none()
+    !ip.is_unspecified() && !ip.is_multicast() && !ip.is_unicast_link_local() && ip.to_ipv4_mapped().is_none()
 }
 
 #[cfg(test)]

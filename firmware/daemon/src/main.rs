@@ -707,16 +707,26 @@ async fn serve(
             pins,
             state.devices.clone(),
             move || {
-                // The button means a box as new: the configuration goes too.
-                let request = branchgate_config::FactoryReset {
-                    keep_config: false,
-                    by: "reset-button".into(),
-                    requested_ms: now_ms(),
-                };
-                match branchgate_config::request_factory_reset(&reset_state.data_dir, &request) {
-                    Ok(()) => reset_state.restart.notify_one(),
-                    Err(e) => tracing::error!(error = %e, "cannot record the factory reset"),
+                // The button means a box as new: the configuration goes too. Not in the middle
+                // of an install (the reboot would cut it); off the async threads (it syncs).
+                if reset_state.firmware.tracker.busy() {
+                    tracing::warn!(
+                        "factory reset by the button refused: an install is running; try again when it is done"
+                    );
+                    return;
                 }
+                let state = reset_state.clone();
+                tokio::task::spawn_blocking(move || {
+                    let request = branchgate_config::FactoryReset {
+                        keep_config: false,
+                        by: "reset-button".into(),
+                        requested_ms: now_ms(),
+                    };
+                    match branchgate_config::request_factory_reset(&state.data_dir, &request) {
+                        Ok(()) => state.restart.notify_one(),
+                        Err(e) => tracing::error!(error = %e, "cannot record the factory reset"),
+                    }
+                });
             },
             {
                 let state = state.clone();
@@ -726,12 +736,7 @@ async fn serve(
                 }
             },
             move || {
-                let updating = matches!(
-                    tracker.status().state,
-                    branchgate_update::InstallState::Receiving
-                        | branchgate_update::InstallState::Verifying
-                        | branchgate_update::InstallState::Installing
-                );
+                let updating = tracker.busy();
                 devices::pattern_for(ready.borrow().is_some(), &services, updating)
             },
             supervisor.shutdown(),

@@ -240,12 +240,15 @@ impl Client {
         checked(response).await.map(drop)
     }
 
-    /// Reports on an action; a failure to report is logged (the next report or poll retries).
-    async fn feedback(&self, settings: &Settings, action_id: &str, feedback: Feedback) {
+    /// Reports on an action. A lost progress report is only logged (the next one says more);
+    /// callers that must know whether a closing report arrived use the result.
+    async fn feedback(&self, settings: &Settings, action_id: &str, feedback: Feedback) -> Result<(), HawkbitError> {
         let url = format!("{}/deploymentBase/{action_id}/feedback", settings.controller);
-        if let Err(e) = self.send_json(settings, reqwest::Method::POST, &url, &feedback.to_json(now_ms())).await {
+        let sent = self.send_json(settings, reqwest::Method::POST, &url, &feedback.to_json(now_ms())).await;
+        if let Err(e) = &sent {
             tracing::warn!(error = %e, action = action_id, "hawkbit: feedback not delivered");
         }
+        sent
     }
 
     /// One poll and whatever it asks for; returns how long to wait for the next.
@@ -292,11 +295,13 @@ impl Client {
         let path = self.dir.join(AWAITING_FILE);
         let awaiting: AwaitingBoot = serde_json::from_slice(&tokio::fs::read(&path).await.ok()?).ok()?;
         let backend = self.agent.backend.clone();
-        let (boot_id, good) =
-            tokio::task::spawn_blocking(move || backend.booted_is_good().map(|good| (backend.boot_id(), good)))
-                .await
-                .ok()?
-                .ok()?;
+        let state =
+            tokio::task::spawn_blocking(move || backend.booted_is_good().map(|good| (backend.boot_id(), good))).await;
+        let Ok(Ok((boot_id, good))) = state else {
+            // Nothing known about this boot yet: the action still waits (never deploy it again).
+            tracing::warn!(action = %awaiting.action_id, "hawkbit: the slot state cannot be read; asking again at the next poll");
+            return Some(awaiting);
+        };
         let Some(feedback) = ddi::after_boot(&awaiting, &boot_id, &self.agent.running_version, good) else {
             let waiting =
                 if boot_id == awaiting.boot_id { "waits for the reboot" } else { "waits for its health check" };
@@ -304,7 +309,10 @@ impl Client {
             return Some(awaiting);
         };
         self.agent.fleet.action(format!("action {}: {}", awaiting.action_id, feedback.details.join("; ")));
-        self.feedback(settings, &awaiting.action_id, feedback).await;
+        if self.feedback(settings, &awaiting.action_id, feedback).await.is_err() {
+            // Forgotten only once the server has it: the next poll reports again.
+            return Some(awaiting);
+        }
         let _ = tokio::fs::remove_file(&path).await;
         None
     }
@@ -312,12 +320,16 @@ impl Client {
     async fn cancel(&self, settings: &Settings, href: &str) -> Result<(), HawkbitError> {
         let cancel: ddi::CancelAction = self.get_json(settings, href).await?;
         // Nothing of an action runs between polls here except an install, which cannot stop
-        // half-way: refuse then (the server may ask again), accept otherwise.
-        let running = matches!(
-            self.agent.tracker.status().state,
-            InstallState::Receiving | InstallState::Verifying | InstallState::Installing
-        );
-        let feedback = if running {
+        // half-way, and one installed and waiting for its reboot, which cannot be taken back:
+        // refuse those (the server may ask again), accept otherwise.
+        let installed = tokio::fs::read(self.dir.join(AWAITING_FILE))
+            .await
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<AwaitingBoot>(&bytes).ok())
+            .is_some_and(|awaiting| awaiting.action_id == cancel.cancel_action.stop_id);
+        let feedback = if installed {
+            Feedback::cancel(false, "the action is installed and waits for its reboot; it cannot be taken back")
+        } else if self.agent.tracker.busy() {
             Feedback::cancel(false, "an install is running and cannot be stopped half-way")
         } else {
             Feedback::cancel(true, format!("action {} cancelled; nothing was installed", cancel.cancel_action.stop_id))
@@ -339,7 +351,7 @@ impl Client {
             Ok(plan) => plan,
             Err(e) => {
                 self.agent.fleet.action(format!("action {id} refused: {e}"));
-                self.feedback(settings, &id, Feedback::failure(e.to_string())).await;
+                let _ = self.feedback(settings, &id, Feedback::failure(e.to_string())).await;
                 return;
             }
         };
@@ -355,18 +367,19 @@ impl Client {
         let path = self.dir.join(DOWNLOAD_FILE);
         let guard = ReceiveGuard::new(tracker.clone(), path.clone());
         self.agent.fleet.action(format!("action {id}: downloading {}", plan.filename));
-        self.feedback(settings, &id, Feedback::proceeding(format!("downloading {}", plan.filename))).await;
+        let _ = self.feedback(settings, &id, Feedback::proceeding(format!("downloading {}", plan.filename))).await;
         if let Err(message) = self.download(settings, &plan, &path).await {
             let message = format!("the download of {} failed: {message}", plan.filename);
             guard.fail(&message);
             self.record(HistoryEntry::now(HistoryEvent::InstallFailed, message.clone()).version(&plan.version).by(BY))
                 .await;
             self.agent.fleet.action(format!("action {id}: {message}"));
-            self.feedback(settings, &id, Feedback::failure(message)).await;
+            let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
             return;
         }
         self.agent.verifying();
-        self.feedback(settings, &id, Feedback::proceeding("checking the signature, compatible and version")).await;
+        let _ =
+            self.feedback(settings, &id, Feedback::proceeding("checking the signature, compatible and version")).await;
         let checked = {
             let (agent, path, allow) = (self.agent.clone(), path.clone(), settings.allow_downgrade);
             tokio::task::spawn_blocking(move || agent.accept(&path, allow)).await
@@ -378,11 +391,14 @@ impl Client {
                 guard.fail(&message);
                 self.record(HistoryEntry::now(HistoryEvent::Refused, message.clone()).by(BY)).await;
                 self.agent.fleet.action(format!("action {id}: {message}"));
-                self.feedback(settings, &id, Feedback::failure(message)).await;
+                let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
                 return;
             }
             Err(e) => {
-                guard.fail(&format!("verification stopped: {e}"));
+                let message = format!("verification stopped: {e}");
+                guard.fail(&message);
+                self.agent.fleet.action(format!("action {id}: {message}"));
+                let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
                 return;
             }
         };
@@ -392,7 +408,7 @@ impl Client {
             Ok(slot) => slot,
             Err(message) => {
                 self.agent.fleet.action(format!("action {id}: {message}"));
-                self.feedback(settings, &id, Feedback::failure(message)).await;
+                let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
                 return;
             }
         };
@@ -400,16 +416,29 @@ impl Client {
         let boot_id = tokio::task::spawn_blocking(move || backend.boot_id()).await.unwrap_or_default();
         let awaiting =
             AwaitingBoot { action_id: id.clone(), version: manifest.version.clone(), slot: slot.clone(), boot_id };
-        let written = serde_json::to_vec(&awaiting)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| branchgate_config::write_atomically(&self.dir.join(AWAITING_FILE), &bytes, 0o600));
+        let path = self.dir.join(AWAITING_FILE);
+        let written = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&awaiting).map_err(std::io::Error::other)?;
+            branchgate_config::write_atomically(&path, &bytes, 0o600)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|written| written);
         if let Err(e) = written {
-            tracing::warn!(error = %e, "hawkbit: cannot remember the action across the reboot");
+            // Without the record the action would run again after the reboot: close it now;
+            // the slot stays installed for a reboot by hand.
+            let message = format!(
+                "{} installed into slot {slot}, but the box cannot remember the action across a reboot ({e}); not rebooting",
+                manifest.version
+            );
+            self.agent.fleet.action(format!("action {id}: {message}"));
+            let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
+            return;
         }
         let next = if settings.reboot { "rebooting into it" } else { "it starts at the next reboot" };
         let message = format!("{} installed into slot {slot}; {next}", manifest.version);
         self.agent.fleet.action(format!("action {id}: {message}"));
-        self.feedback(settings, &id, Feedback::proceeding(message)).await;
+        let _ = self.feedback(settings, &id, Feedback::proceeding(message)).await;
         if settings.reboot {
             self.reboot().await;
         }
@@ -478,7 +507,7 @@ impl Client {
                 reported = Some(step);
                 let detail = format!("installing {version}: {step} %");
                 self.agent.fleet.action(format!("action {id}: {detail}"));
-                self.feedback(settings, id, Feedback::progress(step, 100, detail)).await;
+                let _ = self.feedback(settings, id, Feedback::progress(step, 100, detail)).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

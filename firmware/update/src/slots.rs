@@ -425,6 +425,12 @@ impl InstallTracker {
         self.with(|s| s.clone())
     }
 
+    /// Whether a bundle is being received, checked or installed (a reboot, slot switch,
+    /// factory reset or cancel must wait).
+    pub fn busy(&self) -> bool {
+        matches!(self.status().state, InstallState::Receiving | InstallState::Verifying | InstallState::Installing)
+    }
+
     /// Starts receiving a bundle; false when another one is on its way or installing.
     pub fn try_begin(&self) -> bool {
         self.with(|s| {

@@ -211,6 +211,12 @@ impl UsbWatcher {
             }
             Err(e) => {
                 guard.fail(&e.to_string());
+                let entry = crate::history::HistoryEntry::now(
+                    crate::history::HistoryEvent::Refused,
+                    format!("bundle from USB refused: {e}"),
+                )
+                .by(by);
+                agent.record(entry);
                 Err(e.into())
             }
         }
@@ -266,7 +272,7 @@ impl Automount {
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let present = usb_partitions(&self.sys_block);
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mounted = mounted_under(&mounts, &self.dir);
+        let mounted = mounted_under(&mounts, &self.dir, &self.dev);
         for (name, target) in &mounted {
             if !present.contains(name) {
                 match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
@@ -331,16 +337,20 @@ fn usb_partitions(sys_block: &Path) -> Vec<String> {
     found
 }
 
-/// The mounts directly under `dir` in `/proc/self/mounts` text: (name, mount point).
-fn mounted_under(mounts: &str, dir: &Path) -> Vec<(String, PathBuf)> {
+/// Our mounts in `/proc/self/mounts` text: `<dev>/<name>` mounted on `<dir>/<name>`, as
+/// (name, mount point). Anything else under `dir` is not ours to unmount.
+fn mounted_under(mounts: &str, dir: &Path, dev: &Path) -> Vec<(String, PathBuf)> {
     mounts
         .lines()
-        .filter_map(|line| line.split_whitespace().nth(1))
-        .map(unescape_mount_path)
-        .filter_map(|target| {
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((unescape_mount_path(fields.next()?), unescape_mount_path(fields.next()?)))
+        })
+        .filter_map(|(source, target)| {
             let target = PathBuf::from(target);
             let name = target.strip_prefix(dir).ok()?.to_str()?.to_string();
-            (!name.is_empty() && !name.contains('/')).then_some((name, target))
+            let ours = !name.is_empty() && !name.contains('/') && Path::new(&source) == dev.join(&name);
+            ours.then_some((name, target))
         })
         .collect()
 }
@@ -415,11 +425,13 @@ mod tests {
         assert!(usb_partitions(&sys.path().join("missing")).is_empty());
 
         let mounts = "/dev/vda3 / ext4 ro 0 0\n/dev/sda1 /run/branchgate/usb/sda1 vfat ro 0 0\n\
-                      /dev/sdb /run/branchgate/usb/my\\040stick vfat ro 0 0\n/dev/sdc /run/branchgate/usb/a/b vfat ro 0 0\n";
+                      /dev/sdb /run/branchgate/usb/my\\040stick vfat ro 0 0\n/dev/sdc /run/branchgate/usb/a/b vfat ro 0 0\n\
+                      tmpfs /run/branchgate/usb/sdd tmpfs rw 0 0\n/dev/my\\040disk /run/branchgate/usb/my\\040disk vfat ro 0 0\n";
         let dir = Path::new(AUTOMOUNT_DIR);
+        // Only a device mounted on its own name is ours (not the tmpfs someone put there).
         assert_eq!(
-            mounted_under(mounts, dir),
-            vec![("sda1".to_string(), dir.join("sda1")), ("my stick".to_string(), dir.join("my stick"))]
+            mounted_under(mounts, dir, Path::new("/dev")),
+            vec![("sda1".to_string(), dir.join("sda1")), ("my disk".to_string(), dir.join("my disk"))]
         );
     }
 

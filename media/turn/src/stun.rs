@@ -286,10 +286,10 @@ impl<'a> Message<'a> {
         self.get(kind).map(|a| decode_xor_address(a.value, &self.transaction_id()))
     }
 
-    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): family (8 bits), 13 reserved bits, the code's
-    /// class (3 bits) and number (8 bits), then a UTF-8 reason.
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12, or the IPv6 draft's code point): family (8 bits),
+    /// 13 reserved bits, the code's class (3 bits) and number (8 bits), then a UTF-8 reason.
     pub fn address_error_code(&self) -> Option<Result<AddressError<'a>, StunError>> {
-        self.get(attr::ADDRESS_ERROR_CODE).map(|a| {
+        self.get(attr::ADDRESS_ERROR_CODE).or_else(|| self.get(attr::ADDRESS_ERROR_CODE_DRAFT)).map(|a| {
             let [family, _, class, number, ..] = *a.value else {
                 return Err(StunError::BadAttribute);
             };

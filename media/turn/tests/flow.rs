@@ -1059,6 +1059,7 @@ fn the_drafts_additional_address_family_code_point_works_too() {
     let m = Message::parse(&reply).expect("parse");
     assert_eq!(relayed_addresses(&reply).len(), 1);
     assert!(m.get(attr::ADDRESS_ERROR_CODE).is_none());
+    assert_eq!(m.address_error_code().and_then(Result::ok).map(|e| (e.family, e.code)), Some((family::IPV6, 440)));
     let draft = m.get(attr::ADDRESS_ERROR_CODE_DRAFT).expect("the draft's ADDRESS-ERROR-CODE");
     assert_eq!(&draft.value[..4], &[family::IPV6, 0, 4, 40]);
 }
