@@ -36,12 +36,6 @@ pub fn firmware_dir(data_dir: &FsPath) -> PathBuf {
     data_dir.join("firmware")
 }
 
-/// Adds to the update history off the async threads (it syncs).
-async fn record(state: &AppState, entry: HistoryEntry) {
-    let agent = state.firmware.clone();
-    let _ = tokio::task::spawn_blocking(move || agent.record(entry)).await;
-}
-
 fn refused(status: StatusCode, reason: &str, message: &str) -> Response {
     (status, Json(json!({ "error": message, "reason": reason }))).into_response()
 }
@@ -268,11 +262,9 @@ where
         Ok(Err(e)) => {
             let message = e.to_string();
             state.audit(&user.username, Some(peer), "firmware", format!("bundle refused: {message}"));
-            record(
-                state,
-                HistoryEntry::now(HistoryEvent::Refused, format!("bundle refused: {message}")).by(&user.username),
-            )
-            .await;
+            let entry =
+                HistoryEntry::now(HistoryEvent::Refused, format!("bundle refused: {message}")).by(&user.username);
+            state.firmware.record_async(entry).await;
             tracing::warn!(user = %user.username, reason = e.reason(), "firmware bundle refused: {message}");
             return fail(guard, Refusal::new(accept_status(&e), e.reason(), message));
         }
@@ -301,7 +293,7 @@ pub(crate) async fn reboot(state: &AppState, user: &User, peer: SocketAddr) -> R
         .slot(&plan.slot)
         .by(&user.username)
         .simulated(plan.simulated);
-    record(state, entry).await;
+    state.firmware.record_async(entry).await;
     state.audit(
         &user.username,
         Some(peer),
@@ -326,7 +318,7 @@ pub(crate) async fn activate(state: &AppState, user: &User, peer: SocketAddr, sl
     let entry = HistoryEntry::now(HistoryEvent::SlotActivated, format!("slot {slot} chosen for the next boot"))
         .slot(slot)
         .by(&user.username);
-    record(state, entry).await;
+    state.firmware.record_async(entry).await;
     Ok(())
 }
 

@@ -132,6 +132,12 @@ impl Agent {
         }
     }
 
+    /// [`Agent::record`] from async code, off the async threads.
+    pub async fn record_async(&self, entry: HistoryEntry) {
+        let agent = self.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.record(entry)).await;
+    }
+
     /// Installs an accepted bundle on a thread of its own; the tracker shows progress. The
     /// bundle file is removed afterwards when `remove_after` is set. `by` says who asked (a
     /// user, `hawkbit`) in the history.

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::agent::{Agent, MAX_BUNDLE_BYTES, ReceiveGuard, bundle_budget};
 use crate::ddi::{self, AwaitingBoot, ControllerBase, DeploymentBase, Feedback, Next};
-use crate::history::{HistoryEntry, HistoryEvent};
+use crate::history::{HistoryEntry, HistoryEvent, now_ms};
 use crate::slots::InstallState;
 
 /// The action installed and waiting for its reboot (see [`AwaitingBoot`]).
@@ -121,10 +121,6 @@ fn settings_of(config: &Config) -> Option<Settings> {
         allow_downgrade: update.allow_downgrade,
         hostname: config.system.hostname.clone(),
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Polls while `update.hawkbit_url` is set; follows configuration changes; ends at shutdown.
@@ -339,11 +335,6 @@ impl Client {
         self.send_json(settings, reqwest::Method::POST, &url, &feedback.to_json(now_ms())).await
     }
 
-    async fn record(&self, entry: HistoryEntry) {
-        let agent = self.agent.clone();
-        let _ = tokio::task::spawn_blocking(move || agent.record(entry)).await;
-    }
-
     /// Download, verify, install, report; the failures close the action with the reason.
     async fn deploy(&self, settings: &Settings, deployment: &DeploymentBase) {
         let id = deployment.id.clone();
@@ -371,7 +362,10 @@ impl Client {
         if let Err(message) = self.download(settings, &plan, &path).await {
             let message = format!("the download of {} failed: {message}", plan.filename);
             guard.fail(&message);
-            self.record(HistoryEntry::now(HistoryEvent::InstallFailed, message.clone()).version(&plan.version).by(BY))
+            self.agent
+                .record_async(
+                    HistoryEntry::now(HistoryEvent::InstallFailed, message.clone()).version(&plan.version).by(BY),
+                )
                 .await;
             self.agent.fleet.action(format!("action {id}: {message}"));
             let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
@@ -389,7 +383,7 @@ impl Client {
             Ok(Err(e)) => {
                 let message = format!("bundle refused: {e}");
                 guard.fail(&message);
-                self.record(HistoryEntry::now(HistoryEvent::Refused, message.clone()).by(BY)).await;
+                self.agent.record_async(HistoryEntry::now(HistoryEvent::Refused, message.clone()).by(BY)).await;
                 self.agent.fleet.action(format!("action {id}: {message}"));
                 let _ = self.feedback(settings, &id, Feedback::failure(message)).await;
                 return;
@@ -521,7 +515,7 @@ impl Client {
                     .slot(&plan.slot)
                     .by(BY)
                     .simulated(plan.simulated);
-                self.record(entry).await;
+                self.agent.record_async(entry).await;
                 tracing::warn!(slot = %plan.slot, simulated = plan.simulated, "hawkbit: reboot into the new slot");
             }
             Ok(Err(e)) => tracing::error!(error = %e, "hawkbit: reboot failed"),

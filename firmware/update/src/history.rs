@@ -75,11 +75,23 @@ pub struct HistoryEntry {
     pub simulated: bool,
 }
 
+/// Milliseconds since the Unix epoch (0 before it: a clock that has not been set yet).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 impl HistoryEntry {
     /// An entry stamped now.
     pub fn now(event: HistoryEvent, message: impl Into<String>) -> HistoryEntry {
-        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        HistoryEntry { at_ms, event, version: None, slot: None, by: None, message: message.into(), simulated: false }
+        HistoryEntry {
+            at_ms: now_ms(),
+            event,
+            version: None,
+            slot: None,
+            by: None,
+            message: message.into(),
+            simulated: false,
+        }
     }
 
     pub fn version(mut self, version: impl Into<String>) -> HistoryEntry {
